@@ -1,1 +1,339 @@
-//! (being written)
+//! An in-memory store with etcd's semantics (revisions, leases with TTLs, create-if-absent and
+//! compare-and-set), on an injected clock. It serves the HA simulation, which moves time
+//! itself, and tests of the shell through [`MemDcs`].
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+use super::model::{history_to_json, ClusterView, Failover, HistoryLine, Member, Status, SyncState, Version};
+use super::{Dcs, DcsError};
+
+/// A lease identifier.
+pub type LeaseId = u64;
+
+#[derive(Debug, Clone)]
+struct Entry {
+    value: String,
+    mod_revision: u64,
+    lease: Option<LeaseId>,
+}
+
+/// The store itself. Every call takes `now`, a point on the store's own clock (in the
+/// simulation: real simulated time). Keys are relative to the cluster prefix.
+#[derive(Debug, Default, Clone)]
+pub struct MemStore {
+    keys: BTreeMap<String, Entry>,
+    /// Lease → (ttl, expiry instant).
+    leases: BTreeMap<LeaseId, (Duration, Duration)>,
+    revision: u64,
+    next_lease: LeaseId,
+}
+
+impl MemStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The current revision; moves with every change, including expiries.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// Drops expired leases and the keys bound to them, as etcd does.
+    pub fn expire(&mut self, now: Duration) {
+        let dead: Vec<LeaseId> =
+            self.leases.iter().filter(|(_, (_, exp))| *exp <= now).map(|(id, _)| *id).collect();
+        for id in dead {
+            self.leases.remove(&id);
+            let before = self.keys.len();
+            self.keys.retain(|_, e| e.lease != Some(id));
+            if self.keys.len() != before {
+                self.revision += 1;
+            }
+        }
+    }
+
+    /// Grants a lease of `ttl`.
+    pub fn grant(&mut self, ttl: Duration, now: Duration) -> LeaseId {
+        self.expire(now);
+        self.next_lease += 1;
+        self.leases.insert(self.next_lease, (ttl, now + ttl));
+        self.next_lease
+    }
+
+    /// Extends a lease to `now + ttl`; false when it has expired.
+    pub fn keepalive(&mut self, lease: LeaseId, now: Duration) -> bool {
+        self.expire(now);
+        match self.leases.get_mut(&lease) {
+            Some((ttl, exp)) => {
+                *exp = now + *ttl;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether a lease is alive.
+    pub fn lease_alive(&mut self, lease: LeaseId, now: Duration) -> bool {
+        self.expire(now);
+        self.leases.contains_key(&lease)
+    }
+
+    /// A key's value.
+    pub fn get(&mut self, key: &str, now: Duration) -> Option<String> {
+        self.expire(now);
+        self.keys.get(key).map(|e| e.value.clone())
+    }
+
+    /// Unconditional write.
+    pub fn put(&mut self, key: &str, value: &str, lease: Option<LeaseId>, now: Duration) {
+        self.expire(now);
+        self.revision += 1;
+        let e = Entry { value: value.to_owned(), mod_revision: self.revision, lease };
+        self.keys.insert(key.to_owned(), e);
+    }
+
+    /// Create-if-absent.
+    pub fn create(&mut self, key: &str, value: &str, lease: Option<LeaseId>, now: Duration) -> bool {
+        self.expire(now);
+        if self.keys.contains_key(key) {
+            return false;
+        }
+        self.put(key, value, lease, now);
+        true
+    }
+
+    /// Write if the key's version is `expected` (`None`: if absent).
+    pub fn compare_and_put(&mut self, key: &str, value: &str, expected: Option<&Version>, now: Duration) -> bool {
+        self.expire(now);
+        let current = self.keys.get(key).map(|e| e.mod_revision.to_string());
+        if current.as_deref() != expected.map(|v| v.0.as_str()) {
+            return false;
+        }
+        self.put(key, value, None, now);
+        true
+    }
+
+    /// Delete if the key holds `value`.
+    pub fn delete_if_value(&mut self, key: &str, value: &str, now: Duration) -> bool {
+        self.expire(now);
+        if self.keys.get(key).is_some_and(|e| e.value == value) {
+            self.keys.remove(key);
+            self.revision += 1;
+            return true;
+        }
+        false
+    }
+
+    /// Delete a key.
+    pub fn delete(&mut self, key: &str, now: Duration) {
+        self.expire(now);
+        if self.keys.remove(key).is_some() {
+            self.revision += 1;
+        }
+    }
+
+    /// Rebinds a key that holds `value` to `lease` (the holder renewing under a new lease).
+    pub fn rebind_if_value(&mut self, key: &str, value: &str, lease: LeaseId, now: Duration) -> bool {
+        self.expire(now);
+        match self.keys.get(key) {
+            Some(e) if e.value == value => {
+                if e.lease != Some(lease) {
+                    self.put(key, value, Some(lease), now);
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The whole cluster, parsed.
+    pub fn view(&mut self, now: Duration) -> ClusterView {
+        self.expire(now);
+        ClusterView::from_raw(
+            self.keys.iter().map(|(k, e)| (k.as_str(), e.value.as_str(), Version(e.mod_revision.to_string()))),
+        )
+    }
+
+    /// Every key, for tests.
+    pub fn dump(&mut self, now: Duration) -> BTreeMap<String, String> {
+        self.expire(now);
+        self.keys.iter().map(|(k, e)| (k.clone(), e.value.clone())).collect()
+    }
+}
+
+/// [`MemStore`] behind the [`Dcs`] trait, on tokio's clock, for tests of the shell and API.
+#[derive(Clone)]
+pub struct MemDcs {
+    store: Arc<Mutex<MemStore>>,
+    name: String,
+    ttl: Arc<Mutex<Duration>>,
+    lease: Arc<Mutex<Option<LeaseId>>>,
+    start: tokio::time::Instant,
+    changes: Arc<watch::Sender<u64>>,
+}
+
+impl MemDcs {
+    /// A member `name`'s handle on a shared store.
+    pub fn new(store: Arc<Mutex<MemStore>>, name: &str, ttl: Duration) -> Self {
+        MemDcs {
+            store,
+            name: name.to_owned(),
+            ttl: Arc::new(Mutex::new(ttl)),
+            lease: Arc::new(Mutex::new(None)),
+            start: tokio::time::Instant::now(),
+            changes: Arc::new(watch::channel(0).0),
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut MemStore, Duration, LeaseId) -> T) -> Result<T, DcsError> {
+        let now = self.start.elapsed();
+        let ttl = *self.ttl.lock().map_err(|_| DcsError::Failed("lock poisoned".into()))?;
+        let mut store = self.store.lock().map_err(|_| DcsError::Failed("store poisoned".into()))?;
+        let mut lease = self.lease.lock().map_err(|_| DcsError::Failed("lock poisoned".into()))?;
+        let id = match *lease {
+            Some(id) if store.keepalive(id, now) => id,
+            _ => {
+                let id = store.grant(ttl, now);
+                *lease = Some(id);
+                id
+            }
+        };
+        let before = store.revision();
+        let r = f(&mut store, now, id);
+        if store.revision() != before {
+            self.changes.send_modify(|c| *c += 1);
+        }
+        Ok(r)
+    }
+}
+
+#[async_trait]
+impl Dcs for MemDcs {
+    async fn load(&self, _fresh: bool) -> Result<ClusterView, DcsError> {
+        self.with(|s, now, _| s.view(now))
+    }
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+    fn set_ttl(&self, ttl: Duration) {
+        if let Ok(mut t) = self.ttl.lock() {
+            *t = ttl;
+        }
+    }
+    async fn touch_member(&self, member: &Member) -> Result<(), DcsError> {
+        let key = format!("members/{}", self.name);
+        self.with(|s, now, lease| s.put(&key, &member.to_json(), Some(lease), now))
+    }
+    async fn acquire_leader(&self) -> Result<bool, DcsError> {
+        let name = self.name.clone();
+        self.with(|s, now, lease| s.create("leader", &name, Some(lease), now))
+    }
+    async fn update_leader(&self, status: Option<&Status>) -> Result<bool, DcsError> {
+        let name = self.name.clone();
+        let status = status.map(Status::to_json);
+        self.with(|s, now, lease| {
+            let ok = s.rebind_if_value("leader", &name, lease, now);
+            if let (true, Some(st)) = (ok, status) {
+                if s.get("status", now).as_deref() != Some(st.as_str()) {
+                    s.put("status", &st, None, now);
+                }
+            }
+            ok
+        })
+    }
+    async fn release_leader(&self, status: Option<&Status>) -> Result<bool, DcsError> {
+        let name = self.name.clone();
+        let status = status.map(Status::to_json);
+        self.with(|s, now, _| {
+            if let Some(st) = status {
+                s.put("status", &st, None, now);
+            }
+            s.delete_if_value("leader", &name, now)
+        })
+    }
+    async fn initialize(&self, create_new: bool, sysid: &str) -> Result<bool, DcsError> {
+        self.with(|s, now, _| {
+            if create_new {
+                s.create("initialize", sysid, None, now)
+            } else {
+                s.put("initialize", sysid, None, now);
+                true
+            }
+        })
+    }
+    async fn cancel_initialization(&self) -> Result<(), DcsError> {
+        self.with(|s, now, _| s.delete("initialize", now))
+    }
+    async fn set_config(&self, json: &str, expected: Option<&Version>) -> Result<bool, DcsError> {
+        self.with(|s, now, _| match expected {
+            Some(_) => s.compare_and_put("config", json, expected, now),
+            None => {
+                s.put("config", json, None, now);
+                true
+            }
+        })
+    }
+    async fn set_failover(&self, value: &Failover, expected: Option<&Version>) -> Result<bool, DcsError> {
+        let json = value.to_json();
+        self.with(|s, now, _| match expected {
+            Some(_) => s.compare_and_put("failover", &json, expected, now),
+            None => {
+                s.put("failover", &json, None, now);
+                true
+            }
+        })
+    }
+    async fn set_history(&self, lines: &[HistoryLine]) -> Result<(), DcsError> {
+        let json = history_to_json(lines);
+        self.with(|s, now, _| s.put("history", &json, None, now))
+    }
+    async fn set_sync(&self, value: &SyncState, expected: Option<&Version>) -> Result<bool, DcsError> {
+        let json = serde_json::to_string(value).map_err(|e| DcsError::Failed(e.to_string()))?;
+        self.with(|s, now, _| match expected {
+            Some(_) => s.compare_and_put("sync", &json, expected, now),
+            None => {
+                s.put("sync", &json, None, now);
+                true
+            }
+        })
+    }
+    async fn delete_cluster(&self) -> Result<(), DcsError> {
+        self.with(|s, _, _| *s = MemStore::new())
+    }
+    async fn delete_member(&self) -> Result<(), DcsError> {
+        let key = format!("members/{}", self.name);
+        self.with(|s, now, _| s.delete(&key, now))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leases_expire_their_keys() {
+        let mut s = MemStore::new();
+        let l = s.grant(Duration::from_secs(10), Duration::ZERO);
+        assert!(s.create("leader", "a", Some(l), Duration::ZERO));
+        assert!(!s.create("leader", "b", None, Duration::from_secs(1)));
+        assert!(s.keepalive(l, Duration::from_secs(5)));
+        assert_eq!(s.get("leader", Duration::from_secs(14)).as_deref(), Some("a"));
+        assert_eq!(s.get("leader", Duration::from_secs(15)), None);
+        assert!(!s.keepalive(l, Duration::from_secs(16)));
+    }
+
+    #[test]
+    fn compare_and_put_checks_versions() {
+        let mut s = MemStore::new();
+        s.put("config", "{}", None, Duration::ZERO);
+        let v = s.view(Duration::ZERO).config.map(|c| c.version);
+        assert!(!s.compare_and_put("config", "{\"a\":1}", Some(&Version("99".into())), Duration::ZERO));
+        assert!(s.compare_and_put("config", "{\"a\":1}", v.as_ref(), Duration::ZERO));
+    }
+}

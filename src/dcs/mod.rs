@@ -13,7 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::watch;
 
-pub use model::{ClusterView, Failover, HistoryLine, Member, Status, SyncState, Version};
+pub use model::{ClusterView, Failover, HistoryLine, Member, Status, SyncState, Version, Versioned};
 
 /// A failed store operation. Losing a compare-and-set race is not an error: those calls return
 /// `Ok(false)`.

@@ -1,1 +1,372 @@
-//! (being written)
+//! The HA decision engine: pure, deterministic, driven by its caller.
+//!
+//! [`HaCore`] holds what must be remembered between cycles (the lease deadline, the task in
+//! flight, the leader race in progress) and turns inputs into [`Action`]s. It performs no I/O,
+//! reads no clock and draws no random numbers: time arrives as [`MonoTime`] with every input.
+//! That is what lets `tests/sim.rs` run thousands of failure schedules in simulated time.
+//!
+//! # Calling order
+//! 1. Observe (DCS view, PostgreSQL facts, policy) and call `step(Input::Observed(obs), now)`.
+//! 2. Carry out the returned actions **in order**. The first action may be
+//!    [`Action::StopNow`]: do it before anything else. Answer every action with
+//!    `step(Input::Completed { id, outcome }, now)` and carry out what that returns too.
+//!    Lock operations report the time their request was *sent* ([`Outcome::Lock`]).
+//! 3. Sleep until [`HaCore::next_wakeup`], a DCS change, an API command or a task completion.
+//!    At a wakeup with no new observation, call `step(Input::Tick, now)` first: when the lease
+//!    deadline has passed, it answers with [`Action::StopNow`].
+//!
+//! Time must never go backwards between calls.
+
+mod action;
+mod cycle;
+pub mod race;
+mod types;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+pub use action::{Action, ActionId, Input, Outcome};
+pub use types::{DataDir, Identity, MonoTime, Observation, PeerFacts, PeerReport, PgFacts, Policy};
+
+/// Why an action was sent, so its outcome can be acted upon.
+#[derive(Debug, Clone, PartialEq)]
+enum Purpose {
+    /// A lock operation; `then_promote` when the lock was taken for a promotion.
+    Lock { acquiring: bool },
+    /// Peers probed before taking the lock.
+    RaceProbe,
+    /// The switchover candidate probed before a graceful demotion.
+    SwitchoverProbe { candidate: String },
+    /// The `initialize` race.
+    ClaimInitialize,
+    /// A long task.
+    Task,
+    /// Anything whose outcome needs no reaction.
+    Other,
+}
+
+/// The decision engine of one member. See the module documentation for the calling order.
+#[derive(Debug)]
+pub struct HaCore {
+    me: Identity,
+    next_id: u64,
+    /// While we hold the lock: the instant we must have stopped writing by.
+    lease_deadline: Option<MonoTime>,
+    /// When the last renewal left, to pace renewals.
+    last_renew_sent: Option<MonoTime>,
+    /// Actions sent and not yet answered.
+    pending: BTreeMap<ActionId, (Action, Purpose)>,
+    /// The long task in flight.
+    task: Option<(ActionId, Action, MonoTime)>,
+    /// The last observation.
+    last: Option<Observation>,
+    /// When the last cycle ran.
+    last_cycle: Option<MonoTime>,
+    /// This member created the cluster and has not finished the post-bootstrap steps.
+    bootstrapping: bool,
+    /// pg_rewind failed against this leader; retry no sooner than the instant given.
+    rewind_failed: Option<(String, MonoTime)>,
+    /// Shutdown requested.
+    shutting_down: bool,
+    /// Shutdown complete: the shell may exit.
+    finished: bool,
+    /// The last cycle's log message.
+    message: String,
+}
+
+impl HaCore {
+    /// A core for member `me`.
+    pub fn new(me: Identity) -> Self {
+        HaCore {
+            me,
+            next_id: 0,
+            lease_deadline: None,
+            last_renew_sent: None,
+            pending: BTreeMap::new(),
+            task: None,
+            last: None,
+            last_cycle: None,
+            bootstrapping: false,
+            rewind_failed: None,
+            shutting_down: false,
+            finished: false,
+            message: String::new(),
+        }
+    }
+
+    /// This member's identity.
+    pub fn identity(&self) -> &Identity {
+        &self.me
+    }
+
+    /// The last cycle's message, in Patroni's words where Patroni has them.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The instant by which PostgreSQL must have stopped writing, while we hold the lock.
+    /// The shell also arms an independent fence with it.
+    pub fn lease_deadline(&self) -> Option<MonoTime> {
+        self.lease_deadline
+    }
+
+    /// We hold the lock with a valid lease at `now`.
+    pub fn holds_lock(&self, now: MonoTime) -> bool {
+        self.lease_deadline.is_some_and(|d| now < d)
+    }
+
+    /// A long task is running.
+    pub fn task_in_flight(&self) -> Option<&Action> {
+        self.task.as_ref().map(|(_, a, _)| a)
+    }
+
+    /// After a shutdown: everything is stopped and released.
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// When the shell must call again at the latest: the next cycle or the lease deadline.
+    pub fn next_wakeup(&self) -> MonoTime {
+        let loop_wait = self
+            .last
+            .as_ref()
+            .map(|o| o.policy.loop_wait)
+            .unwrap_or(Duration::from_secs(10));
+        let cycle = self.last_cycle.map(|t| t + loop_wait).unwrap_or(MonoTime::ZERO);
+        match self.lease_deadline {
+            Some(d) => cycle.min(d),
+            None => cycle,
+        }
+    }
+
+    /// Feeds one input; returns the actions to carry out, in order.
+    pub fn step(&mut self, input: Input, now: MonoTime) -> Vec<Action> {
+        let mut out = Vec::new();
+        // Safety first, whatever the input (ha-safety rule 2): a lapsed lease means we must
+        // not write any more.
+        self.expire_lease(now, &mut out);
+        match input {
+            Input::Observed(obs) => {
+                self.last_cycle = Some(now);
+                let writable_unleased = obs.pg.maybe_writable() && !self.holds_lock(now);
+                self.last = Some(obs);
+                if writable_unleased && !self.paused() && !out.contains(&Action::StopNow) {
+                    self.message = "demoting: PostgreSQL runs as a primary without the lock".into();
+                    self.emit(Action::StopNow, Purpose::Other, now, &mut out);
+                    return out;
+                }
+                if !out.contains(&Action::StopNow) {
+                    self.cycle(now, &mut out);
+                }
+            }
+            Input::Completed { id, outcome } => self.completed(id, outcome, now, &mut out),
+            Input::Tick => {}
+            Input::Shutdown => {
+                self.shutting_down = true;
+                self.shutdown_step(now, &mut out);
+            }
+        }
+        out
+    }
+
+    fn paused(&self) -> bool {
+        self.last.as_ref().is_some_and(|o| o.policy.pause)
+    }
+
+    fn expire_lease(&mut self, now: MonoTime, out: &mut Vec<Action>) {
+        if let Some(d) = self.lease_deadline {
+            if now >= d {
+                self.lease_deadline = None;
+                let writable = self.last.as_ref().is_some_and(|o| o.pg.maybe_writable());
+                if writable && !self.paused() {
+                    self.message = "lock deadline passed: stopping PostgreSQL now".into();
+                    self.emit(Action::StopNow, Purpose::Other, now, out);
+                }
+            }
+        }
+    }
+
+    fn emit(&mut self, action: Action, purpose: Purpose, now: MonoTime, out: &mut Vec<Action>) {
+        self.next_id += 1;
+        let id = ActionId(self.next_id);
+        if action.is_task() {
+            self.task = Some((id, action.clone(), now));
+        }
+        if let Action::RenewLock { .. } | Action::AcquireLock = action {
+            self.last_renew_sent = Some(now);
+        }
+        self.pending.insert(id, (action.clone(), purpose));
+        out.push(action);
+    }
+
+    /// The id of the action most recently returned: the shell pairs actions with ids this way.
+    /// Actions returned by one `step` call carry consecutive ids ending with this one.
+    pub fn last_action_id(&self) -> ActionId {
+        ActionId(self.next_id)
+    }
+
+    fn completed(&mut self, id: ActionId, outcome: Outcome, now: MonoTime, out: &mut Vec<Action>) {
+        let Some((action, purpose)) = self.pending.remove(&id) else { return };
+        if self.task.as_ref().is_some_and(|(tid, _, _)| *tid == id) {
+            self.task = None;
+        }
+        let policy = match &self.last {
+            Some(o) => o.policy.clone(),
+            None => return,
+        };
+        match (purpose, outcome) {
+            (Purpose::Lock { acquiring }, Outcome::Lock { held, answered, sent_at }) => {
+                if held {
+                    let deadline = sent_at + policy.ttl.saturating_sub(policy.safety_margin);
+                    if deadline > now {
+                        self.lease_deadline = Some(self.lease_deadline.map_or(deadline, |d| d.max(deadline)));
+                    }
+                    if acquiring {
+                        self.after_acquire(now, out);
+                    }
+                } else if answered {
+                    // The store says the lock is not ours: stop writing at once.
+                    self.lease_deadline = None;
+                    self.bootstrapping = false;
+                    if self.last.as_ref().is_some_and(|o| o.pg.maybe_writable()) && !policy.pause {
+                        self.message = "lost the leader lock: stopping PostgreSQL now".into();
+                        self.emit(Action::StopNow, Purpose::Other, now, out);
+                    }
+                }
+            }
+            (Purpose::RaceProbe, Outcome::Peers(report)) => {
+                let Some(obs) = &self.last else { return };
+                let Some(view) = &obs.dcs else { return };
+                if view.leader.is_some() {
+                    return;
+                }
+                match race::judge(&self.me, &obs.pg, view, &report) {
+                    race::Verdict::Healthiest => {
+                        self.message = "acquiring the leader lock as the healthiest member".into();
+                        self.emit(Action::AcquireLock, Purpose::Lock { acquiring: true }, now, out);
+                    }
+                    race::Verdict::NotHealthiest(why) => {
+                        self.message =
+                            format!("following a different leader because i am not the healthiest node: {why}");
+                    }
+                }
+            }
+            (Purpose::SwitchoverProbe { candidate }, Outcome::Peers(report)) => {
+                self.switchover_probed(&candidate, &report, now, out);
+            }
+            (Purpose::ClaimInitialize, Outcome::Ok) => {
+                self.bootstrapping = true;
+                self.message = "initializing a new cluster".into();
+                self.emit(Action::Bootstrap, Purpose::Task, now, out);
+            }
+            (Purpose::Task, outcome) => self.task_done(action, outcome, now, out),
+            _ => {}
+        }
+        if self.shutting_down && self.task.is_none() {
+            self.shutdown_step(now, out);
+        }
+    }
+
+    fn after_acquire(&mut self, now: MonoTime, out: &mut Vec<Action>) {
+        let Some(obs) = self.last.clone() else { return };
+        if let Some(view) = &obs.dcs {
+            if view.failover.is_some() {
+                let version = view.failover.as_ref().map(|f| f.version.clone());
+                self.emit(Action::ClearFailover { version }, Purpose::Other, now, out);
+            }
+        }
+        if self.bootstrapping {
+            self.emit(Action::StartPrimary, Purpose::Task, now, out);
+        } else if obs.pg.is_replica() {
+            self.message = "promoted self to leader by acquiring session lock".into();
+            self.emit(Action::Promote, Purpose::Task, now, out);
+        }
+    }
+
+    fn task_done(&mut self, action: Action, outcome: Outcome, now: MonoTime, out: &mut Vec<Action>) {
+        let ok = outcome == Outcome::Ok;
+        match action {
+            Action::Bootstrap => {
+                if ok {
+                    self.emit(Action::AcquireLock, Purpose::Lock { acquiring: true }, now, out);
+                } else {
+                    self.bootstrapping = false;
+                    self.emit(Action::CancelInitialize, Purpose::Other, now, out);
+                    self.emit(
+                        Action::Fatal { reason: format!("bootstrap failed: {outcome:?}") },
+                        Purpose::Other,
+                        now,
+                        out,
+                    );
+                }
+            }
+            Action::StartPrimary => {
+                if !ok {
+                    // A holder whose PostgreSQL cannot start gives the lock to somebody else.
+                    self.message = "PostgreSQL failed to start as primary: releasing the lock".into();
+                    if self.bootstrapping {
+                        self.bootstrapping = false;
+                        self.emit(Action::CancelInitialize, Purpose::Other, now, out);
+                    }
+                    self.release(now, out);
+                }
+            }
+            Action::Promote => {
+                if !ok {
+                    self.message = "promotion failed: releasing the lock".into();
+                    self.release(now, out);
+                }
+            }
+            Action::StopGraceful => {
+                // The stop is done: every WAL record has been sent to the replicas
+                // (PostgreSQL's walsenders drain at shutdown). Hand the lock over.
+                if let Some(o) = self.last.as_mut() {
+                    o.pg.up = false;
+                    o.pg.in_recovery = None;
+                }
+                if self.holds_lock(now) || self.dcs_says_holder() {
+                    self.release(now, out);
+                }
+            }
+            Action::Rewind { from } => {
+                if ok {
+                    self.rewind_failed = None;
+                    self.emit(Action::StartReplica { upstream: Some(from) }, Purpose::Task, now, out);
+                } else {
+                    let loop_wait = self.last.as_ref().map(|o| o.policy.loop_wait).unwrap_or_default();
+                    self.rewind_failed = Some((from, now + loop_wait));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn dcs_says_holder(&self) -> bool {
+        self.last
+            .as_ref()
+            .and_then(|o| o.dcs.as_ref())
+            .and_then(|v| v.leader.as_ref())
+            .is_some_and(|l| l.name == self.me.name)
+    }
+
+    fn release(&mut self, now: MonoTime, out: &mut Vec<Action>) {
+        self.lease_deadline = None;
+        self.emit(Action::ReleaseLock, Purpose::Other, now, out);
+    }
+
+    fn shutdown_step(&mut self, now: MonoTime, out: &mut Vec<Action>) {
+        if self.task.is_some() || self.finished {
+            return;
+        }
+        let up = self.last.as_ref().is_some_and(|o| o.pg.up);
+        if up {
+            // Completion of the stop comes back through `task_done`, which releases the lock.
+            self.emit(Action::StopGraceful, Purpose::Task, now, out);
+            return;
+        }
+        if self.lease_deadline.is_some() {
+            self.release(now, out);
+        }
+        self.finished = true;
+    }
+}

@@ -1,0 +1,142 @@
+//! What the HA core asks for, and what it is told back.
+
+use crate::dcs::Version;
+
+use super::types::{MonoTime, Observation, PeerReport};
+
+/// Identifies one action, so its outcome can be matched to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ActionId(pub u64);
+
+/// An action for the shell to carry out. DCS actions are quick and answered inline; PostgreSQL
+/// actions marked *task* may take long and are answered when done. Every action is answered
+/// with exactly one [`Input::Completed`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Stop PostgreSQL immediately, now, before anything else (SIGQUIT; no checkpoint, no
+    /// waiting for clients). Used when the lock is lost or its deadline passed.
+    StopNow,
+    /// Take the leader lock if free. Answer: [`Outcome::Lock`] with the send time.
+    AcquireLock,
+    /// Renew the lock; give up (count as failed) at `deadline`. Answer: [`Outcome::Lock`].
+    RenewLock {
+        /// The lease deadline: an answer after it is worthless.
+        deadline: MonoTime,
+    },
+    /// Release the lock (PostgreSQL is already stopped or a replica).
+    ReleaseLock,
+    /// Race for the `initialize` key (create-if-absent with `""`).
+    ClaimInitialize,
+    /// Write `initialize = sysid` (adopting an existing data directory, or healing the store).
+    WriteInitialize {
+        /// The system identifier.
+        sysid: String,
+    },
+    /// Delete `initialize` after a failed bootstrap.
+    CancelInitialize,
+    /// Clear the `failover` key (compare-and-set on the version seen).
+    ClearFailover {
+        /// Version of the key when it was seen.
+        version: Option<Version>,
+    },
+    /// Ask these peers for their status (`GET /patroni`, short timeout, in parallel).
+    /// Answer: [`Outcome::Peers`].
+    ProbePeers {
+        /// Member names to ask.
+        names: Vec<String>,
+    },
+    /// *Task*: initdb, start, create users, write `initialize` and `config`, take the lock.
+    Bootstrap,
+    /// *Task*: make this member a copy of `from` (pg_basebackup).
+    Clone {
+        /// The member to copy from.
+        from: String,
+    },
+    /// *Task*: pg_rewind against `from`.
+    Rewind {
+        /// The new leader.
+        from: String,
+    },
+    /// *Task*: move the data directory aside, so the member clones afresh.
+    RemoveDataDir,
+    /// *Task*: start PostgreSQL as a primary (we hold the lock; crash recovery on the same
+    /// timeline).
+    StartPrimary,
+    /// *Task*: start PostgreSQL as a replica of `upstream` (or of nobody yet).
+    StartReplica {
+        /// The member to stream from.
+        upstream: Option<String>,
+    },
+    /// *Task*: point a running replica at a new upstream (reload where possible).
+    Follow {
+        /// The member to stream from.
+        upstream: String,
+    },
+    /// *Task*: promote to primary, then record the timeline change in `history`.
+    Promote,
+    /// *Task*: planned demotion: CHECKPOINT, fast stop, so the candidate has every WAL record.
+    StopGraceful,
+    /// The member cannot continue (a different cluster's data, ...). The shell stops
+    /// PostgreSQL and exits non-zero with the reason.
+    Fatal {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Action {
+    /// A long-running PostgreSQL task: while one runs, no other task starts.
+    pub fn is_task(&self) -> bool {
+        matches!(
+            self,
+            Action::Bootstrap
+                | Action::Clone { .. }
+                | Action::Rewind { .. }
+                | Action::RemoveDataDir
+                | Action::StartPrimary
+                | Action::StartReplica { .. }
+                | Action::Follow { .. }
+                | Action::Promote
+                | Action::StopGraceful
+        )
+    }
+}
+
+/// How an action went.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Done.
+    Ok,
+    /// Not done (an error, a lost race, a timeout); the text says why.
+    Failed(String),
+    /// A lock operation: `held` is true when we now hold it. `sent_at` is when the request
+    /// left, which is what the lease deadline counts from (ha-safety rule 1).
+    Lock {
+        /// We hold the lock.
+        held: bool,
+        /// The store answered (false: timeout or connection error).
+        answered: bool,
+        /// When the request was sent.
+        sent_at: MonoTime,
+    },
+    /// Peer statuses.
+    Peers(PeerReport),
+}
+
+/// An input to [`super::HaCore::step`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// A fresh observation: run a cycle.
+    Observed(Observation),
+    /// An action finished.
+    Completed {
+        /// Which.
+        id: ActionId,
+        /// How.
+        outcome: Outcome,
+    },
+    /// A deadline passed (or the shell just woke up); no new observation.
+    Tick,
+    /// The member is shutting down.
+    Shutdown,
+}

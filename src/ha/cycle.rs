@@ -1,0 +1,351 @@
+//! One HA cycle over a fresh observation (Patroni §4.2–4.5), as a method of [`HaCore`].
+//!
+//! Each branch ends the cycle with a message saying what was decided; the actions it emits are
+//! carried out by the shell and answered through `HaCore::step`.
+
+use super::race;
+use super::{Action, DataDir, HaCore, MonoTime, Observation, Purpose};
+use crate::dcs::{ClusterView, Failover};
+
+impl HaCore {
+    /// Runs one cycle on `self.last`.
+    pub(super) fn cycle(&mut self, now: MonoTime, out: &mut Vec<Action>) {
+        let Some(obs) = self.last.clone() else { return };
+        if self.shutting_down {
+            return;
+        }
+        let Some(view) = obs.dcs.as_ref() else {
+            // Keep running as we are. A leader keeps writing only until its lease deadline,
+            // which `step` enforces whatever the store does.
+            self.message = if self.holds_lock(now) {
+                "DCS is not accessible: keeping the primary until the lock deadline".into()
+            } else {
+                "DCS is not accessible".into()
+            };
+            return;
+        };
+        let holder = view.leader.as_ref().is_some_and(|l| l.name == self.me.name);
+        if let Some((_, task, _)) = &self.task {
+            let what = task_name(task);
+            if holder {
+                self.renew_if_due(&obs, now, out);
+            }
+            self.message = format!("{what} in progress");
+            return;
+        }
+        if !self.pending.is_empty() {
+            // A lock operation or a probe is still out; decide when it has answered.
+            return;
+        }
+        match &obs.pg.data {
+            DataDir::Invalid(reason) => {
+                self.message = format!("data directory is not usable: {reason}");
+                if holder {
+                    self.release(now, out);
+                }
+            }
+            DataDir::Empty => self.empty_data_dir(&obs, view, holder, now, out),
+            DataDir::Ready { sysid, was_primary } => {
+                if let Some(init) = view.initialize.as_deref() {
+                    if !init.is_empty() && init != sysid {
+                        let reason = format!(
+                            "the data directory's system identifier {sysid} differs from the \
+                             cluster's {init}: this member belongs to another cluster"
+                        );
+                        self.emit(Action::Fatal { reason }, Purpose::Other, now, out);
+                        return;
+                    }
+                }
+                if holder && view.initialize.as_deref() != Some(sysid.as_str()) && self.holds_lock(now) {
+                    // Heal a wiped store, or finish a bootstrap.
+                    self.bootstrapping = false;
+                    let sysid = sysid.clone();
+                    self.emit(Action::WriteInitialize { sysid }, Purpose::Other, now, out);
+                } else if view.initialize.is_none() && view.leader.is_none() && obs.pg.up {
+                    // An existing cluster adopted by pgwarden.
+                    let sysid = sysid.clone();
+                    self.emit(Action::WriteInitialize { sysid }, Purpose::Other, now, out);
+                }
+                if obs.pg.up {
+                    self.running(&obs, view, holder, now, out);
+                } else {
+                    self.stopped(&obs, view, holder, *was_primary, now, out);
+                }
+            }
+        }
+    }
+
+    fn empty_data_dir(
+        &mut self,
+        obs: &Observation,
+        view: &ClusterView,
+        holder: bool,
+        now: MonoTime,
+        out: &mut Vec<Action>,
+    ) {
+        if holder {
+            self.release(now, out);
+        }
+        if obs.policy.pause {
+            self.message = "paused: not creating a data directory".into();
+            return;
+        }
+        match (&view.leader, view.initialize.as_deref()) {
+            (None, None) if self.me.can_bootstrap && !self.me.nofailover => {
+                self.message = "trying to bootstrap a new cluster".into();
+                self.emit(Action::ClaimInitialize, Purpose::ClaimInitialize, now, out);
+            }
+            (Some(l), Some(sysid)) if !sysid.is_empty() && l.name != self.me.name => {
+                let from = clone_source(view, &l.name, &self.me.name);
+                self.message = format!("trying to clone from {from}");
+                self.emit(Action::Clone { from }, Purpose::Task, now, out);
+            }
+            _ => self.message = "waiting for leader to bootstrap".into(),
+        }
+    }
+
+    fn stopped(
+        &mut self,
+        obs: &Observation,
+        view: &ClusterView,
+        holder: bool,
+        was_primary: bool,
+        now: MonoTime,
+        out: &mut Vec<Action>,
+    ) {
+        if obs.policy.pause {
+            self.message = "paused: PostgreSQL is not running and pgwarden leaves it so".into();
+            return;
+        }
+        match &view.leader {
+            Some(_) if holder => {
+                if !was_primary {
+                    self.message = "holding the lock with a replica's data directory: releasing it".into();
+                    self.release(now, out);
+                    self.emit(Action::StartReplica { upstream: None }, Purpose::Task, now, out);
+                } else if self.holds_lock(now) {
+                    self.message = "starting PostgreSQL as the primary (crash recovery)".into();
+                    self.emit(Action::StartPrimary, Purpose::Task, now, out);
+                } else {
+                    // Confirm the lock before writing anything.
+                    self.renew_if_due(obs, now, out);
+                    self.message = "confirming the leader lock before starting as primary".into();
+                }
+            }
+            Some(l) => {
+                let leader = l.name.clone();
+                if was_primary && obs.policy.use_pg_rewind {
+                    let blocked = self.rewind_failed.as_ref().filter(|(from, until)| *from == leader && now < *until);
+                    match blocked {
+                        Some(_) => self.message = "pg_rewind failed; retrying later".into(),
+                        None if self.rewind_failed.as_ref().is_some_and(|(f, _)| *f == leader)
+                            && obs.policy.remove_data_directory_on_rewind_failure =>
+                        {
+                            self.message = "pg_rewind failed: removing the data directory to clone afresh".into();
+                            self.rewind_failed = None;
+                            self.emit(Action::RemoveDataDir, Purpose::Task, now, out);
+                        }
+                        None => {
+                            self.message = format!("rewinding from {leader}");
+                            self.emit(Action::Rewind { from: leader }, Purpose::Task, now, out);
+                        }
+                    }
+                } else {
+                    self.message = format!("starting as a secondary following {leader}");
+                    self.emit(Action::StartReplica { upstream: Some(leader) }, Purpose::Task, now, out);
+                }
+            }
+            None => {
+                // Start read-only; the race happens once PostgreSQL reports its position.
+                self.message = "starting as a secondary (no leader yet)".into();
+                self.emit(Action::StartReplica { upstream: None }, Purpose::Task, now, out);
+            }
+        }
+    }
+
+    fn running(
+        &mut self,
+        obs: &Observation,
+        view: &ClusterView,
+        holder: bool,
+        now: MonoTime,
+        out: &mut Vec<Action>,
+    ) {
+        match &view.leader {
+            None => self.race(obs, view, now, out),
+            Some(_) if holder => self.lead(obs, view, now, out),
+            Some(l) => {
+                let leader = l.name.clone();
+                // Someone else holds the lock: whatever we believed, we are not the leader.
+                self.lease_deadline = None;
+                if obs.pg.maybe_writable() {
+                    if !obs.policy.pause {
+                        self.message = format!("demoting self because {leader} holds the lock");
+                        self.emit(Action::StopNow, Purpose::Other, now, out);
+                    }
+                } else if obs.pg.upstream.as_deref() != Some(leader.as_str()) {
+                    self.message = format!("following new leader {leader}");
+                    self.emit(Action::Follow { upstream: leader }, Purpose::Task, now, out);
+                } else {
+                    self.message = format!(
+                        "no action. I am ({}), a secondary, and following a leader ({leader})",
+                        self.me.name
+                    );
+                }
+            }
+        }
+    }
+
+    fn race(&mut self, obs: &Observation, view: &ClusterView, now: MonoTime, out: &mut Vec<Action>) {
+        if obs.policy.pause {
+            self.message = "paused: no leader, and pgwarden does not race in maintenance mode".into();
+            return;
+        }
+        match race::pre_race(&self.me, &obs.pg, view, &obs.policy) {
+            Err(why) => self.message = why,
+            Ok(peers) if peers.is_empty() => {
+                self.message = "acquiring the leader lock".into();
+                self.emit(Action::AcquireLock, Purpose::Lock { acquiring: true }, now, out);
+            }
+            Ok(names) => {
+                self.message = "probing peers before the leader race".into();
+                self.emit(Action::ProbePeers { names }, Purpose::RaceProbe, now, out);
+            }
+        }
+    }
+
+    fn lead(&mut self, obs: &Observation, view: &ClusterView, now: MonoTime, out: &mut Vec<Action>) {
+        self.renew_if_due(obs, now, out);
+        if !self.holds_lock(now) {
+            self.message = "confirming the leader lock".into();
+            return;
+        }
+        if obs.pg.is_replica() {
+            self.message = "promoting: this member holds the lock".into();
+            self.emit(Action::Promote, Purpose::Task, now, out);
+            return;
+        }
+        if let Some(f) = &view.failover {
+            if self.switchover_requested(&f.value) {
+                return self.start_switchover(view, &f.value, now, out);
+            }
+            if f.value.scheduled_at.is_none() {
+                // A key that names another leader, or names us as the candidate, is stale.
+                let version = Some(f.version.clone());
+                self.emit(Action::ClearFailover { version }, Purpose::Other, now, out);
+            }
+        }
+        self.message = format!("no action. I am ({}), the leader with the lock", self.me.name);
+    }
+
+    /// The key asks this leader to hand over now.
+    fn switchover_requested(&self, f: &Failover) -> bool {
+        let from_me = f.leader.as_deref().is_none_or(|l| l == self.me.name);
+        let to_other = f.member.as_deref() != Some(self.me.name.as_str());
+        // Scheduled switchovers are fired by the API/ctl side rewriting the key at the time;
+        // pgwarden does not act on a key that still carries a schedule.
+        from_me && to_other && f.scheduled_at.is_none() && !f.is_empty()
+    }
+
+    fn start_switchover(&mut self, view: &ClusterView, f: &Failover, now: MonoTime, out: &mut Vec<Action>) {
+        let candidates: Vec<String> = match &f.member {
+            Some(c) => vec![c.clone()],
+            None => view
+                .members
+                .iter()
+                .filter(|(n, m)| *n != &self.me.name && m.api_url.is_some() && !m.nofailover())
+                .map(|(n, _)| n.clone())
+                .collect(),
+        };
+        if candidates.is_empty() {
+            self.message = "switchover: no candidates; clearing the request".into();
+            let version = view.failover.as_ref().map(|f| f.version.clone());
+            self.emit(Action::ClearFailover { version }, Purpose::Other, now, out);
+            return;
+        }
+        self.message = "switchover requested: checking the candidate".into();
+        let candidate = f.member.clone().unwrap_or_default();
+        self.emit(
+            Action::ProbePeers { names: candidates },
+            super::Purpose::SwitchoverProbe { candidate },
+            now,
+            out,
+        );
+    }
+
+    /// After probing the switchover candidate(s): demote gracefully if one is fit, else drop
+    /// the request.
+    pub(super) fn switchover_probed(
+        &mut self,
+        candidate: &str,
+        report: &super::PeerReport,
+        now: MonoTime,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(obs) = self.last.clone() else { return };
+        let Some(view) = &obs.dcs else { return };
+        let optime = obs.pg.wal_position;
+        let fit = report.iter().any(|(name, p)| {
+            (candidate.is_empty() || name == candidate)
+                && p.as_ref().is_some_and(|p| {
+                    p.running
+                        && !p.nofailover
+                        && !p.is_primary
+                        && optime.saturating_sub(p.wal_position) <= obs.policy.maximum_lag_on_failover
+                })
+        });
+        if fit && self.holds_lock(now) {
+            self.message = "switchover: demoting gracefully".into();
+            self.emit(Action::StopGraceful, Purpose::Task, now, out);
+        } else {
+            self.message = "switchover is not possible: no good candidates have been found".into();
+            let version = view.failover.as_ref().map(|f| f.version.clone());
+            self.emit(Action::ClearFailover { version }, Purpose::Other, now, out);
+        }
+    }
+
+    /// Renews the lock when a renewal is due: at most twice per `loop_wait`, so DCS events
+    /// caused by our own writes do not turn into a storm of renewals.
+    pub(super) fn renew_if_due(&mut self, obs: &Observation, now: MonoTime, out: &mut Vec<Action>) {
+        let due = match (self.lease_deadline, self.last_renew_sent) {
+            (Some(_), Some(sent)) => now.since(sent) >= obs.policy.loop_wait / 2,
+            _ => true,
+        };
+        if due && !self.pending.values().any(|(a, _)| matches!(a, Action::RenewLock { .. })) {
+            let deadline = self
+                .lease_deadline
+                .filter(|d| *d > now)
+                .unwrap_or(now + obs.policy.retry_timeout);
+            self.emit(Action::RenewLock { deadline }, Purpose::Lock { acquiring: false }, now, out);
+        }
+    }
+}
+
+/// Patroni's names for tasks in progress.
+fn task_name(a: &Action) -> &'static str {
+    match a {
+        Action::Bootstrap => "bootstrap",
+        Action::Clone { .. } => "clone",
+        Action::Rewind { .. } => "rewind",
+        Action::RemoveDataDir => "removing data directory",
+        Action::StartPrimary | Action::StartReplica { .. } => "start",
+        Action::Follow { .. } => "follow",
+        Action::Promote => "promote",
+        Action::StopGraceful => "stop",
+        _ => "action",
+    }
+}
+
+/// Clone from a running member tagged `clonefrom` (never the leader itself), else the leader.
+fn clone_source(view: &ClusterView, leader: &str, me: &str) -> String {
+    view.members
+        .iter()
+        .find(|(n, m)| {
+            *n != leader
+                && *n != me
+                && m.state.as_deref() == Some("running")
+                && m.tag("clonefrom").is_some_and(crate::dcs::model::truthy)
+        })
+        .map(|(n, _)| n.clone())
+        .unwrap_or_else(|| leader.to_owned())
+}

@@ -1,0 +1,257 @@
+//! The leader race: may this member take the lock? Patroni's healthiest-node rules (§4.3),
+//! as pure functions over an observation and the peers' answers.
+
+use crate::dcs::{ClusterView, Failover};
+
+use super::types::{Identity, PeerReport, PgFacts, Policy};
+
+/// Why this member may not (yet) race, or that it may.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Take the lock.
+    Healthiest,
+    /// Do not; the text is the log message.
+    NotHealthiest(String),
+}
+
+/// How a pending `failover` key shapes the race.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ManualFailover<'a> {
+    /// No key (or one we ignore).
+    None,
+    /// The key names this member: it takes over without the lag check.
+    ToMe,
+    /// The key names another member; it goes first while it is healthy.
+    ToOther {
+        /// The candidate.
+        candidate: &'a str,
+        /// The former leader, excluded from the race.
+        former_leader: Option<&'a str>,
+    },
+    /// A switchover away from a leader without a named candidate: anyone but the former leader.
+    AwayFrom(&'a str),
+}
+
+/// Classifies the `failover` key for a race. A scheduled switchover does not apply to a race.
+pub fn manual_failover<'a>(me: &str, key: Option<&'a Failover>) -> ManualFailover<'a> {
+    let Some(f) = key else { return ManualFailover::None };
+    match (f.member.as_deref(), f.leader.as_deref()) {
+        (Some(c), _) if c == me => ManualFailover::ToMe,
+        (Some(c), former) => ManualFailover::ToOther { candidate: c, former_leader: former },
+        (None, Some(l)) => ManualFailover::AwayFrom(l),
+        (None, None) => ManualFailover::None,
+    }
+}
+
+/// Checks that need no peer: may this member race at all? `Ok(peers)` lists the members to
+/// ask before taking the lock.
+pub fn pre_race(
+    me: &Identity,
+    pg: &PgFacts,
+    view: &ClusterView,
+    policy: &Policy,
+) -> Result<Vec<String>, String> {
+    if me.nofailover {
+        return Err("following a different leader because I am not allowed to promote".into());
+    }
+    if pg.in_recovery.is_none() {
+        return Err("not racing: PostgreSQL status is unknown".into());
+    }
+    let manual = manual_failover(&me.name, view.failover.as_ref().map(|f| &f.value));
+    match manual {
+        ManualFailover::ToMe => return Ok(Vec::new()),
+        ManualFailover::AwayFrom(l) | ManualFailover::ToOther { former_leader: Some(l), .. }
+            if l == me.name =>
+        {
+            // The former leader steps aside while a switchover is in progress; it comes back
+            // only if the candidate turns out unhealthy (handled in `judge`).
+        }
+        _ => {}
+    }
+    let lag_checked = matches!(manual, ManualFailover::None);
+    if lag_checked {
+        if let Some(status) = &view.status {
+            let lag = status.optime.saturating_sub(pg.wal_position);
+            if lag > policy.maximum_lag_on_failover {
+                return Err(format!(
+                    "not healthy enough for leader race: my WAL position {} lags the last \
+                     known leader position {} by {} bytes (maximum_lag_on_failover {})",
+                    pg.wal_position, status.optime, lag, policy.maximum_lag_on_failover
+                ));
+            }
+        }
+    }
+    let peers = view
+        .members
+        .iter()
+        .filter(|(name, m)| *name != &me.name && m.api_url.is_some() && !m.nofailover())
+        .map(|(name, _)| name.clone())
+        .collect();
+    Ok(peers)
+}
+
+/// The decision once the peers have answered.
+pub fn judge(me: &Identity, pg: &PgFacts, view: &ClusterView, peers: &PeerReport) -> Verdict {
+    let manual = manual_failover(&me.name, view.failover.as_ref().map(|f| &f.value));
+    if manual == ManualFailover::ToMe {
+        return Verdict::Healthiest;
+    }
+    let mut former_leader = None;
+    if let ManualFailover::ToOther { candidate, former_leader: fl } = manual {
+        former_leader = fl;
+        if let Some(Some(p)) = peers.get(candidate) {
+            if p.running && !p.nofailover {
+                return Verdict::NotHealthiest(format!(
+                    "waiting for the failover candidate {candidate} to take over"
+                ));
+            }
+        }
+    }
+    if let ManualFailover::AwayFrom(l) = manual {
+        former_leader = Some(l);
+    }
+    if former_leader == Some(me.name.as_str()) {
+        // The former leader retakes the lock only when no other member is healthy.
+        let someone_else = peers
+            .iter()
+            .any(|(n, p)| Some(n.as_str()) != former_leader && p.as_ref().is_some_and(|p| p.running && !p.nofailover));
+        if someone_else {
+            return Verdict::NotHealthiest("stepping aside for a switchover".into());
+        }
+    }
+    for (name, peer) in peers {
+        let Some(p) = peer else { continue };
+        if Some(name.as_str()) == former_leader {
+            continue;
+        }
+        if p.is_primary && p.running {
+            return Verdict::NotHealthiest(format!("Primary ({name}) is still alive"));
+        }
+        if p.wal_position > pg.wal_position {
+            return Verdict::NotHealthiest(format!(
+                "Wal position of {name} is ahead of my wal position"
+            ));
+        }
+        if p.wal_position == pg.wal_position && p.failover_priority > me.failover_priority {
+            return Verdict::NotHealthiest(format!(
+                "{name} has equally tolerable WAL position and priority {}, while this node has \
+                 priority {}",
+                p.failover_priority, me.failover_priority
+            ));
+        }
+    }
+    Verdict::Healthiest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dcs::{Member, Status, Version, Versioned};
+    use crate::ha::types::{DataDir, PeerFacts};
+    use std::time::Duration;
+
+    fn me() -> Identity {
+        Identity { name: "a".into(), nofailover: false, failover_priority: 1, can_bootstrap: true }
+    }
+    fn pg(pos: u64) -> PgFacts {
+        PgFacts {
+            data: DataDir::Ready { sysid: "1".into(), was_primary: false },
+            up: true,
+            in_recovery: Some(true),
+            timeline: Some(1),
+            wal_position: pos,
+            upstream: None,
+        }
+    }
+    fn policy() -> Policy {
+        Policy {
+            ttl: Duration::from_secs(30),
+            loop_wait: Duration::from_secs(10),
+            retry_timeout: Duration::from_secs(10),
+            maximum_lag_on_failover: 100,
+            use_pg_rewind: true,
+            remove_data_directory_on_rewind_failure: false,
+            pause: false,
+            safety_margin: Duration::from_secs(3),
+        }
+    }
+    fn view() -> ClusterView {
+        let mut v = ClusterView::default();
+        for n in ["a", "b", "c"] {
+            v.members.insert(
+                n.into(),
+                Member { api_url: Some(format!("http://{n}/patroni")), ..Member::default() },
+            );
+        }
+        v.status = Some(Status { optime: 1000, ..Status::default() });
+        v
+    }
+    fn peer(pos: u64, prio: i64) -> Option<PeerFacts> {
+        Some(PeerFacts {
+            is_primary: false,
+            wal_position: pos,
+            nofailover: false,
+            failover_priority: prio,
+            running: true,
+        })
+    }
+
+    #[test]
+    fn lagging_member_may_not_race() {
+        assert!(pre_race(&me(), &pg(800), &view(), &policy()).is_err());
+        assert_eq!(pre_race(&me(), &pg(950), &view(), &policy()).unwrap(), vec!["b", "c"]);
+    }
+
+    #[test]
+    fn peer_ahead_or_alive_primary_wins() {
+        let mut peers = PeerReport::new();
+        peers.insert("b".into(), peer(990, 1));
+        peers.insert("c".into(), None);
+        assert_eq!(judge(&me(), &pg(995), &view(), &peers), Verdict::Healthiest);
+        peers.insert("b".into(), peer(999, 1));
+        assert!(matches!(judge(&me(), &pg(995), &view(), &peers), Verdict::NotHealthiest(_)));
+        peers.insert("b".into(), peer(995, 2));
+        let Verdict::NotHealthiest(msg) = judge(&me(), &pg(995), &view(), &peers) else {
+            panic!("priority must decide")
+        };
+        assert!(msg.contains("priority 2"), "{msg}");
+        let mut alive = peer(1, 1);
+        if let Some(p) = alive.as_mut() {
+            p.is_primary = true;
+        }
+        peers.insert("b".into(), alive);
+        assert_eq!(
+            judge(&me(), &pg(995), &view(), &peers),
+            Verdict::NotHealthiest("Primary (b) is still alive".into())
+        );
+    }
+
+    #[test]
+    fn failover_key_shapes_the_race() {
+        let mut v = view();
+        v.failover = Some(Versioned {
+            value: Failover { leader: Some("c".into()), member: Some("b".into()), scheduled_at: None },
+            version: Version("1".into()),
+        });
+        let mut peers = PeerReport::new();
+        peers.insert("b".into(), peer(10, 1));
+        // The named candidate is healthy: wait for it, even though we are ahead.
+        assert!(matches!(judge(&me(), &pg(995), &v, &peers), Verdict::NotHealthiest(_)));
+        // The candidate is gone: race without it, and without the lag check.
+        peers.insert("b".into(), None);
+        assert!(pre_race(&me(), &pg(1), &v, &policy()).is_ok());
+        assert_eq!(judge(&me(), &pg(995), &v, &peers), Verdict::Healthiest);
+        // The key names me.
+        if let Some(f) = v.failover.as_mut() {
+            f.value.member = Some("a".into());
+        }
+        assert_eq!(pre_race(&me(), &pg(1), &v, &policy()).unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn nofailover_never_races() {
+        let mut id = me();
+        id.nofailover = true;
+        assert!(pre_race(&id, &pg(1000), &view(), &policy()).is_err());
+    }
+}

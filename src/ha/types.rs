@@ -1,0 +1,156 @@
+//! What the HA core is told: who it is, the policy in force, and one observation of the world.
+
+use std::collections::BTreeMap;
+use std::ops::{Add, Sub};
+use std::time::Duration;
+
+use crate::dcs::ClusterView;
+
+/// A point on the member's own monotonic clock. Simulations start it at zero; the shell maps
+/// `tokio::time::Instant` onto it. Wall-clock values never enter the core as time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MonoTime(pub Duration);
+
+impl MonoTime {
+    /// Zero, the start of a simulation.
+    pub const ZERO: MonoTime = MonoTime(Duration::ZERO);
+
+    /// Time elapsed since `earlier`, zero if `earlier` is later.
+    pub fn since(self, earlier: MonoTime) -> Duration {
+        self.0.saturating_sub(earlier.0)
+    }
+}
+
+impl Add<Duration> for MonoTime {
+    type Output = MonoTime;
+    fn add(self, d: Duration) -> MonoTime {
+        MonoTime(self.0 + d)
+    }
+}
+
+impl Sub<Duration> for MonoTime {
+    type Output = MonoTime;
+    fn sub(self, d: Duration) -> MonoTime {
+        MonoTime(self.0.saturating_sub(d))
+    }
+}
+
+/// Who this member is: fixed for the life of the process.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Identity {
+    /// Member name (`name:`).
+    pub name: String,
+    /// `nofailover` tag (or `failover_priority` <= 0): never take the lock.
+    pub nofailover: bool,
+    /// `failover_priority` tag, the tie-breaker at equal WAL positions.
+    pub failover_priority: i64,
+    /// The configuration has a `bootstrap` section, so this member may create the cluster.
+    pub can_bootstrap: bool,
+}
+
+/// The settings in force (dynamic configuration merged with local), as the core needs them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    /// Lifetime of the leader lock.
+    pub ttl: Duration,
+    /// Period of the HA cycle.
+    pub loop_wait: Duration,
+    /// Bound of one DCS operation.
+    pub retry_timeout: Duration,
+    /// A replica further behind the leader's last optime than this may not take over.
+    pub maximum_lag_on_failover: u64,
+    /// Rejoin a diverged former primary with pg_rewind.
+    pub use_pg_rewind: bool,
+    /// When pg_rewind fails, wipe and clone afresh.
+    pub remove_data_directory_on_rewind_failure: bool,
+    /// Maintenance mode: never start, stop, promote or demote on our own.
+    pub pause: bool,
+    /// How much earlier than the lock could expire the leader stops writing (ha-safety rule 2):
+    /// the time an immediate stop takes, clock-rate drift and scheduler lateness.
+    pub safety_margin: Duration,
+}
+
+impl Policy {
+    /// The margin pgwarden uses when not told otherwise: 10% of ttl, at least 1 s and at most
+    /// 5 s. An immediate stop takes well under a second on a healthy machine; the rest covers a
+    /// starved scheduler and clock drift (a few ppm; 2% would already be generous).
+    pub fn default_margin(ttl: Duration) -> Duration {
+        (ttl / 10).clamp(Duration::from_secs(1), Duration::from_secs(5))
+    }
+}
+
+/// The state of the data directory, from `pg_controldata`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataDir {
+    /// Missing or empty: a new member.
+    Empty,
+    /// Present but unusable; the reason.
+    Invalid(String),
+    /// A PostgreSQL cluster.
+    Ready {
+        /// Database system identifier.
+        sysid: String,
+        /// The control file says it last ran as a primary (`in production` or `shut down`),
+        /// so rejoining another leader may need pg_rewind.
+        was_primary: bool,
+    },
+}
+
+/// PostgreSQL as observed this cycle.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PgFacts {
+    /// The data directory.
+    pub data: DataDir,
+    /// The postmaster is up (our child is alive).
+    pub up: bool,
+    /// `pg_is_in_recovery()`; `None` when the query failed or PostgreSQL is down.
+    pub in_recovery: Option<bool>,
+    /// Current timeline, when known.
+    pub timeline: Option<u64>,
+    /// Primary: flush LSN; replica: max(receive, replay); 0 when unknown.
+    pub wal_position: u64,
+    /// The member this replica is configured to stream from.
+    pub upstream: Option<String>,
+}
+
+impl PgFacts {
+    /// PostgreSQL might accept writes: up, and not known to be in recovery. Unknown counts as
+    /// writable, because safety must not depend on a query answering.
+    pub fn maybe_writable(&self) -> bool {
+        self.up && self.in_recovery != Some(true)
+    }
+
+    /// Known to run as a replica.
+    pub fn is_replica(&self) -> bool {
+        self.up && self.in_recovery == Some(true)
+    }
+}
+
+/// A peer's answer to `GET /patroni` during a leader race.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerFacts {
+    /// The peer runs PostgreSQL as a primary.
+    pub is_primary: bool,
+    /// The peer's WAL position.
+    pub wal_position: u64,
+    /// The peer may not become leader.
+    pub nofailover: bool,
+    /// The peer's failover priority.
+    pub failover_priority: i64,
+    /// The peer's PostgreSQL is running.
+    pub running: bool,
+}
+
+/// One observation: everything the core decides on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    /// The cluster as read from the store; `None` when the store could not be read.
+    pub dcs: Option<ClusterView>,
+    /// The local PostgreSQL.
+    pub pg: PgFacts,
+    /// The policy in force.
+    pub policy: Policy,
+}
+
+/// Results of probing peers: name → facts, or `None` when the peer did not answer.
+pub type PeerReport = BTreeMap<String, Option<PeerFacts>>;
