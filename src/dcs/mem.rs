@@ -108,6 +108,16 @@ impl MemStore {
         true
     }
 
+    /// Create-if-absent bound to `lease`; also true when the key already exists bound to that
+    /// same lease (the caller's earlier claim, whose answer it may have missed).
+    pub fn create_or_owned(&mut self, key: &str, value: &str, lease: LeaseId, now: Duration) -> bool {
+        self.expire(now);
+        match self.keys.get(key) {
+            Some(e) => e.lease == Some(lease),
+            None => self.create(key, value, Some(lease), now),
+        }
+    }
+
     /// Write if the key's version is `expected` (`None`: if absent).
     pub fn compare_and_put(&mut self, key: &str, value: &str, expected: Option<&Version>, now: Duration) -> bool {
         self.expire(now);
@@ -258,9 +268,9 @@ impl Dcs for MemDcs {
         })
     }
     async fn initialize(&self, create_new: bool, sysid: &str) -> Result<bool, DcsError> {
-        self.with(|s, now, _| {
+        self.with(|s, now, lease| {
             if create_new {
-                s.create("initialize", sysid, None, now)
+                s.create_or_owned("initialize", sysid, lease, now)
             } else {
                 s.put("initialize", sysid, None, now);
                 true

@@ -9,7 +9,7 @@ use crate::dcs::{ClusterView, Failover};
 
 impl HaCore {
     /// Runs one cycle on `self.last`.
-    pub(super) fn cycle(&mut self, now: MonoTime, out: &mut Vec<Action>) {
+    pub(super) fn cycle(&mut self, now: MonoTime, out: &mut Vec<(super::ActionId, Action)>) {
         let Some(obs) = self.last.clone() else { return };
         if self.shutting_down {
             return;
@@ -36,6 +36,19 @@ impl HaCore {
         if !self.pending.is_empty() {
             // A lock operation or a probe is still out; decide when it has answered.
             return;
+        }
+        if self.give_up_lock {
+            if obs.pg.up {
+                self.message = "waiting for PostgreSQL to stop before releasing the lock".into();
+                self.emit(Action::StopNow, Purpose::Other, now, out);
+                return;
+            }
+            self.give_up_lock = false;
+            if holder {
+                self.message = "PostgreSQL is down: releasing the lock".into();
+                self.emit(Action::ReleaseLock, Purpose::Other, now, out);
+                return;
+            }
         }
         match &obs.pg.data {
             DataDir::Invalid(reason) => {
@@ -81,7 +94,7 @@ impl HaCore {
         view: &ClusterView,
         holder: bool,
         now: MonoTime,
-        out: &mut Vec<Action>,
+        out: &mut Vec<(super::ActionId, Action)>,
     ) {
         if holder {
             self.release(now, out);
@@ -91,7 +104,10 @@ impl HaCore {
             return;
         }
         match (&view.leader, view.initialize.as_deref()) {
-            (None, None) if self.me.can_bootstrap && !self.me.nofailover => {
+            (None, None) | (None, Some("")) if self.me.can_bootstrap && !self.me.nofailover => {
+                // Claiming again while `initialize` is "" is how a claimant whose answer was
+                // lost finds out the claim is its own: the store binds the claim to the
+                // claimant's session and answers yes to its owner.
                 self.message = "trying to bootstrap a new cluster".into();
                 self.emit(Action::ClaimInitialize, Purpose::ClaimInitialize, now, out);
             }
@@ -111,7 +127,7 @@ impl HaCore {
         holder: bool,
         was_primary: bool,
         now: MonoTime,
-        out: &mut Vec<Action>,
+        out: &mut Vec<(super::ActionId, Action)>,
     ) {
         if obs.policy.pause {
             self.message = "paused: PostgreSQL is not running and pgwarden leaves it so".into();
@@ -169,7 +185,7 @@ impl HaCore {
         view: &ClusterView,
         holder: bool,
         now: MonoTime,
-        out: &mut Vec<Action>,
+        out: &mut Vec<(super::ActionId, Action)>,
     ) {
         match &view.leader {
             None => self.race(obs, view, now, out),
@@ -196,7 +212,7 @@ impl HaCore {
         }
     }
 
-    fn race(&mut self, obs: &Observation, view: &ClusterView, now: MonoTime, out: &mut Vec<Action>) {
+    fn race(&mut self, obs: &Observation, view: &ClusterView, now: MonoTime, out: &mut Vec<(super::ActionId, Action)>) {
         if obs.policy.pause {
             self.message = "paused: no leader, and pgwarden does not race in maintenance mode".into();
             return;
@@ -214,7 +230,7 @@ impl HaCore {
         }
     }
 
-    fn lead(&mut self, obs: &Observation, view: &ClusterView, now: MonoTime, out: &mut Vec<Action>) {
+    fn lead(&mut self, obs: &Observation, view: &ClusterView, now: MonoTime, out: &mut Vec<(super::ActionId, Action)>) {
         self.renew_if_due(obs, now, out);
         if !self.holds_lock(now) {
             self.message = "confirming the leader lock".into();
@@ -247,7 +263,7 @@ impl HaCore {
         from_me && to_other && f.scheduled_at.is_none() && !f.is_empty()
     }
 
-    fn start_switchover(&mut self, view: &ClusterView, f: &Failover, now: MonoTime, out: &mut Vec<Action>) {
+    fn start_switchover(&mut self, view: &ClusterView, f: &Failover, now: MonoTime, out: &mut Vec<(super::ActionId, Action)>) {
         let candidates: Vec<String> = match &f.member {
             Some(c) => vec![c.clone()],
             None => view
@@ -280,7 +296,7 @@ impl HaCore {
         candidate: &str,
         report: &super::PeerReport,
         now: MonoTime,
-        out: &mut Vec<Action>,
+        out: &mut Vec<(super::ActionId, Action)>,
     ) {
         let Some(obs) = self.last.clone() else { return };
         let Some(view) = &obs.dcs else { return };
@@ -306,7 +322,7 @@ impl HaCore {
 
     /// Renews the lock when a renewal is due: at most twice per `loop_wait`, so DCS events
     /// caused by our own writes do not turn into a storm of renewals.
-    pub(super) fn renew_if_due(&mut self, obs: &Observation, now: MonoTime, out: &mut Vec<Action>) {
+    pub(super) fn renew_if_due(&mut self, obs: &Observation, now: MonoTime, out: &mut Vec<(super::ActionId, Action)>) {
         let due = match (self.lease_deadline, self.last_renew_sent) {
             (Some(_), Some(sent)) => now.since(sent) >= obs.policy.loop_wait / 2,
             _ => true,

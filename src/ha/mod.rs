@@ -66,6 +66,8 @@ pub struct HaCore {
     bootstrapping: bool,
     /// pg_rewind failed against this leader; retry no sooner than the instant given.
     rewind_failed: Option<(String, MonoTime)>,
+    /// The lock must be handed back once PostgreSQL is down (a failed start or promotion).
+    give_up_lock: bool,
     /// Shutdown requested.
     shutting_down: bool,
     /// Shutdown complete: the shell may exit.
@@ -88,6 +90,7 @@ impl HaCore {
             last_cycle: None,
             bootstrapping: false,
             rewind_failed: None,
+            give_up_lock: false,
             shutting_down: false,
             finished: false,
             message: String::new(),
@@ -140,7 +143,7 @@ impl HaCore {
     }
 
     /// Feeds one input; returns the actions to carry out, in order.
-    pub fn step(&mut self, input: Input, now: MonoTime) -> Vec<Action> {
+    pub fn step(&mut self, input: Input, now: MonoTime) -> Vec<(ActionId, Action)> {
         let mut out = Vec::new();
         // Safety first, whatever the input (ha-safety rule 2): a lapsed lease means we must
         // not write any more.
@@ -150,12 +153,13 @@ impl HaCore {
                 self.last_cycle = Some(now);
                 let writable_unleased = obs.pg.maybe_writable() && !self.holds_lock(now);
                 self.last = Some(obs);
-                if writable_unleased && !self.paused() && !out.contains(&Action::StopNow) {
+                let stopping = out.iter().any(|(_, a)| *a == Action::StopNow);
+                if writable_unleased && !self.paused() && !stopping {
                     self.message = "demoting: PostgreSQL runs as a primary without the lock".into();
                     self.emit(Action::StopNow, Purpose::Other, now, &mut out);
                     return out;
                 }
-                if !out.contains(&Action::StopNow) {
+                if !stopping {
                     self.cycle(now, &mut out);
                 }
             }
@@ -173,12 +177,17 @@ impl HaCore {
         self.last.as_ref().is_some_and(|o| o.policy.pause)
     }
 
-    fn expire_lease(&mut self, now: MonoTime, out: &mut Vec<Action>) {
+    fn expire_lease(&mut self, now: MonoTime, out: &mut Vec<(ActionId, Action)>) {
         if let Some(d) = self.lease_deadline {
             if now >= d {
                 self.lease_deadline = None;
                 let writable = self.last.as_ref().is_some_and(|o| o.pg.maybe_writable());
-                if writable && !self.paused() {
+                // A start or promotion in flight would make it writable soon: stop that too.
+                let becoming_writable = matches!(
+                    self.task_in_flight(),
+                    Some(Action::StartPrimary | Action::Promote)
+                );
+                if (writable || becoming_writable) && !self.paused() {
                     self.message = "lock deadline passed: stopping PostgreSQL now".into();
                     self.emit(Action::StopNow, Purpose::Other, now, out);
                 }
@@ -186,7 +195,7 @@ impl HaCore {
         }
     }
 
-    fn emit(&mut self, action: Action, purpose: Purpose, now: MonoTime, out: &mut Vec<Action>) {
+    fn emit(&mut self, action: Action, purpose: Purpose, now: MonoTime, out: &mut Vec<(ActionId, Action)>) {
         self.next_id += 1;
         let id = ActionId(self.next_id);
         if action.is_task() {
@@ -196,16 +205,10 @@ impl HaCore {
             self.last_renew_sent = Some(now);
         }
         self.pending.insert(id, (action.clone(), purpose));
-        out.push(action);
+        out.push((id, action));
     }
 
-    /// The id of the action most recently returned: the shell pairs actions with ids this way.
-    /// Actions returned by one `step` call carry consecutive ids ending with this one.
-    pub fn last_action_id(&self) -> ActionId {
-        ActionId(self.next_id)
-    }
-
-    fn completed(&mut self, id: ActionId, outcome: Outcome, now: MonoTime, out: &mut Vec<Action>) {
+    fn completed(&mut self, id: ActionId, outcome: Outcome, now: MonoTime, out: &mut Vec<(ActionId, Action)>) {
         let Some((action, purpose)) = self.pending.remove(&id) else { return };
         if self.task.as_ref().is_some_and(|(tid, _, _)| *tid == id) {
             self.task = None;
@@ -267,7 +270,7 @@ impl HaCore {
         }
     }
 
-    fn after_acquire(&mut self, now: MonoTime, out: &mut Vec<Action>) {
+    fn after_acquire(&mut self, now: MonoTime, out: &mut Vec<(ActionId, Action)>) {
         let Some(obs) = self.last.clone() else { return };
         if let Some(view) = &obs.dcs {
             if view.failover.is_some() {
@@ -283,7 +286,7 @@ impl HaCore {
         }
     }
 
-    fn task_done(&mut self, action: Action, outcome: Outcome, now: MonoTime, out: &mut Vec<Action>) {
+    fn task_done(&mut self, action: Action, outcome: Outcome, now: MonoTime, out: &mut Vec<(ActionId, Action)>) {
         let ok = outcome == Outcome::Ok;
         match action {
             Action::Bootstrap => {
@@ -302,19 +305,20 @@ impl HaCore {
             }
             Action::StartPrimary => {
                 if !ok {
-                    // A holder whose PostgreSQL cannot start gives the lock to somebody else.
-                    self.message = "PostgreSQL failed to start as primary: releasing the lock".into();
+                    // A holder whose PostgreSQL cannot start gives the lock to somebody else,
+                    // once PostgreSQL is certainly down (rule 6).
+                    self.message = "PostgreSQL failed to start as primary: giving up the lock".into();
                     if self.bootstrapping {
                         self.bootstrapping = false;
                         self.emit(Action::CancelInitialize, Purpose::Other, now, out);
                     }
-                    self.release(now, out);
+                    self.give_up(now, out);
                 }
             }
             Action::Promote => {
                 if !ok {
-                    self.message = "promotion failed: releasing the lock".into();
-                    self.release(now, out);
+                    self.message = "promotion failed: giving up the lock".into();
+                    self.give_up(now, out);
                 }
             }
             Action::StopGraceful => {
@@ -341,6 +345,14 @@ impl HaCore {
         }
     }
 
+    /// Stop being the leader: stop PostgreSQL now; the lock is released by the next cycle that
+    /// sees PostgreSQL down.
+    fn give_up(&mut self, now: MonoTime, out: &mut Vec<(ActionId, Action)>) {
+        self.lease_deadline = None;
+        self.give_up_lock = true;
+        self.emit(Action::StopNow, Purpose::Other, now, out);
+    }
+
     fn dcs_says_holder(&self) -> bool {
         self.last
             .as_ref()
@@ -349,12 +361,12 @@ impl HaCore {
             .is_some_and(|l| l.name == self.me.name)
     }
 
-    fn release(&mut self, now: MonoTime, out: &mut Vec<Action>) {
+    fn release(&mut self, now: MonoTime, out: &mut Vec<(ActionId, Action)>) {
         self.lease_deadline = None;
         self.emit(Action::ReleaseLock, Purpose::Other, now, out);
     }
 
-    fn shutdown_step(&mut self, now: MonoTime, out: &mut Vec<Action>) {
+    fn shutdown_step(&mut self, now: MonoTime, out: &mut Vec<(ActionId, Action)>) {
         if self.task.is_some() || self.finished {
             return;
         }

@@ -1,0 +1,813 @@
+//! The simulated world: members (an `HaCore` and a `FakePg` each), one in-memory store, a
+//! seeded random source, a virtual clock and an event queue. Every step jumps to the next
+//! event, applies it, and checks the safety invariants of ha-safety.md.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::time::Duration;
+
+use pgwarden::dcs::mem::{LeaseId, MemStore};
+use pgwarden::dcs::{Failover, Member, Status};
+use pgwarden::ha::{Action, ActionId, DataDir, HaCore, Identity, Input, MonoTime, Observation, Outcome, PeerFacts, Policy};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+use crate::fake_pg::{FakePg, Run};
+
+const MS: Duration = Duration::from_millis(1);
+/// The longest an immediate stop takes in the simulation.
+const STOP_MAX: Duration = Duration::from_millis(300);
+/// The longest a member's agent may stall (scheduler lateness). Longer freezes need a
+/// hardware watchdog, which is a later issue.
+const STALL_MAX: Duration = Duration::from_millis(300);
+
+#[derive(Debug, Clone)]
+pub enum Fault {
+    CrashMember { who: usize, down_for: Duration },
+    CrashPg { who: usize },
+    CutFromStore { who: usize, for_: Duration },
+    CutFromPeers { who: usize, for_: Duration },
+    Isolate { who: usize, for_: Duration },
+    StoreOutage { for_: Duration },
+    Stall { who: usize, for_: Duration },
+    Switchover { to: usize },
+}
+
+#[derive(Debug, Clone)]
+enum Ev {
+    Wake(usize, u64),
+    /// A DCS request reaches the store.
+    StoreOp { who: usize, inc: u64, id: ActionId, action: Action, sent_at: MonoTime, reply_at: Option<Duration> },
+    Deliver { who: usize, inc: u64, id: ActionId, outcome: Outcome },
+    PgDone { who: usize, epoch: u64, to: Run, task: Option<ActionId>, inc: u64 },
+    TaskDone { who: usize, inc: u64, id: ActionId, ok: bool, effect: TaskEffect },
+    Fault(Fault),
+    Heal(HealWhat),
+    Restart(usize),
+    Tick,
+}
+
+#[derive(Debug, Clone)]
+enum TaskEffect {
+    None,
+    Clone { from: usize },
+    Rewind { from: usize },
+    Bootstrap,
+    RemoveData,
+}
+
+#[derive(Debug, Clone)]
+enum HealWhat {
+    Store(usize),
+    Peers(usize),
+    StoreAll,
+    Unfreeze,
+}
+
+pub struct SimMember {
+    pub name: String,
+    pub core: HaCore,
+    pub pg: FakePg,
+    /// Local clock rate (drift).
+    rate: f64,
+    lease: Option<LeaseId>,
+    /// Incarnation of the agent: bumped by a crash, so stale events are dropped.
+    inc: u64,
+    alive: bool,
+    store_cut: u32,
+    peers_cut: u32,
+    frozen_until: Duration,
+    /// Inline operations outstanding (the shell is sequential).
+    busy: usize,
+    wake_pending: bool,
+    next_wake: Option<Duration>,
+    last_member_json: String,
+}
+
+pub struct Params {
+    pub members: usize,
+    pub ttl: Duration,
+    pub loop_wait: Duration,
+    pub retry_timeout: Duration,
+    pub loss: f64,
+    pub spike: f64,
+    pub fault_phase: Duration,
+    pub faults: Vec<(Duration, Fault)>,
+    pub quiet_phase: Duration,
+}
+
+impl Params {
+    pub fn random(rng: &mut StdRng) -> Params {
+        let ttl = Duration::from_secs([5, 10, 30][rng.random_range(0..3)]);
+        let loop_wait = Duration::from_secs(rng.random_range(1..=(ttl.as_secs() / 3).max(1)));
+        let retry_timeout = ((ttl - loop_wait) / 2).min(Duration::from_secs(10)).max(Duration::from_secs(1));
+        let members = rng.random_range(2..=4);
+        let fault_phase = Duration::from_secs(rng.random_range(30..150));
+        let nfaults = rng.random_range(0..10);
+        let mut faults = Vec::new();
+        for _ in 0..nfaults {
+            let at = Duration::from_millis(rng.random_range(5_000..fault_phase.as_millis() as u64));
+            let who = rng.random_range(0..members);
+            let d = Duration::from_millis(rng.random_range(200..(ttl.as_millis() as u64 * 3)));
+            let f = match rng.random_range(0..9) {
+                0 => Fault::CrashMember { who, down_for: d },
+                1 => Fault::CrashPg { who },
+                2 => Fault::CutFromStore { who, for_: d },
+                3 => Fault::CutFromPeers { who, for_: d },
+                4 => Fault::Isolate { who, for_: d },
+                5 => Fault::StoreOutage { for_: d },
+                6 => Fault::Stall { who, for_: Duration::from_millis(rng.random_range(1..=STALL_MAX.as_millis() as u64)) },
+                _ => Fault::Switchover { to: who },
+            };
+            faults.push((at, f));
+        }
+        Params {
+            members,
+            ttl,
+            loop_wait,
+            retry_timeout,
+            loss: [0.0, 0.02, 0.1][rng.random_range(0..3)],
+            spike: [0.0, 0.02][rng.random_range(0..2)],
+            fault_phase,
+            faults,
+            quiet_phase: ttl * 2 + loop_wait + Duration::from_secs(30),
+        }
+    }
+}
+
+pub struct World {
+    pub now: Duration,
+    rng: StdRng,
+    pub store: MemStore,
+    store_down: u32,
+    pub members: Vec<SimMember>,
+    queue: BinaryHeap<Reverse<(Duration, u64, usize)>>,
+    events: Vec<Option<Ev>>,
+    seq: u64,
+    params: Params,
+    pub trace: Vec<String>,
+    pub verbose: bool,
+    /// Quiet phase: no loss, no spikes, no faults.
+    quiet: bool,
+    pub steps: u64,
+}
+
+impl World {
+    pub fn new(seed: u64, params: Params) -> World {
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15);
+        let members = (0..params.members)
+            .map(|i| {
+                let name = format!("m{i}");
+                SimMember {
+                    core: HaCore::new(identity(&name)),
+                    name,
+                    pg: FakePg::new(),
+                    rate: 1.0 + rng.random_range(-0.005..0.005),
+                    lease: None,
+                    inc: 0,
+                    alive: true,
+                    store_cut: 0,
+                    peers_cut: 0,
+                    frozen_until: Duration::ZERO,
+                    busy: 0,
+                    wake_pending: false,
+                    next_wake: None,
+                    last_member_json: String::new(),
+                }
+            })
+            .collect();
+        let mut w = World {
+            now: Duration::ZERO,
+            rng,
+            store: MemStore::new(),
+            store_down: 0,
+            members,
+            queue: BinaryHeap::new(),
+            events: Vec::new(),
+            seq: 0,
+            params,
+            trace: Vec::new(),
+            verbose: false,
+            quiet: false,
+            steps: 0,
+        };
+        for i in 0..w.members.len() {
+            let at = Duration::from_millis(w.rng.random_range(0..500));
+            w.schedule(at, Ev::Wake(i, 0));
+        }
+        let faults = w.params.faults.clone();
+        for (at, f) in faults {
+            w.schedule(at, Ev::Fault(f));
+        }
+        w.schedule(Duration::ZERO, Ev::Tick);
+        w
+    }
+
+    fn policy(&self) -> Policy {
+        Policy {
+            ttl: self.params.ttl,
+            loop_wait: self.params.loop_wait,
+            retry_timeout: self.params.retry_timeout,
+            maximum_lag_on_failover: 1 << 20,
+            use_pg_rewind: true,
+            remove_data_directory_on_rewind_failure: false,
+            pause: false,
+            safety_margin: Policy::default_margin(self.params.ttl),
+        }
+    }
+
+    fn schedule(&mut self, at: Duration, ev: Ev) {
+        self.seq += 1;
+        self.events.push(Some(ev));
+        self.queue.push(Reverse((at, self.seq, self.events.len() - 1)));
+    }
+
+    fn local(&self, who: usize) -> MonoTime {
+        MonoTime(self.now.mul_f64(self.members[who].rate))
+    }
+
+    fn real_of(&self, who: usize, t: MonoTime) -> Duration {
+        t.0.div_f64(self.members[who].rate)
+    }
+
+    fn log(&mut self, s: String) {
+        if self.verbose {
+            eprintln!("{:>10.3} {s}", self.now.as_secs_f64());
+        }
+        self.trace.push(format!("{:?} {s}", self.now));
+    }
+
+    fn latency(&mut self) -> Option<Duration> {
+        if !self.quiet && self.rng.random_bool(self.params.loss) {
+            return None;
+        }
+        if !self.quiet && self.rng.random_bool(self.params.spike) {
+            return Some(Duration::from_millis(self.rng.random_range(500..3000)));
+        }
+        Some(Duration::from_micros(self.rng.random_range(500..20_000)))
+    }
+
+    fn reaches_store(&self, who: usize) -> bool {
+        self.store_down == 0 && self.members[who].store_cut == 0
+    }
+
+    fn peers_linked(&self, a: usize, b: usize) -> bool {
+        self.members[a].peers_cut == 0 && self.members[b].peers_cut == 0
+    }
+
+    /// Runs until the end of the quiet phase; an error names the broken invariant.
+    pub fn run(&mut self) -> Result<(), String> {
+        let heal_at = self.params.fault_phase + self.params.ttl * 3;
+        let end = heal_at + self.params.quiet_phase;
+        let mut leader_seen_after_heal = None;
+        while let Some(Reverse((at, _, idx))) = self.queue.pop() {
+            if at > end {
+                break;
+            }
+            self.now = at;
+            self.steps += 1;
+            if self.steps > 5_000_000 {
+                return Err("step budget exhausted (livelock?)".into());
+            }
+            if !self.quiet && self.now >= heal_at {
+                self.quiet = true;
+                self.log("quiet phase: every fault healed".into());
+            }
+            let Some(ev) = self.events[idx].take() else { continue };
+            self.apply(ev)?;
+            self.check_safety()?;
+            if self.quiet && leader_seen_after_heal.is_none() {
+                let holder = self.store.get("leader", self.now);
+                let writable = self.members.iter().any(|m| m.pg.writable());
+                if holder.is_some() && writable {
+                    leader_seen_after_heal = Some(self.now);
+                }
+            }
+        }
+        // Liveness: with everything healed and connected, a leader that takes writes exists
+        // within ttl + loop_wait (plus the latency of promotion and of probing peers).
+        let bound = self.params.ttl + self.params.loop_wait + Duration::from_secs(5);
+        match leader_seen_after_heal {
+            Some(t) if t <= heal_at + bound => Ok(()),
+            Some(t) => Err(format!(
+                "liveness: a writable leader only {:.1}s after healing (bound {:.1}s)",
+                (t - heal_at).as_secs_f64(),
+                bound.as_secs_f64()
+            )),
+            None => Err(format!("liveness: no writable leader after healing; {}", self.describe())),
+        }
+    }
+
+    pub fn describe(&mut self) -> String {
+        let holder = self.store.get("leader", self.now);
+        let mut s = format!("leader key {holder:?};");
+        for m in &self.members {
+            s += &format!(" {}: alive={} pg={:?} data={:?} msg={:?};", m.name, m.alive, m.pg.run, m.pg.data, m.core.message());
+        }
+        s
+    }
+
+    fn check_safety(&mut self) -> Result<(), String> {
+        let writable: Vec<usize> = (0..self.members.len()).filter(|&i| self.members[i].pg.writable()).collect();
+        if writable.len() > 1 {
+            return Err(format!("two writable primaries at once: {writable:?}; {}", self.describe()));
+        }
+        if let Some(&w) = writable.first() {
+            let holder = self.store.get("leader", self.now);
+            let name = self.members[w].name.clone();
+            if holder.as_deref() != Some(name.as_str()) {
+                return Err(format!("{name} writable while the lock is {holder:?}; {}", self.describe()));
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, ev: Ev) -> Result<(), String> {
+        match ev {
+            Ev::Tick => {
+                // Clients write to whoever accepts writes; replicas copy from their upstream.
+                let positions: Vec<(String, u64, bool)> =
+                    self.members.iter().map(|m| (m.name.clone(), m.pg.wal, m.pg.running())).collect();
+                for i in 0..self.members.len() {
+                    if self.members[i].pg.run == Run::Primary {
+                        self.members[i].pg.wal += 100;
+                    } else if self.members[i].pg.run == Run::Replica {
+                        if let Some(up) = self.members[i].pg.upstream.clone() {
+                            if let Some(j) = positions.iter().position(|(n, _, r)| *n == up && *r) {
+                                if self.peers_linked(i, j) {
+                                    self.members[i].pg.wal = self.members[i].pg.wal.max(positions[j].1);
+                                }
+                            }
+                        }
+                    }
+                }
+                let before = self.store.revision();
+                self.store.expire(self.now);
+                if self.store.revision() != before {
+                    self.notify_watchers();
+                }
+                self.schedule(self.now + 50 * MS, Ev::Tick);
+            }
+            Ev::Wake(who, inc) => self.wake(who, inc),
+            Ev::StoreOp { who, inc, id, action, sent_at, reply_at } => {
+                let outcome = self.store_op(who, &action, sent_at);
+                if let Some(at) = reply_at {
+                    self.schedule(at, Ev::Deliver { who, inc, id, outcome });
+                }
+            }
+            Ev::Deliver { who, inc, id, outcome } => {
+                if self.members[who].inc != inc || !self.members[who].alive {
+                    return Ok(());
+                }
+                self.members[who].busy = self.members[who].busy.saturating_sub(1);
+                self.feed(who, Input::Completed { id, outcome });
+                if self.members[who].busy == 0 && self.members[who].wake_pending {
+                    self.members[who].wake_pending = false;
+                    let inc = self.members[who].inc;
+                    self.schedule(self.now, Ev::Wake(who, inc));
+                }
+            }
+            Ev::PgDone { who, epoch, to, task, inc } => {
+                if self.members[who].pg.epoch != epoch {
+                    if let Some(id) = task {
+                        self.complete_task(who, inc, id, false);
+                    }
+                    return Ok(());
+                }
+                if to == Run::Primary && self.members[who].pg.run == Run::Replica {
+                    self.members[who].pg.timeline += 1;
+                }
+                if to == Run::Primary {
+                    self.members[who].pg.data = match &self.members[who].pg.data {
+                        DataDir::Ready { sysid, .. } => DataDir::Ready { sysid: sysid.clone(), was_primary: true },
+                        other => other.clone(),
+                    };
+                }
+                self.members[who].pg.run = to;
+                self.log(format!("{} postgres now {to:?}", self.members[who].name));
+                if let Some(id) = task {
+                    self.complete_task(who, inc, id, true);
+                }
+            }
+            Ev::TaskDone { who, inc, id, ok, effect } => {
+                let mut ok = ok;
+                if ok {
+                    match effect {
+                        TaskEffect::None => {}
+                        TaskEffect::Bootstrap => {
+                            self.members[who].pg.data = DataDir::Ready { sysid: "7000".into(), was_primary: true };
+                        }
+                        TaskEffect::RemoveData => self.members[who].pg.data = DataDir::Empty,
+                        TaskEffect::Clone { from } | TaskEffect::Rewind { from } => {
+                            if self.members[from].pg.running() && self.peers_linked(who, from) && self.members[who].pg.run == Run::Down {
+                                let wal = self.members[from].pg.wal;
+                                let tl = self.members[from].pg.timeline;
+                                let pg = &mut self.members[who].pg;
+                                pg.data = DataDir::Ready { sysid: "7000".into(), was_primary: false };
+                                pg.wal = wal;
+                                pg.timeline = tl;
+                            } else {
+                                ok = false;
+                            }
+                        }
+                    }
+                }
+                self.complete_task(who, inc, id, ok);
+            }
+            Ev::Fault(f) => self.fault(f),
+            Ev::Heal(h) => {
+                match h {
+                    HealWhat::Store(i) => self.members[i].store_cut -= 1,
+                    HealWhat::Peers(i) => self.members[i].peers_cut -= 1,
+                    HealWhat::StoreAll => self.store_down -= 1,
+                    HealWhat::Unfreeze => {}
+                }
+                self.log(format!("heal {h:?}"));
+            }
+            Ev::Restart(who) => {
+                let m = &mut self.members[who];
+                m.alive = true;
+                m.inc += 1;
+                m.core = HaCore::new(identity(&m.name));
+                m.lease = None;
+                m.busy = 0;
+                m.wake_pending = false;
+                m.next_wake = None;
+                m.last_member_json.clear();
+                let inc = m.inc;
+                self.log(format!("restart m{who}"));
+                self.schedule(self.now, Ev::Wake(who, inc));
+            }
+        }
+        Ok(())
+    }
+
+    fn complete_task(&mut self, who: usize, inc: u64, id: ActionId, ok: bool) {
+        if self.members[who].inc != inc || !self.members[who].alive {
+            return;
+        }
+        let outcome = if ok { Outcome::Ok } else { Outcome::Failed("simulated failure".into()) };
+        self.feed(who, Input::Completed { id, outcome });
+        let inc = self.members[who].inc;
+        self.schedule(self.now, Ev::Wake(who, inc));
+    }
+
+    fn fault(&mut self, f: Fault) {
+        if self.quiet {
+            return;
+        }
+        self.log(format!("fault {f:?}"));
+        let now = self.now;
+        match f {
+            Fault::CrashMember { who, down_for } => {
+                if !self.members[who].alive {
+                    return;
+                }
+                // PostgreSQL dies with its agent (parent-death signal).
+                self.members[who].alive = false;
+                self.members[who].inc += 1;
+                self.members[who].pg.crash();
+                self.schedule(now + down_for, Ev::Restart(who));
+            }
+            Fault::CrashPg { who } => self.members[who].pg.crash(),
+            Fault::CutFromStore { who, for_ } => {
+                self.members[who].store_cut += 1;
+                self.schedule(now + for_, Ev::Heal(HealWhat::Store(who)));
+            }
+            Fault::CutFromPeers { who, for_ } => {
+                self.members[who].peers_cut += 1;
+                self.schedule(now + for_, Ev::Heal(HealWhat::Peers(who)));
+            }
+            Fault::Isolate { who, for_ } => {
+                self.members[who].store_cut += 1;
+                self.members[who].peers_cut += 1;
+                self.schedule(now + for_, Ev::Heal(HealWhat::Store(who)));
+                self.schedule(now + for_, Ev::Heal(HealWhat::Peers(who)));
+            }
+            Fault::StoreOutage { for_ } => {
+                self.store_down += 1;
+                self.schedule(now + for_, Ev::Heal(HealWhat::StoreAll));
+            }
+            Fault::Stall { who, for_ } => {
+                let m = &mut self.members[who];
+                m.frozen_until = m.frozen_until.max(now + for_);
+                self.schedule(now + for_, Ev::Heal(HealWhat::Unfreeze));
+            }
+            Fault::Switchover { to } => {
+                if let Some(leader) = self.store.get("leader", now) {
+                    let f = Failover { leader: Some(leader), member: Some(format!("m{to}")), scheduled_at: None };
+                    self.store.put("failover", &f.to_json(), None, now);
+                    self.notify_watchers();
+                }
+            }
+        }
+    }
+
+    fn notify_watchers(&mut self) {
+        for i in 0..self.members.len() {
+            if self.members[i].alive && self.reaches_store(i) {
+                let d = Duration::from_micros(self.rng.random_range(500..10_000));
+                let inc = self.members[i].inc;
+                self.schedule(self.now + d, Ev::Wake(i, inc));
+            }
+        }
+    }
+
+    /// A wake-up of a member's shell: deadline check, observation, cycle.
+    fn wake(&mut self, who: usize, inc: u64) {
+        let m = &self.members[who];
+        if !m.alive || m.inc != inc {
+            return;
+        }
+        if m.frozen_until > self.now {
+            let at = m.frozen_until;
+            self.schedule(at, Ev::Wake(who, inc));
+            return;
+        }
+        if m.busy > 0 {
+            self.members[who].wake_pending = true;
+            return;
+        }
+        let now_local = self.local(who);
+        let actions = self.members[who].core.step(Input::Tick, now_local);
+        self.execute(who, actions);
+        if self.members[who].busy > 0 {
+            self.members[who].wake_pending = true;
+            return;
+        }
+        // Observe.
+        let view = if self.reaches_store(who) { Some(self.store.view(self.now)) } else { None };
+        let obs = Observation { dcs: view, pg: self.members[who].pg.facts(), policy: self.policy() };
+        let actions = self.members[who].core.step(Input::Observed(obs), now_local);
+        self.execute(who, actions);
+        self.publish_member(who);
+        // Sleep until the core's next wake-up (the shell also wakes on store changes).
+        let next = self.real_of(who, self.members[who].core.next_wakeup()).max(self.now + MS);
+        if self.members[who].next_wake.is_none_or(|t| t <= self.now || next < t) {
+            self.members[who].next_wake = Some(next);
+            self.schedule(next, Ev::Wake(who, inc));
+        }
+    }
+
+    fn publish_member(&mut self, who: usize) {
+        if !self.reaches_store(who) {
+            return;
+        }
+        let m = &self.members[who];
+        let member = Member {
+            api_url: Some(format!("http://{}/patroni", m.name)),
+            conn_url: Some(format!("postgres://{}/postgres", m.name)),
+            state: Some(if m.pg.running() { "running" } else { "stopped" }.into()),
+            role: Some(if m.pg.run == Run::Primary { "primary" } else { "replica" }.into()),
+            ..Member::default()
+        };
+        let json = member.to_json();
+        // Touching the member key keeps the session alive, as with etcd.
+        let lease = self.ensure_lease(who);
+        self.store.keepalive(lease, self.now);
+        if json != self.members[who].last_member_json {
+            let key = format!("members/{}", self.members[who].name);
+            self.store.put(&key, &json, Some(lease), self.now);
+            self.members[who].last_member_json = json;
+        }
+    }
+
+    fn ensure_lease(&mut self, who: usize) -> LeaseId {
+        match self.members[who].lease {
+            Some(l) if self.store.lease_alive(l, self.now) => l,
+            _ => {
+                let l = self.store.grant(self.params.ttl, self.now);
+                self.members[who].lease = Some(l);
+                self.members[who].last_member_json.clear();
+                l
+            }
+        }
+    }
+
+    fn feed(&mut self, who: usize, input: Input) {
+        let now_local = self.local(who);
+        let actions = self.members[who].core.step(input, now_local);
+        self.execute(who, actions);
+    }
+
+    fn execute(&mut self, who: usize, actions: Vec<(ActionId, Action)>) {
+        for (id, action) in actions {
+            self.log(format!("{} -> {action:?}", self.members[who].name));
+            self.execute_one(who, id, action);
+        }
+    }
+
+    fn execute_one(&mut self, who: usize, id: ActionId, action: Action) {
+        let inc = self.members[who].inc;
+        let now = self.now;
+        let r = |w: &mut World, lo: u64, hi: u64| now + Duration::from_millis(w.rng.random_range(lo..hi));
+        match action {
+            Action::StopNow => {
+                let pg = &mut self.members[who].pg;
+                if pg.run != Run::Down {
+                    let writable = pg.writable() || matches!(pg.run, Run::Starting { as_primary: true });
+                    let was_replica = pg.run == Run::Replica || matches!(pg.run, Run::Starting { as_primary: false });
+                    pg.epoch += 1;
+                    pg.run = Run::Stopping { writable, was_replica };
+                    let epoch = pg.epoch;
+                    let at = now + Duration::from_millis(self.rng.random_range(1..=STOP_MAX.as_millis() as u64));
+                    self.schedule(at, Ev::PgDone { who, epoch, to: Run::Down, task: None, inc });
+                }
+                self.complete_inline(who, id, Outcome::Ok);
+            }
+            Action::AcquireLock
+            | Action::RenewLock { .. }
+            | Action::ReleaseLock
+            | Action::ClaimInitialize
+            | Action::WriteInitialize { .. }
+            | Action::CancelInitialize
+            | Action::ClearFailover { .. } => self.dcs_request(who, id, action),
+            Action::ProbePeers { names } => {
+                let mut report = BTreeMap::new();
+                for n in names {
+                    let Some(j) = self.members.iter().position(|m| m.name == n) else { continue };
+                    let p = &self.members[j];
+                    let answers = p.alive && p.frozen_until <= now && self.peers_linked(who, j);
+                    let facts = answers.then(|| PeerFacts {
+                        is_primary: p.pg.run == Run::Primary,
+                        wal_position: p.pg.wal,
+                        nofailover: false,
+                        failover_priority: 1,
+                        running: p.pg.running(),
+                    });
+                    report.insert(n, facts);
+                }
+                self.members[who].busy += 1;
+                let at = r(self, 1, 30);
+                self.schedule(at, Ev::Deliver { who, inc, id, outcome: Outcome::Peers(report) });
+            }
+            Action::Bootstrap => {
+                let at = r(self, 500, 1500);
+                self.schedule(at, Ev::TaskDone { who, inc, id, ok: true, effect: TaskEffect::Bootstrap });
+            }
+            Action::Clone { from } | Action::Rewind { from } => {
+                let Some(j) = self.members.iter().position(|m| m.name == from) else {
+                    return self.complete_task(who, inc, id, false);
+                };
+                let at = r(self, 200, 3000);
+                let effect = if self.members[who].pg.data == DataDir::Empty {
+                    TaskEffect::Clone { from: j }
+                } else {
+                    TaskEffect::Rewind { from: j }
+                };
+                self.schedule(at, Ev::TaskDone { who, inc, id, ok: true, effect });
+            }
+            Action::RemoveDataDir => {
+                let at = r(self, 10, 100);
+                self.schedule(at, Ev::TaskDone { who, inc, id, ok: true, effect: TaskEffect::RemoveData });
+            }
+            Action::StartPrimary | Action::StartReplica { .. } => {
+                let as_primary = action == Action::StartPrimary;
+                let pg = &mut self.members[who].pg;
+                if pg.run != Run::Down || pg.data == DataDir::Empty {
+                    return self.complete_task(who, inc, id, false);
+                }
+                if let Action::StartReplica { upstream } = &action {
+                    pg.upstream = upstream.clone();
+                }
+                pg.epoch += 1;
+                pg.run = Run::Starting { as_primary };
+                let epoch = pg.epoch;
+                let to = if as_primary { Run::Primary } else { Run::Replica };
+                let at = r(self, 100, 1500);
+                self.schedule(at, Ev::PgDone { who, epoch, to, task: Some(id), inc });
+            }
+            Action::Follow { upstream } => {
+                self.members[who].pg.upstream = Some(upstream);
+                let at = r(self, 1, 50);
+                self.schedule(at, Ev::TaskDone { who, inc, id, ok: true, effect: TaskEffect::None });
+            }
+            Action::Promote => {
+                let pg = &mut self.members[who].pg;
+                if pg.run != Run::Replica {
+                    return self.complete_task(who, inc, id, false);
+                }
+                pg.upstream = None;
+                let epoch = pg.epoch;
+                let at = r(self, 50, 800);
+                self.schedule(at, Ev::PgDone { who, epoch, to: Run::Primary, task: Some(id), inc });
+            }
+            Action::StopGraceful => {
+                let pg = &mut self.members[who].pg;
+                if pg.run == Run::Down {
+                    return self.complete_task(who, inc, id, true);
+                }
+                let writable = pg.writable() || matches!(pg.run, Run::Starting { as_primary: true });
+                let was_replica = !writable;
+                pg.epoch += 1;
+                pg.run = Run::Stopping { writable, was_replica };
+                let epoch = pg.epoch;
+                let at = r(self, 50, 500);
+                self.schedule(at, Ev::PgDone { who, epoch, to: Run::Down, task: Some(id), inc });
+            }
+            Action::Fatal { reason } => {
+                self.log(format!("FATAL m{who}: {reason}"));
+                self.members[who].alive = false;
+                self.members[who].pg.crash();
+            }
+        }
+    }
+
+    fn complete_inline(&mut self, who: usize, id: ActionId, outcome: Outcome) {
+        self.feed(who, Input::Completed { id, outcome });
+    }
+
+    /// A DCS request: it may be lost, delayed past its timeout, or never reach a store that is
+    /// cut off; the effect lands at the store when (if) the request arrives.
+    fn dcs_request(&mut self, who: usize, id: ActionId, action: Action) {
+        let inc = self.members[who].inc;
+        let sent_at = self.local(who);
+        let limit = match &action {
+            Action::RenewLock { deadline } => {
+                let until = self.real_of(who, *deadline);
+                until.saturating_sub(self.now).min(self.params.retry_timeout)
+            }
+            _ => self.params.retry_timeout,
+        };
+        let timeout_at = self.now + limit;
+        self.members[who].busy += 1;
+        let arrival = if self.reaches_store(who) { self.latency().map(|l| self.now + l) } else { None };
+        let reply = match arrival {
+            Some(a) => self.latency().map(|l| a + l).filter(|r| *r <= timeout_at),
+            None => None,
+        };
+        if let Some(a) = arrival {
+            self.schedule(a, Ev::StoreOp { who, inc, id, action: action.clone(), sent_at, reply_at: reply });
+        }
+        if reply.is_none() {
+            let outcome = match action {
+                Action::AcquireLock | Action::RenewLock { .. } => Outcome::Lock { held: false, answered: false, sent_at },
+                _ => Outcome::Failed("timeout".into()),
+            };
+            self.schedule(timeout_at, Ev::Deliver { who, inc, id, outcome });
+        }
+    }
+
+    fn store_op(&mut self, who: usize, action: &Action, sent_at: MonoTime) -> Outcome {
+        let now = self.now;
+        let name = self.members[who].name.clone();
+        let before = self.store.revision();
+        let outcome = match action {
+            Action::AcquireLock => {
+                let lease = self.ensure_lease(who);
+                self.store.keepalive(lease, now);
+                let held = self.store.create("leader", &name, Some(lease), now)
+                    || self.store.get("leader", now).as_deref() == Some(name.as_str());
+                Outcome::Lock { held, answered: true, sent_at }
+            }
+            Action::RenewLock { .. } => {
+                let lease = self.ensure_lease(who);
+                self.store.keepalive(lease, now);
+                let held = self.store.rebind_if_value("leader", &name, lease, now);
+                if held {
+                    let st = Status { optime: self.members[who].pg.wal, ..Status::default() }.to_json();
+                    if self.store.get("status", now).as_deref() != Some(st.as_str()) {
+                        self.store.put("status", &st, None, now);
+                    }
+                }
+                Outcome::Lock { held, answered: true, sent_at }
+            }
+            Action::ReleaseLock => {
+                self.store.delete_if_value("leader", &name, now);
+                Outcome::Ok
+            }
+            Action::ClaimInitialize => {
+                let lease = self.ensure_lease(who);
+                if self.store.create_or_owned("initialize", "", lease, now) {
+                    Outcome::Ok
+                } else {
+                    Outcome::Failed("lost".into())
+                }
+            }
+            Action::WriteInitialize { sysid } => {
+                self.store.put("initialize", sysid, None, now);
+                Outcome::Ok
+            }
+            Action::CancelInitialize => {
+                self.store.delete("initialize", now);
+                Outcome::Ok
+            }
+            Action::ClearFailover { version } => {
+                if self.store.compare_and_put("failover", "{}", version.as_ref(), now) {
+                    Outcome::Ok
+                } else {
+                    Outcome::Failed("version changed".into())
+                }
+            }
+            _ => Outcome::Failed("not a store operation".into()),
+        };
+        if self.store.revision() != before {
+            self.notify_watchers();
+        }
+        outcome
+    }
+}
+
+fn identity(name: &str) -> Identity {
+    Identity { name: name.into(), nofailover: false, failover_priority: 1, can_bootstrap: true }
+}
