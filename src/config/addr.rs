@@ -63,7 +63,9 @@ mod tests {
             ("127.0.0.1,::1".into(), 5432)
         );
         assert_eq!(
-            split_host_port("restapi.listen", "abc").unwrap_err().to_string(),
+            split_host_port("restapi.listen", "abc")
+                .unwrap_err()
+                .to_string(),
             "config error: restapi.listen: 'abc' is not host:port"
         );
         assert_eq!(
@@ -81,7 +83,9 @@ mod tests {
         assert!(check_connect_address("k", "10.0.0.1:8008").is_ok());
         assert!(check_connect_address("k", "127.0.0.1:8008").is_ok());
         assert_eq!(
-            check_connect_address("k", "0.0.0.0:8008").unwrap_err().to_string(),
+            check_connect_address("k", "0.0.0.0:8008")
+                .unwrap_err()
+                .to_string(),
             "config error: k: '0.0.0.0:8008' must name one host that other members can connect to"
         );
     }

@@ -165,7 +165,10 @@ impl DynamicConfig {
             ttl: Duration::from_secs(ttl),
             loop_wait: Duration::from_secs(loop_wait),
             retry_timeout: Duration::from_secs(retry_timeout),
-            maximum_lag_on_failover: unsigned("maximum_lag_on_failover", d.maximum_lag_on_failover)?,
+            maximum_lag_on_failover: unsigned(
+                "maximum_lag_on_failover",
+                d.maximum_lag_on_failover,
+            )?,
             maximum_lag_on_syncnode: o
                 .int("maximum_lag_on_syncnode")?
                 .unwrap_or(d.maximum_lag_on_syncnode),
@@ -312,15 +315,21 @@ mod tests {
         assert_eq!(d.parameters["max_connections"], json!(200));
         assert_eq!(d.pg_hba, Some(vec!["local all all trust".to_string()]));
         assert_eq!(
-            parse(json!({"synchronous_mode": true})).unwrap().synchronous_mode,
+            parse(json!({"synchronous_mode": true}))
+                .unwrap()
+                .synchronous_mode,
             SyncMode::On
         );
         assert_eq!(
-            parse(json!({"synchronous_mode": "off"})).unwrap().synchronous_mode,
+            parse(json!({"synchronous_mode": "off"}))
+                .unwrap()
+                .synchronous_mode,
             SyncMode::Off
         );
         assert_eq!(
-            parse(json!({"member_slots_ttl": 0})).unwrap().member_slots_ttl,
+            parse(json!({"member_slots_ttl": 0}))
+                .unwrap()
+                .member_slots_ttl,
             Duration::ZERO
         );
     }

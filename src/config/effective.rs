@@ -19,9 +19,13 @@ enum Check {
     /// Never settable from configuration (derived from other settings).
     Derived,
     Enum(&'static [&'static str]),
-    Int { min: i64 },
+    Int {
+        min: i64,
+    },
     /// A size whose bare numbers are megabytes (`wal_keep_size`).
-    SizeMb { min: i64 },
+    SizeMb {
+        min: i64,
+    },
     Bool,
 }
 
@@ -145,7 +149,9 @@ pub fn effective_parameters(local: &Config, dynamic: &DynamicConfig) -> BTreeMap
     for (name, value) in &local.postgresql.parameters {
         let name = name.to_ascii_lowercase();
         if owned(&name).is_some() {
-            tracing::debug!("ignoring local postgresql parameter {name}: set it in the dynamic configuration");
+            tracing::debug!(
+                "ignoring local postgresql parameter {name}: set it in the dynamic configuration"
+            );
             continue;
         }
         match render(value) {
@@ -154,12 +160,14 @@ pub fn effective_parameters(local: &Config, dynamic: &DynamicConfig) -> BTreeMap
         };
     }
 
-    if let Some(segments) = out.remove("wal_keep_segments") {
-        if !out.contains_key("wal_keep_size") {
-            if let Ok(n) = segments.parse::<i64>() {
-                out.insert("wal_keep_size".into(), format!("{}MB", n * 16));
-            }
-        }
+    if let Some(segments) = out.remove("wal_keep_segments")
+        && !out.contains_key("wal_keep_size")
+        && let Ok(n) = segments.parse::<i64>()
+    {
+        out.insert(
+            "wal_keep_size".into(),
+            format!("{}MB", n.saturating_mul(16)),
+        );
     }
     for (name, default, check) in OWNED {
         if !matches!(check, Check::Derived) && name != "wal_keep_segments" {

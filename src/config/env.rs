@@ -163,16 +163,17 @@ pub(crate) fn env_config(env: &BTreeMap<String, String>) -> Result<Value, Config
         }
     }
 
-    let section = |name: &str, params: &[(&str, Kind)]| -> Result<Map<String, Value>, ConfigError> {
-        let mut out = Map::new();
-        for (param, kind) in params {
-            let var = format!("{name}_{param}");
-            if let Some(v) = get(&var) {
-                out.insert((*param).into(), convert(&var, v, *kind)?);
+    let section =
+        |name: &str, params: &[(&str, Kind)]| -> Result<Map<String, Value>, ConfigError> {
+            let mut out = Map::new();
+            for (param, kind) in params {
+                let var = format!("{name}_{param}");
+                if let Some(v) = get(&var) {
+                    out.insert((*param).into(), convert(&var, v, *kind)?);
+                }
             }
-        }
-        Ok(out)
-    };
+            Ok(out)
+        };
     let auth = |name: &str, params: &[&str]| {
         let mut out = Map::new();
         for param in params {
@@ -274,9 +275,9 @@ fn convert(var: &str, v: &str, kind: Kind) -> Result<Value, ConfigError> {
     let got = Value::String(v.to_string());
     match kind {
         Str => Ok(got),
-        Bool => parse_bool_str(v)
-            .map(Value::Bool)
-            .ok_or_else(|| ConfigError::wrong_type(name, "a boolean (on/off, true/false, yes/no, 1/0)", &got)),
+        Bool => parse_bool_str(v).map(Value::Bool).ok_or_else(|| {
+            ConfigError::wrong_type(name, "a boolean (on/off, true/false, yes/no, 1/0)", &got)
+        }),
         Int => v
             .trim()
             .parse::<i64>()
@@ -302,7 +303,11 @@ fn convert(var: &str, v: &str, kind: Kind) -> Result<Value, ConfigError> {
             };
             match parse_yaml(&name, &text)? {
                 map @ Value::Object(_) => Ok(map),
-                _ => Err(ConfigError::wrong_type(name, "an inline YAML mapping", &got)),
+                _ => Err(ConfigError::wrong_type(
+                    name,
+                    "an inline YAML mapping",
+                    &got,
+                )),
             }
         }
     }

@@ -99,9 +99,8 @@ pub(crate) const BOOTSTRAP_TYPED: [&str; 7] = [
 ];
 
 pub(crate) fn parse_config(raw: Value) -> Result<Config, ConfigError> {
-    let root = Obj::new("", Some(&raw)).map_err(|_| {
-        ConfigError::invalid("(root)", "the configuration must be a YAML mapping")
-    })?;
+    let root = Obj::new("", Some(&raw))
+        .map_err(|_| ConfigError::invalid("(root)", "the configuration must be a YAML mapping"))?;
     let pg = Obj::new("postgresql", root.get("postgresql"))?;
 
     let scope = root.required_string("scope")?;
@@ -441,15 +440,18 @@ fn check_basebackup(path: &str, v: &Value) -> Result<(), ConfigError> {
     };
     match v {
         Value::Object(m) => m.keys().try_for_each(|k| check(k)),
-        Value::Array(items) => items.iter().enumerate().try_for_each(|(i, item)| match item {
-            Value::String(s) => check(s),
-            Value::Object(m) if m.len() == 1 => m.keys().try_for_each(|k| check(k)),
-            other => Err(ConfigError::wrong_type(
-                format!("{path}.{i}"),
-                "an option name or a one-key mapping",
-                other,
-            )),
-        }),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, item)| match item {
+                Value::String(s) => check(s),
+                Value::Object(m) if m.len() == 1 => m.keys().try_for_each(|k| check(k)),
+                other => Err(ConfigError::wrong_type(
+                    format!("{path}.{i}"),
+                    "an option name or a one-key mapping",
+                    other,
+                )),
+            }),
         other => Err(ConfigError::wrong_type(path, "a mapping or a list", other)),
     }
 }

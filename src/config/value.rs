@@ -102,7 +102,9 @@ impl<'a> Obj<'a> {
     }
 
     pub(crate) fn string(&self, key: &str) -> Result<Option<String>, ConfigError> {
-        self.get(key).map(|v| as_string(&self.key(key), v)).transpose()
+        self.get(key)
+            .map(|v| as_string(&self.key(key), v))
+            .transpose()
     }
 
     /// A string that must be present and non-empty.
@@ -114,7 +116,9 @@ impl<'a> Obj<'a> {
     }
 
     pub(crate) fn bool(&self, key: &str) -> Result<Option<bool>, ConfigError> {
-        self.get(key).map(|v| as_bool(&self.key(key), v)).transpose()
+        self.get(key)
+            .map(|v| as_bool(&self.key(key), v))
+            .transpose()
     }
 
     pub(crate) fn int(&self, key: &str) -> Result<Option<i64>, ConfigError> {

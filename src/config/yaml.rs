@@ -64,7 +64,9 @@ pub(crate) fn patch(base: &mut Value, overlay: Value) {
             for (k, v) in o {
                 if v.is_null() {
                     b.remove(&k);
-                } else if let Some(existing) = b.get_mut(&k).filter(|e| e.is_object() && v.is_object()) {
+                } else if let Some(existing) =
+                    b.get_mut(&k).filter(|e| e.is_object() && v.is_object())
+                {
                     patch(existing, v);
                 } else {
                     b.insert(k, v);
@@ -83,12 +85,17 @@ mod tests {
     #[test]
     fn converts_and_stringifies_keys() {
         let v = parse_yaml("t", "a: 1\n2: [x, {y: true}]\nc: 1.5\nd:\n").unwrap();
-        assert_eq!(v, json!({"a": 1, "2": ["x", {"y": true}], "c": 1.5, "d": null}));
+        assert_eq!(
+            v,
+            json!({"a": 1, "2": ["x", {"y": true}], "c": 1.5, "d": null})
+        );
     }
 
     #[test]
     fn yaml_error_is_one_line() {
-        let e = parse_yaml("/x.yml", "a: [1,\n b: c").unwrap_err().to_string();
+        let e = parse_yaml("/x.yml", "a: [1,\n b: c")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("config error: /x.yml: invalid YAML: "), "{e}");
         assert!(!e.contains('\n'));
     }
