@@ -131,9 +131,16 @@ impl DynamicConfig {
         let synchronous_mode = match o.get("synchronous_mode") {
             None => SyncMode::Off,
             Some(Value::String(s)) if s.trim().eq_ignore_ascii_case("quorum") => SyncMode::Quorum,
-            Some(_) => match o.bool("synchronous_mode")? {
-                Some(true) => SyncMode::On,
-                _ => SyncMode::Off,
+            Some(v) => match super::value::as_bool("synchronous_mode", v) {
+                Ok(true) => SyncMode::On,
+                Ok(false) => SyncMode::Off,
+                Err(_) => {
+                    return Err(ConfigError::wrong_type(
+                        "synchronous_mode",
+                        "on, off or quorum",
+                        v,
+                    ));
+                }
             },
         };
         let synchronous_node_count = match o.int("synchronous_node_count")? {
@@ -380,6 +387,12 @@ mod tests {
                 .unwrap_err()
                 .to_string(),
             "config error: maximum_lag_on_failover: must not be negative, got -1"
+        );
+        assert_eq!(
+            parse(json!({"synchronous_mode": "sometimes"}))
+                .unwrap_err()
+                .to_string(),
+            "config error: synchronous_mode: expected on, off or quorum, got \"sometimes\""
         );
     }
 }
