@@ -15,7 +15,9 @@ use crate::dcs::model::{ClusterView, Member, format_lsn};
 
 /// `(host, port)` of a `postgres://[user[:pw]@]host[:port][/db][?...]` connection URL.
 pub fn conn_host_port(conn_url: &str) -> (Option<String>, Option<String>) {
-    let Some((_, rest)) = conn_url.split_once("://") else { return (None, None) };
+    let Some((_, rest)) = conn_url.split_once("://") else {
+        return (None, None);
+    };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
     let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
@@ -63,7 +65,12 @@ pub fn parse_schedule(s: &str) -> Schedule {
         return Schedule::At(t);
     }
     let normalized = s.replacen(' ', "T", 1);
-    for f in ["%Y-%m-%dT%H:%M:%S%.f%:z", "%Y-%m-%dT%H:%M:%S%.f%z", "%Y-%m-%dT%H:%M%:z", "%Y-%m-%dT%H:%M%z"] {
+    for f in [
+        "%Y-%m-%dT%H:%M:%S%.f%:z",
+        "%Y-%m-%dT%H:%M:%S%.f%z",
+        "%Y-%m-%dT%H:%M%:z",
+        "%Y-%m-%dT%H:%M%z",
+    ] {
         if let Ok(t) = DateTime::parse_from_str(&normalized, f) {
             return Schedule::At(t);
         }
@@ -88,13 +95,24 @@ fn lsn_field(v: Option<u64>) -> Option<u64> {
 }
 
 fn member_json(name: &str, m: &Member, role: &str, leader: bool, cluster_lsn: u64) -> Obj {
-    let state = if role != "leader" { m.replication_state.as_deref().unwrap_or("") } else { "" };
-    let state = if state.is_empty() { m.state.as_deref().unwrap_or("") } else { state };
+    let state = if role != "leader" {
+        m.replication_state.as_deref().unwrap_or("")
+    } else {
+        ""
+    };
+    let state = if state.is_empty() {
+        m.state.as_deref().unwrap_or("")
+    } else {
+        state
+    };
     let mut o = Obj::new()
         .with("name", name)
         .with("role", role)
         .with("state", state)
-        .with("api_url", m.api_url.clone().map(Value::String).unwrap_or(Value::Null));
+        .with(
+            "api_url",
+            m.api_url.clone().map(Value::String).unwrap_or(Value::Null),
+        );
     if let (Some(host), port) = conn_host_port(m.conn_url.as_deref().unwrap_or("")) {
         o.push("host", host);
         if let Some(p) = port.and_then(|p| p.parse::<u64>().ok()) {
@@ -142,16 +160,28 @@ pub fn cluster_json(view: &ClusterView) -> Obj {
     let mode = SyncMode::of(config);
     let leader = view.leader.as_ref().map(|l| l.name.as_str());
     let cluster_lsn = view.status.as_ref().map_or(0, |s| s.optime);
-    let sync_members: Vec<&str> = view.sync.as_ref().map(|s| s.value.members()).unwrap_or_default();
+    let sync_members: Vec<&str> = view
+        .sync
+        .as_ref()
+        .map(|s| s.value.members())
+        .unwrap_or_default();
     let members = view
         .members
         .iter()
         .map(|(name, m)| {
             let is_leader = Some(name.as_str()) == leader;
             let role = if is_leader {
-                if is_standby_cluster(config) { "standby_leader" } else { "leader" }
+                if is_standby_cluster(config) {
+                    "standby_leader"
+                } else {
+                    "leader"
+                }
             } else if mode != SyncMode::Off && sync_members.contains(&name.as_str()) {
-                if mode == SyncMode::Quorum { "quorum_standby" } else { "sync_standby" }
+                if mode == SyncMode::Quorum {
+                    "quorum_standby"
+                } else {
+                    "sync_standby"
+                }
             } else {
                 "replica"
             };
@@ -162,21 +192,21 @@ pub fn cluster_json(view: &ClusterView) -> Obj {
     if config_paused(config) {
         o.push("pause", true);
     }
-    if let Some(f) = view.failover.as_ref().map(|f| &f.value) {
-        if let Some(at) = f.scheduled_at.as_deref().filter(|a| !a.is_empty()) {
-            let at = match parse_schedule(at) {
-                Schedule::At(t) => isoformat(&t),
-                _ => at.to_owned(),
-            };
-            let mut s = Obj::new().with("at", at);
-            if let Some(l) = &f.leader {
-                s.push("from", l.as_str());
-            }
-            if let Some(m) = &f.member {
-                s.push("to", m.as_str());
-            }
-            o.push("scheduled_switchover", s);
+    if let Some(f) = view.failover.as_ref().map(|f| &f.value)
+        && let Some(at) = f.scheduled_at.as_deref().filter(|a| !a.is_empty())
+    {
+        let at = match parse_schedule(at) {
+            Schedule::At(t) => isoformat(&t),
+            _ => at.to_owned(),
+        };
+        let mut s = Obj::new().with("at", at);
+        if let Some(l) = &f.leader {
+            s.push("from", l.as_str());
         }
+        if let Some(m) = &f.member {
+            s.push("to", m.as_str());
+        }
+        o.push("scheduled_switchover", s);
     }
     o
 }
@@ -192,7 +222,13 @@ mod tests {
         if let Some((_, Node::Arr(ms))) = doc.0.iter_mut().find(|(k, _)| k == "members") {
             for m in ms {
                 if let Node::Obj(m) = m {
-                    for k in ["receive_lsn", "receive_lag", "replay_lsn", "replay_lag", "lsn"] {
+                    for k in [
+                        "receive_lsn",
+                        "receive_lag",
+                        "replay_lsn",
+                        "replay_lag",
+                        "lsn",
+                    ] {
                         m.remove(k);
                     }
                 }
@@ -205,14 +241,32 @@ mod tests {
     fn steady_view_matches_capture() {
         let doc = cluster_json(&etcd_view("01-steady-sync-mode.etcd.json"));
         // The 4.x extras, for a 3.0.2 member key.
-        let Some(Node::Arr(ms)) = doc.get("members") else { panic!() };
+        let Some(Node::Arr(ms)) = doc.get("members") else {
+            panic!()
+        };
         let Node::Obj(m2) = &ms[2] else { panic!() };
         assert_eq!(
             m2.keys(),
-            ["name", "role", "state", "api_url", "host", "port", "timeline", "receive_lsn",
-             "receive_lag", "replay_lsn", "replay_lag", "lag", "lsn"]
+            [
+                "name",
+                "role",
+                "state",
+                "api_url",
+                "host",
+                "port",
+                "timeline",
+                "receive_lsn",
+                "receive_lag",
+                "replay_lsn",
+                "replay_lag",
+                "lag",
+                "lsn"
+            ]
         );
-        assert_eq!(m2.get("lsn").and_then(Node::as_value), Some(&Value::from("0/3000000")));
+        assert_eq!(
+            m2.get("lsn").and_then(Node::as_value),
+            Some(&Value::from("0/3000000"))
+        );
         let (head, body) = capture("leader-cluster.txt");
         assert_eq!(head, "GET /cluster -> 200");
         assert_eq!(to_python_json(&as_302(doc)), body);
@@ -228,7 +282,11 @@ mod tests {
     #[test]
     fn scheduled_switchover_and_pause() {
         let mut v = etcd_view("02-scheduled-switchover-pending.etcd.json");
-        v.config.as_mut().unwrap().value.insert("pause".into(), true.into());
+        v.config
+            .as_mut()
+            .unwrap()
+            .value
+            .insert("pause".into(), true.into());
         let doc = cluster_json(&v);
         assert_eq!(doc.keys(), ["members", "pause", "scheduled_switchover"]);
         assert_eq!(
@@ -239,15 +297,30 @@ mod tests {
 
     #[test]
     fn urls_and_schedules() {
-        assert_eq!(conn_host_port("postgres://127.0.0.1:26010/postgres"), (Some("127.0.0.1".into()), Some("26010".into())));
-        assert_eq!(conn_host_port("postgresql://u:p@[::1]:5432/db?x=1"), (Some("::1".into()), Some("5432".into())));
-        assert_eq!(conn_host_port("postgres://db.example"), (Some("db.example".into()), None));
+        assert_eq!(
+            conn_host_port("postgres://127.0.0.1:26010/postgres"),
+            (Some("127.0.0.1".into()), Some("26010".into()))
+        );
+        assert_eq!(
+            conn_host_port("postgresql://u:p@[::1]:5432/db?x=1"),
+            (Some("::1".into()), Some("5432".into()))
+        );
+        assert_eq!(
+            conn_host_port("postgres://db.example"),
+            (Some("db.example".into()), None)
+        );
         assert_eq!(conn_host_port("garbage"), (None, None));
-        let Schedule::At(t) = parse_schedule("2099-01-01T00:00:00+00:00") else { panic!() };
+        let Schedule::At(t) = parse_schedule("2099-01-01T00:00:00+00:00") else {
+            panic!()
+        };
         assert_eq!(isoformat(&t), "2099-01-01T00:00:00+00:00");
-        let Schedule::At(t) = parse_schedule("2099-01-01 10:00:00.5Z") else { panic!() };
+        let Schedule::At(t) = parse_schedule("2099-01-01 10:00:00.5Z") else {
+            panic!()
+        };
         assert_eq!(isoformat(&t), "2099-01-01T10:00:00.500000+00:00");
-        let Schedule::At(t) = parse_schedule("2099-01-01T10:00+0200") else { panic!() };
+        let Schedule::At(t) = parse_schedule("2099-01-01T10:00+0200") else {
+            panic!()
+        };
         assert_eq!(isoformat(&t), "2099-01-01T10:00:00+02:00");
         assert_eq!(parse_schedule("2099-01-01T10:00:00"), Schedule::NoTimezone);
         assert_eq!(parse_schedule("tomorrow"), Schedule::Invalid);

@@ -30,7 +30,10 @@ impl Query {
 
     /// The first value of `key`.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Every key, first occurrence only, in order.
@@ -104,13 +107,22 @@ fn code(ok: bool) -> u16 {
 /// `replica_ok`: no `noloadbalance`, role `replica`, state `running`, not lagging beyond
 /// `?lag=`, and `?replication_state=` matching when given.
 fn replica_code(query: &Query, s: &Snapshot) -> u16 {
-    let max_lag = query.get("lag").and_then(parse_bytes).unwrap_or(i128::MAX / 4);
+    let max_lag = query
+        .get("lag")
+        .and_then(parse_bytes)
+        .unwrap_or(i128::MAX / 4);
     let optime = i128::from(s.leader_optime.unwrap_or(0));
     let lagging = optime != 0 && optime > i128::from(s.replayed_location()) + max_lag;
     let state_ok = query
         .get("replication_state")
         .is_none_or(|want| s.pg.replication_state.as_deref() == Some(want));
-    code(!s.noloadbalance() && !lagging && state_ok && s.pg.role == "replica" && s.pg.state == "running")
+    code(
+        !s.noloadbalance()
+            && !lagging
+            && state_ok
+            && s.pg.role == "replica"
+            && s.pg.state == "running",
+    )
 }
 
 fn leader_codes(s: &Snapshot, now: Instant) -> (LeaderCodes, bool) {
@@ -133,9 +145,23 @@ fn leader_codes(s: &Snapshot, now: Instant) -> (LeaderCodes, bool) {
             // In a standby cluster the standby leader is never a load-balanced replica.
             return (c, true);
         }
-        return (LeaderCodes { leader: 200, primary: 200, standby_leader: 503 }, false);
+        return (
+            LeaderCodes {
+                leader: 200,
+                primary: 200,
+                standby_leader: 503,
+            },
+            false,
+        );
     }
-    (LeaderCodes { leader: 503, primary: 503, standby_leader: 503 }, false)
+    (
+        LeaderCodes {
+            leader: 503,
+            primary: 503,
+            standby_leader: 503,
+        },
+        false,
+    )
 }
 
 /// The health router: the status code for a GET/HEAD/OPTIONS of `path` (without the query
@@ -144,7 +170,11 @@ pub fn health_code(path: &str, query: &str, s: &Snapshot, now: Instant) -> u16 {
     let query = Query::parse(query);
     let path = if path == "/" { "/primary" } else { path };
     let (lc, replica_forced_down) = leader_codes(s, now);
-    let replica = if replica_forced_down { 503 } else { replica_code(&query, s) };
+    let replica = if replica_forced_down {
+        503
+    } else {
+        replica_code(&query, s)
+    };
     let leaderish = lc.primary == 200 || lc.standby_leader == 200;
 
     let mut ignore_tags = false;
@@ -188,7 +218,9 @@ pub fn health_code(path: &str, query: &str, s: &Snapshot, now: Instant) -> u16 {
         return status;
     }
     for (k, want) in query.first_pairs() {
-        let Some(tag) = k.strip_prefix("tag_") else { continue };
+        let Some(tag) = k.strip_prefix("tag_") else {
+            continue;
+        };
         let have = match s.tags.get(tag) {
             None | Some(serde_json::Value::Null) => return 503,
             Some(serde_json::Value::String(v)) => v.clone(),
@@ -280,7 +312,11 @@ mod tests {
 
     fn set_sync(s: &mut Snapshot, mode: Value, members: &str) {
         let c = s.cluster.as_mut().unwrap();
-        c.config.as_mut().unwrap().value.insert("synchronous_mode".into(), mode);
+        c.config
+            .as_mut()
+            .unwrap()
+            .value
+            .insert("synchronous_mode".into(), mode);
         c.sync = Some(Versioned {
             value: SyncState {
                 leader: Some("m0".into()),
@@ -292,10 +328,13 @@ mod tests {
     }
 
     fn codes(s: &Snapshot, now: Instant, paths: &[&str]) -> Vec<u16> {
-        paths.iter().map(|p| {
-            let (path, q) = p.split_once('?').unwrap_or((p, ""));
-            health_code(path, q, s, now)
-        }).collect()
+        paths
+            .iter()
+            .map(|p| {
+                let (path, q) = p.split_once('?').unwrap_or((p, ""));
+                health_code(path, q, s, now)
+            })
+            .collect()
     }
 
     #[test]
@@ -303,15 +342,31 @@ mod tests {
         let now = Instant::now();
         let s = primary(now);
         let paths = [
-            "/", "/primary", "/master", "/read-write", "/leader", "/standby-leader",
-            "/standby_leader", "/replica", "/read-only", "/health", "/sync", "/async",
-            "/quorum", "/read-only-sync", "/read-only-quorum", "/nonsense", "/patroni",
+            "/",
+            "/primary",
+            "/master",
+            "/read-write",
+            "/leader",
+            "/standby-leader",
+            "/standby_leader",
+            "/replica",
+            "/read-only",
+            "/health",
+            "/sync",
+            "/async",
+            "/quorum",
+            "/read-only-sync",
+            "/read-only-quorum",
+            "/nonsense",
+            "/patroni",
             "/primary?tag_x=1",
         ];
         assert_eq!(
             codes(&s, now, &paths),
-            [200, 200, 200, 200, 200, 503, 503, 503, 200, 200, 503, 503, 503, 200, 200, 503,
-             503, 200]
+            [
+                200, 200, 200, 200, 200, 503, 503, 503, 200, 200, 503, 503, 503, 200, 200, 503,
+                503, 200
+            ]
         );
     }
 
@@ -320,7 +375,10 @@ mod tests {
         let now = Instant::now();
         let mut s = primary(now);
         s.lock_valid_until = Some(now);
-        assert_eq!(codes(&s, now, &["/primary", "/leader", "/read-only", "/health"]), [503, 503, 503, 200]);
+        assert_eq!(
+            codes(&s, now, &["/primary", "/leader", "/read-only", "/health"]),
+            [503, 503, 503, 200]
+        );
     }
 
     #[test]
@@ -329,16 +387,31 @@ mod tests {
         let optime = 67108864u64;
         let s = replica(now, optime - 16 * 1024);
         let paths = [
-            "/replica", "/read-only", "/primary", "/leader", "/health", "/async",
-            "/replica?lag=16kB", "/replica?lag=16383", "/replica?lag=15kB", "/replica?lag=1MB",
-            "/replica?lag=64MB", "/replica?lag=1GB", "/replica?lag=junk", "/replica?lag=",
-            "/replica?replication_state=streaming", "/replica?replication_state=in%20archive%20recovery",
-            "/read-only?lag=1kB", "/async?lag=1kB",
+            "/replica",
+            "/read-only",
+            "/primary",
+            "/leader",
+            "/health",
+            "/async",
+            "/replica?lag=16kB",
+            "/replica?lag=16383",
+            "/replica?lag=15kB",
+            "/replica?lag=1MB",
+            "/replica?lag=64MB",
+            "/replica?lag=1GB",
+            "/replica?lag=junk",
+            "/replica?lag=",
+            "/replica?replication_state=streaming",
+            "/replica?replication_state=in%20archive%20recovery",
+            "/read-only?lag=1kB",
+            "/async?lag=1kB",
         ];
         assert_eq!(
             codes(&s, now, &paths),
-            [200, 200, 503, 503, 200, 200, 200, 503, 503, 200, 200, 200, 200, 200, 200, 503,
-             503, 503]
+            [
+                200, 200, 503, 503, 200, 200, 200, 503, 503, 200, 200, 200, 200, 200, 200, 503,
+                503, 503
+            ]
         );
         // Lag is ignored while the leader optime is unknown (Patroni's `leader_optime and ...`).
         let mut s2 = s.clone();
@@ -347,7 +420,10 @@ mod tests {
         // Not running, or noloadbalance: no replica traffic.
         let mut s3 = s.clone();
         s3.pg.state = "starting".into();
-        assert_eq!(codes(&s3, now, &["/replica", "/read-only", "/health"]), [503, 503, 503]);
+        assert_eq!(
+            codes(&s3, now, &["/replica", "/read-only", "/health"]),
+            [503, 503, 503]
+        );
         let mut s4 = s.clone();
         s4.tags.insert("noloadbalance".into(), json!(true));
         assert_eq!(codes(&s4, now, &["/replica", "/health"]), [503, 200]);
@@ -361,10 +437,16 @@ mod tests {
         s.tags.insert("clonefrom".into(), json!(true));
         s.tags.insert("weight".into(), json!(1.4));
         let paths = [
-            "/replica?tag_dc=east", "/replica?tag_dc=west", "/replica?tag_missing=1",
-            "/replica?tag_clonefrom=true", "/replica?tag_clonefrom=True", "/replica?tag_weight=1.4",
-            "/health?tag_dc=west", "/read-only?tag_dc=east&tag_weight=1.4",
-            "/replica?tag_dc=east&tag_dc=west", "/replica?tag_dc=",
+            "/replica?tag_dc=east",
+            "/replica?tag_dc=west",
+            "/replica?tag_missing=1",
+            "/replica?tag_clonefrom=true",
+            "/replica?tag_clonefrom=True",
+            "/replica?tag_weight=1.4",
+            "/health?tag_dc=west",
+            "/read-only?tag_dc=east&tag_weight=1.4",
+            "/replica?tag_dc=east&tag_dc=west",
+            "/replica?tag_dc=",
         ];
         assert_eq!(
             codes(&s, now, &paths),
@@ -373,7 +455,18 @@ mod tests {
         // Tags are ignored on leader checks.
         let mut p = primary(now);
         p.tags.insert("dc".into(), json!("east"));
-        assert_eq!(codes(&p, now, &["/leader?tag_dc=west", "/primary?tag_dc=west", "/read-only?tag_dc=west"]), [200, 200, 503]);
+        assert_eq!(
+            codes(
+                &p,
+                now,
+                &[
+                    "/leader?tag_dc=west",
+                    "/primary?tag_dc=west",
+                    "/read-only?tag_dc=west"
+                ]
+            ),
+            [200, 200, 503]
+        );
     }
 
     #[test]
@@ -381,11 +474,27 @@ mod tests {
         let now = Instant::now();
         let mut s = replica(now, 67108864);
         set_sync(&mut s, json!(true), "m1");
-        let paths = ["/sync", "/synchronous", "/async", "/asynchronous", "/quorum", "/read-only-sync",
-            "/read-only-synchronous", "/read-only-quorum", "/read-only", "/sync?lag=0"];
-        assert_eq!(codes(&s, now, &paths), [200, 200, 503, 503, 503, 200, 200, 503, 200, 200]);
+        let paths = [
+            "/sync",
+            "/synchronous",
+            "/async",
+            "/asynchronous",
+            "/quorum",
+            "/read-only-sync",
+            "/read-only-synchronous",
+            "/read-only-quorum",
+            "/read-only",
+            "/sync?lag=0",
+        ];
+        assert_eq!(
+            codes(&s, now, &paths),
+            [200, 200, 503, 503, 503, 200, 200, 503, 200, 200]
+        );
         set_sync(&mut s, json!("quorum"), "m1,m2");
-        assert_eq!(codes(&s, now, &paths), [503, 503, 503, 503, 200, 503, 503, 200, 200, 503]);
+        assert_eq!(
+            codes(&s, now, &paths),
+            [503, 503, 503, 503, 200, 503, 503, 200, 200, 503]
+        );
         set_sync(&mut s, json!(true), "m2");
         assert_eq!(codes(&s, now, &paths[..5]), [503, 503, 200, 200, 503]);
         // Sync mode off: the sync key is not looked at.
@@ -393,7 +502,10 @@ mod tests {
         assert_eq!(codes(&s, now, &["/sync", "/async"]), [503, 200]);
         // No trusted view: sync-family checks are 503.
         s.cluster_valid_until = Some(now);
-        assert_eq!(codes(&s, now, &["/sync", "/async", "/read-only-sync", "/replica"]), [503, 503, 503, 200]);
+        assert_eq!(
+            codes(&s, now, &["/sync", "/async", "/read-only-sync", "/replica"]),
+            [503, 503, 503, 200]
+        );
     }
 
     #[test]
@@ -402,9 +514,25 @@ mod tests {
         let mut s = replica(now, 67108864);
         s.lock_valid_until = Some(now + S);
         s.pg.role = "standby_leader".into();
-        s.cluster.as_mut().unwrap().config.as_mut().unwrap().value
-            .insert("standby_cluster".into(), json!({"host": "10.0.0.1", "port": 5432}));
-        let paths = ["/standby-leader", "/standby_leader", "/leader", "/primary", "/replica", "/read-only"];
+        s.cluster
+            .as_mut()
+            .unwrap()
+            .config
+            .as_mut()
+            .unwrap()
+            .value
+            .insert(
+                "standby_cluster".into(),
+                json!({"host": "10.0.0.1", "port": 5432}),
+            );
+        let paths = [
+            "/standby-leader",
+            "/standby_leader",
+            "/leader",
+            "/primary",
+            "/replica",
+            "/read-only",
+        ];
         assert_eq!(codes(&s, now, &paths), [200, 200, 200, 503, 503, 200]);
     }
 
@@ -415,9 +543,15 @@ mod tests {
         s.pause = true;
         s.lock_valid_until = None;
         s.cluster_valid_until = None;
-        assert_eq!(codes(&s, now, &["/primary", "/leader", "/standby-leader"]), [200, 200, 503]);
+        assert_eq!(
+            codes(&s, now, &["/primary", "/leader", "/standby-leader"]),
+            [200, 200, 503]
+        );
         s.pg.role = "standby_leader".into();
-        assert_eq!(codes(&s, now, &["/primary", "/leader", "/standby-leader"]), [503, 200, 200]);
+        assert_eq!(
+            codes(&s, now, &["/primary", "/leader", "/standby-leader"]),
+            [503, 200, 200]
+        );
     }
 
     #[test]
@@ -433,7 +567,13 @@ mod tests {
         assert_eq!(parse_bytes("x"), None);
         assert_eq!(parse_bytes(""), None);
         assert_eq!(parse_bytes("99999999999999999999999999999999GB"), None);
-        assert_eq!(Query::parse("a=%41+b&c&d=&e=%zz%"), Query(vec![("a".into(), "A b".into()), ("e".into(), "%zz%".into())]));
+        assert_eq!(
+            Query::parse("a=%41+b&c&d=&e=%zz%"),
+            Query(vec![
+                ("a".into(), "A b".into()),
+                ("e".into(), "%zz%".into())
+            ])
+        );
     }
 
     #[test]
@@ -465,7 +605,12 @@ mod tests {
         assert_eq!(readiness_code("", &s, now), 503);
         assert_eq!(readiness_code("lag=2MB", &s, now), 200);
         assert_eq!(readiness_code("lag=junk", &s, now), 503);
-        s.pg.wal = WalView::Replica { received: optime, replayed: optime - 2 * 1024 * 1024, replayed_timestamp: None, paused: false };
+        s.pg.wal = WalView::Replica {
+            received: optime,
+            replayed: optime - 2 * 1024 * 1024,
+            replayed_timestamp: None,
+            paused: false,
+        };
         assert_eq!(readiness_code("mode=write", &s, now), 200);
         assert_eq!(readiness_code("mode=apply", &s, now), 503);
         s.pg.replication_state = Some("in archive recovery".into());

@@ -50,7 +50,11 @@ fn epoch(ts: Option<&str>) -> String {
         Some(t) => {
             let frac = format!("{:06}", t.timestamp_subsec_micros());
             let frac = frac.trim_end_matches('0');
-            format!("{}.{}", t.timestamp(), if frac.is_empty() { "0" } else { frac })
+            format!(
+                "{}.{}",
+                t.timestamp(),
+                if frac.is_empty() { "0" } else { frac }
+            )
         }
         None => "0".into(),
     }
@@ -62,14 +66,21 @@ fn b(v: bool) -> String {
 
 /// Renders the metrics page of `s` at `now`.
 pub fn render_metrics(s: &Snapshot, now: Instant) -> String {
-    let esc = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+    let esc = |v: &str| {
+        v.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+    };
     let labels = format!("{{scope=\"{}\",name=\"{}\"}}", esc(&s.scope), esc(&s.name));
     let pg = &s.pg;
     let running = pg.state == "running";
     let (received, replayed, replay_ts, paused) = match &pg.wal {
-        WalView::Replica { received, replayed, replayed_timestamp, paused } => {
-            (*received, *replayed, replayed_timestamp.as_deref(), *paused)
-        }
+        WalView::Replica {
+            received,
+            replayed,
+            replayed_timestamp,
+            paused,
+        } => (*received, *replayed, replayed_timestamp.as_deref(), *paused),
         _ => (0, 0, None, false),
     };
     let location = match &pg.wal {
@@ -78,7 +89,9 @@ pub fn render_metrics(s: &Snapshot, now: Instant) -> String {
     };
     let (sync, quorum) = s.sync_flags(now);
     let config = s.global_config();
-    let failsafe_enabled = config.and_then(|c| c.get("failsafe_mode")).is_some_and(truthy);
+    let failsafe_enabled = config
+        .and_then(|c| c.get("failsafe_mode"))
+        .is_some_and(truthy);
     let failsafe_member = s
         .cluster
         .as_ref()
@@ -96,37 +109,167 @@ pub fn render_metrics(s: &Snapshot, now: Instant) -> String {
     };
 
     let mut rows: Vec<(&str, &str, &str, String)> = vec![
-        ("patroni_version", "gauge", "Patroni semver without periods.", version_number(&s.version)),
-        ("patroni_postgres_running", "gauge", "Value is 1 if Postgres is running, 0 otherwise.", b(running)),
-        ("patroni_postmaster_start_time", "gauge", "Epoch seconds since Postgres started.", epoch(pg.postmaster_start_time.as_deref())),
-        ("patroni_primary", "gauge", "Value is 1 if this node is the leader, 0 otherwise.", b(pg.role == "primary" || pg.role == "master")),
-        ("patroni_xlog_location", "counter", "Current location of the Postgres transaction log, 0 if this node is not the leader.", location.to_string()),
-        ("patroni_standby_leader", "gauge", "Value is 1 if this node is the standby_leader, 0 otherwise.", b(pg.role == "standby_leader")),
-        ("patroni_replica", "gauge", "Value is 1 if this node is a replica, 0 otherwise.", b(pg.role == "replica")),
-        ("patroni_sync_standby", "gauge", "Value is 1 if this node is a sync standby replica, 0 otherwise.", b(sync)),
-        ("patroni_quorum_standby", "gauge", "Value is 1 if this node is a quorum standby replica, 0 otherwise.", b(quorum)),
-        ("patroni_xlog_received_location", "counter", "Current location of the received Postgres transaction log, 0 if this node is not a replica.", received.to_string()),
-        ("patroni_xlog_replayed_location", "counter", "Current location of the replayed Postgres transaction log, 0 if this node is not a replica.", replayed.to_string()),
-        ("patroni_xlog_replayed_timestamp", "gauge", "Current timestamp of the replayed Postgres transaction log, 0 if null.", epoch(replay_ts)),
-        ("patroni_xlog_paused", "gauge", "Value is 1 if the Postgres xlog is paused, 0 otherwise.", b(paused)),
+        (
+            "patroni_version",
+            "gauge",
+            "Patroni semver without periods.",
+            version_number(&s.version),
+        ),
+        (
+            "patroni_postgres_running",
+            "gauge",
+            "Value is 1 if Postgres is running, 0 otherwise.",
+            b(running),
+        ),
+        (
+            "patroni_postmaster_start_time",
+            "gauge",
+            "Epoch seconds since Postgres started.",
+            epoch(pg.postmaster_start_time.as_deref()),
+        ),
+        (
+            "patroni_primary",
+            "gauge",
+            "Value is 1 if this node is the leader, 0 otherwise.",
+            b(pg.role == "primary" || pg.role == "master"),
+        ),
+        (
+            "patroni_xlog_location",
+            "counter",
+            "Current location of the Postgres transaction log, 0 if this node is not the leader.",
+            location.to_string(),
+        ),
+        (
+            "patroni_standby_leader",
+            "gauge",
+            "Value is 1 if this node is the standby_leader, 0 otherwise.",
+            b(pg.role == "standby_leader"),
+        ),
+        (
+            "patroni_replica",
+            "gauge",
+            "Value is 1 if this node is a replica, 0 otherwise.",
+            b(pg.role == "replica"),
+        ),
+        (
+            "patroni_sync_standby",
+            "gauge",
+            "Value is 1 if this node is a sync standby replica, 0 otherwise.",
+            b(sync),
+        ),
+        (
+            "patroni_quorum_standby",
+            "gauge",
+            "Value is 1 if this node is a quorum standby replica, 0 otherwise.",
+            b(quorum),
+        ),
+        (
+            "patroni_xlog_received_location",
+            "counter",
+            "Current location of the received Postgres transaction log, 0 if this node is not a replica.",
+            received.to_string(),
+        ),
+        (
+            "patroni_xlog_replayed_location",
+            "counter",
+            "Current location of the replayed Postgres transaction log, 0 if this node is not a replica.",
+            replayed.to_string(),
+        ),
+        (
+            "patroni_xlog_replayed_timestamp",
+            "gauge",
+            "Current timestamp of the replayed Postgres transaction log, 0 if null.",
+            epoch(replay_ts),
+        ),
+        (
+            "patroni_xlog_paused",
+            "gauge",
+            "Value is 1 if the Postgres xlog is paused, 0 otherwise.",
+            b(paused),
+        ),
     ];
     if pg.server_version.unwrap_or(0) >= 90600 {
         let rs = pg.replication_state.as_deref();
-        rows.push(("patroni_postgres_streaming", "gauge", "Value is 1 if Postgres is streaming, 0 otherwise.", b(rs == Some("streaming"))));
-        rows.push(("patroni_postgres_in_archive_recovery", "gauge", "Value is 1 if Postgres is replicating from archive, 0 otherwise.", b(rs == Some("in archive recovery"))));
+        rows.push((
+            "patroni_postgres_streaming",
+            "gauge",
+            "Value is 1 if Postgres is streaming, 0 otherwise.",
+            b(rs == Some("streaming")),
+        ));
+        rows.push((
+            "patroni_postgres_in_archive_recovery",
+            "gauge",
+            "Value is 1 if Postgres is replicating from archive, 0 otherwise.",
+            b(rs == Some("in archive recovery")),
+        ));
     }
     rows.extend([
-        ("patroni_postgres_server_version", "gauge", "Version of Postgres (if running), 0 otherwise.", pg.server_version.unwrap_or(0).to_string()),
-        ("patroni_cluster_unlocked", "gauge", "Value is 1 if the cluster is unlocked, 0 if locked.", b(unlocked)),
-        ("patroni_failsafe_mode_is_active", "gauge", "Value is 1 if failsafe mode is active, 0 if inactive.", b(s.failsafe_active)),
-        ("patroni_failsafe_mode_enabled", "gauge", "Value is 1 if failsafe mode is enabled, 0 otherwise.", b(failsafe_enabled)),
-        ("patroni_failsafe_member", "gauge", "Value is 1 if this node is a member of the failsafe topology, 0 otherwise.", b(failsafe_member)),
-        ("patroni_postgres_timeline", "counter", "Postgres timeline of this node (if running), 0 otherwise.", pg.timeline.unwrap_or(0).to_string()),
-        ("patroni_dcs_last_seen", "gauge", "Epoch timestamp when DCS was last contacted successfully by Patroni.", s.dcs_last_seen.unwrap_or(0).to_string()),
-        ("patroni_pending_restart", "gauge", "Value is 1 if the node needs a restart, 0 otherwise.", b(pg.pending_restart)),
-        ("patroni_is_paused", "gauge", "Value is 1 if auto failover is disabled, 0 otherwise.", b(s.pause)),
-        ("patroni_postgres_state", "gauge", "Numeric representation of Postgres state.", state_code.to_string()),
-        ("patroni_failover_priority", "gauge", "Value is 0 or negative if node is not allowed to promote, otherwise its priority.", priority.to_string()),
+        (
+            "patroni_postgres_server_version",
+            "gauge",
+            "Version of Postgres (if running), 0 otherwise.",
+            pg.server_version.unwrap_or(0).to_string(),
+        ),
+        (
+            "patroni_cluster_unlocked",
+            "gauge",
+            "Value is 1 if the cluster is unlocked, 0 if locked.",
+            b(unlocked),
+        ),
+        (
+            "patroni_failsafe_mode_is_active",
+            "gauge",
+            "Value is 1 if failsafe mode is active, 0 if inactive.",
+            b(s.failsafe_active),
+        ),
+        (
+            "patroni_failsafe_mode_enabled",
+            "gauge",
+            "Value is 1 if failsafe mode is enabled, 0 otherwise.",
+            b(failsafe_enabled),
+        ),
+        (
+            "patroni_failsafe_member",
+            "gauge",
+            "Value is 1 if this node is a member of the failsafe topology, 0 otherwise.",
+            b(failsafe_member),
+        ),
+        (
+            "patroni_postgres_timeline",
+            "counter",
+            "Postgres timeline of this node (if running), 0 otherwise.",
+            pg.timeline.unwrap_or(0).to_string(),
+        ),
+        (
+            "patroni_dcs_last_seen",
+            "gauge",
+            "Epoch timestamp when DCS was last contacted successfully by Patroni.",
+            s.dcs_last_seen.unwrap_or(0).to_string(),
+        ),
+        (
+            "patroni_pending_restart",
+            "gauge",
+            "Value is 1 if the node needs a restart, 0 otherwise.",
+            b(pg.pending_restart),
+        ),
+        (
+            "patroni_is_paused",
+            "gauge",
+            "Value is 1 if auto failover is disabled, 0 otherwise.",
+            b(s.pause),
+        ),
+        (
+            "patroni_postgres_state",
+            "gauge",
+            "Numeric representation of Postgres state.",
+            state_code.to_string(),
+        ),
+        (
+            "patroni_failover_priority",
+            "gauge",
+            "Value is 0 or negative if node is not allowed to promote, otherwise its priority.",
+            priority.to_string(),
+        ),
     ]);
 
     let mut out = String::new();
@@ -134,8 +277,11 @@ pub fn render_metrics(s: &Snapshot, now: Instant) -> String {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} {kind}");
         if name == "patroni_postgres_state" {
-            let values: Vec<String> =
-                PG_STATES.iter().enumerate().map(|(i, (_, short))| format!("{i}={short}")).collect();
+            let values: Vec<String> = PG_STATES
+                .iter()
+                .enumerate()
+                .map(|(i, (_, short))| format!("{i}={short}"))
+                .collect();
             let _ = writeln!(out, "# Values: {}", values.join(", "));
         }
         let _ = writeln!(out, "{name}{labels} {value}");
@@ -164,7 +310,9 @@ mod tests {
             ..PgView::default()
         };
         let now = Instant::now();
-        s.cluster = Some(crate::api::status::tests::etcd_view("01-steady-sync-mode.etcd.json"));
+        s.cluster = Some(crate::api::status::tests::etcd_view(
+            "01-steady-sync-mode.etcd.json",
+        ));
         s.cluster_valid_until = Some(now + std::time::Duration::from_secs(5));
         let ours = render_metrics(&s, now);
         // Every sample of the 3.0.2 capture (but the dropped `patroni_master`) appears with the
@@ -178,7 +326,9 @@ mod tests {
             if line.starts_with("# HELP patroni_failsafe_mode_is_active") {
                 continue;
             }
-            let found = ours[pos..].find(&format!("{line}\n")).unwrap_or_else(|| panic!("missing or out of order: {line}"));
+            let found = ours[pos..]
+                .find(&format!("{line}\n"))
+                .unwrap_or_else(|| panic!("missing or out of order: {line}"));
             pos += found + line.len();
         }
         assert!(ours.contains("patroni_postgres_state{scope=\"bars\",name=\"m0\"} 5\n"));

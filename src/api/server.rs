@@ -47,7 +47,9 @@ pub fn router(ctx: ApiContext) -> Router {
         .user_agent(format!("Patroni/{} pgwarden", super::state::VERSION))
         .build()
         .unwrap_or_default();
-    Router::new().fallback(dispatch).with_state(Arc::new(Inner { ctx, client }))
+    Router::new()
+        .fallback(dispatch)
+        .with_state(Arc::new(Inner { ctx, client }))
 }
 
 /// Serves the API on an already bound listener until `shutdown` completes.
@@ -56,7 +58,9 @@ pub async fn serve(
     ctx: ApiContext,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(ctx)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(ctx))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// Requests Patroni protects with its access control (§1.2).
@@ -66,7 +70,14 @@ pub fn is_protected(method: &Method, path: &str) -> bool {
         Method::PATCH | Method::PUT => seg == "config",
         Method::POST => matches!(
             seg,
-            "reload" | "restart" | "reinitialize" | "failover" | "switchover" | "sigterm" | "citus" | "failsafe"
+            "reload"
+                | "restart"
+                | "reinitialize"
+                | "failover"
+                | "switchover"
+                | "sigterm"
+                | "citus"
+                | "failsafe"
         ),
         Method::DELETE => matches!(seg, "restart" | "switchover"),
         _ => false,
@@ -80,7 +91,8 @@ fn first_segment(path: &str) -> &str {
 fn with_type(code: u16, body: impl Into<Body>, ctype: &'static str) -> Response {
     let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut r = (status, body.into()).into_response();
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
     r
 }
 
@@ -96,7 +108,9 @@ fn text_reply(code: u16, msg: impl Into<String>) -> Response {
 
 /// A status line without a body.
 fn bare(code: u16) -> Response {
-    StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE).into_response()
+    StatusCode::from_u16(code)
+        .unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+        .into_response()
 }
 
 /// Python's `send_error` page.
@@ -107,7 +121,10 @@ fn error_page(code: u16, message: Option<&str>) -> Response {
         413 => ("Request Entity Too Large", "Entity is too large"),
         501 => ("Not Implemented", "Server does not support this operation"),
         502 => ("Bad Gateway", "Invalid responses from another server/proxy"),
-        _ => ("Service Unavailable", "The server cannot process the request due to a high load"),
+        _ => (
+            "Service Unavailable",
+            "The server cannot process the request due to a high load",
+        ),
     };
     let body = format!(
         "<!DOCTYPE HTML>\n<html lang=\"en\">\n    <head>\n        <meta charset=\"utf-8\">\n        \
@@ -122,22 +139,39 @@ fn error_page(code: u16, message: Option<&str>) -> Response {
 /// Reads a JSON object body by Patroni's rules: no `Content-Length` → 411 (or `{}` when the
 /// body is optional); over [`MAX_BODY_BYTES`] → 413; empty, invalid or not an object → 400
 /// (an empty object is fine only for optional bodies).
-async fn read_json(headers: &HeaderMap, body: Body, optional: bool) -> Result<Map<String, Value>, Response> {
+async fn read_json(
+    headers: &HeaderMap,
+    body: Body,
+    optional: bool,
+) -> Result<Map<String, Value>, Response> {
     let Some(len) = headers.get(header::CONTENT_LENGTH) else {
-        return if optional { Ok(Map::new()) } else { Err(error_page(411, None)) };
+        return if optional {
+            Ok(Map::new())
+        } else {
+            Err(error_page(411, None))
+        };
     };
     let len: usize = match len.to_str().ok().and_then(|s| s.trim().parse().ok()) {
         Some(n) => n,
         None => return Err(error_page(400, None)),
     };
-    let too_large = || error_page(413, Some(&format!("Request body is larger than {MAX_BODY_BYTES} bytes")));
+    let too_large = || {
+        error_page(
+            413,
+            Some(&format!(
+                "Request body is larger than {MAX_BODY_BYTES} bytes"
+            )),
+        )
+    };
     if len > MAX_BODY_BYTES {
         return Err(too_large());
     }
     if len == 0 && optional {
         return Ok(Map::new());
     }
-    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| too_large())?;
+    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| too_large())?;
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(m)) if optional || !m.is_empty() => Ok(m),
         _ => Err(error_page(400, None)),
@@ -169,7 +203,11 @@ async fn dispatch(State(inner): State<Shared>, req: Request) -> Response {
         Method::GET => get(&inner, &path, &query, now).await,
         Method::POST => match first_segment(&path) {
             "switchover" | "failover" => {
-                let action = if first_segment(&path) == "switchover" { Action::Switchover } else { Action::Failover };
+                let action = if first_segment(&path) == "switchover" {
+                    Action::Switchover
+                } else {
+                    Action::Failover
+                };
                 let body = match read_json(&parts.headers, body, false).await {
                     Ok(b) => b,
                     Err(r) => return r,
@@ -203,11 +241,16 @@ async fn get(inner: &Inner, path: &str, query: &str, now: Instant) -> Response {
             Err(e) => text_reply(503, e.to_string()),
         },
         "config" => match cached_view(inner, now).await {
-            Ok(ClusterView { config: Some(c), .. }) => json_reply(200, &c.value),
+            Ok(ClusterView {
+                config: Some(c), ..
+            }) => json_reply(200, &c.value),
             _ => error_page(502, None),
         },
         "failsafe" => {
-            let enabled = snap.global_config().and_then(|c| c.get("failsafe_mode")).is_some_and(truthy);
+            let enabled = snap
+                .global_config()
+                .and_then(|c| c.get("failsafe_mode"))
+                .is_some_and(truthy);
             match (enabled, snap.cluster.as_ref()) {
                 (true, Some(c)) => json_reply(200, &c.failsafe.clone().unwrap_or_default()),
                 _ => error_page(502, None),
@@ -215,7 +258,10 @@ async fn get(inner: &Inner, path: &str, query: &str, now: Instant) -> Response {
         }
         // Everything else, including unknown paths, is the health router (503 for an unknown
         // path, never 404: Patroni's quirk, kept because checks may rely on it).
-        _ => json_reply(health_code(path, query, &snap, now), &status_document(&snap, now)),
+        _ => json_reply(
+            health_code(path, query, &snap, now),
+            &status_document(&snap, now),
+        ),
     }
 }
 

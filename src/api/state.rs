@@ -10,8 +10,8 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
-use crate::dcs::model::{ClusterView, truthy};
 use crate::dcs::Dcs;
+use crate::dcs::model::{ClusterView, truthy};
 
 /// pgwarden's version as reported in `patroni.version` and `patroni_version`.
 ///
@@ -135,7 +135,11 @@ impl Snapshot {
             scope: scope.into(),
             name: name.into(),
             version: VERSION.to_owned(),
-            pg: PgView { state: "stopped".into(), role: "uninitialized".into(), ..PgView::default() },
+            pg: PgView {
+                state: "stopped".into(),
+                role: "uninitialized".into(),
+                ..PgView::default()
+            },
             lock_valid_until: None,
             cluster: None,
             cluster_valid_until: None,
@@ -168,13 +172,18 @@ impl Snapshot {
     /// The dynamic configuration as last seen (even from an expired view: Patroni keeps using
     /// its cached global config when the DCS is away).
     pub fn global_config(&self) -> Option<&Map<String, Value>> {
-        self.cluster.as_ref().and_then(|c| c.config.as_ref()).map(|v| &v.value)
+        self.cluster
+            .as_ref()
+            .and_then(|c| c.config.as_ref())
+            .map(|v| &v.value)
     }
 
     /// `sync_standby` / `quorum_standby` flags of the status document: this member is listed in
     /// the `sync` key of a trusted view while synchronous mode is on.
     pub fn sync_flags(&self, now: Instant) -> (bool, bool) {
-        let Some(c) = self.valid_cluster(now) else { return (false, false) };
+        let Some(c) = self.valid_cluster(now) else {
+            return (false, false);
+        };
         let mode = SyncMode::of(c.config.as_ref().map(|v| &v.value));
         let listed = c
             .sync
@@ -241,9 +250,10 @@ pub fn is_standby_cluster(config: Option<&Map<String, Value>>) -> bool {
     let Some(Value::Object(sc)) = config.and_then(|c| c.get("standby_cluster")) else {
         return false;
     };
-    ["host", "port", "restore_command"]
-        .iter()
-        .any(|k| sc.get(*k).is_some_and(|v| !v.is_null() && v != "" && v != &Value::Bool(false)))
+    ["host", "port", "restore_command"].iter().any(|k| {
+        sc.get(*k)
+            .is_some_and(|v| !v.is_null() && v != "" && v != &Value::Bool(false))
+    })
 }
 
 /// `pause` of a dynamic configuration.
@@ -260,7 +270,9 @@ pub struct ApiState {
 impl ApiState {
     /// Starts with `initial`.
     pub fn new(initial: Snapshot) -> Self {
-        ApiState { inner: Arc::new(RwLock::new(Arc::new(initial))) }
+        ApiState {
+            inner: Arc::new(RwLock::new(Arc::new(initial))),
+        }
     }
 
     /// Replaces the snapshot (the agent calls this after every cycle).

@@ -26,14 +26,22 @@ pub fn status_document(s: &Snapshot, now: Instant) -> Obj {
     }
     match &pg.wal {
         WalView::Primary { location } => o.push("xlog", Obj::new().with("location", *location)),
-        WalView::Replica { received, replayed, replayed_timestamp, paused } => o.push(
+        WalView::Replica {
+            received,
+            replayed,
+            replayed_timestamp,
+            paused,
+        } => o.push(
             "xlog",
             Obj::new()
                 .with("received_location", *received)
                 .with("replayed_location", *replayed)
                 .with(
                     "replayed_timestamp",
-                    replayed_timestamp.clone().map(Value::String).unwrap_or(Value::Null),
+                    replayed_timestamp
+                        .clone()
+                        .map(Value::String)
+                        .unwrap_or(Value::Null),
                 )
                 .with("paused", *paused),
         ),
@@ -56,7 +64,10 @@ pub fn status_document(s: &Snapshot, now: Instant) -> Obj {
                         .with("application_name", r.application_name.as_str())
                         .with(
                             "client_addr",
-                            r.client_addr.clone().map(Value::String).unwrap_or(Value::Null),
+                            r.client_addr
+                                .clone()
+                                .map(Value::String)
+                                .unwrap_or(Value::Null),
                         )
                         .with("state", r.state.as_str())
                         .with("sync_state", r.sync_state.as_str())
@@ -128,11 +139,17 @@ pub(crate) mod tests {
         let entries: Vec<(String, String)> = map
             .into_iter()
             .map(|(k, v)| {
-                (k.trim_start_matches("/service/bars/").to_owned(), v.as_str().unwrap().to_owned())
+                (
+                    k.trim_start_matches("/service/bars/").to_owned(),
+                    v.as_str().unwrap().to_owned(),
+                )
             })
             .collect();
         ClusterView::from_raw(
-            entries.iter().enumerate().map(|(i, (k, v))| (k.as_str(), v.as_str(), Version(i.to_string()))),
+            entries
+                .iter()
+                .enumerate()
+                .map(|(i, (k, v))| (k.as_str(), v.as_str(), Version(i.to_string()))),
         )
     }
 
@@ -168,7 +185,10 @@ pub(crate) mod tests {
 
     /// 3.0.2 has no `patroni.name`; pgwarden adds it (as Patroni ≥ 3.1 does).
     fn with_name(capture: &str, name: &str) -> String {
-        capture.replace(r#""scope": "bars"}"#, &format!(r#""scope": "bars", "name": "{name}"}}"#))
+        capture.replace(
+            r#""scope": "bars"}"#,
+            &format!(r#""scope": "bars", "name": "{name}"}}"#),
+        )
     }
 
     #[test]
@@ -177,7 +197,10 @@ pub(crate) mod tests {
         let s = base(now);
         let (head, body) = capture("leader-patroni.txt");
         assert_eq!(head, "GET /patroni -> 200");
-        assert_eq!(to_python_json(&status_document(&s, now)), with_name(&body, "m0"));
+        assert_eq!(
+            to_python_json(&status_document(&s, now)),
+            with_name(&body, "m0")
+        );
     }
 
     #[test]
@@ -190,7 +213,10 @@ pub(crate) mod tests {
         s.pg.replication[0].sync_priority = 1;
         s.pg.pending_restart = true;
         let (_, body) = capture("leader-patroni-pending-restart.txt");
-        assert_eq!(to_python_json(&status_document(&s, now)), with_name(&body, "m0"));
+        assert_eq!(
+            to_python_json(&status_document(&s, now)),
+            with_name(&body, "m0")
+        );
     }
 
     #[test]
@@ -208,7 +234,10 @@ pub(crate) mod tests {
         };
         s.pg.replication.clear();
         let (_, body) = capture("replica-patroni.txt");
-        assert_eq!(to_python_json(&status_document(&s, now)), with_name(&body, "m1"));
+        assert_eq!(
+            to_python_json(&status_document(&s, now)),
+            with_name(&body, "m1")
+        );
     }
 
     #[test]
@@ -223,7 +252,13 @@ pub(crate) mod tests {
         s.tags.insert("nofailover".into(), true.into());
         let doc = status_document(&s, now);
         let keys = doc.keys();
-        for k in ["cluster_unlocked", "pause", "failsafe_mode_is_active", "tags", "watchdog_failed"] {
+        for k in [
+            "cluster_unlocked",
+            "pause",
+            "failsafe_mode_is_active",
+            "tags",
+            "watchdog_failed",
+        ] {
             assert!(keys.contains(&k), "{k} missing in {keys:?}");
         }
         assert_eq!(keys.last(), Some(&"watchdog_failed"));
@@ -233,7 +268,13 @@ pub(crate) mod tests {
         let doc = status_document(&down, now);
         assert_eq!(
             doc.keys(),
-            ["state", "role", "cluster_unlocked", "dcs_last_seen", "patroni"]
+            [
+                "state",
+                "role",
+                "cluster_unlocked",
+                "dcs_last_seen",
+                "patroni"
+            ]
         );
     }
 }

@@ -88,16 +88,26 @@ pub fn validate(
 ) -> Result<Plan, Reply> {
     let leader = field(body, "leader");
     let candidate = field(body, "candidate").or_else(|| field(body, "member"));
-    let schedule = body.get("scheduled_at").filter(|v| !matches!(v, Value::Null | Value::Bool(false)));
+    let schedule = body
+        .get("scheduled_at")
+        .filter(|v| !matches!(v, Value::Null | Value::Bool(false)));
     let schedule = schedule.filter(|v| v.as_str() != Some(""));
     let config = view.config.as_ref().map(|c| &c.value);
-    let paused = if config.is_some() { config_paused(config) } else { paused_fallback };
+    let paused = if config.is_some() {
+        config_paused(config)
+    } else {
+        paused_fallback
+    };
 
     if action == Action::Failover && candidate.is_none() {
-        return Err(bad("Failover could be performed only to a specific candidate"));
+        return Err(bad(
+            "Failover could be performed only to a specific candidate",
+        ));
     }
     if action == Action::Switchover && leader.is_none() {
-        return Err(bad("Switchover could be performed only from a specific leader"));
+        return Err(bad(
+            "Switchover could be performed only from a specific leader",
+        ));
     }
     let mut scheduled_at = None;
     if let Some(raw) = schedule {
@@ -113,7 +123,10 @@ pub fn validate(
         };
         match parsed {
             Schedule::At(t) if t < now => {
-                return Err((422, format!("Cannot schedule {} in the past", action.name())));
+                return Err((
+                    422,
+                    format!("Cannot schedule {} in the past", action.name()),
+                ));
             }
             Schedule::At(t) => scheduled_at = Some(isoformat(&t)),
             Schedule::NoTimezone => {
@@ -132,14 +145,27 @@ pub fn validate(
         }
     }
     if paused && candidate.is_none() {
-        return Err(bad("Switchover is possible only to a specific candidate in a paused state"));
+        return Err(bad(
+            "Switchover is possible only to a specific candidate in a paused state",
+        ));
     }
-    let action = if action == Action::Failover && leader.is_some() { Action::Switchover } else { action };
+    let action = if action == Action::Failover && leader.is_some() {
+        Action::Switchover
+    } else {
+        action
+    };
     if leader == candidate {
         return Err(bad("Switchover target and source are the same"));
     }
     let current_leader = view.leader.as_ref().map(|l| l.name.clone());
-    let mut plan = Plan { action, leader, candidate, scheduled_at, probe: Vec::new(), current_leader };
+    let mut plan = Plan {
+        action,
+        leader,
+        candidate,
+        scheduled_at,
+        probe: Vec::new(),
+        current_leader,
+    };
     if plan.scheduled_at.is_none() {
         plan.probe = feasible_members(&plan, view).map_err(|m| (412, m))?;
     }
@@ -150,15 +176,20 @@ pub fn validate(
 fn feasible_members(plan: &Plan, view: &ClusterView) -> Result<Vec<(String, Member)>, String> {
     let act = plan.action.name();
     let current = plan.current_leader.as_deref();
-    if let Some(l) = &plan.leader {
-        if current != Some(l.as_str()) {
-            return Err("leader name does not match".into());
-        }
+    if let Some(l) = &plan.leader
+        && current != Some(l.as_str())
+    {
+        return Err("leader name does not match".into());
     }
     let mode = SyncMode::of(view.config.as_ref().map(|c| &c.value));
-    let sync: Vec<&str> = view.sync.as_ref().map(|s| s.value.members()).unwrap_or_default();
+    let sync: Vec<&str> = view
+        .sync
+        .as_ref()
+        .map(|s| s.value.members())
+        .unwrap_or_default();
     let members: Vec<(String, Member)> = if let Some(c) = &plan.candidate {
-        if plan.action == Action::Switchover && mode == SyncMode::On && !sync.contains(&c.as_str()) {
+        if plan.action == Action::Switchover && mode == SyncMode::On && !sync.contains(&c.as_str())
+        {
             return Err("candidate name does not match with sync_standby".into());
         }
         let m: Vec<_> = view.members.iter().filter(|(n, _)| *n == c).collect();
@@ -167,7 +198,11 @@ fn feasible_members(plan: &Plan, view: &ClusterView) -> Result<Vec<(String, Memb
         }
         m.into_iter().map(|(n, m)| (n.clone(), m.clone())).collect()
     } else if mode == SyncMode::On {
-        let m: Vec<_> = view.members.iter().filter(|(n, _)| sync.contains(&n.as_str())).collect();
+        let m: Vec<_> = view
+            .members
+            .iter()
+            .filter(|(n, _)| sync.contains(&n.as_str()))
+            .collect();
         if m.is_empty() {
             return Err(format!("{act} is not possible: can not find sync_standby"));
         }
@@ -176,10 +211,14 @@ fn feasible_members(plan: &Plan, view: &ClusterView) -> Result<Vec<(String, Memb
         let m: Vec<_> = view
             .members
             .iter()
-            .filter(|(n, m)| current.is_none() || (Some(n.as_str()) != current && m.api_url.is_some()))
+            .filter(|(n, m)| {
+                current.is_none() || (Some(n.as_str()) != current && m.api_url.is_some())
+            })
             .collect();
         if m.is_empty() {
-            return Err(format!("{act} is not possible: cluster does not have members except leader"));
+            return Err(format!(
+                "{act} is not possible: cluster does not have members except leader"
+            ));
         }
         m.into_iter().map(|(n, m)| (n.clone(), m.clone())).collect()
     };
@@ -189,14 +228,22 @@ fn feasible_members(plan: &Plan, view: &ClusterView) -> Result<Vec<(String, Memb
 /// Probes one member: reachable (any JSON object answer), not `nofailover` (member key or
 /// reported tags), not `watchdog_failed`.
 async fn member_ok(client: reqwest::Client, member: Member) -> bool {
-    let Some(url) = member.api_url.clone() else { return false };
-    let Ok(resp) = client.get(&url).send().await else { return false };
-    let Ok(Value::Object(doc)) = resp.json::<Value>().await else { return false };
+    let Some(url) = member.api_url.clone() else {
+        return false;
+    };
+    let Ok(resp) = client.get(&url).send().await else {
+        return false;
+    };
+    let Ok(Value::Object(doc)) = resp.json::<Value>().await else {
+        return false;
+    };
     let reported_tags = match doc.get("tags") {
         Some(Value::Object(t)) => Some(t),
         _ => None,
     };
-    let watchdog_failed = doc.get("watchdog_failed").is_some_and(|v| v == &Value::Bool(true));
+    let watchdog_failed = doc
+        .get("watchdog_failed")
+        .is_some_and(|v| v == &Value::Bool(true));
     !member.nofailover() && !tags_nofailover(reported_tags) && !watchdog_failed
 }
 
@@ -235,7 +282,13 @@ pub async fn run(
         scheduled_at = ?plan.scheduled_at, "received {} request", plan.action.name()
     );
     if plan.scheduled_at.is_none() && !any_good_candidate(client, &plan.probe).await {
-        return (412, format!("{} is not possible: no good candidates have been found", plan.action.name()));
+        return (
+            412,
+            format!(
+                "{} is not possible: no good candidates have been found",
+                plan.action.name()
+            ),
+        );
     }
     let value = Failover {
         leader: plan.leader.clone(),
@@ -263,16 +316,19 @@ async fn poll(ctx: &ApiContext, plan: &Plan, secs: u64) -> Reply {
     };
     for _ in 0..secs {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let Ok(view) = ctx.dcs.load(true).await else { continue };
-        if let Some(l) = &view.leader {
-            if Some(&l.name) != plan.current_leader.as_ref() {
-                return match &plan.candidate {
-                    Some(c) if c != &l.name => {
-                        (200, format!("{title} over to \"{}\" instead of \"{c}\"", l.name))
-                    }
-                    _ => (200, format!("Successfully {verb} over to \"{}\"", l.name)),
-                };
-            }
+        let Ok(view) = ctx.dcs.load(true).await else {
+            continue;
+        };
+        if let Some(l) = &view.leader
+            && Some(&l.name) != plan.current_leader.as_ref()
+        {
+            return match &plan.candidate {
+                Some(c) if c != &l.name => (
+                    200,
+                    format!("{title} over to \"{}\" instead of \"{c}\"", l.name),
+                ),
+                _ => (200, format!("Successfully {verb} over to \"{}\"", l.name)),
+            };
         }
         if view.failover.is_none() {
             return (503, format!("{} failed", plan.action.title()));
@@ -298,17 +354,29 @@ mod tests {
     }
 
     fn now() -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339("2026-11-24T06:00:00+00:00").unwrap().to_utc()
+        DateTime::parse_from_rfc3339("2026-11-24T06:00:00+00:00")
+            .unwrap()
+            .to_utc()
     }
 
     /// `paused` goes into the view's config (where pause is read from when there is one).
     fn check(action: Action, b: Value, view: &ClusterView, paused: bool) -> Reply {
         let mut view = view.clone();
         if paused {
-            view.config.as_mut().unwrap().value.insert("pause".into(), true.into());
+            view.config
+                .as_mut()
+                .unwrap()
+                .value
+                .insert("pause".into(), true.into());
         }
         match validate(action, &body(b), &view, false, now()) {
-            Ok(p) => (0, format!("{:?}", p.probe.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>())),
+            Ok(p) => (
+                0,
+                format!(
+                    "{:?}",
+                    p.probe.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>()
+                ),
+            ),
             Err(r) => r,
         }
     }
@@ -319,25 +387,125 @@ mod tests {
         let sw = Action::Switchover;
         let fo = Action::Failover;
         let cases: Vec<(Action, Value, bool, u16, &str)> = vec![
-            (fo, json!({"leader": "m0"}), false, 400, "Failover could be performed only to a specific candidate"),
-            (fo, json!({"candidate": "", "scheduled_at": "junk"}), false, 400, "Failover could be performed only to a specific candidate"),
-            (sw, json!({"candidate": "m1"}), false, 400, "Switchover could be performed only from a specific leader"),
-            (fo, json!({"candidate": "m1", "leader": "m0", "scheduled_at": "2099-01-01T00:00:00+00:00"}), false, 400, "Failover can't be scheduled"),
-            (sw, json!({"leader": "m0", "scheduled_at": "2099-01-01T00:00:00+00:00"}), true, 400, "Can't schedule switchover in the paused state"),
-            (sw, json!({"leader": "m0", "scheduled_at": "2099-01-01T00:00:00"}), false, 400, "Timezone information is mandatory for the scheduled switchover"),
-            (sw, json!({"leader": "m0", "scheduled_at": "2000-01-01T00:00:00+00:00"}), false, 422, "Cannot schedule switchover in the past"),
-            (sw, json!({"leader": "m0", "scheduled_at": "soon"}), false, 422, "Unable to parse scheduled timestamp. It should be in an unambiguous format, e.g. ISO 8601"),
-            (sw, json!({"leader": "m0", "scheduled_at": 12}), false, 422, "Unable to parse scheduled timestamp. It should be in an unambiguous format, e.g. ISO 8601"),
-            (sw, json!({"leader": "m0"}), true, 400, "Switchover is possible only to a specific candidate in a paused state"),
-            (sw, json!({"leader": "m0", "candidate": "m0"}), false, 400, "Switchover target and source are the same"),
-            (fo, json!({"leader": "m1", "member": "m1"}), false, 400, "Switchover target and source are the same"),
-            (sw, json!({"leader": "m9", "candidate": "m1"}), false, 412, "leader name does not match"),
-            (sw, json!({"leader": "m0", "candidate": "m1"}), false, 412, "candidate name does not match with sync_standby"),
-            (fo, json!({"candidate": "m7"}), false, 412, "candidate does not exists"),
-            (sw, json!({"leader": "m0"}), false, 412, "switchover is not possible: can not find sync_standby"),
+            (
+                fo,
+                json!({"leader": "m0"}),
+                false,
+                400,
+                "Failover could be performed only to a specific candidate",
+            ),
+            (
+                fo,
+                json!({"candidate": "", "scheduled_at": "junk"}),
+                false,
+                400,
+                "Failover could be performed only to a specific candidate",
+            ),
+            (
+                sw,
+                json!({"candidate": "m1"}),
+                false,
+                400,
+                "Switchover could be performed only from a specific leader",
+            ),
+            (
+                fo,
+                json!({"candidate": "m1", "leader": "m0", "scheduled_at": "2099-01-01T00:00:00+00:00"}),
+                false,
+                400,
+                "Failover can't be scheduled",
+            ),
+            (
+                sw,
+                json!({"leader": "m0", "scheduled_at": "2099-01-01T00:00:00+00:00"}),
+                true,
+                400,
+                "Can't schedule switchover in the paused state",
+            ),
+            (
+                sw,
+                json!({"leader": "m0", "scheduled_at": "2099-01-01T00:00:00"}),
+                false,
+                400,
+                "Timezone information is mandatory for the scheduled switchover",
+            ),
+            (
+                sw,
+                json!({"leader": "m0", "scheduled_at": "2000-01-01T00:00:00+00:00"}),
+                false,
+                422,
+                "Cannot schedule switchover in the past",
+            ),
+            (
+                sw,
+                json!({"leader": "m0", "scheduled_at": "soon"}),
+                false,
+                422,
+                "Unable to parse scheduled timestamp. It should be in an unambiguous format, e.g. ISO 8601",
+            ),
+            (
+                sw,
+                json!({"leader": "m0", "scheduled_at": 12}),
+                false,
+                422,
+                "Unable to parse scheduled timestamp. It should be in an unambiguous format, e.g. ISO 8601",
+            ),
+            (
+                sw,
+                json!({"leader": "m0"}),
+                true,
+                400,
+                "Switchover is possible only to a specific candidate in a paused state",
+            ),
+            (
+                sw,
+                json!({"leader": "m0", "candidate": "m0"}),
+                false,
+                400,
+                "Switchover target and source are the same",
+            ),
+            (
+                fo,
+                json!({"leader": "m1", "member": "m1"}),
+                false,
+                400,
+                "Switchover target and source are the same",
+            ),
+            (
+                sw,
+                json!({"leader": "m9", "candidate": "m1"}),
+                false,
+                412,
+                "leader name does not match",
+            ),
+            (
+                sw,
+                json!({"leader": "m0", "candidate": "m1"}),
+                false,
+                412,
+                "candidate name does not match with sync_standby",
+            ),
+            (
+                fo,
+                json!({"candidate": "m7"}),
+                false,
+                412,
+                "candidate does not exists",
+            ),
+            (
+                sw,
+                json!({"leader": "m0"}),
+                false,
+                412,
+                "switchover is not possible: can not find sync_standby",
+            ),
         ];
         for (action, b, paused, code, msg) in cases {
-            assert_eq!(check(action, b.clone(), &v, paused), (code, msg.to_owned()), "{action:?} {b}");
+            assert_eq!(
+                check(action, b.clone(), &v, paused),
+                (code, msg.to_owned()),
+                "{action:?} {b}"
+            );
         }
     }
 
@@ -345,15 +513,27 @@ mod tests {
     fn feasible_candidates() {
         let mut v = etcd_view("01-steady-sync-mode.etcd.json");
         // Failover ignores sync membership for a named candidate.
-        assert_eq!(check(Action::Failover, json!({"candidate": "m1"}), &v, false), (0, r#"["m1"]"#.into()));
+        assert_eq!(
+            check(Action::Failover, json!({"candidate": "m1"}), &v, false),
+            (0, r#"["m1"]"#.into())
+        );
         v = etcd_view("03-after-switchover.etcd.json");
-        assert_eq!(check(Action::Switchover, json!({"leader": "m1"}), &v, false), (0, r#"["m2"]"#.into()));
+        assert_eq!(
+            check(Action::Switchover, json!({"leader": "m1"}), &v, false),
+            (0, r#"["m2"]"#.into())
+        );
         v.config.as_mut().unwrap().value.remove("synchronous_mode");
-        assert_eq!(check(Action::Switchover, json!({"leader": "m1"}), &v, false), (0, r#"["m0", "m2"]"#.into()));
+        assert_eq!(
+            check(Action::Switchover, json!({"leader": "m1"}), &v, false),
+            (0, r#"["m0", "m2"]"#.into())
+        );
         v.members.retain(|n, _| n == "m1");
         assert_eq!(
             check(Action::Switchover, json!({"leader": "m1"}), &v, false),
-            (412, "switchover is not possible: cluster does not have members except leader".into())
+            (
+                412,
+                "switchover is not possible: cluster does not have members except leader".into()
+            )
         );
         // Scheduled: no feasibility check, schedule normalized.
         let p = validate(
@@ -367,7 +547,11 @@ mod tests {
         assert_eq!(p.scheduled_at.as_deref(), Some("2099-01-01T00:00:00+00:00"));
         assert!(p.probe.is_empty());
         // Pause comes from the fresh view's config when it has one.
-        v.config.as_mut().unwrap().value.insert("pause".into(), true.into());
+        v.config
+            .as_mut()
+            .unwrap()
+            .value
+            .insert("pause".into(), true.into());
         assert_eq!(
             check(Action::Switchover, json!({"leader": "m1"}), &v, false).1,
             "Switchover is possible only to a specific candidate in a paused state"
