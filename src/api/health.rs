@@ -36,11 +36,13 @@ impl Query {
             .map(|(_, v)| v.as_str())
     }
 
-    /// Every key, first occurrence only, in order.
+    /// Every key, first occurrence only, in order (linear: queries come from anyone).
     fn first_pairs(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().enumerate().filter_map(|(i, (k, v))| {
-            (!self.0[..i].iter().any(|(k2, _)| k2 == k)).then_some((k.as_str(), v.as_str()))
-        })
+        let mut seen = std::collections::HashSet::new();
+        self.0
+            .iter()
+            .filter(move |(k, _)| seen.insert(k.as_str()))
+            .map(|(k, v)| (k.as_str(), v.as_str()))
     }
 }
 
