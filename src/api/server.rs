@@ -1,0 +1,282 @@
+//! The HTTP server: Patroni's dispatch on the first path segment, reply formats and body rules.
+//!
+//! Every request goes through one handler, [`dispatch`], mounted as the router's fallback, so an
+//! access-control middleware (basic auth, allowlist, client certificates: patroni-compat §1.2)
+//! slots in as a single `.layer(..)` on [`router`]'s result; [`is_protected`] tells it which
+//! requests to check.
+//!
+//! Deviations from Patroni's HTTP/1.0 server: hyper answers HTTP/1.1 with keep-alive and adds
+//! `content-length`/`date` headers to the bare replies of HEAD, OPTIONS, `/liveness` and
+//! `/readiness` (they still carry no body; HAProxy and Kubernetes only read the status line).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value};
+use tokio::time::Instant;
+
+use super::cluster::cluster_json;
+use super::health::{health_code, liveness_code, readiness_code};
+use super::json::to_python_json;
+use super::metrics::render_metrics;
+use super::state::{ApiCommand, ApiContext};
+use super::status::status_document;
+use super::switchover::{self, Action};
+use crate::dcs::model::{ClusterView, truthy};
+
+/// Largest request body accepted; larger ones get 413.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+struct Inner {
+    ctx: ApiContext,
+    client: reqwest::Client,
+}
+
+type Shared = Arc<Inner>;
+
+/// The API as an axum router (no listener). Add an access-control layer here when needed.
+pub fn router(ctx: ApiContext) -> Router {
+    let client = reqwest::Client::builder()
+        .timeout(ctx.peer_timeout)
+        .no_proxy()
+        .user_agent(format!("Patroni/{} pgwarden", super::state::VERSION))
+        .build()
+        .unwrap_or_default();
+    Router::new()
+        .fallback(dispatch)
+        .with_state(Arc::new(Inner { ctx, client }))
+}
+
+/// Serves the API on an already bound listener until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    ctx: ApiContext,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(ctx))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Requests Patroni protects with its access control (§1.2).
+pub fn is_protected(method: &Method, path: &str) -> bool {
+    let seg = first_segment(path);
+    match *method {
+        Method::PATCH | Method::PUT => seg == "config",
+        Method::POST => matches!(
+            seg,
+            "reload"
+                | "restart"
+                | "reinitialize"
+                | "failover"
+                | "switchover"
+                | "sigterm"
+                | "citus"
+                | "failsafe"
+        ),
+        Method::DELETE => matches!(seg, "restart" | "switchover"),
+        _ => false,
+    }
+}
+
+fn first_segment(path: &str) -> &str {
+    path.trim_start_matches('/').split('/').next().unwrap_or("")
+}
+
+fn with_type(code: u16, body: impl Into<Body>, ctype: &'static str) -> Response {
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut r = (status, body.into()).into_response();
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    r
+}
+
+/// A JSON reply laid out as Python's `json.dumps`.
+fn json_reply<T: serde::Serialize + ?Sized>(code: u16, v: &T) -> Response {
+    with_type(code, to_python_json(v), "application/json")
+}
+
+/// A text reply; `text/html` like Patroni's `write_response` (quirk kept).
+fn text_reply(code: u16, msg: impl Into<String>) -> Response {
+    with_type(code, msg.into(), "text/html")
+}
+
+/// A status line without a body.
+fn bare(code: u16) -> Response {
+    StatusCode::from_u16(code)
+        .unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+        .into_response()
+}
+
+/// Python's `send_error` page.
+fn error_page(code: u16, message: Option<&str>) -> Response {
+    let (phrase, explain) = match code {
+        400 => ("Bad Request", "Bad request syntax or unsupported method"),
+        411 => ("Length Required", "Client must specify Content-Length"),
+        413 => ("Request Entity Too Large", "Entity is too large"),
+        501 => ("Not Implemented", "Server does not support this operation"),
+        502 => ("Bad Gateway", "Invalid responses from another server/proxy"),
+        _ => (
+            "Service Unavailable",
+            "The server cannot process the request due to a high load",
+        ),
+    };
+    let body = format!(
+        "<!DOCTYPE HTML>\n<html lang=\"en\">\n    <head>\n        <meta charset=\"utf-8\">\n        \
+         <title>Error response</title>\n    </head>\n    <body>\n        <h1>Error response</h1>\n        \
+         <p>Error code: {code}</p>\n        <p>Message: {}.</p>\n        \
+         <p>Error code explanation: {code} - {explain}.</p>\n    </body>\n</html>\n",
+        message.unwrap_or(phrase)
+    );
+    with_type(code, body, "text/html;charset=utf-8")
+}
+
+/// Reads a JSON object body by Patroni's rules: no `Content-Length` → 411 (or `{}` when the
+/// body is optional); over [`MAX_BODY_BYTES`] → 413; empty, invalid or not an object → 400
+/// (an empty object is fine only for optional bodies).
+async fn read_json(
+    headers: &HeaderMap,
+    body: Body,
+    optional: bool,
+) -> Result<Map<String, Value>, Response> {
+    let Some(len) = headers.get(header::CONTENT_LENGTH) else {
+        return if optional {
+            Ok(Map::new())
+        } else {
+            Err(error_page(411, None))
+        };
+    };
+    let len: usize = match len.to_str().ok().and_then(|s| s.trim().parse().ok()) {
+        Some(n) => n,
+        None => return Err(error_page(400, None)),
+    };
+    let too_large = || {
+        error_page(
+            413,
+            Some(&format!(
+                "Request body is larger than {MAX_BODY_BYTES} bytes"
+            )),
+        )
+    };
+    if len > MAX_BODY_BYTES {
+        return Err(too_large());
+    }
+    if len == 0 && optional {
+        return Ok(Map::new());
+    }
+    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| too_large())?;
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(m)) if optional || !m.is_empty() => Ok(m),
+        _ => Err(error_page(400, None)),
+    }
+}
+
+/// The trusted cached view, else whatever the backend answers without forcing a read.
+async fn cached_view(inner: &Inner, now: Instant) -> Result<ClusterView, crate::dcs::DcsError> {
+    let snap = inner.ctx.state.snapshot();
+    match snap.valid_cluster(now) {
+        Some(c) => Ok(c.clone()),
+        None => inner.ctx.dcs.load(false).await,
+    }
+}
+
+/// The single entry point; see the module documentation.
+async fn dispatch(State(inner): State<Shared>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_owned();
+    let query = parts.uri.query().unwrap_or("").to_owned();
+    let now = Instant::now();
+    let method = parts.method.clone();
+    match method {
+        // Patroni routes every HEAD/OPTIONS through the health router (so `HEAD /liveness` is
+        // 503: quirk kept) and writes only the status line.
+        Method::HEAD | Method::OPTIONS => {
+            bare(health_code(&path, &query, &inner.ctx.state.snapshot(), now))
+        }
+        Method::GET => get(&inner, &path, &query, now).await,
+        Method::POST => match first_segment(&path) {
+            "switchover" | "failover" => {
+                let action = if first_segment(&path) == "switchover" {
+                    Action::Switchover
+                } else {
+                    Action::Failover
+                };
+                let body = match read_json(&parts.headers, body, false).await {
+                    Ok(b) => b,
+                    Err(r) => return r,
+                };
+                let (code, msg) = switchover::run(&inner.ctx, &inner.client, action, &body).await;
+                text_reply(code, msg)
+            }
+            "reload" => {
+                let _ = inner.ctx.commands.try_send(ApiCommand::Reload);
+                text_reply(202, "reload scheduled")
+            }
+            _ => error_page(501, Some("Unsupported method ('POST')")),
+        },
+        other => error_page(501, Some(&format!("Unsupported method ('{other}')"))),
+    }
+}
+
+async fn get(inner: &Inner, path: &str, query: &str, now: Instant) -> Response {
+    let snap = inner.ctx.state.snapshot();
+    match first_segment(path) {
+        "patroni" => json_reply(200, &status_document(&snap, now)),
+        "liveness" => bare(liveness_code(&snap, now)),
+        "readiness" => bare(readiness_code(query, &snap, now)),
+        "metrics" => with_type(200, render_metrics(&snap, now), "text/plain"),
+        "cluster" => match inner.ctx.dcs.load(true).await {
+            Ok(view) => json_reply(200, &cluster_json(&view)),
+            Err(e) => text_reply(503, e.to_string()),
+        },
+        "history" => match cached_view(inner, now).await {
+            Ok(view) => json_reply(200, view.history.as_deref().unwrap_or(&[])),
+            Err(e) => text_reply(503, e.to_string()),
+        },
+        "config" => match cached_view(inner, now).await {
+            Ok(ClusterView {
+                config: Some(c), ..
+            }) => json_reply(200, &c.value),
+            _ => error_page(502, None),
+        },
+        "failsafe" => {
+            let enabled = snap
+                .global_config()
+                .and_then(|c| c.get("failsafe_mode"))
+                .is_some_and(truthy);
+            match (enabled, snap.cluster.as_ref()) {
+                (true, Some(c)) => json_reply(200, &c.failsafe.clone().unwrap_or_default()),
+                _ => error_page(502, None),
+            }
+        }
+        // Everything else, including unknown paths, is the health router (503 for an unknown
+        // path, never 404: Patroni's quirk, kept because checks may rely on it).
+        _ => json_reply(
+            health_code(path, query, &snap, now),
+            &status_document(&snap, now),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protected_requests() {
+        assert!(is_protected(&Method::POST, "/switchover"));
+        assert!(is_protected(&Method::PATCH, "/config"));
+        assert!(is_protected(&Method::DELETE, "/switchover"));
+        assert!(!is_protected(&Method::GET, "/config"));
+        assert!(!is_protected(&Method::POST, "/mpp"));
+        assert_eq!(first_segment("/patroni/x"), "patroni");
+        assert_eq!(first_segment("/"), "");
+    }
+}

@@ -1,0 +1,325 @@
+//! What the REST API answers from: a [`Snapshot`] the agent publishes after every HA cycle.
+//!
+//! Readers take an `Arc` of the current snapshot (a short read lock, never held across
+//! `.await`), so no request ever waits on PostgreSQL or the DCS, except the endpoints that
+//! Patroni documents as fresh DCS reads (`/cluster`, the write endpoints).
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use tokio::time::Instant;
+
+use crate::dcs::Dcs;
+use crate::dcs::model::{ClusterView, truthy};
+
+/// pgwarden's version as reported in `patroni.version` and `patroni_version`.
+///
+/// It is the crate version (`CARGO_PKG_VERSION`), not a Patroni version: peers and patronictl
+/// only display it. The agent may overwrite [`Snapshot::version`].
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The WAL position part of the status document (`xlog`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum WalView {
+    /// `{"location": flush LSN}`.
+    Primary {
+        /// Flush LSN.
+        location: u64,
+    },
+    /// `{"received_location", "replayed_location", "replayed_timestamp", "paused"}`.
+    Replica {
+        /// Received (written) LSN; falls back to the replay LSN.
+        received: u64,
+        /// Replayed LSN.
+        replayed: u64,
+        /// `pg_last_xact_replay_timestamp()` as text, or null.
+        replayed_timestamp: Option<String>,
+        /// Replay paused.
+        paused: bool,
+    },
+    /// PostgreSQL is down or the query failed: no `xlog` field.
+    #[default]
+    Unknown,
+}
+
+/// One row of `pg_stat_replication` (`replication` in the status document).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReplicationRow {
+    /// `usename`
+    pub usename: String,
+    /// `application_name`
+    pub application_name: String,
+    /// `client_addr` (text), or null.
+    pub client_addr: Option<String>,
+    /// `state` (`streaming`, ...)
+    pub state: String,
+    /// `sync_state` (`sync`, `async`, `quorum`, `potential`)
+    pub sync_state: String,
+    /// `sync_priority`
+    pub sync_priority: i64,
+}
+
+/// PostgreSQL as last observed by the agent.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PgView {
+    /// Patroni's state string (`running`, `stopped`, `starting`, `creating replica`, ...; see
+    /// patroni-compat §2.1); `unknown` if running but the status query failed.
+    pub state: String,
+    /// `primary`, `replica`, `standby_leader`, `demoted`, `uninitialized`, ...
+    pub role: String,
+    /// `server_version_num`, when PostgreSQL is up.
+    pub server_version: Option<u32>,
+    /// `"2024-08-28 19:39:26.352526+00:00"`, when PostgreSQL is up.
+    pub postmaster_start_time: Option<String>,
+    /// Timeline, when known.
+    pub timeline: Option<u64>,
+    /// WAL positions.
+    pub wal: WalView,
+    /// Replica: `streaming` or `in archive recovery`.
+    pub replication_state: Option<String>,
+    /// Connected walsenders.
+    pub replication: Vec<ReplicationRow>,
+    /// `database_system_identifier`, when known.
+    pub sysid: Option<String>,
+    /// A restart is needed for a changed parameter.
+    pub pending_restart: bool,
+}
+
+/// Everything the API answers from. Published by the agent after every HA cycle.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// Cluster name.
+    pub scope: String,
+    /// This member's name.
+    pub name: String,
+    /// `patroni.version` in the status document; defaults to [`VERSION`].
+    pub version: String,
+    /// PostgreSQL as last observed.
+    pub pg: PgView,
+    /// This member holds the leader lock until then (the agent's safety deadline):
+    /// `is_leader ⇔ now < lock_valid_until`.
+    pub lock_valid_until: Option<Instant>,
+    /// The cached DCS view.
+    pub cluster: Option<ClusterView>,
+    /// The cached view is trusted until then (`ttl` after the last successful read).
+    pub cluster_valid_until: Option<Instant>,
+    /// Epoch seconds of the last successful DCS read (0 in the document if never).
+    pub dcs_last_seen: Option<i64>,
+    /// Effective tags.
+    pub tags: Map<String, Value>,
+    /// Maintenance mode (from the effective dynamic configuration).
+    pub pause: bool,
+    /// Dynamic `ttl`.
+    pub ttl: Duration,
+    /// Dynamic `loop_wait`.
+    pub loop_wait: Duration,
+    /// Dynamic `maximum_lag_on_failover` (default lag for `/readiness`).
+    pub maximum_lag_on_failover: u64,
+    /// When the next HA cycle is due (for `/liveness`); `None` → not alive.
+    pub next_cycle_at: Option<Instant>,
+    /// `max(/status optime, received LSN)`; `None` when neither is known.
+    pub leader_optime: Option<u64>,
+    /// Failsafe mode is keeping this primary up while the DCS is unreachable.
+    pub failsafe_active: bool,
+    /// A required watchdog is unhealthy (`watchdog_failed` in the document).
+    pub watchdog_failed: bool,
+}
+
+impl Snapshot {
+    /// A snapshot for an agent that has just started: nothing observed yet, Patroni's default
+    /// timings, and the next cycle due now (so `/liveness` answers 200 for the first `2*ttl`, as
+    /// Patroni does).
+    pub fn new(scope: impl Into<String>, name: impl Into<String>) -> Self {
+        Snapshot {
+            scope: scope.into(),
+            name: name.into(),
+            version: VERSION.to_owned(),
+            pg: PgView {
+                state: "stopped".into(),
+                role: "uninitialized".into(),
+                ..PgView::default()
+            },
+            lock_valid_until: None,
+            cluster: None,
+            cluster_valid_until: None,
+            dcs_last_seen: None,
+            tags: Map::new(),
+            pause: false,
+            ttl: Duration::from_secs(30),
+            loop_wait: Duration::from_secs(10),
+            maximum_lag_on_failover: 1_048_576,
+            next_cycle_at: Some(Instant::now()),
+            leader_optime: None,
+            failsafe_active: false,
+            watchdog_failed: false,
+        }
+    }
+
+    /// This member holds the leader lock at `now`.
+    pub fn is_leader(&self, now: Instant) -> bool {
+        self.lock_valid_until.is_some_and(|t| now < t)
+    }
+
+    /// The cached DCS view if it is still trusted at `now` (Patroni's `dcs.cluster`).
+    pub fn valid_cluster(&self, now: Instant) -> Option<&ClusterView> {
+        match (&self.cluster, self.cluster_valid_until) {
+            (Some(c), Some(until)) if now < until => Some(c),
+            _ => None,
+        }
+    }
+
+    /// The dynamic configuration as last seen (even from an expired view: Patroni keeps using
+    /// its cached global config when the DCS is away).
+    pub fn global_config(&self) -> Option<&Map<String, Value>> {
+        self.cluster
+            .as_ref()
+            .and_then(|c| c.config.as_ref())
+            .map(|v| &v.value)
+    }
+
+    /// `sync_standby` / `quorum_standby` flags of the status document: this member is listed in
+    /// the `sync` key of a trusted view while synchronous mode is on.
+    pub fn sync_flags(&self, now: Instant) -> (bool, bool) {
+        let Some(c) = self.valid_cluster(now) else {
+            return (false, false);
+        };
+        let mode = SyncMode::of(c.config.as_ref().map(|v| &v.value));
+        let listed = c
+            .sync
+            .as_ref()
+            .is_some_and(|s| s.value.members().contains(&self.name.as_str()));
+        match mode {
+            SyncMode::Off => (false, false),
+            SyncMode::On => (listed, false),
+            SyncMode::Quorum => (false, listed),
+        }
+    }
+
+    /// The configuration describes a standby cluster.
+    pub fn is_standby_cluster(&self) -> bool {
+        is_standby_cluster(self.global_config())
+    }
+
+    /// The `noloadbalance` tag is set.
+    pub fn noloadbalance(&self) -> bool {
+        self.tags.get("noloadbalance").is_some_and(truthy)
+    }
+
+    /// The replayed LSN (0 unless a replica).
+    pub fn replayed_location(&self) -> u64 {
+        match &self.pg.wal {
+            WalView::Replica { replayed, .. } => *replayed,
+            _ => 0,
+        }
+    }
+
+    /// The received LSN (0 unless a replica).
+    pub fn received_location(&self) -> u64 {
+        match &self.pg.wal {
+            WalView::Replica { received, .. } => *received,
+            _ => 0,
+        }
+    }
+}
+
+/// `synchronous_mode` of a dynamic configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    /// Off (the default).
+    Off,
+    /// `true` / `on`.
+    On,
+    /// `quorum`.
+    Quorum,
+}
+
+impl SyncMode {
+    /// Reads `synchronous_mode` from a dynamic configuration.
+    pub fn of(config: Option<&Map<String, Value>>) -> SyncMode {
+        match config.and_then(|c| c.get("synchronous_mode")) {
+            Some(Value::String(s)) if s.eq_ignore_ascii_case("quorum") => SyncMode::Quorum,
+            Some(v) if truthy(v) => SyncMode::On,
+            _ => SyncMode::Off,
+        }
+    }
+}
+
+/// Patroni's `is_standby_cluster`: `standby_cluster` with a host, port or restore_command.
+pub fn is_standby_cluster(config: Option<&Map<String, Value>>) -> bool {
+    let Some(Value::Object(sc)) = config.and_then(|c| c.get("standby_cluster")) else {
+        return false;
+    };
+    ["host", "port", "restore_command"].iter().any(|k| {
+        sc.get(*k)
+            .is_some_and(|v| !v.is_null() && v != "" && v != &Value::Bool(false))
+    })
+}
+
+/// `pause` of a dynamic configuration.
+pub fn config_paused(config: Option<&Map<String, Value>>) -> bool {
+    config.and_then(|c| c.get("pause")).is_some_and(truthy)
+}
+
+/// Shared handle on the current snapshot: the agent writes, request handlers read.
+#[derive(Debug, Clone)]
+pub struct ApiState {
+    inner: Arc<RwLock<Arc<Snapshot>>>,
+}
+
+impl ApiState {
+    /// Starts with `initial`.
+    pub fn new(initial: Snapshot) -> Self {
+        ApiState {
+            inner: Arc::new(RwLock::new(Arc::new(initial))),
+        }
+    }
+
+    /// Replaces the snapshot (the agent calls this after every cycle).
+    pub fn publish(&self, s: Snapshot) {
+        let s = Arc::new(s);
+        match self.inner.write() {
+            Ok(mut g) => *g = s,
+            Err(poisoned) => *poisoned.into_inner() = s,
+        }
+    }
+
+    /// The current snapshot; cheap (an `Arc` clone under a short read lock).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        match self.inner.read() {
+            Ok(g) => Arc::clone(&g),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+}
+
+/// What the API asks the agent to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiCommand {
+    /// A DCS change was made (failover key written...): run a cycle now.
+    Wake,
+    /// `POST /reload`: re-read the configuration file.
+    Reload,
+}
+
+/// Everything the server needs.
+#[derive(Clone)]
+pub struct ApiContext {
+    /// The published snapshot.
+    pub state: ApiState,
+    /// The store, for fresh reads (`/cluster`, switchover) and the `failover` key.
+    pub dcs: Arc<dyn Dcs>,
+    /// Commands to the agent (sent with `try_send`: the API never blocks on the agent).
+    pub commands: tokio::sync::mpsc::Sender<ApiCommand>,
+    /// Timeout of a peer status probe (`GET <api_url>`); Patroni uses 2 s.
+    pub peer_timeout: Duration,
+}
+
+impl std::fmt::Debug for ApiContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiContext")
+            .field("state", &self.state)
+            .field("peer_timeout", &self.peer_timeout)
+            .finish_non_exhaustive()
+    }
+}
