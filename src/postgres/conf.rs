@@ -142,8 +142,10 @@ pub fn effective_parameters(s: &PgSettings, recovery: Option<&RecoveryConf>) -> 
         if let Some(slot) = &r.slot {
             p.insert("primary_slot_name".into(), slot.clone());
         }
-        p.insert("recovery_target_timeline".into(), "latest".into());
     }
+    // postmaster-context GUC: rendered for both roles so a promote (and its reload) does not
+    // change it and leave a pending restart behind
+    p.insert("recovery_target_timeline".into(), "latest".into());
     p
 }
 
@@ -157,11 +159,9 @@ pub fn render_postgresql_conf(s: &PgSettings, recovery: Option<&RecoveryConf>) -
     for (k, v) in params.iter().filter(|(k, _)| !RECOVERY_GUCS.contains(&k.as_str())) {
         out.push_str(&format!("{k} = {}\n", quote_guc(v)));
     }
-    if recovery.is_some() {
-        out.push_str("\n# recovery (replica)\n");
-        for (k, v) in params.iter().filter(|(k, _)| RECOVERY_GUCS.contains(&k.as_str())) {
-            out.push_str(&format!("{k} = {}\n", quote_guc(v)));
-        }
+    out.push_str(if recovery.is_some() { "\n# recovery (replica)\n" } else { "\n# recovery\n" });
+    for (k, v) in params.iter().filter(|(k, _)| RECOVERY_GUCS.contains(&k.as_str())) {
+        out.push_str(&format!("{k} = {}\n", quote_guc(v)));
     }
     out
 }
@@ -301,7 +301,9 @@ listen_addresses = '127.0.0.1'\n\
 max_connections = '100'\n\
 port = '5433'\n\
 unix_socket_directories = '/tmp/s'\n\
-wal_level = 'replica'\n";
+wal_level = 'replica'\n\n\
+# recovery\n\
+recovery_target_timeline = 'latest'\n";
         assert_eq!(conf, expected);
     }
 
