@@ -11,7 +11,10 @@ impl Postgres {
         match self.data_dir_state() {
             DataDirState::Empty => {}
             DataDirState::Initialized(_) => {
-                return Err(PgError::InvalidDataDir(format!("{} is already initialized", s.data_dir.display())));
+                return Err(PgError::InvalidDataDir(format!(
+                    "{} is already initialized",
+                    s.data_dir.display()
+                )));
             }
             DataDirState::Invalid(why) => return Err(PgError::InvalidDataDir(why)),
         }
@@ -25,7 +28,9 @@ impl Postgres {
                 let path = std::env::temp_dir().join(format!(
                     "pgwarden-initdb-pw-{}-{}",
                     std::process::id(),
-                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos())
                 ));
                 write_file(&path, &format!("{pw}\n"))?;
                 args.push(format!("--pwfile={}", path.display()));
@@ -47,9 +52,12 @@ impl Postgres {
     /// grants pg_rewind needs. Statement logging is switched off for the session.
     pub async fn post_bootstrap(&self) -> Result<(), PgError> {
         let sql = query::bootstrap_sql(&self.settings).join(";\n");
-        query::with_client(&self.settings, "post-bootstrap user setup", self.settings.pg_ctl_timeout, async |c| {
-            c.batch_execute(&sql).await
-        })
+        query::with_client(
+            &self.settings,
+            "post-bootstrap user setup",
+            self.settings.pg_ctl_timeout,
+            async |c| c.batch_execute(&sql).await,
+        )
         .await
     }
 }

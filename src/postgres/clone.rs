@@ -19,7 +19,12 @@ impl Postgres {
         let d = &s.data_dir;
         match self.data_dir_state() {
             DataDirState::Empty => {}
-            _ => return Err(PgError::InvalidDataDir(format!("{} is not empty", d.display()))),
+            _ => {
+                return Err(PgError::InvalidDataDir(format!(
+                    "{} is not empty",
+                    d.display()
+                )));
+            }
         }
         create_dir_0700(d)?;
         let env = self.write_pgpass(&s.replication)?;
@@ -68,14 +73,20 @@ impl Postgres {
         if !d.exists() {
             return Ok(());
         }
-        let target = aside_name(d, &chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ").to_string());
+        let target = aside_name(
+            d,
+            &chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ").to_string(),
+        );
         match std::fs::rename(d, &target) {
             Ok(()) => {
                 tracing::warn!(from = %d.display(), to = %target.display(), "moved the data directory aside");
                 Ok(())
             }
             Err(e) => {
-                tracing::warn!("cannot move {} aside ({e}); deleting its contents", d.display());
+                tracing::warn!(
+                    "cannot move {} aside ({e}); deleting its contents",
+                    d.display()
+                );
                 empty_dir(d)
             }
         }
@@ -111,7 +122,11 @@ pub(super) fn empty_dir(d: &Path) -> Result<(), PgError> {
         let entry = entry.map_err(|e| PgError::io(format!("reading {}", d.display()), e))?;
         let p = entry.path();
         let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
-        let r = if is_dir { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+        let r = if is_dir {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
         r.map_err(|e| PgError::io(format!("removing {}", p.display()), e))?;
     }
     Ok(())

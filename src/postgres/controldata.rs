@@ -46,13 +46,21 @@ pub fn parse_controldata(text: &str) -> Result<Controldata, String> {
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim(), v.trim()))
         .collect();
-    let get = |k: &str| map.get(k).copied().ok_or_else(|| format!("pg_controldata output lacks {k:?}"));
-    let lsn = |k: &str| get(k).and_then(|v| parse_lsn(v).ok_or_else(|| format!("bad LSN {v:?} for {k:?}")));
+    let get = |k: &str| {
+        map.get(k)
+            .copied()
+            .ok_or_else(|| format!("pg_controldata output lacks {k:?}"))
+    };
+    let lsn = |k: &str| {
+        get(k).and_then(|v| parse_lsn(v).ok_or_else(|| format!("bad LSN {v:?} for {k:?}")))
+    };
     let timeline = get("Latest checkpoint's TimeLineID")?;
     Ok(Controldata {
         sysid: get("Database system identifier")?.to_string(),
         cluster_state: get("Database cluster state")?.to_string(),
-        timeline: timeline.parse().map_err(|_| format!("bad timeline {timeline:?}"))?,
+        timeline: timeline
+            .parse()
+            .map_err(|_| format!("bad timeline {timeline:?}"))?,
         checkpoint_lsn: lsn("Latest checkpoint location")?,
         min_recovery_end_lsn: lsn("Minimum recovery ending location")?,
         data_checksums: get("Data page checksum version")? != "0",
@@ -116,10 +124,22 @@ mod tests {
     #[test]
     fn parses_states_with_spaces_and_rejects_garbage() {
         let t = FIXTURE
-            .replace("Database cluster state:               shut down", "Database cluster state:               in archive recovery")
-            .replace("Latest checkpoint's TimeLineID:       1", "Latest checkpoint's TimeLineID:       12")
-            .replace("wal_log_hints setting:                off", "wal_log_hints setting:                on")
-            .replace("Minimum recovery ending location:     0/0", "Minimum recovery ending location:     1/A0000028");
+            .replace(
+                "Database cluster state:               shut down",
+                "Database cluster state:               in archive recovery",
+            )
+            .replace(
+                "Latest checkpoint's TimeLineID:       1",
+                "Latest checkpoint's TimeLineID:       12",
+            )
+            .replace(
+                "wal_log_hints setting:                off",
+                "wal_log_hints setting:                on",
+            )
+            .replace(
+                "Minimum recovery ending location:     0/0",
+                "Minimum recovery ending location:     1/A0000028",
+            );
         let c = parse_controldata(&t).unwrap();
         assert_eq!(c.cluster_state, "in archive recovery");
         assert!(!c.is_clean_shutdown());
@@ -134,11 +154,20 @@ mod tests {
     fn missing_and_empty_dirs_are_empty() {
         let base = std::env::temp_dir().join(format!("pgw-cd-unit-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&base);
-        assert_eq!(data_dir_state(Path::new("/nonexistent"), &base), DataDirState::Empty);
+        assert_eq!(
+            data_dir_state(Path::new("/nonexistent"), &base),
+            DataDirState::Empty
+        );
         std::fs::create_dir_all(&base).unwrap();
-        assert_eq!(data_dir_state(Path::new("/nonexistent"), &base), DataDirState::Empty);
+        assert_eq!(
+            data_dir_state(Path::new("/nonexistent"), &base),
+            DataDirState::Empty
+        );
         std::fs::write(base.join("junk"), "x").unwrap();
-        assert!(matches!(data_dir_state(Path::new("/nonexistent"), &base), DataDirState::Invalid(_)));
+        assert!(matches!(
+            data_dir_state(Path::new("/nonexistent"), &base),
+            DataDirState::Invalid(_)
+        ));
         std::fs::remove_dir_all(&base).unwrap();
     }
 }

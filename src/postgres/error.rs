@@ -47,7 +47,10 @@ pub enum PgError {
 
 impl PgError {
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        PgError::Io { context: context.into(), source }
+        PgError::Io {
+            context: context.into(),
+            source,
+        }
     }
 
     pub(crate) fn query(what: impl Into<String>, e: &tokio_postgres::Error) -> Self {
@@ -63,7 +66,10 @@ impl PgError {
                 m
             }
         };
-        PgError::Query { what: what.into(), message }
+        PgError::Query {
+            what: what.into(),
+            message,
+        }
     }
 }
 
@@ -73,7 +79,9 @@ pub fn tail(text: &str) -> String {
     let mut out = lines[lines.len().saturating_sub(10)..].join(" | ");
     if out.len() > 2000 {
         let cut = out.len() - 2000;
-        let cut = (cut..out.len()).find(|i| out.is_char_boundary(*i)).unwrap_or(out.len());
+        let cut = (cut..out.len())
+            .find(|i| out.is_char_boundary(*i))
+            .unwrap_or(out.len());
         out = format!("...{}", &out[cut..]);
     }
     out
@@ -81,12 +89,17 @@ pub fn tail(text: &str) -> String {
 
 /// Human-readable command line for messages (no environment, so no passwords).
 pub(crate) fn describe(program: &Path, args: &[String]) -> String {
-    let name = program.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = program
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     // conninfo arguments may carry passwords: hide their values
     let args: Vec<String> = args
         .iter()
         .map(|a| {
-            if let Some((k, _)) = a.split_once('=').filter(|(k, _)| k.starts_with("--") && (k.contains("dbname") || k.contains("source-server"))) {
+            if let Some((k, _)) = a.split_once('=').filter(|(k, _)| {
+                k.starts_with("--") && (k.contains("dbname") || k.contains("source-server"))
+            }) {
                 format!("{k}=<conninfo>")
             } else {
                 a.clone()
@@ -111,7 +124,11 @@ pub(crate) async fn run(
     cmd.args(args)
         .env("LANG", "C")
         .env("LC_MESSAGES", "C")
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
@@ -119,7 +136,10 @@ pub(crate) async fn run(
         cmd.env(k, v);
     }
     tracing::info!(%command, "running");
-    let mut child = cmd.spawn().map_err(|source| PgError::Spawn { command: command.clone(), source })?;
+    let mut child = cmd.spawn().map_err(|source| PgError::Spawn {
+        command: command.clone(),
+        source,
+    })?;
     if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
         let text = text.to_string();
         tokio::spawn(async move {
@@ -130,7 +150,10 @@ pub(crate) async fn run(
     let out = match timeout {
         Some(t) => tokio::time::timeout(t, fut)
             .await
-            .map_err(|_| PgError::Timeout { what: command.clone(), after: t })?,
+            .map_err(|_| PgError::Timeout {
+                what: command.clone(),
+                after: t,
+            })?,
         None => fut.await,
     }
     .map_err(|e| PgError::io(format!("waiting for {command}"), e))?;
@@ -141,7 +164,11 @@ pub(crate) async fn run(
         if text.trim().is_empty() {
             text = String::from_utf8_lossy(&out.stdout).into_owned();
         }
-        Err(PgError::Command { command, status: out.status.to_string(), stderr_tail: tail(&text) })
+        Err(PgError::Command {
+            command,
+            status: out.status.to_string(),
+            stderr_tail: tail(&text),
+        })
     }
 }
 
@@ -152,7 +179,13 @@ mod tests {
     #[test]
     fn tail_keeps_last_lines() {
         let t: String = (0..20).map(|i| format!("line {i}\n")).collect();
-        assert_eq!(tail(&t), (10..20).map(|i| format!("line {i}")).collect::<Vec<_>>().join(" | "));
+        assert_eq!(
+            tail(&t),
+            (10..20)
+                .map(|i| format!("line {i}"))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
         assert_eq!(tail(""), "");
     }
 
@@ -160,7 +193,10 @@ mod tests {
     fn describe_hides_conninfo() {
         let d = describe(
             Path::new("/usr/bin/pg_basebackup"),
-            &["--pgdata=/d".into(), "--dbname=host=x password=secret".into()],
+            &[
+                "--pgdata=/d".into(),
+                "--dbname=host=x password=secret".into(),
+            ],
         );
         assert_eq!(d, "pg_basebackup --pgdata=/d --dbname=<conninfo>");
     }

@@ -42,8 +42,16 @@ pub struct Postgres {
 
 impl Postgres {
     pub fn new(settings: PgSettings) -> Self {
-        let recovery = settings.data_dir.join(STANDBY_SIGNAL).exists().then(RecoveryConf::default);
-        Postgres { settings, postmaster: None, recovery }
+        let recovery = settings
+            .data_dir
+            .join(STANDBY_SIGNAL)
+            .exists()
+            .then(RecoveryConf::default);
+        Postgres {
+            settings,
+            postmaster: None,
+            recovery,
+        }
     }
 
     pub fn settings(&self) -> &PgSettings {
@@ -80,7 +88,10 @@ impl Postgres {
 
     /// Pid of our postmaster child while it is alive.
     pub fn pid(&self) -> Option<u32> {
-        self.postmaster.as_ref().filter(|pm| pm_alive_shared(pm)).map(|pm| pm.pid())
+        self.postmaster
+            .as_ref()
+            .filter(|pm| pm_alive_shared(pm))
+            .map(|pm| pm.pid())
     }
 
     fn child_alive(&mut self) -> bool {
@@ -97,18 +108,29 @@ impl Postgres {
     /// running and `Err(StartTimeout)` is returned. `Err(Exited)` if the child exited.
     pub async fn start(&mut self, how: StartAs) -> Result<(), PgError> {
         if self.child_alive() {
-            return Err(PgError::AlreadyRunning { pid: self.postmaster.as_ref().map_or(0, |p| p.pid()) });
+            return Err(PgError::AlreadyRunning {
+                pid: self.postmaster.as_ref().map_or(0, |p| p.pid()),
+            });
         }
         if let Some(pid) = self.foreign_postmaster() {
             return Err(PgError::ForeignPostmaster { pid });
         }
         let d = &self.settings.data_dir;
         if !d.join("PG_VERSION").is_file() {
-            return Err(PgError::InvalidDataDir(format!("{} has no PG_VERSION", d.display())));
+            return Err(PgError::InvalidDataDir(format!(
+                "{} has no PG_VERSION",
+                d.display()
+            )));
         }
         let recovery = match how {
             StartAs::Primary => None,
-            StartAs::Replica { primary_conninfo, slot } => Some(RecoveryConf { primary_conninfo, slot }),
+            StartAs::Replica {
+                primary_conninfo,
+                slot,
+            } => Some(RecoveryConf {
+                primary_conninfo,
+                slot,
+            }),
         };
         self.write_config(recovery.as_ref())?;
         self.recovery = recovery;
@@ -136,10 +158,16 @@ impl Postgres {
                     return Err(err);
                 }
                 if replica {
-                    tracing::warn!(pid, "replica still not answering after {timeout:?}; leaving it running");
+                    tracing::warn!(
+                        pid,
+                        "replica still not answering after {timeout:?}; leaving it running"
+                    );
                     break;
                 }
-                return Err(PgError::StartTimeout { pid, after: timeout });
+                return Err(PgError::StartTimeout {
+                    pid,
+                    after: timeout,
+                });
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -154,7 +182,10 @@ impl Postgres {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let stderr_tail = pm.output_tail();
         self.postmaster = None;
-        Some(PgError::Exited { status: status.to_string(), stderr_tail })
+        Some(PgError::Exited {
+            status: status.to_string(),
+            stderr_tail,
+        })
     }
 
     /// Signals the postmaster and waits for it to exit. After `timeout` the postmaster, its
@@ -170,7 +201,11 @@ impl Postgres {
             let _ = pm.signal(mode.signal());
             while pm.is_alive() {
                 if Instant::now() >= deadline {
-                    tracing::warn!(pid, ?mode, "postgres did not stop within {timeout:?}; killing it");
+                    tracing::warn!(
+                        pid,
+                        ?mode,
+                        "postgres did not stop within {timeout:?}; killing it"
+                    );
                     pm.kill_hard();
                     break;
                 }
@@ -185,7 +220,10 @@ impl Postgres {
             process::signal_pid(pid, mode.signal())?;
             while self.foreign_postmaster() == Some(pid) {
                 if Instant::now() >= deadline {
-                    tracing::warn!(pid, "foreign postmaster did not stop within {timeout:?}; killing it");
+                    tracing::warn!(
+                        pid,
+                        "foreign postmaster did not stop within {timeout:?}; killing it"
+                    );
                     kill_foreign(pid);
                     let until = Instant::now() + Duration::from_secs(5);
                     while process::pid_alive(pid) && Instant::now() < until {
@@ -202,16 +240,16 @@ impl Postgres {
     /// Synchronous "stop writes NOW": SIGQUIT, up to 100 ms grace, then SIGKILL to the
     /// postmaster, its group and its children. Never awaits; blocks at most ~100 ms.
     pub fn kill_now(&mut self) {
-        if let Some(mut pm) = self.postmaster.take() {
-            if pm.is_alive() {
-                tracing::warn!(pid = pm.pid(), "killing postgres now");
-                let _ = pm.signal(libc::SIGQUIT);
-                let until = Instant::now() + Duration::from_millis(100);
-                while pm.is_alive() && Instant::now() < until {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                pm.kill_hard();
+        if let Some(mut pm) = self.postmaster.take()
+            && pm.is_alive()
+        {
+            tracing::warn!(pid = pm.pid(), "killing postgres now");
+            let _ = pm.signal(libc::SIGQUIT);
+            let until = Instant::now() + Duration::from_millis(100);
+            while pm.is_alive() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(5));
             }
+            pm.kill_hard();
         }
         if let Some(pid) = self.foreign_postmaster() {
             let _ = process::signal_pid(pid, libc::SIGQUIT);
@@ -230,7 +268,11 @@ impl Postgres {
         if in_recovery.as_ref().map_or(true, |r| *r) {
             match query::promote(&self.settings, 60).await? {
                 true => {}
-                false => return Err(PgError::Promote("pg_promote did not finish within 60 s".into())),
+                false => {
+                    return Err(PgError::Promote(
+                        "pg_promote did not finish within 60 s".into(),
+                    ));
+                }
             }
         }
         self.write_config(None)?;
@@ -244,8 +286,15 @@ impl Postgres {
     /// `primary_conninfo`/`primary_slot_name` and reload (PG13+), `Ok(false)`. Running primary:
     /// write the replica config and restart (fast stop, start as replica), `Ok(true)`. Not
     /// running: only write the config, `Ok(false)`.
-    pub async fn follow(&mut self, primary_conninfo: Option<String>, slot: Option<String>) -> Result<bool, PgError> {
-        let rec = RecoveryConf { primary_conninfo, slot };
+    pub async fn follow(
+        &mut self,
+        primary_conninfo: Option<String>,
+        slot: Option<String>,
+    ) -> Result<bool, PgError> {
+        let rec = RecoveryConf {
+            primary_conninfo,
+            slot,
+        };
         if self.child_alive() {
             if self.recovery.is_some() {
                 self.write_config(Some(&rec))?;
@@ -255,7 +304,11 @@ impl Postgres {
             }
             let timeout = self.settings.pg_ctl_timeout;
             self.stop(StopMode::Fast, timeout).await?;
-            self.start(StartAs::Replica { primary_conninfo: rec.primary_conninfo, slot: rec.slot }).await?;
+            self.start(StartAs::Replica {
+                primary_conninfo: rec.primary_conninfo,
+                slot: rec.slot,
+            })
+            .await?;
             return Ok(true);
         }
         if let Some(pid) = self.foreign_postmaster() {
@@ -293,7 +346,13 @@ impl Postgres {
     }
 
     /// libpq key=value conninfo with quoting.
-    pub fn conninfo_for(&self, host: &str, port: u16, creds: &Credentials, application_name: &str) -> String {
+    pub fn conninfo_for(
+        &self,
+        host: &str,
+        port: u16,
+        creds: &Credentials,
+        application_name: &str,
+    ) -> String {
         conf::conninfo_for(host, port, creds, application_name)
     }
 
@@ -305,13 +364,20 @@ impl Postgres {
         let conf_path = d.join(CONF);
         if !base.exists() {
             if conf_path.exists() {
-                std::fs::rename(&conf_path, &base)
-                    .map_err(|e| PgError::io(format!("renaming {} to {BASE_CONF}", conf_path.display()), e))?;
+                std::fs::rename(&conf_path, &base).map_err(|e| {
+                    PgError::io(
+                        format!("renaming {} to {BASE_CONF}", conf_path.display()),
+                        e,
+                    )
+                })?;
             } else {
                 write_file(&base, "")?;
             }
         }
-        write_file(&conf_path, &conf::render_postgresql_conf(&self.settings, recovery))?;
+        write_file(
+            &conf_path,
+            &conf::render_postgresql_conf(&self.settings, recovery),
+        )?;
         self.write_hba()?;
         let signal = d.join(STANDBY_SIGNAL);
         if recovery.is_some() {
@@ -337,7 +403,10 @@ impl Postgres {
     fn write_pgpass(&self, creds: &Credentials) -> Result<Vec<(&'static str, String)>, PgError> {
         let path = &self.settings.pgpass;
         write_file(path, &conf::render_pgpass(&[creds]))?;
-        Ok(vec![("PGPASSFILE", path.display().to_string()), ("PGUSER", creds.username.clone())])
+        Ok(vec![
+            ("PGPASSFILE", path.display().to_string()),
+            ("PGUSER", creds.username.clone()),
+        ])
     }
 }
 
@@ -345,7 +414,11 @@ impl Postgres {
 fn pm_alive_shared(pm: &Postmaster) -> bool {
     let pid = pm.pid();
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s.rfind(')').and_then(|i| s[i + 1..].split_whitespace().next()) != Some("Z"),
+        Ok(s) => {
+            s.rfind(')')
+                .and_then(|i| s[i + 1..].split_whitespace().next())
+                != Some("Z")
+        }
         Err(_) => false,
     }
 }
@@ -364,10 +437,17 @@ fn write_file(path: &Path, content: &str) -> Result<(), PgError> {
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_file_name(format!(
         ".{}.pgwarden-tmp",
-        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
     ));
     let res = (|| {
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
         f.write_all(content.as_bytes())?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
@@ -390,7 +470,8 @@ fn remove_if_exists(path: &Path) -> Result<(), PgError> {
 /// PostgreSQL wants 0700 (or 0750); anything else becomes 0700.
 fn ensure_mode_0700(dir: &Path) -> Result<(), PgError> {
     use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(dir).map_err(|e| PgError::io(format!("stat {}", dir.display()), e))?;
+    let meta =
+        std::fs::metadata(dir).map_err(|e| PgError::io(format!("stat {}", dir.display()), e))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode != 0o700 && mode != 0o750 {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))

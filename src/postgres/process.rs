@@ -46,7 +46,14 @@ fn spawn_with_pdeathsig(mut cmd: Command) -> std::io::Result<Child> {
             if libc::setpgid(0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGQUIT as libc::c_ulong, 0, 0, 0) != 0 {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGQUIT as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
             // the parent may have died before prctl took effect
@@ -62,7 +69,8 @@ fn spawn_with_pdeathsig(mut cmd: Command) -> std::io::Result<Child> {
         .unwrap_or_else(|e| e.into_inner())
         .send((cmd, tx))
         .map_err(|_| std::io::Error::other("pg-spawner thread is gone"))?;
-    rx.recv().map_err(|_| std::io::Error::other("pg-spawner thread is gone"))?
+    rx.recv()
+        .map_err(|_| std::io::Error::other("pg-spawner thread is gone"))?
 }
 
 /// Our running (or exited but not yet reaped) postmaster.
@@ -85,8 +93,10 @@ impl Postmaster {
             .env("LC_MESSAGES", "C");
         let command = super::error::describe(program, args);
         tracing::info!(%command, "starting postmaster");
-        let mut child =
-            spawn_with_pdeathsig(cmd).map_err(|source| PgError::Spawn { command: command.clone(), source })?;
+        let mut child = spawn_with_pdeathsig(cmd).map_err(|source| PgError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
         let pid = child.id();
         let stderr = Arc::new(Mutex::new(VecDeque::new()));
         if let Some(out) = child.stdout.take() {
@@ -95,7 +105,12 @@ impl Postmaster {
         if let Some(err) = child.stderr.take() {
             forward(err, stderr.clone(), pid);
         }
-        Ok(Postmaster { child, pid, stderr, exit: None })
+        Ok(Postmaster {
+            child,
+            pid,
+            stderr,
+            exit: None,
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -136,7 +151,11 @@ impl Postmaster {
             return;
         }
         let children = children_of(self.pid as i32);
-        tracing::warn!(pid = self.pid, ?children, "sending SIGKILL to the postmaster and its children");
+        tracing::warn!(
+            pid = self.pid,
+            ?children,
+            "sending SIGKILL to the postmaster and its children"
+        );
         unsafe {
             libc::kill(-(self.pid as i32), libc::SIGKILL);
             libc::kill(self.pid as i32, libc::SIGKILL);
@@ -160,23 +179,28 @@ impl Postmaster {
 }
 
 fn forward<R: std::io::Read + Send + 'static>(r: R, buf: Arc<Mutex<VecDeque<String>>>, pid: u32) {
-    let _ = std::thread::Builder::new().name(format!("pg-log-{pid}")).spawn(move || {
-        for line in BufReader::new(r).lines() {
-            let Ok(line) = line else { break };
-            tracing::info!(target: "postgres", pid, "{line}");
-            let mut b = buf.lock().unwrap_or_else(|e| e.into_inner());
-            if b.len() >= STDERR_LINES {
-                b.pop_front();
+    let _ = std::thread::Builder::new()
+        .name(format!("pg-log-{pid}"))
+        .spawn(move || {
+            for line in BufReader::new(r).lines() {
+                let Ok(line) = line else { break };
+                tracing::info!(target: "postgres", pid, "{line}");
+                let mut b = buf.lock().unwrap_or_else(|e| e.into_inner());
+                if b.len() >= STDERR_LINES {
+                    b.pop_front();
+                }
+                b.push_back(line);
             }
-            b.push_back(line);
-        }
-    });
+        });
 }
 
 /// `kill(pid, sig)` with a readable error.
 pub fn signal_pid(pid: i32, sig: libc::c_int) -> Result<(), PgError> {
     if unsafe { libc::kill(pid, sig) } != 0 {
-        return Err(PgError::io(format!("kill({pid}, {sig})"), std::io::Error::last_os_error()));
+        return Err(PgError::io(
+            format!("kill({pid}, {sig})"),
+            std::io::Error::last_os_error(),
+        ));
     }
     Ok(())
 }
@@ -194,7 +218,9 @@ pub fn pid_alive(pid: i32) -> bool {
 
 /// Direct children of `pid`, from /proc.
 pub fn children_of(pid: i32) -> Vec<i32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return vec![] };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter(|p| {
             std::fs::read_to_string(format!("/proc/{p}/stat"))

@@ -71,17 +71,27 @@ pub async fn probe(s: &PgSettings) -> Probe {
 }
 
 /// Runs `f` against a fresh connection within `timeout` (connect included).
-pub async fn with_client<T, F>(s: &PgSettings, what: &str, timeout: Duration, f: F) -> Result<T, PgError>
+pub async fn with_client<T, F>(
+    s: &PgSettings,
+    what: &str,
+    timeout: Duration,
+    f: F,
+) -> Result<T, PgError>
 where
     F: AsyncFnOnce(&Client) -> Result<T, tokio_postgres::Error>,
 {
     let fut = async {
-        let client = connect(s).await.map_err(|e| PgError::query(format!("connect for {what}"), &e))?;
+        let client = connect(s)
+            .await
+            .map_err(|e| PgError::query(format!("connect for {what}"), &e))?;
         f(&client).await.map_err(|e| PgError::query(what, &e))
     };
     tokio::time::timeout(timeout, fut)
         .await
-        .map_err(|_| PgError::Timeout { what: what.to_string(), after: timeout })?
+        .map_err(|_| PgError::Timeout {
+            what: what.to_string(),
+            after: timeout,
+        })?
 }
 
 const TS_FMT: &str = "'YYYY-MM-DD HH24:MI:SS.US'";
@@ -177,7 +187,10 @@ pub async fn status(s: &PgSettings) -> Result<PgStatus, PgError> {
 /// Runs a statement (or several, simple protocol) with a bound.
 pub async fn one_shot(s: &PgSettings, sql: &str, timeout: Duration) -> Result<(), PgError> {
     let what = format!("query {:?}", sql.chars().take(80).collect::<String>());
-    with_client(s, &what, timeout, async |c: &Client| c.batch_execute(sql).await).await
+    with_client(s, &what, timeout, async |c: &Client| {
+        c.batch_execute(sql).await
+    })
+    .await
 }
 
 /// The SQL `post_bootstrap` runs: superuser password, replication user, rewind user + grants.
@@ -189,22 +202,36 @@ pub fn bootstrap_sql(s: &PgSettings) -> Vec<String> {
     ];
     let su = &s.superuser;
     if let Some(pw) = &su.password {
-        sql.push(format!("ALTER ROLE {} WITH PASSWORD {}", quote_ident(&su.username), quote_literal(pw)));
+        sql.push(format!(
+            "ALTER ROLE {} WITH PASSWORD {}",
+            quote_ident(&su.username),
+            quote_literal(pw)
+        ));
     }
     let mut ensure_role = |name: &str, pw: &Option<String>, opts: &str| {
-        let pw = pw.as_ref().map(|p| format!(" PASSWORD {}", quote_literal(p))).unwrap_or_default();
+        let pw = pw
+            .as_ref()
+            .map(|p| format!(" PASSWORD {}", quote_literal(p)))
+            .unwrap_or_default();
         // CREATE ROLE has no IF NOT EXISTS: decide in a DO block, quoting via format()
         let body = format!(
             "IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = {lit}) THEN \
                EXECUTE {alter}; ELSE EXECUTE {create}; END IF;",
             lit = quote_literal(name),
             alter = quote_literal(&format!("ALTER ROLE {} WITH {opts}{pw}", quote_ident(name))),
-            create = quote_literal(&format!("CREATE ROLE {} WITH {opts}{pw}", quote_ident(name))),
+            create = quote_literal(&format!(
+                "CREATE ROLE {} WITH {opts}{pw}",
+                quote_ident(name)
+            )),
         );
         sql.push(format!("DO $pgwarden$ BEGIN {body} END $pgwarden$"));
     };
     if s.replication.username != su.username {
-        ensure_role(&s.replication.username, &s.replication.password, "REPLICATION LOGIN");
+        ensure_role(
+            &s.replication.username,
+            &s.replication.password,
+            "REPLICATION LOGIN",
+        );
     }
     if let Some(rw) = &s.rewind
         && rw.username != su.username
@@ -216,14 +243,21 @@ pub fn bootstrap_sql(s: &PgSettings) -> Vec<String> {
             "pg_catalog.pg_read_binary_file(text)",
             "pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean)",
         ] {
-            sql.push(format!("GRANT EXECUTE ON FUNCTION {f} TO {}", quote_ident(&rw.username)));
+            sql.push(format!(
+                "GRANT EXECUTE ON FUNCTION {f} TO {}",
+                quote_ident(&rw.username)
+            ));
         }
     }
     sql
 }
 
 /// Creates missing physical slots and drops inactive physical slots not in `names`.
-pub async fn ensure_slots(s: &PgSettings, names: &[String], timeout: Duration) -> Result<(), PgError> {
+pub async fn ensure_slots(
+    s: &PgSettings,
+    names: &[String],
+    timeout: Duration,
+) -> Result<(), PgError> {
     with_client(s, "ensure replication slots", timeout, async |c: &Client| {
         let rows = c
             .query(
@@ -253,7 +287,9 @@ pub async fn ensure_slots(s: &PgSettings, names: &[String], timeout: Duration) -
 pub async fn promote(s: &PgSettings, wait_seconds: i32) -> Result<bool, PgError> {
     let timeout = Duration::from_secs(wait_seconds as u64 + 5);
     with_client(s, "pg_promote", timeout, async |c: &Client| {
-        let row = c.query_one("SELECT pg_catalog.pg_promote(true, $1)", &[&wait_seconds]).await?;
+        let row = c
+            .query_one("SELECT pg_catalog.pg_promote(true, $1)", &[&wait_seconds])
+            .await?;
         Ok(row.get::<_, bool>(0))
     })
     .await
@@ -278,9 +314,18 @@ mod tests {
             scope: "s".into(),
             parameters: Default::default(),
             pg_hba: vec![],
-            superuser: Credentials { username: "postgres".into(), password: Some("a'b".into()) },
-            replication: Credentials { username: "rep\"l".into(), password: Some("x".into()) },
-            rewind: Some(Credentials { username: "rw".into(), password: None }),
+            superuser: Credentials {
+                username: "postgres".into(),
+                password: Some("a'b".into()),
+            },
+            replication: Credentials {
+                username: "rep\"l".into(),
+                password: Some("x".into()),
+            },
+            rewind: Some(Credentials {
+                username: "rw".into(),
+                password: None,
+            }),
             pgpass: PathBuf::new(),
             initdb_args: vec![],
             basebackup_args: vec![],
@@ -289,9 +334,20 @@ mod tests {
         let sql = bootstrap_sql(&s);
         assert_eq!(sql[3], "ALTER ROLE \"postgres\" WITH PASSWORD 'a''b'");
         assert!(sql[4].contains("rolname = 'rep\"l'"), "{}", sql[4]);
-        assert!(sql[4].contains("'CREATE ROLE \"rep\"\"l\" WITH REPLICATION LOGIN PASSWORD ''x'''"), "{}", sql[4]);
-        assert!(sql[5].contains("CREATE ROLE \"rw\" WITH LOGIN'"), "{}", sql[5]);
+        assert!(
+            sql[4].contains("'CREATE ROLE \"rep\"\"l\" WITH REPLICATION LOGIN PASSWORD ''x'''"),
+            "{}",
+            sql[4]
+        );
+        assert!(
+            sql[5].contains("CREATE ROLE \"rw\" WITH LOGIN'"),
+            "{}",
+            sql[5]
+        );
         assert_eq!(sql.len(), 10);
-        assert_eq!(sql[9], "GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean) TO \"rw\"");
+        assert_eq!(
+            sql[9],
+            "GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean) TO \"rw\""
+        );
     }
 }

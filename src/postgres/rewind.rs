@@ -14,13 +14,17 @@ impl Postgres {
     /// 3. writes `standby.signal`.
     pub async fn rewind(&self, leader_conninfo: &str) -> Result<(), PgError> {
         if self.is_running_shared() {
-            return Err(PgError::InvalidDataDir("cannot rewind while postgres is running".into()));
+            return Err(PgError::InvalidDataDir(
+                "cannot rewind while postgres is running".into(),
+            ));
         }
         let s = &self.settings;
         let d = &s.data_dir;
         let cd = match self.data_dir_state() {
             DataDirState::Initialized(cd) => cd,
-            DataDirState::Empty => return Err(PgError::InvalidDataDir(format!("{} is empty", d.display()))),
+            DataDirState::Empty => {
+                return Err(PgError::InvalidDataDir(format!("{} is empty", d.display())));
+            }
             DataDirState::Invalid(why) => return Err(PgError::InvalidDataDir(why)),
         };
         if !cd.is_clean_shutdown() {
@@ -42,7 +46,14 @@ impl Postgres {
             .iter()
             .map(|a| a.to_string())
             .collect();
-            run(&s.bin("postgres"), &args, &[], Some(""), Some(s.pg_ctl_timeout * 5)).await?;
+            run(
+                &s.bin("postgres"),
+                &args,
+                &[],
+                Some(""),
+                Some(s.pg_ctl_timeout * 5),
+            )
+            .await?;
         }
         let creds = s.rewind_credentials();
         let mut extra = vec![("user", creds.username.as_str()), ("dbname", "postgres")];
@@ -51,7 +62,10 @@ impl Postgres {
         }
         let source = conf::conninfo_override(leader_conninfo, &extra);
         let env = self.write_pgpass(creds)?;
-        let args = vec![format!("--target-pgdata={}", d.display()), format!("--source-server={source}")];
+        let args = vec![
+            format!("--target-pgdata={}", d.display()),
+            format!("--source-server={source}"),
+        ];
         run(&s.bin("pg_rewind"), &args, &env, None, None).await?;
         write_file(&d.join(STANDBY_SIGNAL), "")?;
         tracing::info!("pg_rewind finished");
@@ -59,6 +73,7 @@ impl Postgres {
     }
 
     fn is_running_shared(&self) -> bool {
-        self.postmaster.as_ref().is_some_and(super::pm_alive_shared) || self.foreign_postmaster().is_some()
+        self.postmaster.as_ref().is_some_and(super::pm_alive_shared)
+            || self.foreign_postmaster().is_some()
     }
 }

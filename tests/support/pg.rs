@@ -34,13 +34,24 @@ pub fn init_tracing() {
 /// Missing: panics when `CI=true`, else prints a note and returns false (skip).
 pub fn pg_available() -> bool {
     let mut missing = vec![];
-    for b in ["postgres", "initdb", "pg_ctl", "pg_controldata", "pg_basebackup", "pg_rewind"] {
+    for b in [
+        "postgres",
+        "initdb",
+        "pg_ctl",
+        "pg_controldata",
+        "pg_basebackup",
+        "pg_rewind",
+    ] {
         if !pg_bin_dir().join(b).is_file() {
             missing.push(format!("{}", pg_bin_dir().join(b).display()));
         }
     }
     if nix::unistd::geteuid().is_root() {
-        if nix::unistd::User::from_name("postgres").ok().flatten().is_none() {
+        if nix::unistd::User::from_name("postgres")
+            .ok()
+            .flatten()
+            .is_none()
+        {
             missing.push("user postgres".into());
         }
         if !Path::new("/usr/sbin/runuser").exists() && !Path::new("/sbin/runuser").exists() {
@@ -77,7 +88,10 @@ pub fn run_as_postgres_if_root(test_name: &str) -> bool {
         .current_dir("/")
         .status()
         .expect("cannot run runuser");
-    assert!(status.success(), "test {test_name} as user postgres failed: {status}");
+    assert!(
+        status.success(),
+        "test {test_name} as user postgres failed: {status}"
+    );
     true
 }
 
@@ -108,7 +122,11 @@ pub struct TestDir {
 
 impl TestDir {
     pub fn new(name: &str) -> TestDir {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() % 1_000_000_000;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+            % 1_000_000_000;
         let path = std::env::temp_dir().join(format!("pgw-{name}-{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&path).unwrap();
         TestDir { path }
@@ -127,15 +145,25 @@ impl Drop for TestDir {
 
 /// A currently free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn replication_creds() -> Credentials {
-    Credentials { username: "replicator".into(), password: Some("rep pass'\\x".into()) }
+    Credentials {
+        username: "replicator".into(),
+        password: Some("rep pass'\\x".into()),
+    }
 }
 
 pub fn rewind_creds() -> Credentials {
-    Credentials { username: "rewinder".into(), password: Some("rew:pass".into()) }
+    Credentials {
+        username: "rewinder".into(),
+        password: Some("rew:pass".into()),
+    }
 }
 
 /// Settings for member `name` under `dir`: data in `<dir>/<name>/data`, socket in `<dir>/<name>`,
@@ -173,7 +201,10 @@ pub fn settings(dir: &Path, name: &str, port: u16) -> PgSettings {
             "host all all 127.0.0.1/32 scram-sha-256".into(),
             "host replication all 127.0.0.1/32 scram-sha-256".into(),
         ],
-        superuser: Credentials { username: "postgres".into(), password: Some("su-pass".into()) },
+        superuser: Credentials {
+            username: "postgres".into(),
+            password: Some("su-pass".into()),
+        },
         replication: replication_creds(),
         rewind: Some(rewind_creds()),
         pgpass: dir.join(format!("{name}.pgpass")),
@@ -186,8 +217,14 @@ pub fn settings(dir: &Path, name: &str, port: u16) -> PgSettings {
 /// A superuser client over the socket dir, for assertions.
 pub async fn client(s: &PgSettings) -> tokio_postgres::Client {
     let mut c = tokio_postgres::Config::new();
-    c.host_path(s.socket_dir.as_ref().unwrap()).port(s.port).user("postgres").dbname("postgres");
-    let (client, conn) = c.connect(tokio_postgres::NoTls).await.expect("test client connect");
+    c.host_path(s.socket_dir.as_ref().unwrap())
+        .port(s.port)
+        .user("postgres")
+        .dbname("postgres");
+    let (client, conn) = c
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("test client connect");
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -197,7 +234,10 @@ pub async fn client(s: &PgSettings) -> tokio_postgres::Client {
 /// First column of the first row, as text.
 pub async fn query_text(s: &PgSettings, sql: &str) -> String {
     let c = client(s).await;
-    let row = c.query_one(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    let row = c
+        .query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
     row.get::<_, Option<String>>(0).unwrap_or_default()
 }
 
@@ -223,7 +263,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
@@ -232,6 +275,10 @@ where
 pub fn pid_gone(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
-        Ok(s) => s.rfind(')').and_then(|i| s[i + 1..].split_whitespace().next()) == Some("Z"),
+        Ok(s) => {
+            s.rfind(')')
+                .and_then(|i| s[i + 1..].split_whitespace().next())
+                == Some("Z")
+        }
     }
 }
