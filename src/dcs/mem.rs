@@ -9,7 +9,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::watch;
 
-use super::model::{history_to_json, ClusterView, Failover, HistoryLine, Member, Status, SyncState, Version};
+use super::model::{
+    ClusterView, Failover, HistoryLine, Member, Status, SyncState, Version, history_to_json,
+};
 use super::{Dcs, DcsError};
 
 /// A lease identifier.
@@ -46,8 +48,12 @@ impl MemStore {
 
     /// Drops expired leases and the keys bound to them, as etcd does.
     pub fn expire(&mut self, now: Duration) {
-        let dead: Vec<LeaseId> =
-            self.leases.iter().filter(|(_, (_, exp))| *exp <= now).map(|(id, _)| *id).collect();
+        let dead: Vec<LeaseId> = self
+            .leases
+            .iter()
+            .filter(|(_, (_, exp))| *exp <= now)
+            .map(|(id, _)| *id)
+            .collect();
         for id in dead {
             self.leases.remove(&id);
             let before = self.keys.len();
@@ -94,12 +100,22 @@ impl MemStore {
     pub fn put(&mut self, key: &str, value: &str, lease: Option<LeaseId>, now: Duration) {
         self.expire(now);
         self.revision += 1;
-        let e = Entry { value: value.to_owned(), mod_revision: self.revision, lease };
+        let e = Entry {
+            value: value.to_owned(),
+            mod_revision: self.revision,
+            lease,
+        };
         self.keys.insert(key.to_owned(), e);
     }
 
     /// Create-if-absent.
-    pub fn create(&mut self, key: &str, value: &str, lease: Option<LeaseId>, now: Duration) -> bool {
+    pub fn create(
+        &mut self,
+        key: &str,
+        value: &str,
+        lease: Option<LeaseId>,
+        now: Duration,
+    ) -> bool {
         self.expire(now);
         if self.keys.contains_key(key) {
             return false;
@@ -110,7 +126,13 @@ impl MemStore {
 
     /// Create-if-absent bound to `lease`; also true when the key already exists bound to that
     /// same lease (the caller's earlier claim, whose answer it may have missed).
-    pub fn create_or_owned(&mut self, key: &str, value: &str, lease: LeaseId, now: Duration) -> bool {
+    pub fn create_or_owned(
+        &mut self,
+        key: &str,
+        value: &str,
+        lease: LeaseId,
+        now: Duration,
+    ) -> bool {
         self.expire(now);
         match self.keys.get(key) {
             Some(e) => e.lease == Some(lease),
@@ -119,7 +141,13 @@ impl MemStore {
     }
 
     /// Write if the key's version is `expected` (`None`: if absent).
-    pub fn compare_and_put(&mut self, key: &str, value: &str, expected: Option<&Version>, now: Duration) -> bool {
+    pub fn compare_and_put(
+        &mut self,
+        key: &str,
+        value: &str,
+        expected: Option<&Version>,
+        now: Duration,
+    ) -> bool {
         self.expire(now);
         let current = self.keys.get(key).map(|e| e.mod_revision.to_string());
         if current.as_deref() != expected.map(|v| v.0.as_str()) {
@@ -149,7 +177,13 @@ impl MemStore {
     }
 
     /// Rebinds a key that holds `value` to `lease` (the holder renewing under a new lease).
-    pub fn rebind_if_value(&mut self, key: &str, value: &str, lease: LeaseId, now: Duration) -> bool {
+    pub fn rebind_if_value(
+        &mut self,
+        key: &str,
+        value: &str,
+        lease: LeaseId,
+        now: Duration,
+    ) -> bool {
         self.expire(now);
         match self.keys.get(key) {
             Some(e) if e.value == value => {
@@ -165,15 +199,22 @@ impl MemStore {
     /// The whole cluster, parsed.
     pub fn view(&mut self, now: Duration) -> ClusterView {
         self.expire(now);
-        ClusterView::from_raw(
-            self.keys.iter().map(|(k, e)| (k.as_str(), e.value.as_str(), Version(e.mod_revision.to_string()))),
-        )
+        ClusterView::from_raw(self.keys.iter().map(|(k, e)| {
+            (
+                k.as_str(),
+                e.value.as_str(),
+                Version(e.mod_revision.to_string()),
+            )
+        }))
     }
 
     /// Every key, for tests.
     pub fn dump(&mut self, now: Duration) -> BTreeMap<String, String> {
         self.expire(now);
-        self.keys.iter().map(|(k, e)| (k.clone(), e.value.clone())).collect()
+        self.keys
+            .iter()
+            .map(|(k, e)| (k.clone(), e.value.clone()))
+            .collect()
     }
 }
 
@@ -201,11 +242,23 @@ impl MemDcs {
         }
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut MemStore, Duration, LeaseId) -> T) -> Result<T, DcsError> {
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut MemStore, Duration, LeaseId) -> T,
+    ) -> Result<T, DcsError> {
         let now = self.start.elapsed();
-        let ttl = *self.ttl.lock().map_err(|_| DcsError::Failed("lock poisoned".into()))?;
-        let mut store = self.store.lock().map_err(|_| DcsError::Failed("store poisoned".into()))?;
-        let mut lease = self.lease.lock().map_err(|_| DcsError::Failed("lock poisoned".into()))?;
+        let ttl = *self
+            .ttl
+            .lock()
+            .map_err(|_| DcsError::Failed("lock poisoned".into()))?;
+        let mut store = self
+            .store
+            .lock()
+            .map_err(|_| DcsError::Failed("store poisoned".into()))?;
+        let mut lease = self
+            .lease
+            .lock()
+            .map_err(|_| DcsError::Failed("lock poisoned".into()))?;
         let id = match *lease {
             Some(id) if store.keepalive(id, now) => id,
             _ => {
@@ -249,10 +302,10 @@ impl Dcs for MemDcs {
         let status = status.map(Status::to_json);
         self.with(|s, now, lease| {
             let ok = s.rebind_if_value("leader", &name, lease, now);
-            if let (true, Some(st)) = (ok, status) {
-                if s.get("status", now).as_deref() != Some(st.as_str()) {
-                    s.put("status", &st, None, now);
-                }
+            if let (true, Some(st)) = (ok, status)
+                && s.get("status", now).as_deref() != Some(st.as_str())
+            {
+                s.put("status", &st, None, now);
             }
             ok
         })
@@ -289,7 +342,11 @@ impl Dcs for MemDcs {
             }
         })
     }
-    async fn set_failover(&self, value: &Failover, expected: Option<&Version>) -> Result<bool, DcsError> {
+    async fn set_failover(
+        &self,
+        value: &Failover,
+        expected: Option<&Version>,
+    ) -> Result<bool, DcsError> {
         let json = value.to_json();
         self.with(|s, now, _| match expected {
             Some(_) => s.compare_and_put("failover", &json, expected, now),
@@ -303,7 +360,11 @@ impl Dcs for MemDcs {
         let json = history_to_json(lines);
         self.with(|s, now, _| s.put("history", &json, None, now))
     }
-    async fn set_sync(&self, value: &SyncState, expected: Option<&Version>) -> Result<bool, DcsError> {
+    async fn set_sync(
+        &self,
+        value: &SyncState,
+        expected: Option<&Version>,
+    ) -> Result<bool, DcsError> {
         let json = serde_json::to_string(value).map_err(|e| DcsError::Failed(e.to_string()))?;
         self.with(|s, now, _| match expected {
             Some(_) => s.compare_and_put("sync", &json, expected, now),
@@ -333,7 +394,10 @@ mod tests {
         assert!(s.create("leader", "a", Some(l), Duration::ZERO));
         assert!(!s.create("leader", "b", None, Duration::from_secs(1)));
         assert!(s.keepalive(l, Duration::from_secs(5)));
-        assert_eq!(s.get("leader", Duration::from_secs(14)).as_deref(), Some("a"));
+        assert_eq!(
+            s.get("leader", Duration::from_secs(14)).as_deref(),
+            Some("a")
+        );
         assert_eq!(s.get("leader", Duration::from_secs(15)), None);
         assert!(!s.keepalive(l, Duration::from_secs(16)));
     }
@@ -343,7 +407,12 @@ mod tests {
         let mut s = MemStore::new();
         s.put("config", "{}", None, Duration::ZERO);
         let v = s.view(Duration::ZERO).config.map(|c| c.version);
-        assert!(!s.compare_and_put("config", "{\"a\":1}", Some(&Version("99".into())), Duration::ZERO));
+        assert!(!s.compare_and_put(
+            "config",
+            "{\"a\":1}",
+            Some(&Version("99".into())),
+            Duration::ZERO
+        ));
         assert!(s.compare_and_put("config", "{\"a\":1}", v.as_ref(), Duration::ZERO));
     }
 }

@@ -127,7 +127,7 @@ pub enum Outcome {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
     /// A fresh observation: run a cycle.
-    Observed(Observation),
+    Observed(Box<Observation>),
     /// An action finished.
     Completed {
         /// Which.

@@ -59,17 +59,21 @@ impl HaCore {
             }
             DataDir::Empty => self.empty_data_dir(&obs, view, holder, now, out),
             DataDir::Ready { sysid, was_primary } => {
-                if let Some(init) = view.initialize.as_deref() {
-                    if !init.is_empty() && init != sysid {
-                        let reason = format!(
-                            "the data directory's system identifier {sysid} differs from the \
+                if let Some(init) = view.initialize.as_deref()
+                    && !init.is_empty()
+                    && init != sysid
+                {
+                    let reason = format!(
+                        "the data directory's system identifier {sysid} differs from the \
                              cluster's {init}: this member belongs to another cluster"
-                        );
-                        self.emit(Action::Fatal { reason }, Purpose::Other, now, out);
-                        return;
-                    }
+                    );
+                    self.emit(Action::Fatal { reason }, Purpose::Other, now, out);
+                    return;
                 }
-                if holder && view.initialize.as_deref() != Some(sysid.as_str()) && self.holds_lock(now) {
+                if holder
+                    && view.initialize.as_deref() != Some(sysid.as_str())
+                    && self.holds_lock(now)
+                {
                     // Heal a wiped store, or finish a bootstrap.
                     self.bootstrapping = false;
                     let sysid = sysid.clone();
@@ -136,9 +140,15 @@ impl HaCore {
         match &view.leader {
             Some(_) if holder => {
                 if !was_primary {
-                    self.message = "holding the lock with a replica's data directory: releasing it".into();
+                    self.message =
+                        "holding the lock with a replica's data directory: releasing it".into();
                     self.release(now, out);
-                    self.emit(Action::StartReplica { upstream: None }, Purpose::Task, now, out);
+                    self.emit(
+                        Action::StartReplica { upstream: None },
+                        Purpose::Task,
+                        now,
+                        out,
+                    );
                 } else if self.holds_lock(now) {
                     self.message = "starting PostgreSQL as the primary (crash recovery)".into();
                     self.emit(Action::StartPrimary, Purpose::Task, now, out);
@@ -151,13 +161,21 @@ impl HaCore {
             Some(l) => {
                 let leader = l.name.clone();
                 if was_primary && obs.policy.use_pg_rewind {
-                    let blocked = self.rewind_failed.as_ref().filter(|(from, until)| *from == leader && now < *until);
+                    let blocked = self
+                        .rewind_failed
+                        .as_ref()
+                        .filter(|(from, until)| *from == leader && now < *until);
                     match blocked {
                         Some(_) => self.message = "pg_rewind failed; retrying later".into(),
-                        None if self.rewind_failed.as_ref().is_some_and(|(f, _)| *f == leader)
+                        None if self
+                            .rewind_failed
+                            .as_ref()
+                            .is_some_and(|(f, _)| *f == leader)
                             && obs.policy.remove_data_directory_on_rewind_failure =>
                         {
-                            self.message = "pg_rewind failed: removing the data directory to clone afresh".into();
+                            self.message =
+                                "pg_rewind failed: removing the data directory to clone afresh"
+                                    .into();
                             self.rewind_failed = None;
                             self.emit(Action::RemoveDataDir, Purpose::Task, now, out);
                         }
@@ -168,13 +186,25 @@ impl HaCore {
                     }
                 } else {
                     self.message = format!("starting as a secondary following {leader}");
-                    self.emit(Action::StartReplica { upstream: Some(leader) }, Purpose::Task, now, out);
+                    self.emit(
+                        Action::StartReplica {
+                            upstream: Some(leader),
+                        },
+                        Purpose::Task,
+                        now,
+                        out,
+                    );
                 }
             }
             None => {
                 // Start read-only; the race happens once PostgreSQL reports its position.
                 self.message = "starting as a secondary (no leader yet)".into();
-                self.emit(Action::StartReplica { upstream: None }, Purpose::Task, now, out);
+                self.emit(
+                    Action::StartReplica { upstream: None },
+                    Purpose::Task,
+                    now,
+                    out,
+                );
             }
         }
     }
@@ -212,16 +242,28 @@ impl HaCore {
         }
     }
 
-    fn race(&mut self, obs: &Observation, view: &ClusterView, now: MonoTime, out: &mut Vec<(super::ActionId, Action)>) {
+    fn race(
+        &mut self,
+        obs: &Observation,
+        view: &ClusterView,
+        now: MonoTime,
+        out: &mut Vec<(super::ActionId, Action)>,
+    ) {
         if obs.policy.pause {
-            self.message = "paused: no leader, and pgwarden does not race in maintenance mode".into();
+            self.message =
+                "paused: no leader, and pgwarden does not race in maintenance mode".into();
             return;
         }
         match race::pre_race(&self.me, &obs.pg, view, &obs.policy) {
             Err(why) => self.message = why,
             Ok(peers) if peers.is_empty() => {
                 self.message = "acquiring the leader lock".into();
-                self.emit(Action::AcquireLock, Purpose::Lock { acquiring: true }, now, out);
+                self.emit(
+                    Action::AcquireLock,
+                    Purpose::Lock { acquiring: true },
+                    now,
+                    out,
+                );
             }
             Ok(names) => {
                 self.message = "probing peers before the leader race".into();
@@ -230,7 +272,13 @@ impl HaCore {
         }
     }
 
-    fn lead(&mut self, obs: &Observation, view: &ClusterView, now: MonoTime, out: &mut Vec<(super::ActionId, Action)>) {
+    fn lead(
+        &mut self,
+        obs: &Observation,
+        view: &ClusterView,
+        now: MonoTime,
+        out: &mut Vec<(super::ActionId, Action)>,
+    ) {
         self.renew_if_due(obs, now, out);
         if !self.holds_lock(now) {
             self.message = "confirming the leader lock".into();
@@ -251,7 +299,10 @@ impl HaCore {
                 self.emit(Action::ClearFailover { version }, Purpose::Other, now, out);
             }
         }
-        self.message = format!("no action. I am ({}), the leader with the lock", self.me.name);
+        self.message = format!(
+            "no action. I am ({}), the leader with the lock",
+            self.me.name
+        );
     }
 
     /// The key asks this leader to hand over now.
@@ -263,7 +314,13 @@ impl HaCore {
         from_me && to_other && f.scheduled_at.is_none() && !f.is_empty()
     }
 
-    fn start_switchover(&mut self, view: &ClusterView, f: &Failover, now: MonoTime, out: &mut Vec<(super::ActionId, Action)>) {
+    fn start_switchover(
+        &mut self,
+        view: &ClusterView,
+        f: &Failover,
+        now: MonoTime,
+        out: &mut Vec<(super::ActionId, Action)>,
+    ) {
         let candidates: Vec<String> = match &f.member {
             Some(c) => vec![c.clone()],
             None => view
@@ -307,7 +364,8 @@ impl HaCore {
                     p.running
                         && !p.nofailover
                         && !p.is_primary
-                        && optime.saturating_sub(p.wal_position) <= obs.policy.maximum_lag_on_failover
+                        && optime.saturating_sub(p.wal_position)
+                            <= obs.policy.maximum_lag_on_failover
                 })
         });
         if fit && self.holds_lock(now) {
@@ -322,17 +380,32 @@ impl HaCore {
 
     /// Renews the lock when a renewal is due: at most twice per `loop_wait`, so DCS events
     /// caused by our own writes do not turn into a storm of renewals.
-    pub(super) fn renew_if_due(&mut self, obs: &Observation, now: MonoTime, out: &mut Vec<(super::ActionId, Action)>) {
+    pub(super) fn renew_if_due(
+        &mut self,
+        obs: &Observation,
+        now: MonoTime,
+        out: &mut Vec<(super::ActionId, Action)>,
+    ) {
         let due = match (self.lease_deadline, self.last_renew_sent) {
             (Some(_), Some(sent)) => now.since(sent) >= obs.policy.loop_wait / 2,
             _ => true,
         };
-        if due && !self.pending.values().any(|(a, _)| matches!(a, Action::RenewLock { .. })) {
+        if due
+            && !self
+                .pending
+                .values()
+                .any(|(a, _)| matches!(a, Action::RenewLock { .. }))
+        {
             let deadline = self
                 .lease_deadline
                 .filter(|d| *d > now)
                 .unwrap_or(now + obs.policy.retry_timeout);
-            self.emit(Action::RenewLock { deadline }, Purpose::Lock { acquiring: false }, now, out);
+            self.emit(
+                Action::RenewLock { deadline },
+                Purpose::Lock { acquiring: false },
+                now,
+                out,
+            );
         }
     }
 }

@@ -135,7 +135,10 @@ impl HaCore {
             .as_ref()
             .map(|o| o.policy.loop_wait)
             .unwrap_or(Duration::from_secs(10));
-        let cycle = self.last_cycle.map(|t| t + loop_wait).unwrap_or(MonoTime::ZERO);
+        let cycle = self
+            .last_cycle
+            .map(|t| t + loop_wait)
+            .unwrap_or(MonoTime::ZERO);
         match self.lease_deadline {
             Some(d) => cycle.min(d),
             None => cycle,
@@ -152,7 +155,7 @@ impl HaCore {
             Input::Observed(obs) => {
                 self.last_cycle = Some(now);
                 let writable_unleased = obs.pg.maybe_writable() && !self.holds_lock(now);
-                self.last = Some(obs);
+                self.last = Some(*obs);
                 let stopping = out.iter().any(|(_, a)| *a == Action::StopNow);
                 if writable_unleased && !self.paused() && !stopping {
                     self.message = "demoting: PostgreSQL runs as a primary without the lock".into();
@@ -178,24 +181,30 @@ impl HaCore {
     }
 
     fn expire_lease(&mut self, now: MonoTime, out: &mut Vec<(ActionId, Action)>) {
-        if let Some(d) = self.lease_deadline {
-            if now >= d {
-                self.lease_deadline = None;
-                let writable = self.last.as_ref().is_some_and(|o| o.pg.maybe_writable());
-                // A start or promotion in flight would make it writable soon: stop that too.
-                let becoming_writable = matches!(
-                    self.task_in_flight(),
-                    Some(Action::StartPrimary | Action::Promote)
-                );
-                if (writable || becoming_writable) && !self.paused() {
-                    self.message = "lock deadline passed: stopping PostgreSQL now".into();
-                    self.emit(Action::StopNow, Purpose::Other, now, out);
-                }
+        if let Some(d) = self.lease_deadline
+            && now >= d
+        {
+            self.lease_deadline = None;
+            let writable = self.last.as_ref().is_some_and(|o| o.pg.maybe_writable());
+            // A start or promotion in flight would make it writable soon: stop that too.
+            let becoming_writable = matches!(
+                self.task_in_flight(),
+                Some(Action::StartPrimary | Action::Promote)
+            );
+            if (writable || becoming_writable) && !self.paused() {
+                self.message = "lock deadline passed: stopping PostgreSQL now".into();
+                self.emit(Action::StopNow, Purpose::Other, now, out);
             }
         }
     }
 
-    fn emit(&mut self, action: Action, purpose: Purpose, now: MonoTime, out: &mut Vec<(ActionId, Action)>) {
+    fn emit(
+        &mut self,
+        action: Action,
+        purpose: Purpose,
+        now: MonoTime,
+        out: &mut Vec<(ActionId, Action)>,
+    ) {
         self.next_id += 1;
         let id = ActionId(self.next_id);
         if action.is_task() {
@@ -208,8 +217,16 @@ impl HaCore {
         out.push((id, action));
     }
 
-    fn completed(&mut self, id: ActionId, outcome: Outcome, now: MonoTime, out: &mut Vec<(ActionId, Action)>) {
-        let Some((action, purpose)) = self.pending.remove(&id) else { return };
+    fn completed(
+        &mut self,
+        id: ActionId,
+        outcome: Outcome,
+        now: MonoTime,
+        out: &mut Vec<(ActionId, Action)>,
+    ) {
+        let Some((action, purpose)) = self.pending.remove(&id) else {
+            return;
+        };
         if self.task.as_ref().is_some_and(|(tid, _, _)| *tid == id) {
             self.task = None;
         }
@@ -218,11 +235,19 @@ impl HaCore {
             None => return,
         };
         match (purpose, outcome) {
-            (Purpose::Lock { acquiring }, Outcome::Lock { held, answered, sent_at }) => {
+            (
+                Purpose::Lock { acquiring },
+                Outcome::Lock {
+                    held,
+                    answered,
+                    sent_at,
+                },
+            ) => {
                 if held {
                     let deadline = sent_at + policy.ttl.saturating_sub(policy.safety_margin);
                     if deadline > now {
-                        self.lease_deadline = Some(self.lease_deadline.map_or(deadline, |d| d.max(deadline)));
+                        self.lease_deadline =
+                            Some(self.lease_deadline.map_or(deadline, |d| d.max(deadline)));
                     }
                     if acquiring {
                         self.after_acquire(now, out);
@@ -246,11 +271,17 @@ impl HaCore {
                 match race::judge(&self.me, &obs.pg, view, &report) {
                     race::Verdict::Healthiest => {
                         self.message = "acquiring the leader lock as the healthiest member".into();
-                        self.emit(Action::AcquireLock, Purpose::Lock { acquiring: true }, now, out);
+                        self.emit(
+                            Action::AcquireLock,
+                            Purpose::Lock { acquiring: true },
+                            now,
+                            out,
+                        );
                     }
                     race::Verdict::NotHealthiest(why) => {
-                        self.message =
-                            format!("following a different leader because i am not the healthiest node: {why}");
+                        self.message = format!(
+                            "following a different leader because i am not the healthiest node: {why}"
+                        );
                     }
                 }
             }
@@ -272,11 +303,11 @@ impl HaCore {
 
     fn after_acquire(&mut self, now: MonoTime, out: &mut Vec<(ActionId, Action)>) {
         let Some(obs) = self.last.clone() else { return };
-        if let Some(view) = &obs.dcs {
-            if view.failover.is_some() {
-                let version = view.failover.as_ref().map(|f| f.version.clone());
-                self.emit(Action::ClearFailover { version }, Purpose::Other, now, out);
-            }
+        if let Some(view) = &obs.dcs
+            && view.failover.is_some()
+        {
+            let version = view.failover.as_ref().map(|f| f.version.clone());
+            self.emit(Action::ClearFailover { version }, Purpose::Other, now, out);
         }
         if self.bootstrapping {
             self.emit(Action::StartPrimary, Purpose::Task, now, out);
@@ -286,40 +317,49 @@ impl HaCore {
         }
     }
 
-    fn task_done(&mut self, action: Action, outcome: Outcome, now: MonoTime, out: &mut Vec<(ActionId, Action)>) {
+    fn task_done(
+        &mut self,
+        action: Action,
+        outcome: Outcome,
+        now: MonoTime,
+        out: &mut Vec<(ActionId, Action)>,
+    ) {
         let ok = outcome == Outcome::Ok;
         match action {
             Action::Bootstrap => {
                 if ok {
-                    self.emit(Action::AcquireLock, Purpose::Lock { acquiring: true }, now, out);
+                    self.emit(
+                        Action::AcquireLock,
+                        Purpose::Lock { acquiring: true },
+                        now,
+                        out,
+                    );
                 } else {
                     self.bootstrapping = false;
                     self.emit(Action::CancelInitialize, Purpose::Other, now, out);
                     self.emit(
-                        Action::Fatal { reason: format!("bootstrap failed: {outcome:?}") },
+                        Action::Fatal {
+                            reason: format!("bootstrap failed: {outcome:?}"),
+                        },
                         Purpose::Other,
                         now,
                         out,
                     );
                 }
             }
-            Action::StartPrimary => {
-                if !ok {
-                    // A holder whose PostgreSQL cannot start gives the lock to somebody else,
-                    // once PostgreSQL is certainly down (rule 6).
-                    self.message = "PostgreSQL failed to start as primary: giving up the lock".into();
-                    if self.bootstrapping {
-                        self.bootstrapping = false;
-                        self.emit(Action::CancelInitialize, Purpose::Other, now, out);
-                    }
-                    self.give_up(now, out);
+            Action::StartPrimary if !ok => {
+                // A holder whose PostgreSQL cannot start gives the lock to somebody else,
+                // once PostgreSQL is certainly down (rule 6).
+                self.message = "PostgreSQL failed to start as primary: giving up the lock".into();
+                if self.bootstrapping {
+                    self.bootstrapping = false;
+                    self.emit(Action::CancelInitialize, Purpose::Other, now, out);
                 }
+                self.give_up(now, out);
             }
-            Action::Promote => {
-                if !ok {
-                    self.message = "promotion failed: giving up the lock".into();
-                    self.give_up(now, out);
-                }
+            Action::Promote if !ok => {
+                self.message = "promotion failed: giving up the lock".into();
+                self.give_up(now, out);
             }
             Action::StopGraceful => {
                 // The stop is done: every WAL record has been sent to the replicas
@@ -335,9 +375,20 @@ impl HaCore {
             Action::Rewind { from } => {
                 if ok {
                     self.rewind_failed = None;
-                    self.emit(Action::StartReplica { upstream: Some(from) }, Purpose::Task, now, out);
+                    self.emit(
+                        Action::StartReplica {
+                            upstream: Some(from),
+                        },
+                        Purpose::Task,
+                        now,
+                        out,
+                    );
                 } else {
-                    let loop_wait = self.last.as_ref().map(|o| o.policy.loop_wait).unwrap_or_default();
+                    let loop_wait = self
+                        .last
+                        .as_ref()
+                        .map(|o| o.policy.loop_wait)
+                        .unwrap_or_default();
                     self.rewind_failed = Some((from, now + loop_wait));
                 }
             }

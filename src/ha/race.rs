@@ -34,10 +34,15 @@ pub enum ManualFailover<'a> {
 
 /// Classifies the `failover` key for a race. A scheduled switchover does not apply to a race.
 pub fn manual_failover<'a>(me: &str, key: Option<&'a Failover>) -> ManualFailover<'a> {
-    let Some(f) = key else { return ManualFailover::None };
+    let Some(f) = key else {
+        return ManualFailover::None;
+    };
     match (f.member.as_deref(), f.leader.as_deref()) {
         (Some(c), _) if c == me => ManualFailover::ToMe,
-        (Some(c), former) => ManualFailover::ToOther { candidate: c, former_leader: former },
+        (Some(c), former) => ManualFailover::ToOther {
+            candidate: c,
+            former_leader: former,
+        },
         (None, Some(l)) => ManualFailover::AwayFrom(l),
         (None, None) => ManualFailover::None,
     }
@@ -60,25 +65,25 @@ pub fn pre_race(
     let manual = manual_failover(&me.name, view.failover.as_ref().map(|f| &f.value));
     match manual {
         ManualFailover::ToMe => return Ok(Vec::new()),
-        ManualFailover::AwayFrom(l) | ManualFailover::ToOther { former_leader: Some(l), .. }
-            if l == me.name =>
-        {
+        ManualFailover::AwayFrom(l)
+        | ManualFailover::ToOther {
+            former_leader: Some(l),
+            ..
+        } if l == me.name => {
             // The former leader steps aside while a switchover is in progress; it comes back
             // only if the candidate turns out unhealthy (handled in `judge`).
         }
         _ => {}
     }
     let lag_checked = matches!(manual, ManualFailover::None);
-    if lag_checked {
-        if let Some(status) = &view.status {
-            let lag = status.optime.saturating_sub(pg.wal_position);
-            if lag > policy.maximum_lag_on_failover {
-                return Err(format!(
-                    "not healthy enough for leader race: my WAL position {} lags the last \
+    if lag_checked && let Some(status) = &view.status {
+        let lag = status.optime.saturating_sub(pg.wal_position);
+        if lag > policy.maximum_lag_on_failover {
+            return Err(format!(
+                "not healthy enough for leader race: my WAL position {} lags the last \
                      known leader position {} by {} bytes (maximum_lag_on_failover {})",
-                    pg.wal_position, status.optime, lag, policy.maximum_lag_on_failover
-                ));
-            }
+                pg.wal_position, status.optime, lag, policy.maximum_lag_on_failover
+            ));
         }
     }
     let peers = view
@@ -97,14 +102,19 @@ pub fn judge(me: &Identity, pg: &PgFacts, view: &ClusterView, peers: &PeerReport
         return Verdict::Healthiest;
     }
     let mut former_leader = None;
-    if let ManualFailover::ToOther { candidate, former_leader: fl } = manual {
+    if let ManualFailover::ToOther {
+        candidate,
+        former_leader: fl,
+    } = manual
+    {
         former_leader = fl;
-        if let Some(Some(p)) = peers.get(candidate) {
-            if p.running && !p.nofailover {
-                return Verdict::NotHealthiest(format!(
-                    "waiting for the failover candidate {candidate} to take over"
-                ));
-            }
+        if let Some(Some(p)) = peers.get(candidate)
+            && p.running
+            && !p.nofailover
+        {
+            return Verdict::NotHealthiest(format!(
+                "waiting for the failover candidate {candidate} to take over"
+            ));
         }
     }
     if let ManualFailover::AwayFrom(l) = manual {
@@ -112,9 +122,10 @@ pub fn judge(me: &Identity, pg: &PgFacts, view: &ClusterView, peers: &PeerReport
     }
     if former_leader == Some(me.name.as_str()) {
         // The former leader retakes the lock only when no other member is healthy.
-        let someone_else = peers
-            .iter()
-            .any(|(n, p)| Some(n.as_str()) != former_leader && p.as_ref().is_some_and(|p| p.running && !p.nofailover));
+        let someone_else = peers.iter().any(|(n, p)| {
+            Some(n.as_str()) != former_leader
+                && p.as_ref().is_some_and(|p| p.running && !p.nofailover)
+        });
         if someone_else {
             return Verdict::NotHealthiest("stepping aside for a switchover".into());
         }
@@ -151,11 +162,19 @@ mod tests {
     use std::time::Duration;
 
     fn me() -> Identity {
-        Identity { name: "a".into(), nofailover: false, failover_priority: 1, can_bootstrap: true }
+        Identity {
+            name: "a".into(),
+            nofailover: false,
+            failover_priority: 1,
+            can_bootstrap: true,
+        }
     }
     fn pg(pos: u64) -> PgFacts {
         PgFacts {
-            data: DataDir::Ready { sysid: "1".into(), was_primary: false },
+            data: DataDir::Ready {
+                sysid: "1".into(),
+                was_primary: false,
+            },
             up: true,
             in_recovery: Some(true),
             timeline: Some(1),
@@ -180,10 +199,16 @@ mod tests {
         for n in ["a", "b", "c"] {
             v.members.insert(
                 n.into(),
-                Member { api_url: Some(format!("http://{n}/patroni")), ..Member::default() },
+                Member {
+                    api_url: Some(format!("http://{n}/patroni")),
+                    ..Member::default()
+                },
             );
         }
-        v.status = Some(Status { optime: 1000, ..Status::default() });
+        v.status = Some(Status {
+            optime: 1000,
+            ..Status::default()
+        });
         v
     }
     fn peer(pos: u64, prio: i64) -> Option<PeerFacts> {
@@ -199,7 +224,10 @@ mod tests {
     #[test]
     fn lagging_member_may_not_race() {
         assert!(pre_race(&me(), &pg(800), &view(), &policy()).is_err());
-        assert_eq!(pre_race(&me(), &pg(950), &view(), &policy()).unwrap(), vec!["b", "c"]);
+        assert_eq!(
+            pre_race(&me(), &pg(950), &view(), &policy()).unwrap(),
+            vec!["b", "c"]
+        );
     }
 
     #[test]
@@ -209,7 +237,10 @@ mod tests {
         peers.insert("c".into(), None);
         assert_eq!(judge(&me(), &pg(995), &view(), &peers), Verdict::Healthiest);
         peers.insert("b".into(), peer(999, 1));
-        assert!(matches!(judge(&me(), &pg(995), &view(), &peers), Verdict::NotHealthiest(_)));
+        assert!(matches!(
+            judge(&me(), &pg(995), &view(), &peers),
+            Verdict::NotHealthiest(_)
+        ));
         peers.insert("b".into(), peer(995, 2));
         let Verdict::NotHealthiest(msg) = judge(&me(), &pg(995), &view(), &peers) else {
             panic!("priority must decide")
@@ -230,13 +261,20 @@ mod tests {
     fn failover_key_shapes_the_race() {
         let mut v = view();
         v.failover = Some(Versioned {
-            value: Failover { leader: Some("c".into()), member: Some("b".into()), scheduled_at: None },
+            value: Failover {
+                leader: Some("c".into()),
+                member: Some("b".into()),
+                scheduled_at: None,
+            },
             version: Version("1".into()),
         });
         let mut peers = PeerReport::new();
         peers.insert("b".into(), peer(10, 1));
         // The named candidate is healthy: wait for it, even though we are ahead.
-        assert!(matches!(judge(&me(), &pg(995), &v, &peers), Verdict::NotHealthiest(_)));
+        assert!(matches!(
+            judge(&me(), &pg(995), &v, &peers),
+            Verdict::NotHealthiest(_)
+        ));
         // The candidate is gone: race without it, and without the lag check.
         peers.insert("b".into(), None);
         assert!(pre_race(&me(), &pg(1), &v, &policy()).is_ok());
@@ -245,7 +283,10 @@ mod tests {
         if let Some(f) = v.failover.as_mut() {
             f.value.member = Some("a".into());
         }
-        assert_eq!(pre_race(&me(), &pg(1), &v, &policy()).unwrap(), Vec::<String>::new());
+        assert_eq!(
+            pre_race(&me(), &pg(1), &v, &policy()).unwrap(),
+            Vec::<String>::new()
+        );
     }
 
     #[test]

@@ -6,11 +6,16 @@ use pgwarden::ha::DataDir;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Run {
     Down,
-    Starting { as_primary: bool },
+    Starting {
+        as_primary: bool,
+    },
     Replica,
     Primary,
     /// Shutting down; `writable` while a former primary still accepts commits.
-    Stopping { writable: bool, was_replica: bool },
+    Stopping {
+        writable: bool,
+        was_replica: bool,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -26,12 +31,22 @@ pub struct FakePg {
 
 impl FakePg {
     pub fn new() -> Self {
-        FakePg { data: DataDir::Empty, run: Run::Down, wal: 0, timeline: 1, upstream: None, epoch: 0 }
+        FakePg {
+            data: DataDir::Empty,
+            run: Run::Down,
+            wal: 0,
+            timeline: 1,
+            upstream: None,
+            epoch: 0,
+        }
     }
 
     /// Accepts commits right now.
     pub fn writable(&self) -> bool {
-        matches!(self.run, Run::Primary | Run::Stopping { writable: true, .. })
+        matches!(
+            self.run,
+            Run::Primary | Run::Stopping { writable: true, .. }
+        )
     }
 
     pub fn running(&self) -> bool {
@@ -47,7 +62,17 @@ impl FakePg {
             Run::Starting { as_primary: true } => (true, None),
             Run::Replica => (true, Some(true)),
             Run::Primary => (true, Some(false)),
-            Run::Stopping { writable, was_replica } => (true, if was_replica { Some(true) } else { Some(!writable) }),
+            Run::Stopping {
+                writable,
+                was_replica,
+            } => (
+                true,
+                if was_replica {
+                    Some(true)
+                } else {
+                    Some(!writable)
+                },
+            ),
         };
         pgwarden::ha::PgFacts {
             data: self.data.clone(),

@@ -13,8 +13,8 @@
 mod fake_pg;
 mod world;
 
-use rand::rngs::StdRng;
 use rand::SeedableRng;
+use rand::rngs::StdRng;
 
 use world::{Params, World};
 
@@ -35,18 +35,28 @@ fn random_failure_schedules_keep_one_primary() {
         r.unwrap_or_else(|e| panic!("seed {seed}: {e}"));
         return;
     }
-    let n: u64 = std::env::var("SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(2000);
+    let n: u64 = std::env::var("SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2000);
     let mut failures = Vec::new();
     let mut steps = 0;
     for seed in 0..n {
         let (r, _, s) = run_seed(seed, false);
         steps += s;
         if let Err(e) = r {
-            failures.push(format!("seed {seed}: {e}\n  replay: SIM_SEED={seed} cargo test --test sim -- --nocapture"));
+            failures.push(format!(
+                "seed {seed}: {e}\n  replay: SIM_SEED={seed} cargo test --test sim -- --nocapture"
+            ));
         }
     }
     eprintln!("{n} schedules, {steps} simulated steps");
-    assert!(failures.is_empty(), "{} of {n} schedules failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {n} schedules failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]

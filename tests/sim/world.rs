@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use pgwarden::dcs::mem::{LeaseId, MemStore};
 use pgwarden::dcs::{Failover, Member, Status};
-use pgwarden::ha::{Action, ActionId, DataDir, HaCore, Identity, Input, MonoTime, Observation, Outcome, PeerFacts, Policy};
+use pgwarden::ha::{
+    Action, ActionId, DataDir, HaCore, Identity, Input, MonoTime, Observation, Outcome, PeerFacts,
+    Policy,
+};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -37,10 +40,34 @@ pub enum Fault {
 enum Ev {
     Wake(usize, u64),
     /// A DCS request reaches the store.
-    StoreOp { who: usize, inc: u64, id: ActionId, action: Action, sent_at: MonoTime, reply_at: Option<Duration> },
-    Deliver { who: usize, inc: u64, id: ActionId, outcome: Outcome },
-    PgDone { who: usize, epoch: u64, to: Run, task: Option<ActionId>, inc: u64 },
-    TaskDone { who: usize, inc: u64, id: ActionId, ok: bool, effect: TaskEffect },
+    StoreOp {
+        who: usize,
+        inc: u64,
+        id: ActionId,
+        action: Action,
+        sent_at: MonoTime,
+        reply_at: Option<Duration>,
+    },
+    Deliver {
+        who: usize,
+        inc: u64,
+        id: ActionId,
+        outcome: Outcome,
+    },
+    PgDone {
+        who: usize,
+        epoch: u64,
+        to: Run,
+        task: Option<ActionId>,
+        inc: u64,
+    },
+    TaskDone {
+        who: usize,
+        inc: u64,
+        id: ActionId,
+        ok: bool,
+        effect: TaskEffect,
+    },
     Fault(Fault),
     Heal(HealWhat),
     Restart(usize),
@@ -100,7 +127,9 @@ impl Params {
     pub fn random(rng: &mut StdRng) -> Params {
         let ttl = Duration::from_secs([5, 10, 30][rng.random_range(0..3)]);
         let loop_wait = Duration::from_secs(rng.random_range(1..=(ttl.as_secs() / 3).max(1)));
-        let retry_timeout = ((ttl - loop_wait) / 2).min(Duration::from_secs(10)).max(Duration::from_secs(1));
+        let retry_timeout = ((ttl - loop_wait) / 2)
+            .min(Duration::from_secs(10))
+            .max(Duration::from_secs(1));
         let members = rng.random_range(2..=4);
         let fault_phase = Duration::from_secs(rng.random_range(30..150));
         let nfaults = rng.random_range(0..10);
@@ -116,7 +145,10 @@ impl Params {
                 3 => Fault::CutFromPeers { who, for_: d },
                 4 => Fault::Isolate { who, for_: d },
                 5 => Fault::StoreOutage { for_: d },
-                6 => Fault::Stall { who, for_: Duration::from_millis(rng.random_range(1..=STALL_MAX.as_millis() as u64)) },
+                6 => Fault::Stall {
+                    who,
+                    for_: Duration::from_millis(rng.random_range(1..=STALL_MAX.as_millis() as u64)),
+                },
                 _ => Fault::Switchover { to: who },
             };
             faults.push((at, f));
@@ -219,7 +251,8 @@ impl World {
     fn schedule(&mut self, at: Duration, ev: Ev) {
         self.seq += 1;
         self.events.push(Some(ev));
-        self.queue.push(Reverse((at, self.seq, self.events.len() - 1)));
+        self.queue
+            .push(Reverse((at, self.seq, self.events.len() - 1)));
     }
 
     fn local(&self, who: usize) -> MonoTime {
@@ -273,7 +306,9 @@ impl World {
                 self.quiet = true;
                 self.log("quiet phase: every fault healed".into());
             }
-            let Some(ev) = self.events[idx].take() else { continue };
+            let Some(ev) = self.events[idx].take() else {
+                continue;
+            };
             self.apply(ev)?;
             self.check_safety()?;
             if self.quiet && leader_seen_after_heal.is_none() {
@@ -294,7 +329,10 @@ impl World {
                 (t - heal_at).as_secs_f64(),
                 bound.as_secs_f64()
             )),
-            None => Err(format!("liveness: no writable leader after healing; {}", self.describe())),
+            None => Err(format!(
+                "liveness: no writable leader after healing; {}",
+                self.describe()
+            )),
         }
     }
 
@@ -302,21 +340,36 @@ impl World {
         let holder = self.store.get("leader", self.now);
         let mut s = format!("leader key {holder:?};");
         for m in &self.members {
-            s += &format!(" {}: alive={} pg={:?} data={:?} msg={:?};", m.name, m.alive, m.pg.run, m.pg.data, m.core.message());
+            s += &format!(
+                " {}: alive={} pg={:?} data={:?} msg={:?};",
+                m.name,
+                m.alive,
+                m.pg.run,
+                m.pg.data,
+                m.core.message()
+            );
         }
         s
     }
 
     fn check_safety(&mut self) -> Result<(), String> {
-        let writable: Vec<usize> = (0..self.members.len()).filter(|&i| self.members[i].pg.writable()).collect();
+        let writable: Vec<usize> = (0..self.members.len())
+            .filter(|&i| self.members[i].pg.writable())
+            .collect();
         if writable.len() > 1 {
-            return Err(format!("two writable primaries at once: {writable:?}; {}", self.describe()));
+            return Err(format!(
+                "two writable primaries at once: {writable:?}; {}",
+                self.describe()
+            ));
         }
         if let Some(&w) = writable.first() {
             let holder = self.store.get("leader", self.now);
             let name = self.members[w].name.clone();
             if holder.as_deref() != Some(name.as_str()) {
-                return Err(format!("{name} writable while the lock is {holder:?}; {}", self.describe()));
+                return Err(format!(
+                    "{name} writable while the lock is {holder:?}; {}",
+                    self.describe()
+                ));
             }
         }
         Ok(())
@@ -326,19 +379,20 @@ impl World {
         match ev {
             Ev::Tick => {
                 // Clients write to whoever accepts writes; replicas copy from their upstream.
-                let positions: Vec<(String, u64, bool)> =
-                    self.members.iter().map(|m| (m.name.clone(), m.pg.wal, m.pg.running())).collect();
+                let positions: Vec<(String, u64, bool)> = self
+                    .members
+                    .iter()
+                    .map(|m| (m.name.clone(), m.pg.wal, m.pg.running()))
+                    .collect();
                 for i in 0..self.members.len() {
                     if self.members[i].pg.run == Run::Primary {
                         self.members[i].pg.wal += 100;
-                    } else if self.members[i].pg.run == Run::Replica {
-                        if let Some(up) = self.members[i].pg.upstream.clone() {
-                            if let Some(j) = positions.iter().position(|(n, _, r)| *n == up && *r) {
-                                if self.peers_linked(i, j) {
-                                    self.members[i].pg.wal = self.members[i].pg.wal.max(positions[j].1);
-                                }
-                            }
-                        }
+                    } else if self.members[i].pg.run == Run::Replica
+                        && let Some(up) = self.members[i].pg.upstream.clone()
+                        && let Some(j) = positions.iter().position(|(n, _, r)| *n == up && *r)
+                        && self.peers_linked(i, j)
+                    {
+                        self.members[i].pg.wal = self.members[i].pg.wal.max(positions[j].1);
                     }
                 }
                 let before = self.store.revision();
@@ -349,13 +403,33 @@ impl World {
                 self.schedule(self.now + 50 * MS, Ev::Tick);
             }
             Ev::Wake(who, inc) => self.wake(who, inc),
-            Ev::StoreOp { who, inc, id, action, sent_at, reply_at } => {
+            Ev::StoreOp {
+                who,
+                inc,
+                id,
+                action,
+                sent_at,
+                reply_at,
+            } => {
                 let outcome = self.store_op(who, &action, sent_at);
                 if let Some(at) = reply_at {
-                    self.schedule(at, Ev::Deliver { who, inc, id, outcome });
+                    self.schedule(
+                        at,
+                        Ev::Deliver {
+                            who,
+                            inc,
+                            id,
+                            outcome,
+                        },
+                    );
                 }
             }
-            Ev::Deliver { who, inc, id, outcome } => {
+            Ev::Deliver {
+                who,
+                inc,
+                id,
+                outcome,
+            } => {
                 if self.members[who].inc != inc || !self.members[who].alive {
                     return Ok(());
                 }
@@ -367,7 +441,13 @@ impl World {
                     self.schedule(self.now, Ev::Wake(who, inc));
                 }
             }
-            Ev::PgDone { who, epoch, to, task, inc } => {
+            Ev::PgDone {
+                who,
+                epoch,
+                to,
+                task,
+                inc,
+            } => {
                 if self.members[who].pg.epoch != epoch {
                     if let Some(id) = task {
                         self.complete_task(who, inc, id, false);
@@ -379,7 +459,10 @@ impl World {
                 }
                 if to == Run::Primary {
                     self.members[who].pg.data = match &self.members[who].pg.data {
-                        DataDir::Ready { sysid, .. } => DataDir::Ready { sysid: sysid.clone(), was_primary: true },
+                        DataDir::Ready { sysid, .. } => DataDir::Ready {
+                            sysid: sysid.clone(),
+                            was_primary: true,
+                        },
                         other => other.clone(),
                     };
                 }
@@ -389,21 +472,36 @@ impl World {
                     self.complete_task(who, inc, id, true);
                 }
             }
-            Ev::TaskDone { who, inc, id, ok, effect } => {
+            Ev::TaskDone {
+                who,
+                inc,
+                id,
+                ok,
+                effect,
+            } => {
                 let mut ok = ok;
                 if ok {
                     match effect {
                         TaskEffect::None => {}
                         TaskEffect::Bootstrap => {
-                            self.members[who].pg.data = DataDir::Ready { sysid: "7000".into(), was_primary: true };
+                            self.members[who].pg.data = DataDir::Ready {
+                                sysid: "7000".into(),
+                                was_primary: true,
+                            };
                         }
                         TaskEffect::RemoveData => self.members[who].pg.data = DataDir::Empty,
                         TaskEffect::Clone { from } | TaskEffect::Rewind { from } => {
-                            if self.members[from].pg.running() && self.peers_linked(who, from) && self.members[who].pg.run == Run::Down {
+                            if self.members[from].pg.running()
+                                && self.peers_linked(who, from)
+                                && self.members[who].pg.run == Run::Down
+                            {
                                 let wal = self.members[from].pg.wal;
                                 let tl = self.members[from].pg.timeline;
                                 let pg = &mut self.members[who].pg;
-                                pg.data = DataDir::Ready { sysid: "7000".into(), was_primary: false };
+                                pg.data = DataDir::Ready {
+                                    sysid: "7000".into(),
+                                    was_primary: false,
+                                };
                                 pg.wal = wal;
                                 pg.timeline = tl;
                             } else {
@@ -446,7 +544,11 @@ impl World {
         if self.members[who].inc != inc || !self.members[who].alive {
             return;
         }
-        let outcome = if ok { Outcome::Ok } else { Outcome::Failed("simulated failure".into()) };
+        let outcome = if ok {
+            Outcome::Ok
+        } else {
+            Outcome::Failed("simulated failure".into())
+        };
         self.feed(who, Input::Completed { id, outcome });
         let inc = self.members[who].inc;
         self.schedule(self.now, Ev::Wake(who, inc));
@@ -495,7 +597,11 @@ impl World {
             }
             Fault::Switchover { to } => {
                 if let Some(leader) = self.store.get("leader", now) {
-                    let f = Failover { leader: Some(leader), member: Some(format!("m{to}")), scheduled_at: None };
+                    let f = Failover {
+                        leader: Some(leader),
+                        member: Some(format!("m{to}")),
+                        scheduled_at: None,
+                    };
                     self.store.put("failover", &f.to_json(), None, now);
                     self.notify_watchers();
                 }
@@ -536,14 +642,29 @@ impl World {
             return;
         }
         // Observe.
-        let view = if self.reaches_store(who) { Some(self.store.view(self.now)) } else { None };
-        let obs = Observation { dcs: view, pg: self.members[who].pg.facts(), policy: self.policy() };
-        let actions = self.members[who].core.step(Input::Observed(obs), now_local);
+        let view = if self.reaches_store(who) {
+            Some(self.store.view(self.now))
+        } else {
+            None
+        };
+        let obs = Observation {
+            dcs: view,
+            pg: self.members[who].pg.facts(),
+            policy: self.policy(),
+        };
+        let actions = self.members[who]
+            .core
+            .step(Input::Observed(Box::new(obs)), now_local);
         self.execute(who, actions);
         self.publish_member(who);
         // Sleep until the core's next wake-up (the shell also wakes on store changes).
-        let next = self.real_of(who, self.members[who].core.next_wakeup()).max(self.now + MS);
-        if self.members[who].next_wake.is_none_or(|t| t <= self.now || next < t) {
+        let next = self
+            .real_of(who, self.members[who].core.next_wakeup())
+            .max(self.now + MS);
+        if self.members[who]
+            .next_wake
+            .is_none_or(|t| t <= self.now || next < t)
+        {
             self.members[who].next_wake = Some(next);
             self.schedule(next, Ev::Wake(who, inc));
         }
@@ -558,7 +679,14 @@ impl World {
             api_url: Some(format!("http://{}/patroni", m.name)),
             conn_url: Some(format!("postgres://{}/postgres", m.name)),
             state: Some(if m.pg.running() { "running" } else { "stopped" }.into()),
-            role: Some(if m.pg.run == Run::Primary { "primary" } else { "replica" }.into()),
+            role: Some(
+                if m.pg.run == Run::Primary {
+                    "primary"
+                } else {
+                    "replica"
+                }
+                .into(),
+            ),
             ..Member::default()
         };
         let json = member.to_json();
@@ -600,18 +728,37 @@ impl World {
     fn execute_one(&mut self, who: usize, id: ActionId, action: Action) {
         let inc = self.members[who].inc;
         let now = self.now;
-        let r = |w: &mut World, lo: u64, hi: u64| now + Duration::from_millis(w.rng.random_range(lo..hi));
+        let r = |w: &mut World, lo: u64, hi: u64| {
+            now + Duration::from_millis(w.rng.random_range(lo..hi))
+        };
         match action {
             Action::StopNow => {
                 let pg = &mut self.members[who].pg;
                 if pg.run != Run::Down {
-                    let writable = pg.writable() || matches!(pg.run, Run::Starting { as_primary: true });
-                    let was_replica = pg.run == Run::Replica || matches!(pg.run, Run::Starting { as_primary: false });
+                    let writable =
+                        pg.writable() || matches!(pg.run, Run::Starting { as_primary: true });
+                    let was_replica = pg.run == Run::Replica
+                        || matches!(pg.run, Run::Starting { as_primary: false });
                     pg.epoch += 1;
-                    pg.run = Run::Stopping { writable, was_replica };
+                    pg.run = Run::Stopping {
+                        writable,
+                        was_replica,
+                    };
                     let epoch = pg.epoch;
-                    let at = now + Duration::from_millis(self.rng.random_range(1..=STOP_MAX.as_millis() as u64));
-                    self.schedule(at, Ev::PgDone { who, epoch, to: Run::Down, task: None, inc });
+                    let at = now
+                        + Duration::from_millis(
+                            self.rng.random_range(1..=STOP_MAX.as_millis() as u64),
+                        );
+                    self.schedule(
+                        at,
+                        Ev::PgDone {
+                            who,
+                            epoch,
+                            to: Run::Down,
+                            task: None,
+                            inc,
+                        },
+                    );
                 }
                 self.complete_inline(who, id, Outcome::Ok);
             }
@@ -625,7 +772,9 @@ impl World {
             Action::ProbePeers { names } => {
                 let mut report = BTreeMap::new();
                 for n in names {
-                    let Some(j) = self.members.iter().position(|m| m.name == n) else { continue };
+                    let Some(j) = self.members.iter().position(|m| m.name == n) else {
+                        continue;
+                    };
                     let p = &self.members[j];
                     let answers = p.alive && p.frozen_until <= now && self.peers_linked(who, j);
                     let facts = answers.then(|| PeerFacts {
@@ -639,11 +788,28 @@ impl World {
                 }
                 self.members[who].busy += 1;
                 let at = r(self, 1, 30);
-                self.schedule(at, Ev::Deliver { who, inc, id, outcome: Outcome::Peers(report) });
+                self.schedule(
+                    at,
+                    Ev::Deliver {
+                        who,
+                        inc,
+                        id,
+                        outcome: Outcome::Peers(report),
+                    },
+                );
             }
             Action::Bootstrap => {
                 let at = r(self, 500, 1500);
-                self.schedule(at, Ev::TaskDone { who, inc, id, ok: true, effect: TaskEffect::Bootstrap });
+                self.schedule(
+                    at,
+                    Ev::TaskDone {
+                        who,
+                        inc,
+                        id,
+                        ok: true,
+                        effect: TaskEffect::Bootstrap,
+                    },
+                );
             }
             Action::Clone { from } | Action::Rewind { from } => {
                 let Some(j) = self.members.iter().position(|m| m.name == from) else {
@@ -655,11 +821,29 @@ impl World {
                 } else {
                     TaskEffect::Rewind { from: j }
                 };
-                self.schedule(at, Ev::TaskDone { who, inc, id, ok: true, effect });
+                self.schedule(
+                    at,
+                    Ev::TaskDone {
+                        who,
+                        inc,
+                        id,
+                        ok: true,
+                        effect,
+                    },
+                );
             }
             Action::RemoveDataDir => {
                 let at = r(self, 10, 100);
-                self.schedule(at, Ev::TaskDone { who, inc, id, ok: true, effect: TaskEffect::RemoveData });
+                self.schedule(
+                    at,
+                    Ev::TaskDone {
+                        who,
+                        inc,
+                        id,
+                        ok: true,
+                        effect: TaskEffect::RemoveData,
+                    },
+                );
             }
             Action::StartPrimary | Action::StartReplica { .. } => {
                 let as_primary = action == Action::StartPrimary;
@@ -673,14 +857,36 @@ impl World {
                 pg.epoch += 1;
                 pg.run = Run::Starting { as_primary };
                 let epoch = pg.epoch;
-                let to = if as_primary { Run::Primary } else { Run::Replica };
+                let to = if as_primary {
+                    Run::Primary
+                } else {
+                    Run::Replica
+                };
                 let at = r(self, 100, 1500);
-                self.schedule(at, Ev::PgDone { who, epoch, to, task: Some(id), inc });
+                self.schedule(
+                    at,
+                    Ev::PgDone {
+                        who,
+                        epoch,
+                        to,
+                        task: Some(id),
+                        inc,
+                    },
+                );
             }
             Action::Follow { upstream } => {
                 self.members[who].pg.upstream = Some(upstream);
                 let at = r(self, 1, 50);
-                self.schedule(at, Ev::TaskDone { who, inc, id, ok: true, effect: TaskEffect::None });
+                self.schedule(
+                    at,
+                    Ev::TaskDone {
+                        who,
+                        inc,
+                        id,
+                        ok: true,
+                        effect: TaskEffect::None,
+                    },
+                );
             }
             Action::Promote => {
                 let pg = &mut self.members[who].pg;
@@ -690,20 +896,42 @@ impl World {
                 pg.upstream = None;
                 let epoch = pg.epoch;
                 let at = r(self, 50, 800);
-                self.schedule(at, Ev::PgDone { who, epoch, to: Run::Primary, task: Some(id), inc });
+                self.schedule(
+                    at,
+                    Ev::PgDone {
+                        who,
+                        epoch,
+                        to: Run::Primary,
+                        task: Some(id),
+                        inc,
+                    },
+                );
             }
             Action::StopGraceful => {
                 let pg = &mut self.members[who].pg;
                 if pg.run == Run::Down {
                     return self.complete_task(who, inc, id, true);
                 }
-                let writable = pg.writable() || matches!(pg.run, Run::Starting { as_primary: true });
+                let writable =
+                    pg.writable() || matches!(pg.run, Run::Starting { as_primary: true });
                 let was_replica = !writable;
                 pg.epoch += 1;
-                pg.run = Run::Stopping { writable, was_replica };
+                pg.run = Run::Stopping {
+                    writable,
+                    was_replica,
+                };
                 let epoch = pg.epoch;
                 let at = r(self, 50, 500);
-                self.schedule(at, Ev::PgDone { who, epoch, to: Run::Down, task: Some(id), inc });
+                self.schedule(
+                    at,
+                    Ev::PgDone {
+                        who,
+                        epoch,
+                        to: Run::Down,
+                        task: Some(id),
+                        inc,
+                    },
+                );
             }
             Action::Fatal { reason } => {
                 self.log(format!("FATAL m{who}: {reason}"));
@@ -725,26 +953,54 @@ impl World {
         let limit = match &action {
             Action::RenewLock { deadline } => {
                 let until = self.real_of(who, *deadline);
-                until.saturating_sub(self.now).min(self.params.retry_timeout)
+                until
+                    .saturating_sub(self.now)
+                    .min(self.params.retry_timeout)
             }
             _ => self.params.retry_timeout,
         };
         let timeout_at = self.now + limit;
         self.members[who].busy += 1;
-        let arrival = if self.reaches_store(who) { self.latency().map(|l| self.now + l) } else { None };
+        let arrival = if self.reaches_store(who) {
+            self.latency().map(|l| self.now + l)
+        } else {
+            None
+        };
         let reply = match arrival {
             Some(a) => self.latency().map(|l| a + l).filter(|r| *r <= timeout_at),
             None => None,
         };
         if let Some(a) = arrival {
-            self.schedule(a, Ev::StoreOp { who, inc, id, action: action.clone(), sent_at, reply_at: reply });
+            self.schedule(
+                a,
+                Ev::StoreOp {
+                    who,
+                    inc,
+                    id,
+                    action: action.clone(),
+                    sent_at,
+                    reply_at: reply,
+                },
+            );
         }
         if reply.is_none() {
             let outcome = match action {
-                Action::AcquireLock | Action::RenewLock { .. } => Outcome::Lock { held: false, answered: false, sent_at },
+                Action::AcquireLock | Action::RenewLock { .. } => Outcome::Lock {
+                    held: false,
+                    answered: false,
+                    sent_at,
+                },
                 _ => Outcome::Failed("timeout".into()),
             };
-            self.schedule(timeout_at, Ev::Deliver { who, inc, id, outcome });
+            self.schedule(
+                timeout_at,
+                Ev::Deliver {
+                    who,
+                    inc,
+                    id,
+                    outcome,
+                },
+            );
         }
     }
 
@@ -758,19 +1014,31 @@ impl World {
                 self.store.keepalive(lease, now);
                 let held = self.store.create("leader", &name, Some(lease), now)
                     || self.store.get("leader", now).as_deref() == Some(name.as_str());
-                Outcome::Lock { held, answered: true, sent_at }
+                Outcome::Lock {
+                    held,
+                    answered: true,
+                    sent_at,
+                }
             }
             Action::RenewLock { .. } => {
                 let lease = self.ensure_lease(who);
                 self.store.keepalive(lease, now);
                 let held = self.store.rebind_if_value("leader", &name, lease, now);
                 if held {
-                    let st = Status { optime: self.members[who].pg.wal, ..Status::default() }.to_json();
+                    let st = Status {
+                        optime: self.members[who].pg.wal,
+                        ..Status::default()
+                    }
+                    .to_json();
                     if self.store.get("status", now).as_deref() != Some(st.as_str()) {
                         self.store.put("status", &st, None, now);
                     }
                 }
-                Outcome::Lock { held, answered: true, sent_at }
+                Outcome::Lock {
+                    held,
+                    answered: true,
+                    sent_at,
+                }
             }
             Action::ReleaseLock => {
                 self.store.delete_if_value("leader", &name, now);
@@ -793,7 +1061,10 @@ impl World {
                 Outcome::Ok
             }
             Action::ClearFailover { version } => {
-                if self.store.compare_and_put("failover", "{}", version.as_ref(), now) {
+                if self
+                    .store
+                    .compare_and_put("failover", "{}", version.as_ref(), now)
+                {
                     Outcome::Ok
                 } else {
                     Outcome::Failed("version changed".into())
@@ -809,5 +1080,10 @@ impl World {
 }
 
 fn identity(name: &str) -> Identity {
-    Identity { name: name.into(), nofailover: false, failover_priority: 1, can_bootstrap: true }
+    Identity {
+        name: name.into(),
+        nofailover: false,
+        failover_priority: 1,
+        can_bootstrap: true,
+    }
 }
