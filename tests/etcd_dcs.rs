@@ -90,6 +90,18 @@ fn fixture(name: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Waits until `d` answers `load(false)` from its watch-fed cache.
+async fn wait_watching(d: &EtcdDcs) {
+    let start = Instant::now();
+    while !d.watching() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "watch not established"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Waits for a change tick, then for `pred` on the cached view; panics after `within`.
 async fn wait_for(
     d: &EtcdDcs,
@@ -100,10 +112,10 @@ async fn wait_for(
     let start = Instant::now();
     let mut rx = d.changes();
     loop {
-        if let Ok(v) = d.load(false).await {
-            if pred(&v) {
-                return start.elapsed();
-            }
+        if let Ok(v) = d.load(false).await
+            && pred(&v)
+        {
+            return start.elapsed();
         }
         let left = within.saturating_sub(start.elapsed());
         if left.is_zero() {
@@ -131,6 +143,10 @@ async fn acquire_renew_release() {
     );
     let v = a.load(true).await.unwrap();
     assert_eq!(v.leader.as_ref().map(|l| l.name.as_str()), Some("a"));
+    wait_for(&b, Duration::from_secs(5), "b's cache shows a", |v| {
+        v.leader.is_some()
+    })
+    .await;
 
     // A new TTL means a new lease; the lock moves to it on the next renewal.
     let mut raw = raw_client(&server).await;
@@ -197,6 +213,10 @@ async fn lease_expiry_wakes_observers() {
             assert!(
                 !v.members.contains_key("a"),
                 "a's member key shares its lease"
+            );
+            eprintln!(
+                "lock expiry seen {:?} after a's last renewal",
+                frozen_at.elapsed()
             );
             break;
         }
@@ -291,6 +311,7 @@ async fn watch_feeds_changes_and_cache() {
     let other = dcs(&server, "t4x", "z", Duration::from_secs(10)).await;
     other.set_config(r#"{"other":true}"#, None).await.unwrap();
 
+    wait_watching(&b).await;
     let mut rx = b.changes();
     rx.borrow_and_update();
     a.set_config(r#"{"loop_wait":7}"#, None).await.unwrap();
@@ -361,8 +382,7 @@ async fn patroni_fixtures_parse_and_writes_match_bytes() {
         assert_eq!(v.members.len(), 3, "{name}");
         assert_eq!(v.initialize.as_deref(), Some("7711601831702346954"));
         assert_eq!(v.config.as_ref().unwrap().value["synchronous_mode"], true);
-        let cached = wait_for(&d, Duration::from_secs(5), "cache", |_| true).await;
-        let _ = cached;
+        wait_watching(&d).await;
         assert_eq!(
             d.load(false).await.unwrap(),
             v,
@@ -462,6 +482,7 @@ async fn member_key_is_rewritten_only_on_change() {
     let key = format!("{}members/a", d.prefix());
     let rev = |r: etcd_client::GetResponse| r.kvs().first().map(|kv| kv.mod_revision());
 
+    wait_watching(&d).await;
     let m = Member {
         state: Some("running".into()),
         ..Member::default()
@@ -580,8 +601,7 @@ async fn unreachable_store_fails_fast() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    wait_for(&a, Duration::from_secs(10), "watch re-established", |v| {
-        v.leader.as_ref().is_some_and(|l| l.name == "a")
-    })
-    .await;
+    wait_watching(&a).await;
+    let v = a.load(false).await.unwrap();
+    assert_eq!(v.leader.map(|l| l.name).as_deref(), Some("a"));
 }

@@ -110,10 +110,10 @@ impl EtcdServer {
 
     /// Starts the server again on the same ports and data.
     pub async fn start(&mut self) {
-        if self.child.is_none() {
-            if let Err(e) = self.try_start().await {
-                panic!("etcd did not restart: {e}");
-            }
+        if self.child.is_none()
+            && let Err(e) = self.try_start().await
+        {
+            panic!("etcd did not restart: {e}");
         }
     }
 
@@ -144,14 +144,14 @@ impl EtcdServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if let Some(c) = self.child.as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    self.child = None;
-                    return Err(format!(
-                        "etcd exited with {status}; see {}/etcd.log",
-                        self.dir.display()
-                    ));
-                }
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                self.child = None;
+                return Err(format!(
+                    "etcd exited with {status}; see {}/etcd.log",
+                    self.dir.display()
+                ));
             }
             if self.healthy().await {
                 return Ok(());

@@ -60,6 +60,11 @@ impl Shared {
         self.changes.subscribe()
     }
 
+    /// Whether the watch is established.
+    pub(super) fn healthy(&self) -> bool {
+        self.lock().healthy
+    }
+
     /// The cached view, if the watch is established.
     pub(super) fn view(&self) -> Option<ClusterView> {
         let st = self.lock();

@@ -7,6 +7,7 @@ use crate::dcs::DcsError;
 
 /// gRPC status codes that mean "no usable answer" rather than "the store said no".
 const CANCELLED: i32 = 1;
+const UNKNOWN: i32 = 2;
 const DEADLINE_EXCEEDED: i32 = 4;
 const UNAVAILABLE: i32 = 14;
 const NOT_FOUND: i32 = 5;
@@ -15,10 +16,13 @@ const NOT_FOUND: i32 = 5;
 pub(super) fn classify(what: &str, e: etcd_client::Error) -> DcsError {
     use etcd_client::Error as E;
     let unreachable = match &e {
-        E::GRpcStatus(s) => matches!(
-            i32::from(s.code()),
-            CANCELLED | DEADLINE_EXCEEDED | UNAVAILABLE
-        ),
+        E::GRpcStatus(s) => match i32::from(s.code()) {
+            CANCELLED | DEADLINE_EXCEEDED | UNAVAILABLE => true,
+            // tonic reports a broken connection as `Unknown: transport error` with the cause
+            // attached; etcd's own error answers carry a proper code.
+            UNKNOWN => std::error::Error::source(s).is_some() || s.message().contains("transport"),
+            _ => false,
+        },
         E::TransportError(_)
         | E::IoError(_)
         | E::WatchError(_)

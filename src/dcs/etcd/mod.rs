@@ -131,6 +131,11 @@ impl EtcdDcs {
         })
     }
 
+    /// Whether the prefix watch is established, so that `load(false)` answers from the cache.
+    pub fn watching(&self) -> bool {
+        self.shared.healthy()
+    }
+
     /// The cluster's key prefix (`/service/batman/`).
     pub fn prefix(&self) -> &str {
         &self.prefix
@@ -307,10 +312,8 @@ impl EtcdDcs {
 #[async_trait]
 impl Dcs for EtcdDcs {
     async fn load(&self, fresh: bool) -> Result<ClusterView, DcsError> {
-        if !fresh {
-            if let Some(v) = self.shared.view() {
-                return Ok(v);
-            }
+        if !fresh && let Some(v) = self.shared.view() {
+            return Ok(v);
         }
         self.run("read cluster", self.read()).await
     }
