@@ -605,3 +605,23 @@ async fn unreachable_store_fails_fast() {
     let v = a.load(false).await.unwrap();
     assert_eq!(v.leader.map(|l| l.name).as_deref(), Some("a"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_endpoint_in_the_list_is_skipped() {
+    let Some(server) = EtcdServer::start_or_skip("dead_endpoint_in_the_list").await else {
+        return;
+    };
+    let mut s = settings(&server.endpoint(), "t8", "a", Duration::from_secs(10));
+    s.endpoints = vec![
+        format!("127.0.0.1:{}", etcd_support::free_port()),
+        server.endpoint(),
+    ];
+    let d = EtcdDcs::connect(s).await.unwrap();
+    for _ in 0..5 {
+        assert!(d.initialize(false, "1").await.unwrap());
+        assert_eq!(d.load(true).await.unwrap().initialize.as_deref(), Some("1"));
+    }
+    assert!(d.acquire_leader().await.unwrap());
+    assert!(d.update_leader(None).await.unwrap());
+    wait_watching(&d).await;
+}

@@ -37,6 +37,12 @@ pub(super) fn classify(what: &str, e: etcd_client::Error) -> DcsError {
     }
 }
 
+/// The error (as `classify` spelled it) is a failed connection attempt: the request was never
+/// sent, so trying again cannot apply it twice.
+pub(super) fn never_sent(message: &str) -> bool {
+    message.contains("tcp connect error") || message.contains("ConnectError")
+}
+
 /// The lease this process holds no longer exists on the server (expired or revoked): either the
 /// keepalive's `TTL <= 0` answer or a put's `requested lease not found`.
 pub(super) fn lease_gone(e: &etcd_client::Error) -> bool {

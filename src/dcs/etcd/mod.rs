@@ -69,6 +69,7 @@ pub struct EtcdDcs {
     prefix: String,
     name: String,
     retry_timeout: Duration,
+    several_endpoints: bool,
     ttl: Mutex<Duration>,
     lease: tokio::sync::Mutex<LeaseState>,
     shared: Arc<Shared>,
@@ -124,6 +125,7 @@ impl EtcdDcs {
             prefix,
             name: s.name,
             retry_timeout,
+            several_endpoints: endpoints.len() > 1,
             ttl: Mutex::new(s.ttl),
             lease: tokio::sync::Mutex::new(LeaseState::default()),
             shared,
@@ -159,12 +161,27 @@ impl EtcdDcs {
 
     /// Runs one operation under `retry_timeout`; an unreachable store also stops the cache from
     /// answering until the watch is re-established.
-    async fn run<T>(
-        &self,
-        what: &str,
-        fut: impl Future<Output = Result<T, DcsError>>,
-    ) -> Result<T, DcsError> {
-        let r = bounded(self.retry_timeout, what, fut).await;
+    ///
+    /// A request that could not even connect (one endpoint of several is down: the balanced
+    /// channel may pick it) was never sent, so it is tried again, on whichever endpoint the
+    /// channel picks next, until the deadline. With a single endpoint it fails at once.
+    async fn run<T, F, Fut>(&self, what: &str, op: F) -> Result<T, DcsError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, DcsError>>,
+    {
+        let r = bounded(self.retry_timeout, what, async {
+            loop {
+                match op().await {
+                    Err(DcsError::Unreachable(m)) if self.several_endpoints && errors::never_sent(&m) => {
+                        tracing::debug!(error = %m, "etcd endpoint refused the connection; retrying");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    r => return r,
+                }
+            }
+        })
+        .await;
         if let Err(DcsError::Unreachable(e)) = &r {
             tracing::warn!(prefix = %self.prefix, error = %e, "etcd unreachable");
             self.shared.invalidate();
@@ -254,7 +271,7 @@ impl EtcdDcs {
         let key = self.key(rel);
         let Some(v) = expected else {
             return self
-                .run(what, self.put(what, key, value))
+                .run(what, || self.put(what, key.clone(), value.clone()))
                 .await
                 .map(|()| true);
         };
@@ -264,11 +281,11 @@ impl EtcdDcs {
         let txn = Txn::new()
             .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
             .and_then([TxnOp::put(key, value, None)]);
-        self.run(what, async {
+        self.run(what, || async {
             let r = self
                 .client
                 .kv_client()
-                .txn(txn)
+                .txn(txn.clone())
                 .await
                 .map_err(|e| classify(what, e))?;
             Ok(r.succeeded())
@@ -315,7 +332,7 @@ impl Dcs for EtcdDcs {
         if !fresh && let Some(v) = self.shared.view() {
             return Ok(v);
         }
-        self.run("read cluster", self.read()).await
+        self.run("read cluster", || self.read()).await
     }
 
     fn changes(&self) -> watch::Receiver<u64> {
@@ -332,7 +349,7 @@ impl Dcs for EtcdDcs {
         let json = member.to_json();
         let key = self.member_key();
         let rel = format!("members/{}", self.name);
-        self.run("touch member", async {
+        self.run("touch member", || async {
             let mut st = self.lease.lock().await;
             let lease = self.refresh_lease(&mut st, false).await?;
             let written = st.last_member.as_ref() == Some(&(json.clone(), lease));
@@ -362,7 +379,7 @@ impl Dcs for EtcdDcs {
 
     async fn acquire_leader(&self) -> Result<bool, DcsError> {
         let key = self.leader_key();
-        self.run("acquire leader lock", async {
+        self.run("acquire leader lock", || async {
             let mut st = self.lease.lock().await;
             // A fresh keepalive first: the lock lasts a full ttl from about now.
             let lease = self.refresh_lease(&mut st, true).await?;
@@ -386,7 +403,7 @@ impl Dcs for EtcdDcs {
         let key = self.leader_key();
         let name = self.name.clone();
         let held = self
-            .run("update leader lock", async {
+            .run("update leader lock", || async {
                 let mut st = self.lease.lock().await;
                 // 1. keepalive (or a new lease), then a read-only check: our name, our lease.
                 let lease = self.refresh_lease(&mut st, true).await?;
@@ -434,7 +451,7 @@ impl Dcs for EtcdDcs {
             // The lock is renewed whatever happens here: a failed status write is logged and
             // retried on the next cycle, not reported as a lost lock.
             let r = self
-                .run("write status", async {
+                .run("write status", || async {
                     let mut st = self.lease.lock().await;
                     self.write_status(&mut st, s, false).await
                 })
@@ -448,7 +465,7 @@ impl Dcs for EtcdDcs {
 
     async fn release_leader(&self, status: Option<&Status>) -> Result<bool, DcsError> {
         let key = self.leader_key();
-        self.run("release leader lock", async {
+        self.run("release leader lock", || async {
             let mut st = self.lease.lock().await;
             if let Some(s) = status {
                 self.write_status(&mut st, s, true).await?;
@@ -463,7 +480,7 @@ impl Dcs for EtcdDcs {
             let r = self
                 .client
                 .kv_client()
-                .txn(txn)
+                .txn(txn.clone())
                 .await
                 .map_err(|e| classify("release leader lock", e))?;
             Ok(r.succeeded())
@@ -475,18 +492,20 @@ impl Dcs for EtcdDcs {
         let key = self.key("initialize");
         if !create_new {
             return self
-                .run("initialize", self.put("initialize", key, sysid.to_owned()))
+                .run("initialize", || {
+                    self.put("initialize", key.clone(), sysid.to_owned())
+                })
                 .await
                 .map(|()| true);
         }
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key, sysid, None)]);
-        self.run("initialize", async {
+        self.run("initialize", || async {
             let r = self
                 .client
                 .kv_client()
-                .txn(txn)
+                .txn(txn.clone())
                 .await
                 .map_err(|e| classify("initialize", e))?;
             Ok(r.succeeded())
@@ -496,10 +515,10 @@ impl Dcs for EtcdDcs {
 
     async fn cancel_initialization(&self) -> Result<(), DcsError> {
         let key = self.key("initialize");
-        self.run("cancel initialization", async {
+        self.run("cancel initialization", || async {
             self.client
                 .kv_client()
-                .delete(key, None)
+                .delete(key.as_str(), None)
                 .await
                 .map(|_| ())
                 .map_err(|e| classify("cancel initialization", e))
@@ -524,10 +543,10 @@ impl Dcs for EtcdDcs {
 
     async fn set_history(&self, lines: &[HistoryLine]) -> Result<(), DcsError> {
         let key = self.key("history");
-        self.run(
-            "set history",
-            self.put("set history", key, history_to_json(lines)),
-        )
+        let json = history_to_json(lines);
+        self.run("set history", || {
+            self.put("set history", key.clone(), json.clone())
+        })
         .await
     }
 
@@ -543,11 +562,11 @@ impl Dcs for EtcdDcs {
 
     async fn delete_cluster(&self) -> Result<(), DcsError> {
         let prefix = self.prefix.clone();
-        self.run("delete cluster", async {
+        self.run("delete cluster", || async {
             let mut st = self.lease.lock().await;
             self.client
                 .kv_client()
-                .delete(prefix, Some(DeleteOptions::new().with_prefix()))
+                .delete(prefix.as_str(), Some(DeleteOptions::new().with_prefix()))
                 .await
                 .map_err(|e| classify("delete cluster", e))?;
             st.last_member = None;
@@ -559,11 +578,11 @@ impl Dcs for EtcdDcs {
 
     async fn delete_member(&self) -> Result<(), DcsError> {
         let key = self.member_key();
-        self.run("delete member", async {
+        self.run("delete member", || async {
             let mut st = self.lease.lock().await;
             self.client
                 .kv_client()
-                .delete(key, None)
+                .delete(key.as_str(), None)
                 .await
                 .map_err(|e| classify("delete member", e))?;
             st.last_member = None;
