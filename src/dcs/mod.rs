@@ -67,21 +67,14 @@ pub trait Dcs: Send + Sync {
     async fn set_config(&self, json: &str, expected: Option<&Version>) -> Result<bool, DcsError>;
 
     /// Writes `failover`; with `expected`, only if its version is still that one.
-    async fn set_failover(
-        &self,
-        value: &Failover,
-        expected: Option<&Version>,
-    ) -> Result<bool, DcsError>;
+    async fn set_failover(&self, value: &Failover, expected: Option<&Version>)
+    -> Result<bool, DcsError>;
 
     /// Writes `history`.
     async fn set_history(&self, lines: &[HistoryLine]) -> Result<(), DcsError>;
 
     /// Writes `sync`; with `expected`, only if its version is still that one.
-    async fn set_sync(
-        &self,
-        value: &SyncState,
-        expected: Option<&Version>,
-    ) -> Result<bool, DcsError>;
+    async fn set_sync(&self, value: &SyncState, expected: Option<&Version>) -> Result<bool, DcsError>;
 
     /// Deletes every key of the cluster (`patronictl remove`).
     async fn delete_cluster(&self) -> Result<(), DcsError>;

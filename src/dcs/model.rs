@@ -192,8 +192,8 @@ impl Failover {
                 return Ok(Some(f).filter(|f| !f.is_empty()));
             }
         }
-        let f: Failover = serde_json::from_str(trimmed)
-            .map_err(|e| format!("failover value is not valid: {e}"))?;
+        let f: Failover =
+            serde_json::from_str(trimmed).map_err(|e| format!("failover value is not valid: {e}"))?;
         Ok(Some(f).filter(|f| !f.is_empty()))
     }
 
@@ -256,12 +256,7 @@ impl SyncState {
     pub fn members(&self) -> Vec<&str> {
         self.sync_standby
             .as_deref()
-            .map(|s| {
-                s.split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .collect()
-            })
+            .map(|s| s.split(',').map(str::trim).filter(|s| !s.is_empty()).collect())
             .unwrap_or_default()
     }
 }
@@ -348,11 +343,7 @@ impl ClusterView {
     /// Cluster timeline = last history timeline + 1 (1 for `[]` or no history).
     pub fn timeline(&self) -> u64 {
         match &self.history {
-            Some(h) => h
-                .last()
-                .and_then(HistoryLine::timeline)
-                .map(|t| t + 1)
-                .unwrap_or(1),
+            Some(h) => h.last().and_then(HistoryLine::timeline).map(|t| t + 1).unwrap_or(1),
             None => 1,
         }
     }
@@ -374,28 +365,18 @@ impl ClusterView {
     }
 
     fn apply_raw(&mut self, key: &str, raw: &str, version: Version) {
-        let problem = |e: String| Problem {
-            key: key.to_owned(),
-            error: e,
-        };
+        let problem = |e: String| Problem { key: key.to_owned(), error: e };
         match key {
             "initialize" => self.initialize = Some(raw.to_owned()),
             "leader" => {
                 if !raw.is_empty() {
-                    self.leader = Some(Leader {
-                        name: raw.to_owned(),
-                        version,
-                    });
+                    self.leader = Some(Leader { name: raw.to_owned(), version });
                 }
             }
             "config" => match serde_json::from_str::<Value>(raw) {
                 Ok(Value::Object(m)) => self.config = Some(Versioned { value: m, version }),
-                Ok(_) => self
-                    .problems
-                    .push(problem("config is not a JSON object".into())),
-                Err(e) => self
-                    .problems
-                    .push(problem(format!("config is not valid JSON: {e}"))),
+                Ok(_) => self.problems.push(problem("config is not a JSON object".into())),
+                Err(e) => self.problems.push(problem(format!("config is not valid JSON: {e}"))),
             },
             "failover" => {
                 self.failover_version = Some(version.clone());
@@ -417,10 +398,7 @@ impl ClusterView {
                 // Legacy key from Patroni < 2.1; used only when `status` is absent.
                 if self.status.is_none() {
                     if let Ok(o) = raw.trim().parse::<u64>() {
-                        self.status = Some(Status {
-                            optime: o,
-                            ..Status::default()
-                        });
+                        self.status = Some(Status { optime: o, ..Status::default() });
                     }
                 }
             }
@@ -430,9 +408,7 @@ impl ClusterView {
             },
             "failsafe" => match serde_json::from_str::<BTreeMap<String, String>>(raw) {
                 Ok(f) => self.failsafe = Some(f),
-                Err(e) => self
-                    .problems
-                    .push(problem(format!("failsafe value is not valid: {e}"))),
+                Err(e) => self.problems.push(problem(format!("failsafe value is not valid: {e}"))),
             },
             other => {
                 if let Some(name) = other.strip_prefix("members/") {
