@@ -1,0 +1,228 @@
+//! The watch-fed copy of the cluster's prefix.
+//!
+//! One background task lists the prefix at revision R, then watches it from R+1 and applies every
+//! event. On a compaction, a cancelled watch, a stream error or an explicit restart request it
+//! lists again. The cache answers reads only while its watch is established ("healthy").
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use etcd_client::{Client, EventType, GetOptions, KeyValue, WatchOptions};
+use tokio::sync::{Notify, watch};
+
+use super::keys;
+use crate::dcs::{ClusterView, Version};
+
+/// One stored value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Entry {
+    pub value: Vec<u8>,
+    pub mod_revision: i64,
+    pub lease: i64,
+}
+
+/// Keys relative to the cluster prefix → values.
+pub(super) type Entries = BTreeMap<String, Entry>;
+
+#[derive(Debug, Default)]
+struct State {
+    entries: Entries,
+    healthy: bool,
+}
+
+/// What the watch task and the backend share.
+pub(super) struct Shared {
+    state: Mutex<State>,
+    changes: watch::Sender<u64>,
+    restart: Notify,
+}
+
+impl Shared {
+    pub(super) fn new() -> Self {
+        Shared {
+            state: Mutex::new(State::default()),
+            changes: watch::channel(0).0,
+            restart: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A poisoned lock only means a panic elsewhere; the map itself is still consistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn bump(&self) {
+        self.changes.send_modify(|c| *c = c.wrapping_add(1));
+    }
+
+    pub(super) fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Whether the watch is established.
+    pub(super) fn healthy(&self) -> bool {
+        self.lock().healthy
+    }
+
+    /// The cached view, if the watch is established.
+    pub(super) fn view(&self) -> Option<ClusterView> {
+        let st = self.lock();
+        st.healthy.then(|| view_of(&st.entries))
+    }
+
+    /// The cached entry for `key`, `Some(None)` if known absent, `None` if the cache is not healthy.
+    pub(super) fn entry(&self, key: &str) -> Option<Option<Entry>> {
+        let st = self.lock();
+        st.healthy.then(|| st.entries.get(key).cloned())
+    }
+
+    /// The store looks unreachable to a request: stop answering from the cache and make the task
+    /// list again (which also proves the connection before the cache is trusted again).
+    pub(super) fn invalidate(&self) {
+        self.set_unhealthy();
+        self.restart.notify_one();
+    }
+
+    fn set_unhealthy(&self) {
+        let was = std::mem::replace(&mut self.lock().healthy, false);
+        if was {
+            self.bump();
+        }
+    }
+}
+
+/// Converts a range/watch key-value into a cache entry, if it lies under `prefix`.
+pub(super) fn entry_of(prefix: &str, kv: &KeyValue) -> Option<(String, Entry)> {
+    let rel = keys::relative(prefix, kv.key())?;
+    let key = String::from_utf8_lossy(rel).into_owned();
+    Some((
+        key,
+        Entry {
+            value: kv.value().to_vec(),
+            mod_revision: kv.mod_revision(),
+            lease: kv.lease(),
+        },
+    ))
+}
+
+/// Parses entries through the shared model.
+pub(super) fn view_of(entries: &Entries) -> ClusterView {
+    let owned: Vec<(&str, String, Version)> = entries
+        .iter()
+        .map(|(k, e)| {
+            (
+                k.as_str(),
+                String::from_utf8_lossy(&e.value).into_owned(),
+                Version(e.mod_revision.to_string()),
+            )
+        })
+        .collect();
+    ClusterView::from_raw(
+        owned
+            .iter()
+            .map(|(k, v, ver)| (*k, v.as_str(), ver.clone())),
+    )
+}
+
+/// The watch task: runs until aborted.
+pub(super) async fn run(client: Client, prefix: String, limit: Duration, shared: Arc<Shared>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let reason = tokio::select! {
+            r = list_and_watch(&client, &prefix, limit, &shared, &mut backoff) => r,
+            _ = shared.restart.notified() => "restart requested".to_owned(),
+        };
+        shared.set_unhealthy();
+        tracing::debug!(prefix = %prefix, %reason, "etcd watch ended; listing again");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// Lists the prefix, watches it from the next revision, applies events. Returns why it stopped.
+async fn list_and_watch(
+    client: &Client,
+    prefix: &str,
+    limit: Duration,
+    shared: &Shared,
+    backoff: &mut Duration,
+) -> String {
+    let mut kv = client.kv_client();
+    let listed =
+        match tokio::time::timeout(limit, kv.get(prefix, Some(GetOptions::new().with_prefix())))
+            .await
+        {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return format!("list failed: {e}"),
+            Err(_) => return "list timed out".into(),
+        };
+    let revision = listed.header().map(|h| h.revision()).unwrap_or_else(|| {
+        listed
+            .kvs()
+            .iter()
+            .map(KeyValue::mod_revision)
+            .max()
+            .unwrap_or(0)
+    });
+    let mut entries: Entries = listed
+        .kvs()
+        .iter()
+        .filter_map(|kv| entry_of(prefix, kv))
+        .collect();
+
+    let mut wc = client.watch_client();
+    let opts = WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(revision.saturating_add(1));
+    let mut stream = match tokio::time::timeout(limit, wc.watch(prefix, Some(opts))).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return format!("watch failed: {e}"),
+        Err(_) => return "watch timed out".into(),
+    };
+
+    loop {
+        let resp = match stream.message().await {
+            Ok(Some(r)) => r,
+            Ok(None) => return "watch stream closed".into(),
+            Err(e) => return format!("watch stream error: {e}"),
+        };
+        if resp.canceled() || resp.compact_revision() > 0 {
+            return format!(
+                "watch cancelled (compacted at {}): {}",
+                resp.compact_revision(),
+                resp.cancel_reason()
+            );
+        }
+        if resp.created() {
+            // Established: from now on every change after `revision` reaches us.
+            let mut st = shared.lock();
+            st.entries = std::mem::take(&mut entries);
+            st.healthy = true;
+            drop(st);
+            *backoff = Duration::from_millis(100);
+            shared.bump();
+        }
+        if resp.events().is_empty() {
+            continue;
+        }
+        let mut st = shared.lock();
+        for ev in resp.events() {
+            let Some(kv) = ev.kv() else { continue };
+            match ev.event_type() {
+                EventType::Put => {
+                    if let Some((k, e)) = entry_of(prefix, kv) {
+                        st.entries.insert(k, e);
+                    }
+                }
+                EventType::Delete => {
+                    if let Some(rel) = keys::relative(prefix, kv.key()) {
+                        st.entries.remove(String::from_utf8_lossy(rel).as_ref());
+                    }
+                }
+            }
+        }
+        drop(st);
+        shared.bump();
+    }
+}

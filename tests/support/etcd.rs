@@ -1,0 +1,190 @@
+//! A throwaway etcd server for tests: free loopback ports, a temporary data directory, killed and
+//! removed on drop. Include it with `#[path = "support/etcd.rs"] mod etcd_support;`.
+//!
+//! When no etcd binary exists, [`EtcdServer::start_or_skip`] fails the test under `CI=true` and
+//! otherwise prints a skip note and returns `None`.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A running (or stopped) single-node etcd.
+pub struct EtcdServer {
+    binary: PathBuf,
+    dir: PathBuf,
+    client_port: u16,
+    peer_port: u16,
+    child: Option<Child>,
+}
+
+/// `/usr/bin/etcd`, else `etcd` on PATH.
+pub fn find_etcd() -> Option<PathBuf> {
+    let fixed = PathBuf::from("/usr/bin/etcd");
+    if fixed.is_file() {
+        return Some(fixed);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join("etcd"))
+        .find(|p| p.is_file())
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral loopback port")
+}
+
+impl EtcdServer {
+    /// Starts etcd, or explains why not: panics under `CI=true`, else `None` with a note.
+    pub async fn start_or_skip(test: &str) -> Option<EtcdServer> {
+        let Some(binary) = find_etcd() else {
+            let msg = format!(
+                "{test}: no etcd binary (/usr/bin/etcd or on PATH); install Debian's etcd-server"
+            );
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("{msg}");
+            }
+            eprintln!("SKIPPED {msg}");
+            return None;
+        };
+        Some(EtcdServer::start_with(binary).await)
+    }
+
+    /// Starts etcd from `binary`; retries with other ports if a port was taken in between.
+    pub async fn start_with(binary: PathBuf) -> EtcdServer {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!(
+            "pgwarden-etcd-{}-{n}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ));
+        let mut last = String::new();
+        for _ in 0..3 {
+            let mut s = EtcdServer {
+                binary: binary.clone(),
+                dir: dir.clone(),
+                client_port: free_port(),
+                peer_port: free_port(),
+                child: None,
+            };
+            match s.try_start().await {
+                Ok(()) => return s,
+                Err(e) => last = e,
+            }
+            // `s` is dropped here: process killed, directory removed.
+        }
+        panic!("etcd did not start: {last}");
+    }
+
+    /// `http://127.0.0.1:<client port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// The data directory (etcd's log is `etcd.log` beside it).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Kills the server, keeping its data: the store is down until [`EtcdServer::start`].
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again on the same ports and data.
+    pub async fn start(&mut self) {
+        if self.child.is_none()
+            && let Err(e) = self.try_start().await
+        {
+            panic!("etcd did not restart: {e}");
+        }
+    }
+
+    async fn try_start(&mut self) -> Result<(), String> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("etcd.log"))
+            .map_err(|e| e.to_string())?;
+        let log2 = log.try_clone().map_err(|e| e.to_string())?;
+        let client = self.endpoint();
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let child = Command::new(&self.binary)
+            .arg("--name=test")
+            .arg(format!("--data-dir={}", self.dir.join("data").display()))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=test={peer}"))
+            .arg("--initial-cluster-state=new")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .map_err(|e| format!("spawn {}: {e}", self.binary.display()))?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                self.child = None;
+                return Err(format!(
+                    "etcd exited with {status}; see {}/etcd.log",
+                    self.dir.display()
+                ));
+            }
+            if self.healthy().await {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.stop();
+        Err(format!(
+            "etcd not healthy within 20 s; see {}/etcd.log",
+            self.dir.display()
+        ))
+    }
+
+    /// `GET /health` answers `"health":"true"`.
+    pub async fn healthy(&self) -> bool {
+        let probe = async {
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.client_port)).await?;
+            s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+                .await?;
+            let mut buf = Vec::new();
+            s.read_to_end(&mut buf).await?;
+            Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf).contains("\"health\":\"true\""))
+        };
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), probe).await,
+            Ok(Ok(true))
+        )
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
