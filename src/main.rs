@@ -1,1 +1,112 @@
-fn main() {}
+//! `pgwarden`: the command line. `pgwarden CONFIG` and `pgwarden run CONFIG` start a member
+//! (as `patroni CONFIG` does); `pgwarden demo` runs a local three-member cluster.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "pgwarden", version, about = "High-availability agent for PostgreSQL, compatible with Patroni")]
+struct Cli {
+    /// Check the configuration file and exit.
+    #[arg(long)]
+    validate_config: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// A Patroni configuration file (or directory): the same as `pgwarden run CONFIG`.
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a member with a Patroni configuration file (or a directory of YAML files).
+    Run {
+        /// The configuration file or directory; `PATRONI_CONFIGURATION` is used when absent.
+        config: Option<PathBuf>,
+    },
+    /// Start etcd and three members on loopback in a temporary directory and show them live.
+    Demo(pgwarden::demo::DemoArgs),
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PGWARDEN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+}
+
+fn load_config(path: Option<&PathBuf>) -> Result<pgwarden::config::Config, String> {
+    let cfg = match path {
+        Some(p) => pgwarden::config::load(p),
+        None => {
+            let env = pgwarden::config::process_env();
+            if env.is_empty() {
+                return Err("config error: no configuration file given and no PATRONI_CONFIGURATION or PATRONI_* variables set".into());
+            }
+            pgwarden::config::load_from_env_only(&env)
+        }
+    };
+    let cfg = cfg.map_err(|e| e.to_string())?;
+    for key in pgwarden::config::unknown_keys(&cfg.raw) {
+        tracing::warn!("unknown configuration key {key}: ignored");
+    }
+    Ok(cfg)
+}
+
+fn run_member(path: Option<PathBuf>, validate_only: bool) -> ExitCode {
+    let cfg = match load_config(path.as_ref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    if validate_only {
+        println!("configuration is valid");
+        return ExitCode::SUCCESS;
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = rt.block_on(async move {
+        let listen = cfg.restapi.listen.clone();
+        let listener = tokio::net::TcpListener::bind(&listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on restapi.listen {listen}: {e}"))?;
+        pgwarden::agent::run(cfg, listener, shutdown_signal()).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("pgwarden: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+fn main() -> ExitCode {
+    init_tracing();
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Run { config }) => run_member(config, cli.validate_config),
+        Some(Command::Demo(args)) => pgwarden::demo::main(args),
+        None => run_member(cli.config, cli.validate_config),
+    }
+}

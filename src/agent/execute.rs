@@ -1,0 +1,285 @@
+//! Carrying out the HA core's actions. Store operations run inline, bounded by
+//! `retry_timeout` and, for renewals, by the lease deadline; PostgreSQL tasks run in the
+//! background and report back through the task channel.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::{Instant, timeout, timeout_at};
+
+use crate::dcs::{Dcs, Failover, HistoryLine, Status, model::slot_name};
+use crate::ha::{Action, ActionId, MonoTime, Outcome};
+use crate::postgres::{StartAs, StopMode, conf};
+
+use super::settings::conn_url_host_port;
+use super::{Agent, TaskDone};
+
+impl Agent {
+    /// Carries out actions in order, feeding every inline outcome back to the core (which
+    /// may answer with more actions).
+    pub(crate) async fn execute(&mut self, actions: Vec<(ActionId, Action)>) {
+        let mut queue: std::collections::VecDeque<(ActionId, Action)> = actions.into();
+        while let Some((id, action)) = queue.pop_front() {
+            tracing::debug!(?id, ?action, "action");
+            if let Some(outcome) = self.execute_one(id, action).await {
+                let more = self.core.step(crate::ha::Input::Completed { id, outcome }, self.mono_now());
+                queue.extend(more);
+            }
+        }
+        self.fence.set(self.core.lease_deadline().map(|d| self.instant_of(d)));
+    }
+
+    /// One action; `None` when it runs as a background task.
+    async fn execute_one(&mut self, id: ActionId, action: Action) -> Option<Outcome> {
+        let retry = self.policy().retry_timeout;
+        let dcs = self.dcs.clone();
+        match action {
+            Action::StopNow => {
+                tracing::warn!("stopping PostgreSQL immediately");
+                super::fence::kill_postmaster(&self.cfg.postgresql.data_dir);
+                self.upstream = None;
+                Some(Outcome::Ok)
+            }
+            Action::AcquireLock => {
+                let sent_at = self.mono_now();
+                let r = timeout(retry, dcs.acquire_leader()).await;
+                Some(lock_outcome(r, sent_at))
+            }
+            Action::RenewLock { deadline } => {
+                let sent_at = self.mono_now();
+                let until = self.instant_of(deadline).min(Instant::now() + retry);
+                let status = self.leader_status();
+                let r = timeout_at(until, dcs.update_leader(status.as_ref())).await;
+                Some(lock_outcome(r, sent_at))
+            }
+            Action::ReleaseLock => {
+                let status = self.leader_status();
+                let r = timeout(retry, dcs.release_leader(status.as_ref())).await;
+                Some(dcs_outcome(r.map(|r| r.map(|_| ()))))
+            }
+            Action::ClaimInitialize => {
+                let r = timeout(retry, dcs.initialize(true, "")).await;
+                Some(match r {
+                    Ok(Ok(true)) => Outcome::Ok,
+                    Ok(Ok(false)) => Outcome::Failed("another member is bootstrapping".into()),
+                    Ok(Err(e)) => Outcome::Failed(e.to_string()),
+                    Err(_) => Outcome::Failed("timeout".into()),
+                })
+            }
+            Action::WriteInitialize { sysid } => {
+                let r = timeout(retry, dcs.initialize(false, &sysid)).await;
+                // A holder also seeds a missing `config` from bootstrap.dcs (heals a wiped store).
+                let missing_config = self.view.as_ref().is_some_and(|v| v.config.is_none());
+                if missing_config {
+                    let seed = self.cfg.bootstrap.as_ref().map(|b| b.dcs.clone()).unwrap_or_default();
+                    let json = serde_json::to_string(&seed).unwrap_or_else(|_| "{}".into());
+                    if let Ok(Err(e)) = timeout(retry, dcs.set_config(&json, None)).await {
+                        tracing::warn!("could not write the initial configuration: {e}");
+                    }
+                }
+                Some(dcs_outcome(r.map(|r| r.map(|_| ()))))
+            }
+            Action::CancelInitialize => {
+                let r = timeout(retry, dcs.cancel_initialization()).await;
+                Some(dcs_outcome(r))
+            }
+            Action::ClearFailover { version } => {
+                let r = timeout(retry, dcs.set_failover(&Failover::default(), version.as_ref())).await;
+                Some(dcs_outcome(r.map(|r| r.map(|_| ()))))
+            }
+            Action::ProbePeers { names } => Some(Outcome::Peers(self.probe_peers(&names).await)),
+            Action::Fatal { reason } => {
+                self.fatal = Some(reason);
+                Some(Outcome::Ok)
+            }
+            task => {
+                self.spawn_task(id, task);
+                None
+            }
+        }
+    }
+
+    /// The `status` value a leader publishes with its lock.
+    fn leader_status(&self) -> Option<Status> {
+        let s = self.seen.status.as_ref()?;
+        (!s.in_recovery).then(|| Status { optime: s.wal_position, ..Status::default() })
+    }
+
+    /// Connection string to a member's PostgreSQL, with replication credentials.
+    fn conninfo_of(&self, member: &str) -> Option<String> {
+        let m = self.view.as_ref()?.members.get(member)?;
+        let (host, port) = conn_url_host_port(m.conn_url.as_deref()?)?;
+        let creds = crate::postgres::Credentials {
+            username: self.cfg.postgresql.authentication.replication.username.clone(),
+            password: self.cfg.postgresql.authentication.replication.password.clone(),
+        };
+        Some(conf::conninfo_for(&host, port, &creds, &self.cfg.name))
+    }
+
+    fn my_slot(&self) -> Option<String> {
+        self.dynamic.use_slots.then(|| slot_name(&self.cfg.name))
+    }
+
+    fn spawn_task(&mut self, id: ActionId, task: Action) {
+        let pg = self.pg.clone();
+        let tx = self.tasks_tx.clone();
+        let dcs: Arc<dyn Dcs> = self.dcs.clone();
+        let stop_timeout = self.cfg.postgresql.pg_ctl_timeout;
+        let name = self.cfg.name.clone();
+        let slot = self.my_slot();
+        let history = self.view.as_ref().and_then(|v| v.history.clone()).unwrap_or_default();
+        let others: Vec<String> = self
+            .view
+            .as_ref()
+            .map(|v| v.members.keys().filter(|n| **n != name).map(|n| slot_name(n)).collect())
+            .unwrap_or_default();
+        let use_slots = self.dynamic.use_slots;
+        let post_bootstrap = self
+            .cfg
+            .bootstrap
+            .as_ref()
+            .and_then(|b| b.post_bootstrap.clone().or_else(|| b.post_init.clone()));
+        let bootstrapped = self.bootstrap_pending;
+        let upstream_conninfo = match &task {
+            Action::Clone { from } | Action::Rewind { from } => self.conninfo_of(from),
+            Action::StartReplica { upstream: Some(u) } | Action::Follow { upstream: u } => self.conninfo_of(u),
+            _ => None,
+        };
+        let upstream_name = match &task {
+            Action::StartReplica { upstream } => upstream.clone(),
+            Action::Follow { upstream } => Some(upstream.clone()),
+            _ => None,
+        };
+        tracing::info!(?task, "starting task");
+        tokio::spawn(async move {
+            let mut pg = pg.lock().await;
+            let result: Result<TaskNote, String> = match &task {
+                Action::Bootstrap => pg.initdb().await.map(|_| TaskNote::Bootstrapped).map_err(|e| e.to_string()),
+                Action::Clone { .. } => match upstream_conninfo {
+                    Some(c) => pg.basebackup(&c).await.map(|_| TaskNote::None).map_err(|e| e.to_string()),
+                    None => Err("no connection address for the clone source".into()),
+                },
+                Action::Rewind { .. } => match upstream_conninfo {
+                    Some(c) => pg.rewind(&c).await.map(|_| TaskNote::None).map_err(|e| e.to_string()),
+                    None => Err("no connection address for the rewind source".into()),
+                },
+                Action::RemoveDataDir => pg.remove_data_dir().map(|_| TaskNote::None).map_err(|e| e.to_string()),
+                Action::StartPrimary => {
+                    let mut r = pg.start(StartAs::Primary).await.map_err(|e| e.to_string());
+                    if r.is_ok() && bootstrapped {
+                        r = pg.post_bootstrap().await.map_err(|e| e.to_string());
+                        if let (Ok(()), Some(script)) = (&r, post_bootstrap) {
+                            r = run_post_bootstrap(&script, &pg).await;
+                        }
+                    }
+                    if r.is_ok() && use_slots {
+                        let _ = pg.ensure_replication_slots(&others).await;
+                    }
+                    r.map(|_| TaskNote::Started { upstream: None })
+                }
+                Action::StartReplica { .. } => pg
+                    .start(StartAs::Replica { primary_conninfo: upstream_conninfo, slot })
+                    .await
+                    .map(|_| TaskNote::Started { upstream: upstream_name })
+                    .map_err(|e| e.to_string()),
+                Action::Follow { .. } => pg
+                    .follow(upstream_conninfo, slot)
+                    .await
+                    .map(|_| TaskNote::Started { upstream: upstream_name })
+                    .map_err(|e| e.to_string()),
+                Action::Promote => {
+                    let before = pg.status().await.ok();
+                    match pg.promote().await {
+                        Ok(()) => {
+                            if use_slots {
+                                let _ = pg.ensure_replication_slots(&others).await;
+                            }
+                            if let Some(b) = before {
+                                write_history(dcs.as_ref(), history, &b, &name).await;
+                            }
+                            Ok(TaskNote::Started { upstream: None })
+                        }
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+                Action::StopGraceful => {
+                    // A checkpoint first makes the shutdown checkpoint short, so the write
+                    // gap of a switchover is the time of a fast stop.
+                    let _ = timeout(Duration::from_secs(30), pg.query_one_shot("CHECKPOINT")).await;
+                    pg.stop(StopMode::Fast, stop_timeout).await.map(|_| TaskNote::Stopped).map_err(|e| e.to_string())
+                }
+                other => Err(format!("not a task: {other:?}")),
+            };
+            let outcome = match &result {
+                Ok(_) => Outcome::Ok,
+                Err(e) => {
+                    tracing::error!(?task, "task failed: {e}");
+                    Outcome::Failed(e.clone())
+                }
+            };
+            let _ = tx.send(TaskDone { id, outcome, note: result.unwrap_or(TaskNote::None) });
+        });
+    }
+}
+
+/// What a finished task tells the shell besides its outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum TaskNote {
+    None,
+    Bootstrapped,
+    Started { upstream: Option<String> },
+    Stopped,
+}
+
+fn lock_outcome(r: Result<Result<bool, crate::dcs::DcsError>, tokio::time::error::Elapsed>, sent_at: MonoTime) -> Outcome {
+    match r {
+        Ok(Ok(held)) => Outcome::Lock { held, answered: true, sent_at },
+        Ok(Err(e)) => {
+            tracing::warn!("lock operation failed: {e}");
+            Outcome::Lock { held: false, answered: false, sent_at }
+        }
+        Err(_) => {
+            tracing::warn!("lock operation timed out");
+            Outcome::Lock { held: false, answered: false, sent_at }
+        }
+    }
+}
+
+fn dcs_outcome(r: Result<Result<(), crate::dcs::DcsError>, tokio::time::error::Elapsed>) -> Outcome {
+    match r {
+        Ok(Ok(())) => Outcome::Ok,
+        Ok(Err(e)) => Outcome::Failed(e.to_string()),
+        Err(_) => Outcome::Failed("timeout".into()),
+    }
+}
+
+/// Appends the promotion to `history`: the timeline that ended, where it ended, why and who.
+async fn write_history(dcs: &dyn Dcs, mut lines: Vec<HistoryLine>, before: &crate::postgres::PgStatus, me: &str) {
+    let ts = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string();
+    let lsn = before.replay_lsn.unwrap_or(before.wal_position);
+    lines.push(HistoryLine::new(before.timeline, lsn, "no recovery target specified", &ts, me));
+    if let Err(e) = dcs.set_history(&lines).await {
+        tracing::warn!("could not write history: {e}");
+    }
+}
+
+/// `bootstrap.post_bootstrap`: a script run with the superuser connection URL.
+async fn run_post_bootstrap(script: &str, pg: &crate::postgres::Postgres) -> Result<(), String> {
+    let s = pg.settings();
+    let host = if s.listen_host.is_empty() || s.listen_host == "0.0.0.0" || s.listen_host == "*" {
+        "127.0.0.1".to_owned()
+    } else {
+        s.listen_host.split(',').next().unwrap_or("127.0.0.1").trim().to_owned()
+    };
+    let url = format!("postgres://{}@{}:{}/postgres", s.superuser.username, host, s.port);
+    let mut parts = script.split_whitespace();
+    let Some(cmd) = parts.next() else { return Ok(()) };
+    let status = tokio::process::Command::new(cmd)
+        .args(parts)
+        .arg(&url)
+        .env("PGPASSFILE", &s.pgpass)
+        .status()
+        .await
+        .map_err(|e| format!("post_bootstrap {script}: {e}"))?;
+    if status.success() { Ok(()) } else { Err(format!("post_bootstrap {script} exited with {status}")) }
+}

@@ -1,0 +1,411 @@
+//! The tokio shell around the HA core: it observes, asks [`HaCore`] what to do, does it, and
+//! sleeps until the next deadline, a store change, an API command or a task completion. It
+//! never decides anything itself.
+
+mod execute;
+mod fence;
+mod observe;
+mod publish;
+pub mod settings;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::net::TcpListener;
+use tokio::sync::{Mutex, mpsc};
+use tokio::time::Instant;
+
+use crate::api::{self, ApiCommand, ApiContext, ApiState, Snapshot};
+use crate::config::{Config, DynamicConfig};
+use crate::dcs::etcd::{EtcdDcs, EtcdSettings};
+use crate::dcs::{ClusterView, Dcs, Member};
+use crate::ha::{ActionId, HaCore, Input, MonoTime, Observation, Outcome, Policy};
+use crate::postgres::Postgres;
+
+pub use fence::{kill_postmaster, postmaster_pid};
+use execute::TaskNote;
+use fence::Fence;
+use observe::PgSeen;
+
+/// A finished PostgreSQL task.
+pub(crate) struct TaskDone {
+    id: ActionId,
+    outcome: Outcome,
+    note: TaskNote,
+}
+
+/// One member's agent.
+pub struct Agent {
+    cfg: Config,
+    dynamic: DynamicConfig,
+    dynamic_version: Option<crate::dcs::Version>,
+    core: HaCore,
+    dcs: Arc<dyn Dcs>,
+    pg: Arc<Mutex<Postgres>>,
+    seen: PgSeen,
+    /// The member PostgreSQL streams from, as configured by the last start or follow.
+    upstream: Option<String>,
+    view: Option<ClusterView>,
+    view_read_at: Option<Instant>,
+    dcs_last_seen: Option<i64>,
+    api: ApiState,
+    fence: Fence,
+    http: reqwest::Client,
+    tasks_tx: mpsc::UnboundedSender<TaskDone>,
+    tasks_rx: mpsc::UnboundedReceiver<TaskDone>,
+    bootstrap_pending: bool,
+    fatal: Option<String>,
+    start: Instant,
+    last_member: Option<Member>,
+    last_member_shape: Option<String>,
+    last_member_write: Option<Instant>,
+    last_message: String,
+    slots_for: Vec<String>,
+}
+
+/// Connects to the store named in the configuration.
+pub async fn connect_dcs(cfg: &Config, dynamic: &DynamicConfig) -> anyhow::Result<Arc<dyn Dcs>> {
+    let Some(etcd) = &cfg.etcd3 else {
+        bail!("no supported DCS configured: this build supports etcd3 (the kubernetes backend is a separate issue)");
+    };
+    let endpoints = etcd.hosts.iter().map(|h| format!("{}://{h}", etcd.protocol)).collect();
+    let dcs = EtcdDcs::connect(EtcdSettings {
+        endpoints,
+        namespace: cfg.namespace.clone(),
+        scope: cfg.scope.clone(),
+        name: cfg.name.clone(),
+        ttl: dynamic.ttl,
+        retry_timeout: dynamic.retry_timeout,
+        username: etcd.username.clone(),
+        password: etcd.password.clone(),
+    })
+    .await
+    .context("connecting to etcd")?;
+    Ok(Arc::new(dcs))
+}
+
+/// The dynamic configuration in force: the store's `config`, else bootstrap.dcs.
+fn dynamic_from(cfg: &Config, view: Option<&ClusterView>) -> DynamicConfig {
+    let from_store = view.and_then(|v| v.config.as_ref()).map(|c| DynamicConfig::from_json(&c.value));
+    match from_store {
+        Some(Ok(d)) => d,
+        Some(Err(e)) => {
+            tracing::warn!("ignoring the store's config: {e}");
+            bootstrap_dynamic(cfg)
+        }
+        None => bootstrap_dynamic(cfg),
+    }
+}
+
+fn bootstrap_dynamic(cfg: &Config) -> DynamicConfig {
+    cfg.bootstrap
+        .as_ref()
+        .map(|b| DynamicConfig::from_json(&b.dcs).unwrap_or_default())
+        .unwrap_or_default()
+}
+
+/// Runs a member until `shutdown` resolves (then stops PostgreSQL and releases the lock) or a
+/// fatal condition. The REST API is served on `api_listener`.
+pub async fn run(cfg: Config, api_listener: TcpListener, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        bail!("refusing to run as root: PostgreSQL cannot run as root; run pgwarden as the postgres user");
+    }
+    let dynamic = bootstrap_dynamic(&cfg);
+    let dcs = connect_dcs(&cfg, &dynamic).await?;
+    let http = reqwest::Client::builder().no_proxy().build().context("building the HTTP client")?;
+
+    // Patroni's start-up rule: wait for the store, and refuse a name that is already running.
+    let view = loop {
+        match dcs.load(true).await {
+            Ok(v) => break v,
+            Err(e) => {
+                tracing::warn!("waiting for the DCS: {e}");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+    };
+    if let Some(m) = view.members.get(&cfg.name)
+        && let Some(url) = &m.api_url
+    {
+        let live = url.replace("/patroni", "/liveness");
+        if let Ok(r) = http.get(&live).timeout(Duration::from_secs(2)).send().await
+            && r.status().is_success()
+        {
+            bail!("Can't start; there is already a node named '{}' running", cfg.name);
+        }
+    }
+    let dynamic = dynamic_from(&cfg, Some(&view));
+    dcs.set_ttl(dynamic.ttl);
+    let pg = Postgres::new(settings::pg_settings(&cfg, &dynamic));
+    let (tasks_tx, tasks_rx) = mpsc::unbounded_channel();
+    let api_state = ApiState::new(Snapshot::new(cfg.scope.clone(), cfg.name.clone()));
+    let (cmd_tx, mut cmd_rx) = mpsc::channel::<ApiCommand>(16);
+    let (api_stop_tx, api_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let ctx = ApiContext {
+        state: api_state.clone(),
+        dcs: dcs.clone(),
+        commands: cmd_tx,
+        peer_timeout: Duration::from_secs(2),
+    };
+    let api_task = tokio::spawn(api::serve(api_listener, ctx, async move {
+        let _ = api_stop_rx.await;
+    }));
+    let mut agent = Agent {
+        core: HaCore::new(settings::identity(&cfg)),
+        fence: Fence::spawn(cfg.postgresql.data_dir.clone()),
+        dynamic_version: view.config.as_ref().map(|c| c.version.clone()),
+        view: Some(view),
+        view_read_at: Some(Instant::now()),
+        dcs_last_seen: Some(chrono::Utc::now().timestamp()),
+        cfg,
+        dynamic,
+        dcs,
+        pg: Arc::new(Mutex::new(pg)),
+        seen: PgSeen::default(),
+        upstream: None,
+        api: api_state,
+        http,
+        tasks_tx,
+        tasks_rx,
+        bootstrap_pending: false,
+        fatal: None,
+        start: Instant::now(),
+        last_member: None,
+        last_member_shape: None,
+        last_member_write: None,
+        last_message: String::new(),
+        slots_for: Vec::new(),
+    };
+    let result = agent.main_loop(&mut cmd_rx, shutdown).await;
+    let _ = api_stop_tx.send(());
+    let _ = api_task.await;
+    result
+}
+
+impl Agent {
+    fn policy(&self) -> Policy {
+        settings::policy(&self.cfg, &self.dynamic)
+    }
+
+    fn mono_now(&self) -> MonoTime {
+        MonoTime(self.start.elapsed())
+    }
+
+    fn instant_of(&self, t: MonoTime) -> Instant {
+        self.start + t.0
+    }
+
+    async fn main_loop(
+        &mut self,
+        cmds: &mut mpsc::Receiver<ApiCommand>,
+        shutdown: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let mut changes = self.dcs.changes();
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut run_cycle = true;
+        loop {
+            if run_cycle {
+                self.cycle().await;
+            }
+            if let Some(reason) = self.fatal.take() {
+                self.stop_postgres_now().await;
+                bail!(reason);
+            }
+            let wake = self.instant_of(self.core.next_wakeup());
+            run_cycle = tokio::select! {
+                _ = tokio::time::sleep_until(wake) => true,
+                r = changes.changed() => {
+                    if r.is_err() {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    self.relevant_change().await
+                }
+                Some(cmd) = cmds.recv() => {
+                    match cmd {
+                        ApiCommand::Wake => true,
+                        ApiCommand::Reload => {
+                            if let Ok(pg) = self.pg.try_lock() {
+                                let _ = pg.reload().await;
+                            }
+                            false
+                        }
+                    }
+                }
+                Some(done) = self.tasks_rx.recv() => {
+                    self.task_finished(done).await;
+                    true
+                }
+                _ = &mut shutdown => {
+                    tracing::info!("shutting down");
+                    return self.shutdown(cmds).await;
+                }
+            };
+        }
+    }
+
+    /// A store change wakes the loop only when it matters to the decision: the lock, the
+    /// failover request, the configuration, the cluster's identity or membership. Our own
+    /// member and status writes do not.
+    async fn relevant_change(&mut self) -> bool {
+        let Ok(v) = self.dcs.load(false).await else { return true };
+        let Some(old) = &self.view else { return true };
+        let key = |v: &ClusterView| {
+            (
+                v.leader.as_ref().map(|l| l.name.clone()),
+                v.failover.as_ref().map(|f| f.value.clone()),
+                v.config.as_ref().map(|c| c.version.clone()),
+                v.initialize.clone(),
+                v.members.keys().cloned().collect::<Vec<_>>(),
+            )
+        };
+        let relevant = key(old) != key(&v);
+        self.view = Some(v);
+        self.view_read_at = Some(Instant::now());
+        relevant
+    }
+
+    async fn task_finished(&mut self, done: TaskDone) {
+        match &done.note {
+            TaskNote::Bootstrapped => self.bootstrap_pending = true,
+            TaskNote::Started { upstream } => {
+                self.upstream = upstream.clone();
+                if done.outcome == Outcome::Ok {
+                    self.bootstrap_pending = false;
+                }
+            }
+            TaskNote::Stopped => self.upstream = None,
+            TaskNote::None => {}
+        }
+        let actions = self.core.step(Input::Completed { id: done.id, outcome: done.outcome }, self.mono_now());
+        self.execute(actions).await;
+    }
+
+    /// One HA cycle.
+    async fn cycle(&mut self) {
+        let now = self.mono_now();
+        // The deadline first (ha-safety rule 2): before any slow call.
+        let actions = self.core.step(Input::Tick, now);
+        self.execute(actions).await;
+        let retry = self.policy().retry_timeout;
+        let bound = match self.core.lease_deadline() {
+            Some(d) => self.instant_of(d).min(Instant::now() + retry),
+            None => Instant::now() + retry,
+        };
+        let view = match tokio::time::timeout_at(bound, self.dcs.load(false)).await {
+            Ok(Ok(v)) => {
+                self.dcs_last_seen = Some(chrono::Utc::now().timestamp());
+                self.view_read_at = Some(Instant::now());
+                Some(v)
+            }
+            Ok(Err(e)) => {
+                tracing::warn!("{e}");
+                None
+            }
+            Err(_) => {
+                tracing::warn!("DCS is not accessible: read timed out");
+                None
+            }
+        };
+        if let Some(v) = &view {
+            self.apply_dynamic_config(v).await;
+            for p in &v.problems {
+                tracing::warn!("ignoring unreadable DCS value {}: {}", p.key, p.error);
+            }
+            self.view = Some(v.clone());
+        }
+        let pg = self.observe_pg().await;
+        let obs = Observation { dcs: view, pg, policy: self.policy() };
+        let actions = self.core.step(Input::Observed(Box::new(obs)), self.mono_now());
+        self.execute(actions).await;
+        let msg = self.core.message().to_owned();
+        if msg != self.last_message {
+            tracing::info!("{msg}");
+            self.last_message = msg;
+        } else {
+            tracing::debug!("{msg}");
+        }
+        if self.view.is_some() {
+            self.publish_member().await;
+        }
+        self.ensure_member_slots().await;
+        self.publish_snapshot();
+    }
+
+    /// A leader keeps a physical slot for every other member (use_slots).
+    async fn ensure_member_slots(&mut self) {
+        if !self.dynamic.use_slots || !self.core.holds_lock(self.mono_now()) {
+            return;
+        }
+        let Some(v) = &self.view else { return };
+        let wanted: Vec<String> = v
+            .members
+            .keys()
+            .filter(|n| **n != self.cfg.name)
+            .map(|n| crate::dcs::model::slot_name(n))
+            .collect();
+        if wanted == self.slots_for || self.seen.status.as_ref().is_none_or(|s| s.in_recovery) {
+            return;
+        }
+        if let Ok(pg) = self.pg.try_lock() {
+            match pg.ensure_replication_slots(&wanted).await {
+                Ok(()) => self.slots_for = wanted,
+                Err(e) => tracing::warn!("could not create replication slots: {e}"),
+            }
+        }
+    }
+
+    /// Applies a changed `config` key: new timings, new PostgreSQL parameters (reloaded).
+    async fn apply_dynamic_config(&mut self, v: &ClusterView) {
+        let version = v.config.as_ref().map(|c| c.version.clone());
+        if version == self.dynamic_version || v.config.is_none() {
+            return;
+        }
+        self.dynamic_version = version;
+        let new = dynamic_from(&self.cfg, Some(v));
+        if new.ttl != self.dynamic.ttl {
+            self.dcs.set_ttl(new.ttl);
+        }
+        let params_changed = new.parameters != self.dynamic.parameters || new.pg_hba != self.dynamic.pg_hba;
+        self.dynamic = new;
+        if params_changed {
+            let settings = settings::pg_settings(&self.cfg, &self.dynamic);
+            if let Ok(mut pg) = self.pg.try_lock() {
+                pg.update_settings(settings);
+                if pg.is_running() {
+                    if let Err(e) = pg.reload().await {
+                        tracing::warn!("reload after a configuration change failed: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn stop_postgres_now(&mut self) {
+        fence::kill_postmaster(&self.cfg.postgresql.data_dir);
+        let mut pg = self.pg.lock().await;
+        let _ = pg.stop(crate::postgres::StopMode::Immediate, Duration::from_secs(10)).await;
+    }
+
+    /// Patroni's shutdown: stop PostgreSQL (fast), then release the lock if we hold it.
+    async fn shutdown(&mut self, _cmds: &mut mpsc::Receiver<ApiCommand>) -> anyhow::Result<()> {
+        let actions = self.core.step(Input::Shutdown, self.mono_now());
+        self.execute(actions).await;
+        let give_up = Instant::now() + self.cfg.postgresql.pg_ctl_timeout + Duration::from_secs(10);
+        while !self.core.is_finished() {
+            match tokio::time::timeout_at(give_up, self.tasks_rx.recv()).await {
+                Ok(Some(done)) => self.task_finished(done).await,
+                _ => {
+                    tracing::warn!("shutdown did not finish in time: stopping PostgreSQL immediately");
+                    self.stop_postgres_now().await;
+                    let _ = tokio::time::timeout(Duration::from_secs(2), self.dcs.release_leader(None)).await;
+                    break;
+                }
+            }
+        }
+        self.fence.set(None);
+        Ok(())
+    }
+}

@@ -1,0 +1,168 @@
+//! What the agent tells others: its member key in the store and the snapshot the REST API
+//! answers from.
+
+use serde_json::Value;
+use tokio::time::Instant;
+
+use crate::api::state::{PgView, ReplicationRow, Snapshot, WalView};
+use crate::dcs::Member;
+use crate::ha::DataDir;
+
+use super::Agent;
+
+/// Patroni's state string for what the agent is doing.
+fn pg_state(agent: &Agent) -> &'static str {
+    use crate::ha::Action;
+    match agent.core.task_in_flight() {
+        Some(Action::Bootstrap) => "initializing new cluster",
+        Some(Action::Clone { .. }) | Some(Action::RemoveDataDir) => "creating replica",
+        Some(Action::StartPrimary) | Some(Action::StartReplica { .. }) => "starting",
+        Some(Action::StopGraceful) => "stopping",
+        _ if agent.seen.up && agent.seen.status.is_some() => "running",
+        _ if agent.seen.up => "starting",
+        _ => "stopped",
+    }
+}
+
+fn pg_role(agent: &Agent) -> &'static str {
+    match (&agent.seen.status, &agent.seen.data) {
+        (Some(s), _) if agent.seen.up => {
+            if s.in_recovery {
+                "replica"
+            } else {
+                "primary"
+            }
+        }
+        (_, Some(DataDir::Empty)) | (_, None) => "uninitialized",
+        _ => "replica",
+    }
+}
+
+impl Agent {
+    /// This member's key, as Patroni writes it.
+    pub(crate) fn member_value(&self) -> Member {
+        let status = self.seen.status.as_ref().filter(|_| self.seen.up);
+        let state = pg_state(self);
+        let mut m = Member {
+            conn_url: Some(format!("postgres://{}/postgres", self.cfg.postgresql.connect_address)),
+            api_url: Some(format!("http://{}/patroni", self.cfg.restapi.connect_address)),
+            state: Some(state.into()),
+            role: Some(pg_role(self).into()),
+            version: Some(crate::api::state::VERSION.into()),
+            ..Member::default()
+        };
+        if let Some(s) = status {
+            m.xlog_location = Some(s.wal_position);
+            if s.in_recovery {
+                m.receive_lsn = s.receive_lsn;
+                m.replay_lsn = s.replay_lsn;
+                m.replication_state = s.replication_state.clone();
+            }
+            m.timeline = Some(s.timeline);
+            if s.pending_restart {
+                m.pending_restart = Some(true);
+            }
+        }
+        if !self.cfg.tags.is_empty() {
+            let tags: serde_json::Map<String, Value> = self
+                .cfg
+                .tags
+                .iter()
+                .filter(|(_, v)| !matches!(v, Value::Bool(false) | Value::Null))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            if !tags.is_empty() {
+                m.tags = Some(tags);
+            }
+        }
+        m
+    }
+
+    /// Writes the member key when something other than WAL positions changed, or when
+    /// positions moved and `loop_wait` has passed since the last write: a replica does not
+    /// rewrite its key on every cycle just because WAL moved.
+    pub(crate) async fn publish_member(&mut self) {
+        let m = self.member_value();
+        let mut shape = m.clone();
+        shape.xlog_location = None;
+        shape.receive_lsn = None;
+        shape.replay_lsn = None;
+        let shape = shape.to_json();
+        let due = self.last_member_write.is_none_or(|t| t.elapsed() >= self.policy().loop_wait);
+        let positions_moved = self.last_member.as_ref().is_some_and(|old| old != &m);
+        if Some(&shape) != self.last_member_shape.as_ref() || (positions_moved && due) || self.last_member.is_none() {
+            let retry = self.policy().retry_timeout;
+            match tokio::time::timeout(retry, self.dcs.touch_member(&m)).await {
+                Ok(Ok(())) => {
+                    self.last_member_shape = Some(shape);
+                    self.last_member = Some(m);
+                    self.last_member_write = Some(Instant::now());
+                }
+                Ok(Err(e)) => tracing::warn!("could not write the member key: {e}"),
+                Err(_) => tracing::warn!("writing the member key timed out"),
+            }
+        }
+    }
+
+    /// Publishes the REST API snapshot.
+    pub(crate) fn publish_snapshot(&self) {
+        let now = Instant::now();
+        let mut s = Snapshot::new(self.cfg.scope.clone(), self.cfg.name.clone());
+        let status = self.seen.status.as_ref().filter(|_| self.seen.up);
+        s.pg = PgView {
+            state: pg_state(self).into(),
+            role: pg_role(self).into(),
+            server_version: status.map(|s| s.server_version),
+            postmaster_start_time: status.map(|s| s.postmaster_start_time.clone()),
+            timeline: status.map(|s| s.timeline),
+            wal: match status {
+                Some(st) if !st.in_recovery => WalView::Primary { location: st.wal_position },
+                Some(st) => WalView::Replica {
+                    received: st.receive_lsn.unwrap_or(st.wal_position),
+                    replayed: st.replay_lsn.unwrap_or(0),
+                    replayed_timestamp: st.replayed_timestamp.clone(),
+                    paused: st.replay_paused,
+                },
+                None => WalView::Unknown,
+            },
+            replication_state: status.and_then(|s| s.replication_state.clone()),
+            replication: status
+                .map(|s| {
+                    s.replication
+                        .iter()
+                        .map(|r| ReplicationRow {
+                            usename: r.usename.clone(),
+                            application_name: r.application_name.clone(),
+                            client_addr: r.client_addr.clone(),
+                            state: r.state.clone(),
+                            sync_state: r.sync_state.clone(),
+                            sync_priority: i64::from(r.sync_priority),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            sysid: match &self.seen.data {
+                Some(DataDir::Ready { sysid, .. }) => Some(sysid.clone()),
+                _ => None,
+            },
+            pending_restart: status.is_some_and(|s| s.pending_restart),
+        };
+        s.lock_valid_until = self.core.lease_deadline().map(|d| self.instant_of(d)).filter(|d| *d > now);
+        s.cluster = self.view.clone();
+        s.cluster_valid_until = self.view_read_at.map(|t| t + self.policy().ttl);
+        s.dcs_last_seen = self.dcs_last_seen;
+        s.tags = self.cfg.tags.clone();
+        s.pause = self.dynamic.pause;
+        s.ttl = self.dynamic.ttl;
+        s.loop_wait = self.dynamic.loop_wait;
+        s.maximum_lag_on_failover = self.dynamic.maximum_lag_on_failover;
+        s.next_cycle_at = Some(self.instant_of(self.core.next_wakeup()).max(now));
+        let optime = self.view.as_ref().and_then(|v| v.status.as_ref()).map(|st| st.optime);
+        let received = status.and_then(|s| s.receive_lsn);
+        s.leader_optime = match (optime, received) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        self.api.publish(s);
+    }
+}
