@@ -30,7 +30,11 @@ impl Agent {
                     DataDirState::Invalid(r) => DataDir::Invalid(r),
                     DataDirState::Initialized(cd) => DataDir::Ready {
                         sysid: cd.sysid.clone(),
-                        was_primary: matches!(cd.cluster_state.as_str(), "in production" | "shut down"),
+                        // A fresh base backup carries the primary's control file ("in
+                        // production") and a backup_label: it is a replica-to-be, not a former
+                        // primary, and must never be crash-recovered on its own.
+                        was_primary: matches!(cd.cluster_state.as_str(), "in production" | "shut down")
+                            && !data_dir.join("backup_label").exists(),
                     },
                 };
                 let up = pg.is_running();

@@ -78,29 +78,33 @@ impl Agent {
         m
     }
 
-    /// Writes the member key when something other than WAL positions changed, or when
-    /// positions moved and `loop_wait` has passed since the last write: a replica does not
-    /// rewrite its key on every cycle just because WAL moved.
+    /// Touches the member key every cycle (that keeps this member's session alive; the store
+    /// skips writes of an unchanged value), with a new value when something other than WAL
+    /// positions changed, or when positions moved and `loop_wait` has passed since they were
+    /// last published: a replica does not rewrite its key every cycle because WAL moved.
     pub(crate) async fn publish_member(&mut self) {
-        let m = self.member_value();
-        let mut shape = m.clone();
+        let fresh = self.member_value();
+        let mut shape = fresh.clone();
         shape.xlog_location = None;
         shape.receive_lsn = None;
         shape.replay_lsn = None;
         let shape = shape.to_json();
         let due = self.last_member_write.is_none_or(|t| t.elapsed() >= self.policy().loop_wait);
-        let positions_moved = self.last_member.as_ref().is_some_and(|old| old != &m);
-        if Some(&shape) != self.last_member_shape.as_ref() || (positions_moved && due) || self.last_member.is_none() {
-            let retry = self.policy().retry_timeout;
-            match tokio::time::timeout(retry, self.dcs.touch_member(&m)).await {
-                Ok(Ok(())) => {
-                    self.last_member_shape = Some(shape);
-                    self.last_member = Some(m);
+        let m = match &self.last_member {
+            Some(old) if Some(&shape) == self.last_member_shape.as_ref() && !due => old.clone(),
+            _ => fresh,
+        };
+        let retry = self.policy().retry_timeout;
+        match tokio::time::timeout(retry, self.dcs.touch_member(&m)).await {
+            Ok(Ok(())) => {
+                if self.last_member.as_ref() != Some(&m) {
                     self.last_member_write = Some(Instant::now());
                 }
-                Ok(Err(e)) => tracing::warn!("could not write the member key: {e}"),
-                Err(_) => tracing::warn!("writing the member key timed out"),
+                self.last_member_shape = Some(shape);
+                self.last_member = Some(m);
             }
+            Ok(Err(e)) => tracing::warn!("could not write the member key: {e}"),
+            Err(_) => tracing::warn!("writing the member key timed out"),
         }
     }
 

@@ -227,8 +227,11 @@ fn adjust_timeouts(ttl: i64, loop_wait: i64, retry_timeout: i64) -> (u64, u64, u
     };
     let (ttl0, lw0, rt0) = (ttl, loop_wait, retry_timeout);
     let mut loop_wait = at_least("loop_wait", loop_wait, 1);
-    let mut retry_timeout = at_least("retry_timeout", retry_timeout, 3);
-    let ttl = at_least("ttl", ttl, 20);
+    // Patroni 4 raises ttl to 20 s and retry_timeout to 3 s; Patroni 3.0.2 accepted less, and
+    // so does pgwarden: its safety rests on the leader's own deadline (measured from when a
+    // renewal was sent), not on generous timings. Short timings are what fast failover needs.
+    let mut retry_timeout = at_least("retry_timeout", retry_timeout, 1);
+    let ttl = at_least("ttl", ttl, 4);
     if 1 + 2 * retry_timeout > ttl {
         let new_retry = (ttl - 1) / 2;
         tracing::warn!(
@@ -343,11 +346,11 @@ mod tests {
 
     #[test]
     fn minimums_are_enforced() {
-        let d = parse(json!({"ttl": 5, "loop_wait": 0, "retry_timeout": 1})).unwrap();
-        assert_eq!(d.ttl, Duration::from_secs(20));
+        let d = parse(json!({"ttl": 2, "loop_wait": 0, "retry_timeout": 0})).unwrap();
+        assert_eq!(d.ttl, Duration::from_secs(4));
         assert_eq!(d.loop_wait, Duration::from_secs(1));
-        assert_eq!(d.retry_timeout, Duration::from_secs(3));
-        assert_eq!(d.raw["ttl"], json!(20));
+        assert_eq!(d.retry_timeout, Duration::from_secs(1));
+        assert_eq!(d.raw["ttl"], json!(4));
     }
 
     #[test]
