@@ -191,6 +191,11 @@ impl Agent {
                     let before = pg.status().await.ok();
                     match pg.promote().await {
                         Ok(()) => {
+                            // The post-promote checkpoint puts the new timeline into
+                            // pg_control, which is what pg_rewind on the old primary reads.
+                            if let Err(e) = pg.query_one_shot("CHECKPOINT").await {
+                                tracing::warn!("checkpoint after promote failed: {e}");
+                            }
                             if use_slots {
                                 let _ = pg.ensure_replication_slots(&others).await;
                             }

@@ -63,6 +63,9 @@ impl Agent {
                 m.pending_restart = Some(true);
             }
         }
+        if matches!(self.core.task_in_flight(), Some(crate::ha::Action::Promote)) {
+            m.checkpoint_after_promote = Some(false);
+        }
         if !self.cfg.tags.is_empty() {
             let tags: serde_json::Map<String, Value> = self
                 .cfg

@@ -160,7 +160,15 @@ impl HaCore {
             }
             Some(l) => {
                 let leader = l.name.clone();
-                if was_primary && obs.policy.use_pg_rewind {
+                let leader_ready = view.members.get(&leader).is_some_and(|m| {
+                    m.is_primary_role() && m.checkpoint_after_promote != Some(false)
+                });
+                if was_primary && obs.policy.use_pg_rewind && !leader_ready {
+                    // pg_rewind compares timelines from the source's control file, which shows
+                    // the new timeline only after the post-promote checkpoint (Patroni's
+                    // `checkpoint_after_promote`); rewinding earlier finds nothing to do.
+                    self.message = format!("waiting for {leader} to finish its promotion before pg_rewind");
+                } else if was_primary && obs.policy.use_pg_rewind {
                     let blocked = self
                         .rewind_failed
                         .as_ref()
