@@ -199,8 +199,9 @@ impl Agent {
                             if use_slots {
                                 let _ = pg.ensure_replication_slots(&others).await;
                             }
-                            if let Some(b) = before {
-                                write_history(dcs.as_ref(), history, &b, &name).await;
+                            let after = pg.status().await.ok();
+                            if let (Some(b), Some(a)) = (before, after) {
+                                write_history(dcs.as_ref(), history, &b, a.timeline, &name).await;
                             }
                             Ok(TaskNote::Started { upstream: None })
                         }
@@ -259,10 +260,19 @@ fn dcs_outcome(r: Result<Result<(), crate::dcs::DcsError>, tokio::time::error::E
 }
 
 /// Appends the promotion to `history`: the timeline that ended, where it ended, why and who.
-async fn write_history(dcs: &dyn Dcs, mut lines: Vec<HistoryLine>, before: &crate::postgres::PgStatus, me: &str) {
+/// The timeline that ended is the one before the new one: a replica's own report of its
+/// timeline can lag behind what it replays.
+async fn write_history(
+    dcs: &dyn Dcs,
+    mut lines: Vec<HistoryLine>,
+    before: &crate::postgres::PgStatus,
+    new_timeline: u64,
+    me: &str,
+) {
     let ts = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string();
     let lsn = before.replay_lsn.unwrap_or(before.wal_position);
-    lines.push(HistoryLine::new(before.timeline, lsn, "no recovery target specified", &ts, me));
+    let ended = new_timeline.saturating_sub(1).max(1);
+    lines.push(HistoryLine::new(ended, lsn, "no recovery target specified", &ts, me));
     if let Err(e) = dcs.set_history(&lines).await {
         tracing::warn!("could not write history: {e}");
     }

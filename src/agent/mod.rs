@@ -337,6 +337,9 @@ impl Agent {
     /// A leader keeps a physical slot for every other member (use_slots).
     async fn ensure_member_slots(&mut self) {
         if !self.dynamic.use_slots || !self.core.holds_lock(self.mono_now()) {
+            // Slots are checked afresh whenever this member next becomes the leader: its
+            // data directory may have come from elsewhere in between (clone, rewind).
+            self.slots_for.clear();
             return;
         }
         let Some(v) = &self.view else { return };
