@@ -2,6 +2,7 @@
 //! sleeps until the next deadline, a store change, an API command or a task completion. It
 //! never decides anything itself.
 
+mod commands;
 mod execute;
 mod fence;
 mod observe;
@@ -149,6 +150,7 @@ pub async fn run(cfg: Config, api_listener: TcpListener, shutdown: impl Future<O
         dcs: dcs.clone(),
         commands: cmd_tx,
         peer_timeout: Duration::from_secs(2),
+        access: commands::access_of(&cfg),
     };
     let api_task = tokio::spawn(api::serve(api_listener, ctx, async move {
         let _ = api_stop_rx.await;
@@ -231,6 +233,14 @@ impl Agent {
                                 let _ = pg.reload().await;
                             }
                             false
+                        }
+                        ApiCommand::Restart(reply) => {
+                            reply.send(self.restart_postgres().await);
+                            true
+                        }
+                        ApiCommand::Reinitialize(reply) => {
+                            reply.send(self.wipe_for_reinitialize().await);
+                            true
                         }
                     }
                 }
