@@ -27,6 +27,13 @@ enum Command {
     },
     /// Start etcd and three members on loopback in a temporary directory and show them live.
     Demo(pgwarden::demo::DemoArgs),
+    /// patronictl: `pgwarden ctl list`, `pgwarden ctl switchover`, ... (also when run as `patronictl`).
+    #[command(disable_help_flag = true)]
+    Ctl {
+        /// patronictl's arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 fn init_tracing() {
@@ -102,11 +109,22 @@ async fn shutdown_signal() {
 }
 
 fn main() -> ExitCode {
+    // Invoked as `patronictl` (a symlink or copy): behave as patronictl.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let invoked_as = argv.first().and_then(|a| PathBuf::from(a).file_name().map(|n| n.to_string_lossy().into_owned()));
+    if invoked_as.as_deref() == Some("patronictl") {
+        return pgwarden::ctl::main(argv);
+    }
     init_tracing();
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Run { config }) => run_member(config, cli.validate_config),
         Some(Command::Demo(args)) => pgwarden::demo::main(args),
+        Some(Command::Ctl { args }) => {
+            let mut argv = vec![std::ffi::OsString::from("patronictl")];
+            argv.extend(args);
+            pgwarden::ctl::main(argv)
+        }
         None => run_member(cli.config, cli.validate_config),
     }
 }
