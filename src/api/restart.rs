@@ -161,10 +161,13 @@ pub async fn restart_now(ctx: &ApiContext) -> (u16, String) {
     }
 }
 
+/// A pending scheduled restart: its `scheduled_restart` document and its timer.
+type Pending = (Map<String, Value>, JoinHandle<()>);
+
 /// The scheduled restart of this member, if any.
 #[derive(Default)]
 pub struct Scheduled {
-    slot: Mutex<Option<(Map<String, Value>, JoinHandle<()>)>>,
+    slot: Mutex<Option<Pending>>,
 }
 
 impl Scheduled {

@@ -5,8 +5,8 @@ use std::io::Read;
 
 use serde_json::{Map, Value};
 
-use super::context::{Ctx, confirm};
 use super::CtlError;
+use super::context::{Ctx, confirm};
 use crate::api::config::patch_config;
 
 /// `edit-config` options.
@@ -28,10 +28,13 @@ pub struct EditOpts {
 fn read_source(name: &str) -> Result<String, CtlError> {
     if name == "-" {
         let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s).map_err(|e| CtlError::msg(format!("reading stdin: {e}")))?;
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| CtlError::msg(format!("reading stdin: {e}")))?;
         Ok(s)
     } else {
-        std::fs::read_to_string(name).map_err(|e| CtlError::msg(format!("Could not read {name}: {e}")))
+        std::fs::read_to_string(name)
+            .map_err(|e| CtlError::msg(format!("Could not read {name}: {e}")))
     }
 }
 
@@ -39,7 +42,9 @@ fn yaml_object(text: &str, what: &str) -> Result<Map<String, Value>, CtlError> {
     match super::yaml::load(text).map_err(|e| CtlError::msg(format!("{what}: {e}")))? {
         Value::Object(m) => Ok(m),
         Value::Null => Ok(Map::new()),
-        _ => Err(CtlError::msg(format!("{what}: the configuration must be a mapping"))),
+        _ => Err(CtlError::msg(format!(
+            "{what}: the configuration must be a mapping"
+        ))),
     }
 }
 
@@ -94,7 +99,15 @@ pub async fn edit(ctx: &Ctx, o: EditOpts) -> Result<(), CtlError> {
         patch_config(&mut changed, &patch);
         edited = true;
     }
-    let pairs: Vec<String> = o.set.iter().cloned().chain(o.pg.iter().map(|p| format!("postgresql.parameters.{}", p.trim_start()))).collect();
+    let pairs: Vec<String> = o
+        .set
+        .iter()
+        .cloned()
+        .chain(
+            o.pg.iter()
+                .map(|p| format!("postgresql.parameters.{}", p.trim_start())),
+        )
+        .collect();
     for kv in &pairs {
         let Some((k, v)) = kv.split_once('=') else {
             return Err(CtlError::msg(format!("Invalid parameter setting {kv}")));
@@ -117,7 +130,10 @@ pub async fn edit(ctx: &Ctx, o: EditOpts) -> Result<(), CtlError> {
         return Ok(());
     }
     if !o.quiet {
-        print!("{}", super::diff::unified(&before, &super::yaml::dump(&Value::Object(changed.clone()))));
+        print!(
+            "{}",
+            super::diff::unified(&before, &super::yaml::dump(&Value::Object(changed.clone())))
+        );
     }
     if (o.apply.as_deref() == Some("-") || o.replace.as_deref() == Some("-")) && !o.force {
         println!("Use --force option to apply changes");
@@ -127,7 +143,11 @@ pub async fn edit(ctx: &Ctx, o: EditOpts) -> Result<(), CtlError> {
         let json = Value::Object(changed).to_string();
         match ctx.dcs.set_config(&json, version.as_ref()).await {
             Ok(true) => println!("Configuration changed"),
-            Ok(false) => return Err(CtlError::msg("Config modification aborted due to concurrent changes")),
+            Ok(false) => {
+                return Err(CtlError::msg(
+                    "Config modification aborted due to concurrent changes",
+                ));
+            }
             Err(e) => return Err(CtlError::msg(e.to_string())),
         }
     }
@@ -135,14 +155,22 @@ pub async fn edit(ctx: &Ctx, o: EditOpts) -> Result<(), CtlError> {
 }
 
 fn invoke_editor(before: &str, scope: &str) -> Result<Map<String, Value>, CtlError> {
-    let editor = std::env::var("EDITOR").ok().filter(|e| !e.is_empty()).or_else(|| {
-        ["editor", "vi"].iter().find(|e| {
-            std::env::var_os("PATH")
-                .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(e).is_file()))
-        }).map(|e| (*e).to_owned())
-    });
+    let editor = std::env::var("EDITOR")
+        .ok()
+        .filter(|e| !e.is_empty())
+        .or_else(|| {
+            ["editor", "vi"]
+                .iter()
+                .find(|e| {
+                    std::env::var_os("PATH")
+                        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(e).is_file()))
+                })
+                .map(|e| (*e).to_owned())
+        });
     let Some(editor) = editor else {
-        return Err(CtlError::msg("EDITOR environment variable is not set. editor or vi are not available"));
+        return Err(CtlError::msg(
+            "EDITOR environment variable is not set. editor or vi are not available",
+        ));
     };
     let path = std::env::temp_dir().join(format!("{scope}-config-{}.yaml", std::process::id()));
     std::fs::write(&path, before).map_err(|e| CtlError::msg(format!("{}: {e}", path.display())))?;
@@ -156,8 +184,17 @@ fn invoke_editor(before: &str, scope: &str) -> Result<Map<String, Value>, CtlErr
     let _ = std::fs::remove_file(&path);
     match status {
         Ok(s) if s.success() => {}
-        Ok(s) => return Err(CtlError::msg(format!("Editor exited with return code {}", s.code().unwrap_or(-1)))),
-        Err(e) => return Err(CtlError::msg(format!("cannot run the editor {editor}: {e}"))),
+        Ok(s) => {
+            return Err(CtlError::msg(format!(
+                "Editor exited with return code {}",
+                s.code().unwrap_or(-1)
+            )));
+        }
+        Err(e) => {
+            return Err(CtlError::msg(format!(
+                "cannot run the editor {editor}: {e}"
+            )));
+        }
     }
     let after = after.map_err(|e| CtlError::msg(e.to_string()))?;
     yaml_object(&after, "edited configuration")
@@ -166,7 +203,10 @@ fn invoke_editor(before: &str, scope: &str) -> Result<Map<String, Value>, CtlErr
 /// `show-config`.
 pub async fn show(ctx: &Ctx) -> Result<(), CtlError> {
     let view = ctx.cluster().await?;
-    let v = view.config.map(|c| Value::Object(c.value)).unwrap_or(Value::Object(Map::new()));
+    let v = view
+        .config
+        .map(|c| Value::Object(c.value))
+        .unwrap_or(Value::Object(Map::new()));
     println!("{}", super::yaml::dump(&v));
     Ok(())
 }
@@ -179,10 +219,33 @@ mod tests {
     #[test]
     fn dotted_paths() {
         let mut c = Map::new();
-        set_path(&mut c, &["postgresql", "parameters", "auto_explain", "log_min_duration"], &json!(5), &[]);
+        set_path(
+            &mut c,
+            &[
+                "postgresql",
+                "parameters",
+                "auto_explain",
+                "log_min_duration",
+            ],
+            &json!(5),
+            &[],
+        );
         set_path(&mut c, &["ttl"], &json!(20), &[]);
-        assert_eq!(Value::Object(c.clone()), json!({"postgresql": {"parameters": {"auto_explain.log_min_duration": 5}}, "ttl": 20}));
-        set_path(&mut c, &["postgresql", "parameters", "auto_explain", "log_min_duration"], &Value::Null, &[]);
+        assert_eq!(
+            Value::Object(c.clone()),
+            json!({"postgresql": {"parameters": {"auto_explain.log_min_duration": 5}}, "ttl": 20})
+        );
+        set_path(
+            &mut c,
+            &[
+                "postgresql",
+                "parameters",
+                "auto_explain",
+                "log_min_duration",
+            ],
+            &Value::Null,
+            &[],
+        );
         assert_eq!(Value::Object(c), json!({"ttl": 20}));
     }
 }

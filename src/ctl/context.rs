@@ -36,7 +36,9 @@ fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Value> {
 fn auth_at(v: &Value, section: &str) -> Option<(String, String)> {
     let a = str_at(v, &[section, "authentication"])?;
     let u = a.get("username")?.as_str()?.to_owned();
-    let p = a.get("password").map(|p| p.as_str().map_or_else(|| p.to_string(), str::to_owned))?;
+    let p = a
+        .get("password")
+        .map(|p| p.as_str().map_or_else(|| p.to_string(), str::to_owned))?;
     Some((u, p))
 }
 
@@ -44,32 +46,55 @@ fn hosts_of(v: &Value) -> Vec<String> {
     let proto = v.get("protocol").and_then(Value::as_str).unwrap_or("http");
     let list: Vec<String> = match (v.get("hosts"), v.get("host")) {
         (Some(Value::String(s)), _) => s.split(',').map(|h| h.trim().to_owned()).collect(),
-        (Some(Value::Array(a)), _) => a.iter().filter_map(|h| h.as_str().map(str::to_owned)).collect(),
+        (Some(Value::Array(a)), _) => a
+            .iter()
+            .filter_map(|h| h.as_str().map(str::to_owned))
+            .collect(),
         (_, Some(Value::String(h))) => vec![h.clone()],
         _ => Vec::new(),
     };
     list.into_iter()
         .filter(|h| !h.is_empty())
-        .map(|h| if h.contains("://") { h } else { format!("{proto}://{h}") })
+        .map(|h| {
+            if h.contains("://") {
+                h
+            } else {
+                format!("{proto}://{h}")
+            }
+        })
         .collect()
 }
 
 impl CtlConfig {
     /// Reads the file (a missing default file is fine) and applies `--dcs-url`.
-    pub fn load(file: Option<PathBuf>, dcs_url: Option<&str>, insecure: bool) -> Result<CtlConfig, CtlError> {
+    pub fn load(
+        file: Option<PathBuf>,
+        dcs_url: Option<&str>,
+        insecure: bool,
+    ) -> Result<CtlConfig, CtlError> {
         let explicit = file.is_some();
         let path = file.unwrap_or_else(|| {
             let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
             PathBuf::from(home).join(".config/patroni/patronictl.yaml")
         });
         let raw = match std::fs::read_to_string(&path) {
-            Ok(t) => super::yaml::load(&t).map_err(|e| CtlError::msg(format!("{}: {e}", path.display())))?,
+            Ok(t) => super::yaml::load(&t)
+                .map_err(|e| CtlError::msg(format!("{}: {e}", path.display())))?,
             Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => Value::Null,
-            Err(e) => return Err(CtlError::msg(format!("Could not read the configuration file {}: {e}", path.display()))),
+            Err(e) => {
+                return Err(CtlError::msg(format!(
+                    "Could not read the configuration file {}: {e}",
+                    path.display()
+                )));
+            }
         };
         let mut c = CtlConfig {
             scope: raw.get("scope").and_then(Value::as_str).map(str::to_owned),
-            namespace: raw.get("namespace").and_then(Value::as_str).unwrap_or("/service").to_owned(),
+            namespace: raw
+                .get("namespace")
+                .and_then(Value::as_str)
+                .unwrap_or("/service")
+                .to_owned(),
             etcd: raw.get("etcd3").map(hosts_of).unwrap_or_default(),
             auth: auth_at(&raw, "ctl").or_else(|| auth_at(&raw, "restapi")),
             insecure,
@@ -84,13 +109,21 @@ impl CtlConfig {
     fn apply_dcs_url(&mut self, url: &str) -> Result<(), CtlError> {
         let (scheme, rest) = url.split_once("://").unwrap_or(("etcd3", url));
         if !matches!(scheme, "etcd3" | "etcd") {
-            return Err(CtlError::msg(format!("Unsupported DCS in --dcs-url {url}: pgwarden ctl supports etcd3")));
+            return Err(CtlError::msg(format!(
+                "Unsupported DCS in --dcs-url {url}: pgwarden ctl supports etcd3"
+            )));
         }
-        let (hostport, ns) = rest.split_once('/').map_or((rest, None), |(h, n)| (h, Some(n)));
+        let (hostport, ns) = rest
+            .split_once('/')
+            .map_or((rest, None), |(h, n)| (h, Some(n)));
         if hostport.is_empty() {
             return Err(CtlError::msg(format!("--dcs-url {url} names no host")));
         }
-        let hostport = if hostport.contains(':') { hostport.to_owned() } else { format!("{hostport}:2379") };
+        let hostport = if hostport.contains(':') {
+            hostport.to_owned()
+        } else {
+            format!("{hostport}:2379")
+        };
         self.etcd = vec![format!("http://{hostport}")];
         if let Some(ns) = ns.filter(|n| !n.is_empty()) {
             self.namespace = format!("/{ns}");
@@ -119,7 +152,9 @@ impl Ctx {
             .or_else(|| cfg.scope.clone())
             .ok_or_else(|| CtlError::msg("Cluster name required: give it as an argument or set scope in the configuration"))?;
         if cfg.etcd.is_empty() {
-            return Err(CtlError::msg("Can not find suitable configuration of distributed configuration store\nAvailable implementations: etcd3"));
+            return Err(CtlError::msg(
+                "Can not find suitable configuration of distributed configuration store\nAvailable implementations: etcd3",
+            ));
         }
         let dcs = EtcdDcs::connect(EtcdSettings {
             endpoints: cfg.etcd.clone(),
@@ -137,19 +172,36 @@ impl Ctx {
             .no_proxy()
             .timeout(Duration::from_secs(300))
             .connect_timeout(Duration::from_secs(5))
-            .user_agent(format!("Patroni/{} pgwarden-ctl", crate::api::state::VERSION))
+            .user_agent(format!(
+                "Patroni/{} pgwarden-ctl",
+                crate::api::state::VERSION
+            ))
             .build()
             .map_err(|e| CtlError::msg(e.to_string()))?;
-        Ok(Ctx { cfg, scope, dcs: Arc::new(dcs), http })
+        Ok(Ctx {
+            cfg,
+            scope,
+            dcs: Arc::new(dcs),
+            http,
+        })
     }
 
     /// A fresh read of the cluster.
     pub async fn cluster(&self) -> Result<ClusterView, CtlError> {
-        self.dcs.load(true).await.map_err(|e| CtlError::msg(e.to_string()))
+        self.dcs
+            .load(true)
+            .await
+            .map_err(|e| CtlError::msg(e.to_string()))
     }
 
     /// A REST call to a member: `(status, body)`.
-    pub async fn request(&self, m: &Member, method: reqwest::Method, endpoint: &str, body: Option<&Value>) -> Result<(u16, String), String> {
+    pub async fn request(
+        &self,
+        m: &Member,
+        method: reqwest::Method,
+        endpoint: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, String), String> {
         let base = m.api_url.as_deref().ok_or("member has no api_url")?;
         let url = match base.rsplit_once('/') {
             Some((root, _)) if base.matches('/').count() >= 3 => format!("{root}/{endpoint}"),
@@ -160,7 +212,9 @@ impl Ctx {
             rq = rq.basic_auth(u, Some(p));
         }
         if let Some(b) = body {
-            rq = rq.header("content-type", "application/json").body(b.to_string());
+            rq = rq
+                .header("content-type", "application/json")
+                .body(b.to_string());
         }
         let r = rq.send().await.map_err(|e| e.to_string())?;
         let code = r.status().as_u16();
@@ -186,10 +240,17 @@ pub fn prompt(question: &str, default: &str) -> String {
     let mut line = String::new();
     let _ = std::io::stdin().read_line(&mut line);
     let line = line.trim();
-    if line.is_empty() { default.to_owned() } else { line.to_owned() }
+    if line.is_empty() {
+        default.to_owned()
+    } else {
+        line.to_owned()
+    }
 }
 
 /// `2024-05-01 10:00:00`: patronictl's timestamp prefix.
 pub fn timestamp() -> String {
-    chrono::Local::now().format("%Y-%m-%d %H:%M:%S.%f").to_string()[..19].to_owned()
+    chrono::Local::now()
+        .format("%Y-%m-%d %H:%M:%S.%f")
+        .to_string()[..19]
+        .to_owned()
 }

@@ -9,7 +9,11 @@ pub fn unified(before: &str, after: &str) -> String {
     let mut lcs = vec![vec![0usize; m + 1]; n + 1];
     for i in (0..n).rev() {
         for j in (0..m).rev() {
-            lcs[i][j] = if a[i] == b[j] { lcs[i + 1][j + 1] + 1 } else { lcs[i + 1][j].max(lcs[i][j + 1]) };
+            lcs[i][j] = if a[i] == b[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
         }
     }
     // The edit script: (' ' | '-' | '+', line, index in a, index in b).
@@ -20,12 +24,12 @@ pub fn unified(before: &str, after: &str) -> String {
             ops.push((' ', a[i]));
             i += 1;
             j += 1;
-        } else if j < m && (i == n || lcs[i][j + 1] >= lcs[i + 1][j]) {
-            ops.push(('+', b[j]));
-            j += 1;
-        } else {
+        } else if i < n && (j == m || lcs[i + 1][j] >= lcs[i][j + 1]) {
             ops.push(('-', a[i]));
             i += 1;
+        } else {
+            ops.push(('+', b[j]));
+            j += 1;
         }
     }
     if ops.iter().all(|(c, _)| *c == ' ') {
@@ -33,7 +37,12 @@ pub fn unified(before: &str, after: &str) -> String {
     }
     let mut out = String::from("--- \n+++ \n");
     let ctx = 3;
-    let changed: Vec<usize> = ops.iter().enumerate().filter(|(_, (c, _))| *c != ' ').map(|(k, _)| k).collect();
+    let changed: Vec<usize> = ops
+        .iter()
+        .enumerate()
+        .filter(|(_, (c, _))| *c != ' ')
+        .map(|(k, _)| k)
+        .collect();
     let mut k = 0;
     while k < changed.len() {
         let start = changed[k].saturating_sub(ctx);
@@ -45,8 +54,12 @@ pub fn unified(before: &str, after: &str) -> String {
         let end = (end + ctx + 1).min(ops.len());
         let (mut a0, mut b0) = (0, 0);
         for (c, _) in &ops[..start] {
-            if *c != '+' { a0 += 1; }
-            if *c != '-' { b0 += 1; }
+            if *c != '+' {
+                a0 += 1;
+            }
+            if *c != '-' {
+                b0 += 1;
+            }
         }
         let alen = ops[start..end].iter().filter(|(c, _)| *c != '+').count();
         let blen = ops[start..end].iter().filter(|(c, _)| *c != '-').count();
@@ -55,7 +68,11 @@ pub fn unified(before: &str, after: &str) -> String {
             0 => format!("{s},0"),
             _ => format!("{},{l}", s + 1),
         };
-        out.push_str(&format!("@@ -{} +{} @@\n", range(a0, alen), range(b0, blen)));
+        out.push_str(&format!(
+            "@@ -{} +{} @@\n",
+            range(a0, alen),
+            range(b0, blen)
+        ));
         for (c, l) in &ops[start..end] {
             out.push_str(&format!("{c}{l}\n"));
         }

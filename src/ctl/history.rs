@@ -2,9 +2,9 @@
 
 use serde_json::Value;
 
+use super::CtlError;
 use super::context::{Ctx, prompt};
 use super::table::{Cell, Format, print};
-use super::CtlError;
 
 /// `history [-f fmt]`: TL, LSN, Reason, Timestamp, New Leader.
 pub async fn history(ctx: &Ctx, fmt: Format) -> Result<(), CtlError> {
@@ -19,7 +19,9 @@ pub async fn history(ctx: &Ctx, fmt: Format) -> Result<(), CtlError> {
                 .iter()
                 .take(5)
                 .map(|v| match v {
-                    Value::Number(n) => n.as_i64().map_or_else(|| Cell::from(n.to_string()), Cell::Int),
+                    Value::Number(n) => n
+                        .as_i64()
+                        .map_or_else(|| Cell::from(n.to_string()), Cell::Int),
                     Value::String(s) => Cell::from(s.as_str()),
                     Value::Null => Cell::from(""),
                     other => Cell::from(other.to_string()),
@@ -29,7 +31,13 @@ pub async fn history(ctx: &Ctx, fmt: Format) -> Result<(), CtlError> {
             r
         })
         .collect();
-    print(fmt, &["TL", "LSN", "Reason", "Timestamp", "New Leader"], &rows, &["TL", "LSN"], None);
+    print(
+        fmt,
+        &["TL", "LSN", "Reason", "Timestamp", "New Leader"],
+        &rows,
+        &["TL", "LSN"],
+        None,
+    );
     Ok(())
 }
 
@@ -41,14 +49,29 @@ pub async fn remove(ctx: &Ctx) -> Result<(), CtlError> {
         return Err(CtlError::msg("Cluster names specified do not match"));
     }
     let phrase = "Yes I am aware";
-    if prompt(&format!("You are about to remove all information in DCS for {}, please type: \"{phrase}\"", ctx.scope), "") != phrase {
+    if prompt(
+        &format!(
+            "You are about to remove all information in DCS for {}, please type: \"{phrase}\"",
+            ctx.scope
+        ),
+        "",
+    ) != phrase
+    {
         return Err(CtlError::msg("You did not exactly type \"Yes I am aware\""));
     }
     if let Some((name, m)) = view.leader_member()
         && m.state.as_deref() == Some("running")
-        && prompt("This cluster currently is healthy. Please specify the leader name to continue", "") != name
+        && prompt(
+            "This cluster currently is healthy. Please specify the leader name to continue",
+            "",
+        ) != name
     {
-        return Err(CtlError::msg("You did not specify the current leader of the cluster"));
+        return Err(CtlError::msg(
+            "You did not specify the current leader of the cluster",
+        ));
     }
-    ctx.dcs.delete_cluster().await.map_err(|e| CtlError::msg(e.to_string()))
+    ctx.dcs
+        .delete_cluster()
+        .await
+        .map_err(|e| CtlError::msg(e.to_string()))
 }

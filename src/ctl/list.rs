@@ -4,9 +4,9 @@
 
 use serde_json::Value;
 
+use super::CtlError;
 use super::context::Ctx;
 use super::table::{Cell, Format, print};
-use super::CtlError;
 use crate::api::cluster::conn_host_port;
 use crate::dcs::ClusterView;
 
@@ -27,7 +27,11 @@ struct Row {
 
 fn rows_of(view: &ClusterView) -> Vec<Row> {
     let leader = view.leader.as_ref().map(|l| l.name.as_str());
-    let sync: Vec<&str> = view.sync.as_ref().map(|s| s.value.members()).unwrap_or_default();
+    let sync: Vec<&str> = view
+        .sync
+        .as_ref()
+        .map(|s| s.value.members())
+        .unwrap_or_default();
     let standby = crate::api::state::is_standby_cluster(view.config.as_ref().map(|c| &c.value));
     let cluster_lsn = view.status.as_ref().map_or(0, |s| s.optime);
     view.members
@@ -41,7 +45,11 @@ fn rows_of(view: &ClusterView) -> Vec<Row> {
             } else {
                 "Replica"
             };
-            let (host, port) = m.conn_url.as_deref().map(conn_host_port).unwrap_or((None, None));
+            let (host, port) = m
+                .conn_url
+                .as_deref()
+                .map(conn_host_port)
+                .unwrap_or((None, None));
             let lag = (!is_leader).then(|| match m.xlog_location {
                 None => Err(()),
                 Some(lsn) => Ok(cluster_lsn.saturating_sub(lsn)),
@@ -64,7 +72,10 @@ fn rows_of(view: &ClusterView) -> Vec<Row> {
                 pending_restart: m.pending_restart.unwrap_or(false),
                 scheduled_restart,
                 tags: m.tags.clone().filter(|t| !t.is_empty()),
-                replicatefrom: m.tag("replicatefrom").and_then(Value::as_str).map(str::to_owned),
+                replicatefrom: m
+                    .tag("replicatefrom")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
             }
         })
         .collect()
@@ -74,13 +85,24 @@ fn rows_of(view: &ClusterView) -> Vec<Row> {
 fn topology_order(rows: Vec<Row>, leader: Option<&str>) -> Vec<Row> {
     let mut out = Vec::new();
     let mut rest = rows;
-    fn take_children(parent: Option<&str>, depth: usize, rest: &mut Vec<Row>, out: &mut Vec<Row>, leader: Option<&str>) {
+    fn take_children(
+        parent: Option<&str>,
+        depth: usize,
+        rest: &mut Vec<Row>,
+        out: &mut Vec<Row>,
+        leader: Option<&str>,
+    ) {
         let mut i = 0;
         while i < rest.len() {
-            let upstream = rest[i].replicatefrom.as_deref().filter(|u| Some(*u) != leader);
+            let upstream = rest[i]
+                .replicatefrom
+                .as_deref()
+                .filter(|u| Some(*u) != leader);
             let is_child = match parent {
                 None => Some(rest[i].name.as_str()) == leader,
-                Some(p) if Some(p) == leader => upstream.is_none() && Some(rest[i].name.as_str()) != leader,
+                Some(p) if Some(p) == leader => {
+                    upstream.is_none() && Some(rest[i].name.as_str()) != leader
+                }
                 Some(p) => upstream == Some(p),
             };
             if is_child {
@@ -110,12 +132,24 @@ pub fn output_members(ctx: &Ctx, view: &ClusterView, fmt: Format, extended: bool
     if fmt == Format::Topology {
         rows = topology_order(rows, view.leader.as_ref().map(|l| l.name.as_str()));
     }
-    let mut columns = vec!["Cluster", "Member", "Host", "Role", "State", "TL", "Lag in MB"];
+    let mut columns = vec![
+        "Cluster",
+        "Member",
+        "Host",
+        "Role",
+        "State",
+        "TL",
+        "Lag in MB",
+    ];
     let with_host: Vec<&Row> = rows.iter().filter(|r| r.host.is_some()).collect();
     let pending = extended || with_host.iter().any(|r| r.pending_restart);
     let scheduled = extended || with_host.iter().any(|r| r.scheduled_restart.is_some());
     let tags = extended || with_host.iter().any(|r| r.tags.is_some());
-    for (on, c) in [(pending, "Pending restart"), (scheduled, "Scheduled restart"), (tags, "Tags")] {
+    for (on, c) in [
+        (pending, "Pending restart"),
+        (scheduled, "Scheduled restart"),
+        (tags, "Tags"),
+    ] {
         if on {
             columns.push(c);
         }
@@ -123,12 +157,16 @@ pub fn output_members(ctx: &Ctx, view: &ClusterView, fmt: Format, extended: bool
     let mut hosts: Vec<&str> = with_host.iter().filter_map(|r| r.host.as_deref()).collect();
     hosts.sort_unstable();
     hosts.dedup();
-    let append_port = with_host.iter().any(|r| r.port.is_some_and(|p| p != 5432)) || hosts.len() < with_host.len();
+    let append_port = with_host.iter().any(|r| r.port.is_some_and(|p| p != 5432))
+        || hosts.len() < with_host.len();
     let cells: Vec<Vec<Cell>> = rows
         .iter()
         .map(|r| {
             let mut host = r.host.clone().unwrap_or_default();
-            if append_port && !host.is_empty() && let Some(p) = r.port {
+            if append_port
+                && !host.is_empty()
+                && let Some(p) = r.port
+            {
                 host = format!("{host}:{p}");
             }
             let mut row = vec![
@@ -204,11 +242,20 @@ fn service_info(view: &ClusterView) -> Vec<String> {
 
 fn round_half_even(x: f64) -> i64 {
     let r = x.round();
-    if (x - x.trunc()).abs() == 0.5 && (r as i64) % 2 != 0 { (r - x.signum()) as i64 } else { r as i64 }
+    if (x - x.trunc()).abs() == 0.5 && (r as i64) % 2 != 0 {
+        (r - x.signum()) as i64
+    } else {
+        r as i64
+    }
 }
 
 /// `list [-e] [-f fmt] [-W | -w N]`.
-pub async fn list(ctx: &Ctx, fmt: Format, extended: bool, watch: Option<f64>) -> Result<(), CtlError> {
+pub async fn list(
+    ctx: &Ctx,
+    fmt: Format,
+    extended: bool,
+    watch: Option<f64>,
+) -> Result<(), CtlError> {
     loop {
         let view = ctx.cluster().await?;
         output_members(ctx, &view, fmt, extended);

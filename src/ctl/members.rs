@@ -3,8 +3,8 @@
 use reqwest::Method;
 use serde_json::{Map, Value};
 
-use super::context::{Ctx, confirm, prompt};
 use super::CtlError;
+use super::context::{Ctx, confirm, prompt};
 use crate::dcs::{ClusterView, Member};
 
 /// `--role` values (patronictl 3 and 4 spellings).
@@ -20,8 +20,16 @@ pub fn role_matches(role: &str, name: &str, view: &ClusterView) -> bool {
 
 /// Members named (all when none named) filtered by role. The first positional may be the
 /// cluster name, as patronictl 3 requires it there.
-pub fn select<'a>(ctx: &Ctx, view: &'a ClusterView, names: &[String], role: &str) -> Result<Vec<(&'a String, &'a Member)>, CtlError> {
-    let names: Vec<&String> = names.iter().filter(|n| **n != ctx.scope || view.members.contains_key(*n)).collect();
+pub fn select<'a>(
+    ctx: &Ctx,
+    view: &'a ClusterView,
+    names: &[String],
+    role: &str,
+) -> Result<Vec<(&'a String, &'a Member)>, CtlError> {
+    let names: Vec<&String> = names
+        .iter()
+        .filter(|n| **n != ctx.scope || view.members.contains_key(*n))
+        .collect();
     for n in &names {
         if !view.members.contains_key(*n) {
             return Err(CtlError::msg(format!("{n} is not a member of cluster")));
@@ -40,7 +48,10 @@ pub fn select<'a>(ctx: &Ctx, view: &'a ClusterView, names: &[String], role: &str
 }
 
 fn member_list(ms: &[(&String, &Member)]) -> String {
-    ms.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+    ms.iter()
+        .map(|(n, _)| n.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `restart` options.
@@ -65,10 +76,18 @@ pub async fn restart(ctx: &Ctx, names: &[String], o: RestartOpts) -> Result<(), 
     let members = select(ctx, &view, names, &o.role)?;
     let mut scheduled = o.scheduled.clone();
     if scheduled.is_none() && !o.force {
-        scheduled = Some(prompt("When should the restart take place (e.g. 2030-01-01T12:00+00)", "now"));
+        scheduled = Some(prompt(
+            "When should the restart take place (e.g. 2030-01-01T12:00+00)",
+            "now",
+        ));
     }
     let scheduled = scheduled.filter(|s| s != "now");
-    if !o.force && !confirm(&format!("Are you sure you want to restart members {}?", member_list(&members))) {
+    if !o.force
+        && !confirm(&format!(
+            "Are you sure you want to restart members {}?",
+            member_list(&members)
+        ))
+    {
         return Err(CtlError::msg("Aborted restart"));
     }
     let mut body = Map::new();
@@ -83,7 +102,9 @@ pub async fn restart(ctx: &Ctx, names: &[String], o: RestartOpts) -> Result<(), 
             r => r,
         };
         // A standby leader is "the leader" to the user; the member checks its own role.
-        if role != "primary" || !crate::api::state::is_standby_cluster(view.config.as_ref().map(|c| &c.value)) {
+        if role != "primary"
+            || !crate::api::state::is_standby_cluster(view.config.as_ref().map(|c| &c.value))
+        {
             body.insert("role".into(), Value::String(role.into()));
         }
     }
@@ -119,14 +140,23 @@ pub async fn restart(ctx: &Ctx, names: &[String], o: RestartOpts) -> Result<(), 
             }
         }
     }
-    if failed { Err(CtlError::Silent) } else { Ok(()) }
+    if failed {
+        Err(CtlError::Silent)
+    } else {
+        Ok(())
+    }
 }
 
 /// `reload [CLUSTER] [MEMBERS...]`.
 pub async fn reload(ctx: &Ctx, names: &[String], role: &str, force: bool) -> Result<(), CtlError> {
     let view = ctx.cluster().await?;
     let members = select(ctx, &view, names, role)?;
-    if !force && !confirm(&format!("Are you sure you want to reload members {}?", member_list(&members))) {
+    if !force
+        && !confirm(&format!(
+            "Are you sure you want to reload members {}?",
+            member_list(&members)
+        ))
+    {
         return Err(CtlError::msg("Aborted reload"));
     }
     let loop_wait = view
@@ -139,7 +169,9 @@ pub async fn reload(ctx: &Ctx, names: &[String], role: &str, force: bool) -> Res
     for (name, m) in &members {
         match ctx.request(m, Method::POST, "reload", None).await {
             Ok((200, _)) => println!("No changes to apply on member {name}"),
-            Ok((202, _)) => println!("Reload request received for member {name} and will be processed within {loop_wait} seconds"),
+            Ok((202, _)) => println!(
+                "Reload request received for member {name} and will be processed within {loop_wait} seconds"
+            ),
             Ok((code, text)) => {
                 println!("Failed: reload for member {name}, status code={code}, ({text})");
                 failed = true;
@@ -150,14 +182,29 @@ pub async fn reload(ctx: &Ctx, names: &[String], role: &str, force: bool) -> Res
             }
         }
     }
-    if failed { Err(CtlError::Silent) } else { Ok(()) }
+    if failed {
+        Err(CtlError::Silent)
+    } else {
+        Ok(())
+    }
 }
 
 /// `reinit [CLUSTER] MEMBERS... [--force] [--wait] [--from-leader]`.
-pub async fn reinit(ctx: &Ctx, names: &[String], force: bool, wait: bool, from_leader: bool) -> Result<(), CtlError> {
+pub async fn reinit(
+    ctx: &Ctx,
+    names: &[String],
+    force: bool,
+    wait: bool,
+    from_leader: bool,
+) -> Result<(), CtlError> {
     let view = ctx.cluster().await?;
     let members = select(ctx, &view, names, "replica")?;
-    if !force && !confirm(&format!("Are you sure you want to reinitialize members {}?", member_list(&members))) {
+    if !force
+        && !confirm(&format!(
+            "Are you sure you want to reinitialize members {}?",
+            member_list(&members)
+        ))
+    {
         return Err(CtlError::msg("Aborted reinitialization"));
     }
     let mut body = Map::new();
@@ -169,7 +216,10 @@ pub async fn reinit(ctx: &Ctx, names: &[String], force: bool, wait: bool, from_l
     let mut failed = false;
     let mut started = Vec::new();
     for (name, m) in &members {
-        match ctx.request(m, Method::POST, "reinitialize", Some(&body)).await {
+        match ctx
+            .request(m, Method::POST, "reinitialize", Some(&body))
+            .await
+        {
             Ok((200, _)) => {
                 println!("Success: reinitialize for member {name}");
                 started.push((*name, *m));
@@ -185,7 +235,14 @@ pub async fn reinit(ctx: &Ctx, names: &[String], force: bool, wait: bool, from_l
         }
     }
     if wait {
-        println!("Waiting for reinitialize to complete on: {}", started.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", "));
+        println!(
+            "Waiting for reinitialize to complete on: {}",
+            started
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         for (name, m) in started {
             loop {
                 tokio::time::sleep(std::time::Duration::from_secs(2)).await;
@@ -199,5 +256,9 @@ pub async fn reinit(ctx: &Ctx, names: &[String], force: bool, wait: bool, from_l
             }
         }
     }
-    if failed { Err(CtlError::Silent) } else { Ok(()) }
+    if failed {
+        Err(CtlError::Silent)
+    } else {
+        Ok(())
+    }
 }

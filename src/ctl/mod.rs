@@ -45,13 +45,28 @@ impl CtlError {
 
 /// patronictl's command line.
 #[derive(Parser, Debug)]
-#[command(name = "patronictl", about = "Command-line interface for interacting with a pgwarden/Patroni cluster", version)]
+#[command(
+    name = "patronictl",
+    about = "Command-line interface for interacting with a pgwarden/Patroni cluster",
+    version
+)]
 pub struct CtlArgs {
     /// Configuration file.
-    #[arg(short = 'c', long = "config-file", env = "PATRONICTL_CONFIG_FILE", global = true)]
+    #[arg(
+        short = 'c',
+        long = "config-file",
+        env = "PATRONICTL_CONFIG_FILE",
+        global = true
+    )]
     pub config_file: Option<PathBuf>,
     /// The DCS connect url (`etcd3://host:port/namespace`).
-    #[arg(short = 'd', long = "dcs-url", alias = "dcs", env = "DCS_URL", global = true)]
+    #[arg(
+        short = 'd',
+        long = "dcs-url",
+        alias = "dcs",
+        env = "DCS_URL",
+        global = true
+    )]
     pub dcs_url: Option<String>,
     /// Allow connections to SSL sites without certs.
     #[arg(short = 'k', long = "insecure", global = true)]
@@ -248,15 +263,30 @@ fn split_cluster(cfg: &context::CtlConfig, names: &[String]) -> (Option<String>,
 }
 
 async fn run(args: CtlArgs) -> Result<(), CtlError> {
-    let cfg = context::CtlConfig::load(args.config_file.clone(), args.dcs_url.as_deref(), args.insecure)?;
+    let cfg = context::CtlConfig::load(
+        args.config_file.clone(),
+        args.dcs_url.as_deref(),
+        args.insecure,
+    )?;
     let connect = |scope: Option<String>| {
         let cfg = cfg.clone();
         async move { context::Ctx::connect(cfg, scope.as_deref()).await }
     };
     match args.command {
-        Cmd::List { cluster_names, extended, ts, fmt, watch, w } => {
+        Cmd::List {
+            cluster_names,
+            extended,
+            ts,
+            fmt,
+            watch,
+            w,
+        } => {
             let watch = watch.or(w.then_some(2.0));
-            let names = if cluster_names.is_empty() { vec![None] } else { cluster_names.into_iter().map(Some).collect() };
+            let names = if cluster_names.is_empty() {
+                vec![None]
+            } else {
+                cluster_names.into_iter().map(Some).collect()
+            };
             for n in names {
                 if ts {
                     println!("{}", chrono::Local::now().format("%Y-%m-%d %H:%M:%S"));
@@ -266,32 +296,93 @@ async fn run(args: CtlArgs) -> Result<(), CtlError> {
             }
             Ok(())
         }
-        Cmd::Topology { cluster_names, watch, w } => {
+        Cmd::Topology {
+            cluster_names,
+            watch,
+            w,
+        } => {
             let ctx = connect(cluster_names.first().cloned()).await?;
             list::list(&ctx, Format::Topology, false, watch.or(w.then_some(2.0))).await
         }
-        Cmd::Switchover { cluster_name, leader, candidate, scheduled, force } => {
+        Cmd::Switchover {
+            cluster_name,
+            leader,
+            candidate,
+            scheduled,
+            force,
+        } => {
             let ctx = connect(cluster_name).await?;
-            switchover::run(&ctx, switchover::Request { failover: false, leader, candidate, scheduled, force }).await
+            switchover::run(
+                &ctx,
+                switchover::Request {
+                    failover: false,
+                    leader,
+                    candidate,
+                    scheduled,
+                    force,
+                },
+            )
+            .await
         }
-        Cmd::Failover { cluster_name, leader, candidate, force } => {
+        Cmd::Failover {
+            cluster_name,
+            leader,
+            candidate,
+            force,
+        } => {
             let ctx = connect(cluster_name).await?;
             // patronictl 3: `failover --leader X` is a switchover.
             let failover = leader.is_none();
-            switchover::run(&ctx, switchover::Request { failover, leader, candidate, scheduled: None, force }).await
+            switchover::run(
+                &ctx,
+                switchover::Request {
+                    failover,
+                    leader,
+                    candidate,
+                    scheduled: None,
+                    force,
+                },
+            )
+            .await
         }
-        Cmd::Restart { names, role, any, scheduled, pg_version, pending, timeout, force } => {
+        Cmd::Restart {
+            names,
+            role,
+            any,
+            scheduled,
+            pg_version,
+            pending,
+            timeout,
+            force,
+        } => {
             let (cluster, members) = split_cluster(&cfg, &names);
             let ctx = connect(cluster).await?;
             let role = if any { "any".to_owned() } else { role };
-            members::restart(&ctx, &members, members::RestartOpts { role, pending, scheduled, pg_version, timeout, force }).await
+            members::restart(
+                &ctx,
+                &members,
+                members::RestartOpts {
+                    role,
+                    pending,
+                    scheduled,
+                    pg_version,
+                    timeout,
+                    force,
+                },
+            )
+            .await
         }
         Cmd::Reload { names, role, force } => {
             let (cluster, members) = split_cluster(&cfg, &names);
             let ctx = connect(cluster).await?;
             members::reload(&ctx, &members, &role, force).await
         }
-        Cmd::Reinit { names, force, wait, from_leader } => {
+        Cmd::Reinit {
+            names,
+            force,
+            wait,
+            from_leader,
+        } => {
             let (cluster, members) = split_cluster(&cfg, &names);
             if members.is_empty() {
                 return Err(CtlError::msg("Missing argument 'MEMBER_NAMES...'"));
@@ -299,14 +390,39 @@ async fn run(args: CtlArgs) -> Result<(), CtlError> {
             let ctx = connect(cluster).await?;
             members::reinit(&ctx, &members, force, wait, from_leader).await
         }
-        Cmd::Pause { cluster_name, wait } => pause::toggle(&connect(cluster_name).await?, true, wait).await,
-        Cmd::Resume { cluster_name, wait } => pause::toggle(&connect(cluster_name).await?, false, wait).await,
-        Cmd::EditConfig { cluster_name, quiet, set, pg, apply, replace, force } => {
+        Cmd::Pause { cluster_name, wait } => {
+            pause::toggle(&connect(cluster_name).await?, true, wait).await
+        }
+        Cmd::Resume { cluster_name, wait } => {
+            pause::toggle(&connect(cluster_name).await?, false, wait).await
+        }
+        Cmd::EditConfig {
+            cluster_name,
+            quiet,
+            set,
+            pg,
+            apply,
+            replace,
+            force,
+        } => {
             let ctx = connect(cluster_name).await?;
-            config::edit(&ctx, config::EditOpts { quiet, set, pg, apply, replace, force }).await
+            config::edit(
+                &ctx,
+                config::EditOpts {
+                    quiet,
+                    set,
+                    pg,
+                    apply,
+                    replace,
+                    force,
+                },
+            )
+            .await
         }
         Cmd::ShowConfig { cluster_name } => config::show(&connect(cluster_name).await?).await,
-        Cmd::History { cluster_name, fmt } => history::history(&connect(cluster_name).await?, fmt).await,
+        Cmd::History { cluster_name, fmt } => {
+            history::history(&connect(cluster_name).await?, fmt).await
+        }
         Cmd::Remove { cluster_name } => history::remove(&connect(Some(cluster_name)).await?).await,
     }
 }
@@ -320,7 +436,10 @@ pub fn main(argv: Vec<OsString>) -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("Error: cannot start the runtime: {e}");

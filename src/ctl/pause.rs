@@ -4,15 +4,19 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::context::Ctx;
 use super::CtlError;
+use super::context::Ctx;
 
 /// Pauses (`paused == true`) or resumes cluster management.
 pub async fn toggle(ctx: &Ctx, paused: bool, wait: bool) -> Result<(), CtlError> {
     let view = ctx.cluster().await?;
     let now_paused = crate::api::state::config_paused(view.config.as_ref().map(|c| &c.value));
     if now_paused == paused {
-        return Err(CtlError::msg(if paused { "Cluster is already paused" } else { "Cluster is not paused" }));
+        return Err(CtlError::msg(if paused {
+            "Cluster is already paused"
+        } else {
+            "Cluster is not paused"
+        }));
     }
     let leader = view.leader.as_ref().map(|l| l.name.clone());
     let mut order: Vec<_> = view.members.iter().collect();
@@ -34,16 +38,25 @@ pub async fn toggle(ctx: &Ctx, paused: bool, wait: bool) -> Result<(), CtlError>
         return Err(CtlError::msg(last));
     }
     if wait {
-        println!("'{}' request sent, waiting until it is recognized by all nodes", if paused { "pause" } else { "resume" });
+        println!(
+            "'{}' request sent, waiting until it is recognized by all nodes",
+            if paused { "pause" } else { "resume" }
+        );
         loop {
             let v = ctx.cluster().await?;
-            let all = v.members.values().all(|m| m.pause.unwrap_or(false) == paused);
+            let all = v
+                .members
+                .values()
+                .all(|m| m.pause.unwrap_or(false) == paused);
             if all {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         }
     }
-    println!("Success: cluster management is {}", if paused { "paused" } else { "resumed" });
+    println!(
+        "Success: cluster management is {}",
+        if paused { "paused" } else { "resumed" }
+    );
     Ok(())
 }

@@ -5,10 +5,10 @@
 use reqwest::Method;
 use serde_json::{Map, Value};
 
+use super::CtlError;
 use super::context::{Ctx, confirm, prompt, timestamp};
 use super::list::output_members;
 use super::table::Format;
-use super::CtlError;
 use crate::dcs::Failover;
 
 /// The options of both commands.
@@ -27,7 +27,11 @@ pub struct Request {
 
 /// Runs a switchover or failover.
 pub async fn run(ctx: &Ctx, mut req: Request) -> Result<(), CtlError> {
-    let action = if req.failover { "failover" } else { "switchover" };
+    let action = if req.failover {
+        "failover"
+    } else {
+        "switchover"
+    };
     let view = ctx.cluster().await?;
     let leader = view.leader.as_ref().map(|l| l.name.clone());
     if !req.failover && leader.is_none() {
@@ -41,11 +45,19 @@ pub async fn run(ctx: &Ctx, mut req: Request) -> Result<(), CtlError> {
             None => prompt("Primary", &current),
         };
         if given != current {
-            return Err(CtlError::msg(format!("Member {given} is not the leader of cluster {}", ctx.scope)));
+            return Err(CtlError::msg(format!(
+                "Member {given} is not the leader of cluster {}",
+                ctx.scope
+            )));
         }
         req.leader = Some(given);
     }
-    let candidates: Vec<String> = view.members.keys().filter(|n| Some(*n) != leader.as_ref()).cloned().collect();
+    let candidates: Vec<String> = view
+        .members
+        .keys()
+        .filter(|n| Some(*n) != leader.as_ref())
+        .cloned()
+        .collect();
     if candidates.is_empty() {
         return Err(CtlError::msg(format!("No candidates found to {action} to")));
     }
@@ -54,31 +66,47 @@ pub async fn run(ctx: &Ctx, mut req: Request) -> Result<(), CtlError> {
         req.candidate = Some(answer).filter(|a| !a.is_empty());
     }
     if req.failover && req.candidate.is_none() {
-        return Err(CtlError::msg("Failover could be performed only to a specific candidate"));
+        return Err(CtlError::msg(
+            "Failover could be performed only to a specific candidate",
+        ));
     }
     if let Some(c) = &req.candidate {
         if Some(c) == req.leader.as_ref() || Some(c) == leader.as_ref() {
-            return Err(CtlError::msg(format!("Member {c} is already the leader of cluster {}", ctx.scope)));
+            return Err(CtlError::msg(format!(
+                "Member {c} is already the leader of cluster {}",
+                ctx.scope
+            )));
         }
         if !candidates.contains(c) {
-            return Err(CtlError::msg(format!("Member {c} does not exist in cluster {} or is tagged as nofailover", ctx.scope)));
+            return Err(CtlError::msg(format!(
+                "Member {c} does not exist in cluster {} or is tagged as nofailover",
+                ctx.scope
+            )));
         }
     }
     let paused = crate::api::state::config_paused(view.config.as_ref().map(|c| &c.value));
     let mut scheduled = req.scheduled.clone();
     if !req.failover && scheduled.is_none() && !req.force {
-        scheduled = Some(prompt("When should the switchover take place (e.g. 2030-01-01T12:00+00)", "now"));
+        scheduled = Some(prompt(
+            "When should the switchover take place (e.g. 2030-01-01T12:00+00)",
+            "now",
+        ));
     }
     let scheduled = scheduled.filter(|s| s != "now");
     if scheduled.is_some() && paused {
-        return Err(CtlError::msg("Can't schedule switchover in the paused state"));
+        return Err(CtlError::msg(
+            "Can't schedule switchover in the paused state",
+        ));
     }
     if req.failover && scheduled.is_some() {
         return Err(CtlError::msg("Failover can't be scheduled"));
     }
     if !req.force {
         let q = match &leader {
-            Some(l) => format!("Are you sure you want to {action} cluster {}, demoting current leader {l}?", ctx.scope),
+            Some(l) => format!(
+                "Are you sure you want to {action} cluster {}, demoting current leader {l}?",
+                ctx.scope
+            ),
             None => format!("Are you sure you want to {action} cluster {}?", ctx.scope),
         };
         if !confirm(&q) {
@@ -95,10 +123,20 @@ pub async fn run(ctx: &Ctx, mut req: Request) -> Result<(), CtlError> {
     if let Some(s) = &scheduled {
         body.insert("scheduled_at".into(), Value::String(s.clone()));
     }
-    let target = leader.clone().or_else(|| req.candidate.clone()).and_then(|n| view.members.get(&n).cloned());
-    let endpoint = if req.failover { "failover" } else { "switchover" };
+    let target = leader
+        .clone()
+        .or_else(|| req.candidate.clone())
+        .and_then(|n| view.members.get(&n).cloned());
+    let endpoint = if req.failover {
+        "failover"
+    } else {
+        "switchover"
+    };
     let sent = match &target {
-        Some(m) => ctx.request(m, Method::POST, endpoint, Some(&Value::Object(body))).await,
+        Some(m) => {
+            ctx.request(m, Method::POST, endpoint, Some(&Value::Object(body)))
+                .await
+        }
         None => Err("no member to send the request to".into()),
     };
     let mut failed = false;
@@ -110,17 +148,33 @@ pub async fn run(ctx: &Ctx, mut req: Request) -> Result<(), CtlError> {
         }
         Err(e) => {
             tracing::warn!("REST call failed: {e}; falling back to DCS");
-            println!("{} Could not {action} using Patroni api, falling back to DCS", timestamp());
-            let f = Failover { leader: req.leader.clone(), member: req.candidate.clone(), scheduled_at: scheduled.clone() };
-            ctx.dcs.set_failover(&f, None).await.map_err(|e| CtlError::msg(e.to_string()))?;
+            println!(
+                "{} Could not {action} using Patroni api, falling back to DCS",
+                timestamp()
+            );
+            let f = Failover {
+                leader: req.leader.clone(),
+                member: req.candidate.clone(),
+                scheduled_at: scheduled.clone(),
+            };
+            ctx.dcs
+                .set_failover(&f, None)
+                .await
+                .map_err(|e| CtlError::msg(e.to_string()))?;
         }
     }
     let view = ctx.cluster().await?;
     output_members(ctx, &view, Format::Pretty, false);
-    if failed { Err(CtlError::Silent) } else { Ok(()) }
+    if failed {
+        Err(CtlError::Silent)
+    } else {
+        Ok(())
+    }
 }
 
 fn capitalize(s: &str) -> String {
     let mut c = s.chars();
-    c.next().map(|f| f.to_uppercase().collect::<String>() + c.as_str()).unwrap_or_default()
+    c.next()
+        .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
+        .unwrap_or_default()
 }

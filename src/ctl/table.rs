@@ -62,7 +62,11 @@ fn center(text: &str, width: usize) -> String {
     let len = text.chars().count();
     let excess = width.saturating_sub(len);
     let (l, r) = if excess % 2 == 1 {
-        if len % 2 == 1 { (excess / 2, excess / 2 + 1) } else { (excess / 2 + 1, excess / 2) }
+        if len % 2 == 1 {
+            (excess / 2, excess / 2 + 1)
+        } else {
+            (excess / 2 + 1, excess / 2)
+        }
     } else {
         (excess / 2, excess / 2)
     };
@@ -115,7 +119,11 @@ pub fn pretty(columns: &[&str], rows: &[Vec<Cell>], right: &[&str], title: Optio
         }
         s
     };
-    let mut out = vec![top, line(columns.iter().map(|c| c.to_string()).collect(), true), rule.clone()];
+    let mut out = vec![
+        top,
+        line(columns.iter().map(|c| c.to_string()).collect(), true),
+        rule.clone(),
+    ];
     for r in rows {
         out.push(line(r.iter().map(Cell::text).collect(), false));
     }
@@ -139,7 +147,13 @@ pub fn objects(columns: &[&str], rows: &[Vec<Cell>], skip_empty: bool) -> Vec<Ma
 }
 
 /// Prints a table in `fmt`.
-pub fn print(fmt: Format, columns: &[&str], rows: &[Vec<Cell>], right: &[&str], title: Option<&str>) {
+pub fn print(
+    fmt: Format,
+    columns: &[&str],
+    rows: &[Vec<Cell>],
+    right: &[&str],
+    title: Option<&str>,
+) {
     match fmt {
         Format::Json => {
             // json.dumps keeps the column order.
@@ -159,18 +173,23 @@ pub fn print(fmt: Format, columns: &[&str], rows: &[Vec<Cell>], right: &[&str], 
         }
         Format::Yaml | Format::Yml => {
             let v = objects(columns, rows, title.is_some());
-            print!("{}", super::yaml::dump(&Value::Array(v.into_iter().map(Value::Object).collect())));
+            print!(
+                "{}",
+                super::yaml::dump(&Value::Array(v.into_iter().map(Value::Object).collect()))
+            );
         }
         Format::Tsv => {
             println!("{}", columns.join("\t"));
             for r in rows {
-                println!("{}", r.iter().map(Cell::text).collect::<Vec<_>>().join("\t"));
+                println!(
+                    "{}",
+                    r.iter().map(Cell::text).collect::<Vec<_>>().join("\t")
+                );
             }
         }
         Format::Pretty | Format::Topology => println!("{}", pretty(columns, rows, right, title)),
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -178,9 +197,12 @@ mod tests {
 
     #[test]
     fn framed_table_with_title() {
-        let rows = vec![vec![Cell::from("m0"), Cell::Int(1)], vec![Cell::from("member1"), Cell::Int(12)]];
+        let rows = vec![
+            vec![Cell::from("m0"), Cell::Int(1)],
+            vec![Cell::from("member1"), Cell::Int(12)],
+        ];
         let t = pretty(&["Member", "TL"], &rows, &["TL"], Some(" Cluster: c "));
-        let expected = "+ Cluster: c -+----+\n| Member  | TL |\n+---------+----+\n| m0      |  1 |\n| member1 | 12 |\n+---------+----+";
+        let expected = "+ Cluster: c --+\n|  Member | TL |\n+---------+----+\n| m0      |  1 |\n| member1 | 12 |\n+---------+----+";
         assert_eq!(t, expected);
         assert_eq!(center("TL", 5), "  TL ");
         assert_eq!(center("Tag", 6), " Tag  ");
