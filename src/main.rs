@@ -7,7 +7,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "pgwarden", version, about = "High-availability agent for PostgreSQL, compatible with Patroni")]
+#[command(
+    name = "pgwarden",
+    version,
+    about = "High-availability agent for PostgreSQL, compatible with Patroni"
+)]
 struct Cli {
     /// Check the configuration file and exit.
     #[arg(long)]
@@ -27,12 +31,22 @@ enum Command {
     },
     /// Start etcd and three members on loopback in a temporary directory and show them live.
     Demo(pgwarden::demo::DemoArgs),
+    /// patronictl: `pgwarden ctl list`, `pgwarden ctl switchover`, ... (also when run as `patronictl`).
+    #[command(disable_help_flag = true)]
+    Ctl {
+        /// patronictl's arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PGWARDEN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
 }
 
 fn load_config(path: Option<&PathBuf>) -> Result<pgwarden::config::Config, String> {
@@ -65,7 +79,11 @@ fn run_member(path: Option<PathBuf>, validate_only: bool) -> ExitCode {
         println!("configuration is valid");
         return ExitCode::SUCCESS;
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
@@ -91,7 +109,10 @@ fn run_member(path: Option<PathBuf>, validate_only: bool) -> ExitCode {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         std::future::pending::<()>().await;
         return;
     };
@@ -101,8 +122,8 @@ async fn shutdown_signal() {
     }
 }
 
-/// One malloc arena instead of one per thread: the agent is small and mostly idle, and
-/// per-thread arenas are most of its resident memory beyond the code itself.
+/// One malloc arena instead of one per thread: the agent is small and mostly idle, so extra
+/// arenas would only hold freed memory.
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only tunes the allocator; called before any other thread exists.
@@ -113,11 +134,26 @@ fn limit_malloc_arenas() {
 
 fn main() -> ExitCode {
     limit_malloc_arenas();
+    // Invoked as `patronictl` (a symlink or copy): behave as patronictl.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let invoked_as = argv.first().and_then(|a| {
+        PathBuf::from(a)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+    });
+    if invoked_as.as_deref() == Some("patronictl") {
+        return pgwarden::ctl::main(argv);
+    }
     init_tracing();
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Run { config }) => run_member(config, cli.validate_config),
         Some(Command::Demo(args)) => pgwarden::demo::main(args),
+        Some(Command::Ctl { args }) => {
+            let mut argv = vec![std::ffi::OsString::from("patronictl")];
+            argv.extend(args);
+            pgwarden::ctl::main(argv)
+        }
         None => run_member(cli.config, cli.validate_config),
     }
 }

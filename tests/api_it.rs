@@ -183,6 +183,7 @@ async fn start(with_config: bool, promote_on_failover: bool) -> Harness {
         dcs: dcs.clone(),
         commands: tx,
         peer_timeout: Duration::from_secs(2),
+        access: Default::default(),
     };
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(serve(listener, ctx, async {

@@ -5,6 +5,9 @@
 //! - [`health`]: the health router and the probes, pure functions of a snapshot and `now`;
 //! - [`cluster`]: `GET /cluster` rendering and schedule parsing;
 //! - [`switchover`]: `POST /switchover` and `POST /failover`;
+//! - [`config`]: `PATCH`/`PUT /config`;
+//! - [`restart`]: `POST`/`DELETE /restart`, scheduled restarts;
+//! - [`access`]: allowlist and basic authentication on unsafe requests;
 //! - [`metrics`]: `GET /metrics`;
 //! - [`server`]: dispatch, reply formats, body rules, [`serve`];
 //! - [`json`]: ordered objects and Python's `json.dumps` layout.
@@ -12,15 +15,21 @@
 //! Only `/cluster`, `/switchover` and `/failover` (and `/history`, `/config` when the cached view
 //! has expired) touch the DCS while a request waits; nothing ever waits on PostgreSQL.
 
+pub mod access;
 pub mod cluster;
+pub mod config;
 pub mod health;
 pub mod json;
 pub mod metrics;
+pub mod restart;
 pub mod server;
 pub mod state;
 pub mod status;
 pub mod switchover;
 
+pub use access::Access;
 pub use health::health_code;
 pub use server::{MAX_BODY_BYTES, is_protected, router, serve};
-pub use state::{ApiCommand, ApiContext, ApiState, PgView, ReplicationRow, Snapshot, WalView};
+pub use state::{
+    ApiCommand, ApiContext, ApiState, PgView, ReplicationRow, Reply, Snapshot, WalView,
+};

@@ -20,10 +20,13 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
+use super::access;
 use super::cluster::cluster_json;
+use super::config::{self as config_ep, ConfigReply};
 use super::health::{health_code, liveness_code, readiness_code};
 use super::json::to_python_json;
 use super::metrics::render_metrics;
+use super::restart::{self, Scheduled};
 use super::state::{ApiCommand, ApiContext};
 use super::status::status_document;
 use super::switchover::{self, Action};
@@ -35,6 +38,7 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 struct Inner {
     ctx: ApiContext,
     client: reqwest::Client,
+    scheduled_restart: Scheduled,
 }
 
 type Shared = Arc<Inner>;
@@ -47,9 +51,18 @@ pub fn router(ctx: ApiContext) -> Router {
         .user_agent(format!("Patroni/{} pgwarden", super::state::VERSION))
         .build()
         .unwrap_or_default();
+    let guard = access::Guard {
+        access: Arc::new(ctx.access.clone()),
+        state: ctx.state.clone(),
+    };
     Router::new()
         .fallback(dispatch)
-        .with_state(Arc::new(Inner { ctx, client }))
+        .with_state(Arc::new(Inner {
+            ctx,
+            client,
+            scheduled_restart: Scheduled::default(),
+        }))
+        .layer(axum::middleware::from_fn_with_state(guard, access::check))
 }
 
 /// Serves the API on an already bound listener until `shutdown` completes.
@@ -58,7 +71,8 @@ pub async fn serve(
     ctx: ApiContext,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(ctx))
+    let app = router(ctx).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -219,16 +233,142 @@ async fn dispatch(State(inner): State<Shared>, req: Request) -> Response {
                 let _ = inner.ctx.commands.try_send(ApiCommand::Reload);
                 text_reply(202, "reload scheduled")
             }
+            "restart" => match read_json(&parts.headers, body, true).await {
+                Ok(b) => post_restart(&inner, &b).await,
+                Err(r) => r,
+            },
+            "reinitialize" => match read_json(&parts.headers, body, true).await {
+                Ok(b) => post_reinitialize(&inner, &b, now).await,
+                Err(r) => r,
+            },
+            "failsafe" => match read_json(&parts.headers, body, false).await {
+                Ok(_) => post_failsafe(&inner),
+                Err(r) => r,
+            },
+            "sigterm" => text_reply(202, "shutdown scheduled"),
+            "citus" | "mpp" => text_reply(200, "OK"),
             _ => error_page(501, Some("Unsupported method ('POST')")),
+        },
+        Method::PATCH | Method::PUT if first_segment(&path) == "config" => {
+            let body = match read_json(&parts.headers, body, false).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            let reply = if method == Method::PATCH {
+                config_ep::patch(&inner.ctx, &body).await
+            } else {
+                config_ep::put(&inner.ctx, body).await
+            };
+            match reply {
+                ConfigReply::Ok(data) => json_reply(200, &data),
+                ConfigReply::Error(code) => error_page(code, None),
+            }
+        }
+        Method::DELETE => match first_segment(&path) {
+            "restart" => {
+                if inner.scheduled_restart.cancel() {
+                    text_reply(200, "scheduled restart deleted")
+                } else {
+                    text_reply(404, "no restarts are scheduled")
+                }
+            }
+            "switchover" => {
+                let (code, msg) = switchover::delete_scheduled(&inner.ctx).await;
+                if code == 409 {
+                    error_page(409, None)
+                } else {
+                    text_reply(code, msg)
+                }
+            }
+            _ => error_page(501, Some("Unsupported method ('DELETE')")),
         },
         other => error_page(501, Some(&format!("Unsupported method ('{other}')"))),
     }
 }
 
+/// `POST /restart`: validate, then restart now (if the conditions hold) or schedule.
+async fn post_restart(inner: &Inner, body: &Map<String, Value>) -> Response {
+    let snap = inner.ctx.state.snapshot();
+    let req = match restart::validate(body, snap.pause, chrono::Utc::now()) {
+        Ok(r) => r,
+        Err((code, msg)) => return text_reply(code, msg),
+    };
+    if let Some(at) = req.schedule {
+        return if inner.scheduled_restart.schedule(&inner.ctx, req, at) {
+            text_reply(202, "Restart scheduled")
+        } else {
+            text_reply(409, "Another restart is already scheduled")
+        };
+    }
+    if !restart::conditions_met(&req, &snap) {
+        return text_reply(503, "restart conditions are not satisfied");
+    }
+    let (code, msg) = restart::restart_now(&inner.ctx).await;
+    text_reply(code, msg)
+}
+
+/// `POST /reinitialize`: a replica of a cluster with a leader wipes and re-clones.
+async fn post_reinitialize(inner: &Inner, _body: &Map<String, Value>, now: Instant) -> Response {
+    let snap = inner.ctx.state.snapshot();
+    if snap.is_leader(now) {
+        return text_reply(503, "I am the leader, can not reinitialize");
+    }
+    if snap.cluster.as_ref().is_none_or(|c| c.leader.is_none()) {
+        return text_reply(503, "Cluster has no leader, can not reinitialize");
+    }
+    let (reply, rx) = super::state::Reply::new();
+    if inner
+        .ctx
+        .commands
+        .try_send(ApiCommand::Reinitialize(reply))
+        .is_err()
+    {
+        return text_reply(503, "reinitialize already in progress");
+    }
+    match tokio::time::timeout(std::time::Duration::from_secs(60), rx).await {
+        Ok(Ok(Ok(()))) => text_reply(200, "reinitialize started"),
+        Ok(Ok(Err(msg))) => text_reply(503, msg),
+        _ => text_reply(503, "reinitialize failed"),
+    }
+}
+
+/// `POST /failsafe` from a leader whose DCS is unreachable.
+fn post_failsafe(inner: &Inner) -> Response {
+    let snap = inner.ctx.state.snapshot();
+    let enabled = snap
+        .global_config()
+        .and_then(|c| c.get("failsafe_mode"))
+        .is_some_and(truthy);
+    if !enabled {
+        return error_page(502, None);
+    }
+    if snap.pg.role == "primary" && snap.pg.state == "running" {
+        return text_reply(500, "Running as a leader");
+    }
+    let lsn = match snap.received_location().max(snap.replayed_location()) {
+        0 => String::new(),
+        n => n.to_string(),
+    };
+    let mut r = text_reply(200, "Accepted");
+    if let Ok(v) = HeaderValue::from_str(&lsn) {
+        r.headers_mut().insert("lsn", v);
+    }
+    r
+}
+
+/// The status document plus what only the server knows (`scheduled_restart`).
+fn full_status(inner: &Inner, snap: &super::state::Snapshot, now: Instant) -> super::json::Obj {
+    let mut doc = status_document(snap, now);
+    if let Some(sr) = inner.scheduled_restart.document() {
+        doc.push("scheduled_restart", Value::Object(sr));
+    }
+    doc
+}
+
 async fn get(inner: &Inner, path: &str, query: &str, now: Instant) -> Response {
     let snap = inner.ctx.state.snapshot();
     match first_segment(path) {
-        "patroni" => json_reply(200, &status_document(&snap, now)),
+        "patroni" => json_reply(200, &full_status(inner, &snap, now)),
         "liveness" => bare(liveness_code(&snap, now)),
         "readiness" => bare(readiness_code(query, &snap, now)),
         "metrics" => with_type(200, render_metrics(&snap, now), "text/plain"),
@@ -260,7 +400,7 @@ async fn get(inner: &Inner, path: &str, query: &str, now: Instant) -> Response {
         // path, never 404: Patroni's quirk, kept because checks may rely on it).
         _ => json_reply(
             health_code(path, query, &snap, now),
-            &status_document(&snap, now),
+            &full_status(inner, &snap, now),
         ),
     }
 }

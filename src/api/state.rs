@@ -300,6 +300,53 @@ pub enum ApiCommand {
     Wake,
     /// `POST /reload`: re-read the configuration file.
     Reload,
+    /// `POST /restart` (conditions already checked): restart PostgreSQL in its current role and
+    /// answer when it is up again or has failed.
+    Restart(Reply),
+    /// `POST /reinitialize`: stop PostgreSQL, wipe the data directory and let the HA core clone
+    /// it afresh from the leader. Answered once the wipe is done.
+    Reinitialize(Reply),
+}
+
+/// The agent's answer to a command: `Ok` or the message for a 503.
+pub type CommandResult = Result<(), String>;
+
+/// A one-shot answer channel carried by a command. It compares equal to any other `Reply`, so
+/// commands compare by kind (tests match on them).
+#[derive(Clone)]
+pub struct Reply(Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Sender<CommandResult>>>>);
+
+impl Reply {
+    /// A reply channel and the receiver the request handler waits on.
+    pub fn new() -> (Reply, tokio::sync::oneshot::Receiver<CommandResult>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (Reply(Arc::new(std::sync::Mutex::new(Some(tx)))), rx)
+    }
+
+    /// Answers (only the first answer counts; a handler that gave up is ignored).
+    pub fn send(&self, r: CommandResult) {
+        let tx = match self.0.lock() {
+            Ok(mut g) => g.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(tx) = tx {
+            let _ = tx.send(r);
+        }
+    }
+}
+
+impl PartialEq for Reply {
+    fn eq(&self, _: &Reply) -> bool {
+        true
+    }
+}
+
+impl Eq for Reply {}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reply")
+    }
 }
 
 /// Everything the server needs.
@@ -313,6 +360,8 @@ pub struct ApiContext {
     pub commands: tokio::sync::mpsc::Sender<ApiCommand>,
     /// Timeout of a peer status probe (`GET <api_url>`); Patroni uses 2 s.
     pub peer_timeout: Duration,
+    /// Access control (`restapi.authentication`, `allowlist`); default: open.
+    pub access: super::access::Access,
 }
 
 impl std::fmt::Debug for ApiContext {

@@ -308,6 +308,29 @@ pub async fn run(
     poll(ctx, &plan, secs).await
 }
 
+/// `DELETE /switchover`: clears a *scheduled* switchover (compare-and-set on the key).
+pub async fn delete_scheduled(ctx: &ApiContext) -> Reply {
+    let Ok(view) = ctx.dcs.load(true).await else {
+        return (503, "DCS is not accessible".into());
+    };
+    match view.failover {
+        Some(f) if f.value.scheduled_at.is_some() => {
+            match ctx
+                .dcs
+                .set_failover(&Failover::default(), Some(&f.version))
+                .await
+            {
+                Ok(true) => {
+                    let _ = ctx.commands.try_send(ApiCommand::Wake);
+                    (200, "scheduled switchover deleted".into())
+                }
+                _ => (409, "Conflict".into()),
+            }
+        }
+        _ => (404, "no switchover is scheduled".into()),
+    }
+}
+
 /// Polls the DCS once a second for `secs` seconds for the outcome.
 async fn poll(ctx: &ApiContext, plan: &Plan, secs: u64) -> Reply {
     let (verb, title) = match plan.action {

@@ -9,10 +9,10 @@
 //! Run: `cargo bench --bench core` (as root it runs members as `postgres`). Prints figures;
 //! asserts nothing about time.
 
-#[path = "../support/etcd.rs"]
-mod etcd_support;
 #[path = "../support/cluster.rs"]
 mod cluster;
+#[path = "../support/etcd.rs"]
+mod etcd_support;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,7 +25,10 @@ type Log = Arc<Mutex<Vec<Instant>>>;
 
 /// A client that inserts a row every 20 ms, reconnecting through the host list when its
 /// connection breaks, as an application using libpq's read-write host list does.
-fn start_writer(ports: Vec<u16>, stop: Arc<std::sync::atomic::AtomicBool>) -> (Log, tokio::task::JoinHandle<()>) {
+fn start_writer(
+    ports: Vec<u16>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> (Log, tokio::task::JoinHandle<()>) {
     let log: Log = Arc::new(Mutex::new(Vec::new()));
     let out = log.clone();
     let h = tokio::spawn(async move {
@@ -53,7 +56,12 @@ fn start_writer(ports: Vec<u16>, stop: Arc<std::sync::atomic::AtomicBool>) -> (L
                 };
             }
             let Some(c) = &client else { continue };
-            match tokio::time::timeout(Duration::from_secs(1), c.simple_query("INSERT INTO bench VALUES (now())")).await {
+            match tokio::time::timeout(
+                Duration::from_secs(1),
+                c.simple_query("INSERT INTO bench VALUES (now())"),
+            )
+            .await
+            {
                 Ok(Ok(_)) => out.lock().unwrap().push(Instant::now()),
                 _ => client = None,
             }
@@ -65,7 +73,11 @@ fn start_writer(ports: Vec<u16>, stop: Arc<std::sync::atomic::AtomicBool>) -> (L
 /// Longest gap between consecutive writes in [from, to].
 fn longest_gap(log: &Log, from: Instant, to: Instant) -> Duration {
     let l = log.lock().unwrap();
-    let w: Vec<Instant> = l.iter().copied().filter(|t| *t >= from && *t <= to).collect();
+    let w: Vec<Instant> = l
+        .iter()
+        .copied()
+        .filter(|t| *t >= from && *t <= to)
+        .collect();
     w.windows(2).map(|p| p[1] - p[0]).max().unwrap_or(to - from)
 }
 
@@ -75,12 +87,19 @@ fn first_write_after(log: &Log, t: Instant) -> Option<Instant> {
 
 fn rss_kb(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 async fn healthy(c: &Cluster) -> String {
     let long = Duration::from_secs(120);
-    let leader = c.wait_for("a leader", long, || async { c.leader().await }).await;
+    let leader = c
+        .wait_for("a leader", long, || async { c.leader().await })
+        .await;
     c.wait_for("all members streaming", long, || async {
         let v = c.view().await?;
         let ok = v.members.len() == c.members.len()
@@ -103,21 +122,38 @@ fn summary(name: &str, xs: &[f64]) {
     let max = xs.iter().cloned().fold(0.0, f64::max);
     let mean = xs.iter().sum::<f64>() / xs.len() as f64;
     let list: Vec<String> = xs.iter().map(|x| format!("{x:.3}")).collect();
-    println!("{name}: min {min:.3} s, mean {mean:.3} s, max {max:.3} s over {} runs [{}]", xs.len(), list.join(", "));
+    println!(
+        "{name}: min {min:.3} s, mean {mean:.3} s, max {max:.3} s over {} runs [{}]",
+        xs.len(),
+        list.join(", ")
+    );
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
-        let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
-        let t = Timings { ttl: 5, loop_wait: 1, retry_timeout: 2 };
+        let runs: usize = std::env::var("BENCH_RUNS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(5);
+        let t = Timings {
+            ttl: 5,
+            loop_wait: 1,
+            retry_timeout: 2,
+        };
         let Some(mut c) = Cluster::start("bench", 3, t).await else {
             eprintln!("components missing");
             return;
         };
         let leader = healthy(&c).await;
         let l = c.index(&leader);
-        c.sql(l, "CREATE TABLE IF NOT EXISTS bench (at timestamptz)").await.expect("create table");
+        c.sql(l, "CREATE TABLE IF NOT EXISTS bench (at timestamptz)")
+            .await
+            .expect("create table");
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let ports: Vec<u16> = c.members.iter().map(|m| m.pg_port).collect();
         let (log, writer) = start_writer(ports, stop.clone());
@@ -136,14 +172,23 @@ fn main() {
         for _ in 0..runs {
             let leader = healthy(&c).await;
             let l = c.index(&leader);
-            let candidate = c.members.iter().find(|m| m.name != leader).unwrap().name.clone();
+            let candidate = c
+                .members
+                .iter()
+                .find(|m| m.name != leader)
+                .unwrap()
+                .name
+                .clone();
             tokio::time::sleep(Duration::from_secs(2)).await;
             let t0 = Instant::now();
             let body = format!(r#"{{"leader": "{leader}", "candidate": "{candidate}"}}"#);
             let (code, text) = c.api(l, Method::POST, "/switchover", Some(&body)).await;
             tokio::time::sleep(Duration::from_secs(3)).await;
             let gap = longest_gap(&log, t0 - Duration::from_millis(100), Instant::now());
-            println!("switchover {leader} -> {candidate}: {code} {text}; longest write gap {:.3} s", gap.as_secs_f64());
+            println!(
+                "switchover {leader} -> {candidate}: {code} {text}; longest write gap {:.3} s",
+                gap.as_secs_f64()
+            );
             gaps.push(gap.as_secs_f64());
         }
 
@@ -156,10 +201,14 @@ fn main() {
             let t0 = Instant::now();
             c.kill9(l);
             let first = c
-                .wait_for("a write on the new primary", Duration::from_secs(60), || async {
-                    let new = c.leader().await.filter(|n| *n != leader);
-                    new.and(first_write_after(&log, t0))
-                })
+                .wait_for(
+                    "a write on the new primary",
+                    Duration::from_secs(60),
+                    || async {
+                        let new = c.leader().await.filter(|n| *n != leader);
+                        new.and(first_write_after(&log, t0))
+                    },
+                )
                 .await;
             let d = (first - t0).as_secs_f64();
             println!("crash of {leader}: first write on the new primary after {d:.3} s");
@@ -169,12 +218,22 @@ fn main() {
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         let _ = writer.await;
         println!();
-        summary("planned switchover, longest write gap (target <= 0.3 s; Patroni 3.0.2: 1.27-1.37 s)", &gaps);
-        summary("crash to first write at ttl 5 (target <= 6 s; Patroni 3.0.2: 5.2 s)", &crash);
+        summary(
+            "planned switchover, longest write gap (target <= 0.3 s; Patroni 3.0.2: 1.27-1.37 s)",
+            &gaps,
+        );
+        summary(
+            "crash to first write at ttl 5 (target <= 6 s; Patroni 3.0.2: 5.2 s)",
+            &crash,
+        );
         healthy(&c).await;
         for m in &c.members {
             if let Some(ch) = &m.child {
-                println!("rss after the runs {}: {} kB (target <= 10 MB; Patroni 3.0.2: 59-61 MB)", m.name, rss_kb(ch.id()).unwrap_or(0));
+                println!(
+                    "rss after the runs {}: {} kB (target <= 10 MB; Patroni 3.0.2: 59-61 MB)",
+                    m.name,
+                    rss_kb(ch.id()).unwrap_or(0)
+                );
             }
         }
     });
