@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs what pgwarden's demo and tests need, where it is missing (Debian/Ubuntu, as root or
+# with sudo): PostgreSQL 15, etcd, protoc (for the etcd client's build), and the real clients
+# the compatibility tests drive: Patroni's patronictl, HAProxy, pgBouncer, wrk, schemathesis.
+set -euo pipefail
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+
+need=()
+[ -x /usr/lib/postgresql/15/bin/postgres ] || need+=(postgresql-15)
+command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ] || need+=(etcd-server)
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+command -v patronictl >/dev/null 2>&1 || need+=(patroni)
+[ -x /usr/sbin/haproxy ] || need+=(haproxy)
+[ -x /usr/sbin/pgbouncer ] || need+=(pgbouncer)
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v runuser >/dev/null 2>&1 || need+=(util-linux)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# Debian's packages start their own servers; pgwarden's tests start theirs on free ports.
+for svc in etcd patroni haproxy pgbouncer postgresql; do
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
+    $SUDO systemctl stop "$svc" || true
+  fi
+done
+
+if ! command -v st >/dev/null 2>&1 && command -v pip >/dev/null 2>&1; then
+  pip install -q schemathesis >/dev/null 2>&1 || echo "warning: could not install schemathesis" >&2
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "cargo not found: install Rust (1.85 or newer) with rustup first" >&2
+  exit 1
+fi
