@@ -162,3 +162,128 @@ async fn three_members_fail_over_switch_over_and_restart() {
         "{log}"
     );
 }
+
+/// Cut off from the store, the leader stops taking writes on its own (it cannot renew), and
+/// when the store comes back the cluster has exactly one primary again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_cut_off_from_the_store_stops_writing_then_recovers() {
+    let Some(mut c) = Cluster::start("itstore", 3, T).await else {
+        return;
+    };
+    let long = Duration::from_secs(90);
+    let leader = c
+        .wait_for("a leader", long, || async { c.leader().await })
+        .await;
+    let l = c.index(&leader);
+    c.wait_for("writes on the leader", long, || async {
+        c.sql(l, "CREATE TABLE IF NOT EXISTS s (at timestamptz)")
+            .await
+            .ok()
+    })
+    .await;
+    let stopped = std::time::Instant::now();
+    c.etcd.stop();
+    // Writes must stop by the leader's own deadline (ttl minus a margin after its last
+    // renewal); the bound here is generous, the figure is printed.
+    let refused = c
+        .wait_for(
+            "the leader to stop taking writes",
+            Duration::from_secs(3 * T.ttl),
+            || async {
+                c.sql(l, "INSERT INTO s VALUES (now())")
+                    .await
+                    .is_err()
+                    .then(std::time::Instant::now)
+            },
+        )
+        .await;
+    eprintln!(
+        "store stopped; the leader refused writes {:.2} s later (ttl {} s)",
+        (refused - stopped).as_secs_f64(),
+        T.ttl
+    );
+    // Nobody else may be writable either: the store is down, nobody can hold the lock.
+    for i in 0..3 {
+        let r = c.sql(i, "SELECT pg_is_in_recovery()").await;
+        assert!(
+            r.is_err() || r == Ok(vec!["t".to_string()]),
+            "member {i} must not be a primary: {r:?}"
+        );
+    }
+    c.etcd.start().await;
+    c.wait_for("a leader after the store returned", long, || async {
+        c.leader().await
+    })
+    .await;
+    let primaries = c
+        .wait_for("exactly one writable primary", long, || async {
+            let mut writable = Vec::new();
+            for i in 0..3 {
+                if c.sql(i, "SELECT pg_is_in_recovery()").await == Ok(vec!["f".to_string()]) {
+                    writable.push(i);
+                }
+            }
+            (writable.len() == 1).then_some(writable)
+        })
+        .await;
+    let p = primaries[0];
+    c.wait_for("writes on the primary", long, || async {
+        c.sql(p, "INSERT INTO s VALUES (now())").await.ok()
+    })
+    .await;
+}
+
+/// The leader's postmaster dies but its agent lives: the agent restarts PostgreSQL as the
+/// primary on the same timeline (crash recovery), without a failover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashed_postmaster_is_recovered_in_place() {
+    let Some(c) = Cluster::start(
+        "itcrash",
+        2,
+        Timings {
+            ttl: 20,
+            loop_wait: 1,
+            retry_timeout: 3,
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let long = Duration::from_secs(90);
+    let leader = c
+        .wait_for("a leader", long, || async { c.leader().await })
+        .await;
+    let l = c.index(&leader);
+    // Bootstrap is over once `initialize` holds the system identifier.
+    c.wait_for("bootstrap to finish", long, || async {
+        c.view()
+            .await
+            .and_then(|v| v.initialize)
+            .filter(|i| !i.is_empty())
+    })
+    .await;
+    c.wait_for("writes", long, || async {
+        c.sql(l, "CREATE TABLE IF NOT EXISTS k (id int)").await.ok()
+    })
+    .await;
+    let data_dir = c.dir.join(&leader).join("data");
+    let pid = pgwarden::agent::postmaster_pid(&data_dir).expect("a running postmaster");
+    // SAFETY: kill(2) on the postmaster of our own test cluster.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+    c.wait_for("writes on the restarted primary", long, || async {
+        let new_pid = pgwarden::agent::postmaster_pid(&data_dir)?;
+        (new_pid != pid).then_some(())?;
+        c.sql(l, "INSERT INTO k VALUES (1)").await.ok()
+    })
+    .await;
+    assert_eq!(
+        c.leader().await.as_deref(),
+        Some(leader.as_str()),
+        "no failover for a local crash"
+    );
+    let v = c.view().await.expect("view");
+    assert_eq!(v.timeline(), 1, "crash recovery keeps the timeline");
+}

@@ -287,6 +287,8 @@ impl Agent {
                     Outcome::Failed(e.clone())
                 }
             };
+            // Let go of PostgreSQL before reporting, so the next observation sees it as it is.
+            drop(pg);
             let _ = tx.send(TaskDone {
                 id,
                 outcome,

@@ -23,7 +23,15 @@ impl Agent {
     pub(crate) async fn observe_pg(&mut self) -> PgFacts {
         let data_dir = self.cfg.postgresql.data_dir.clone();
         let standby_signal = data_dir.join("standby.signal").exists();
-        match self.pg.clone().try_lock_owned() {
+        // With no task in flight the handle is free (or about to be: a task reports its end
+        // just before letting go of it), so wait for it: the core must not decide on stale
+        // facts. With a task in flight, never wait.
+        let handle = if self.core.task_in_flight().is_none() {
+            Ok(self.pg.clone().lock_owned().await)
+        } else {
+            self.pg.clone().try_lock_owned()
+        };
+        match handle {
             Ok(mut pg) => {
                 let data = match pg.data_dir_state() {
                     DataDirState::Empty => DataDir::Empty,
@@ -81,6 +89,7 @@ impl Agent {
             } else {
                 None
             },
+            streaming: status.and_then(|s| s.replication_state.as_deref()) == Some("streaming"),
         }
     }
 
@@ -154,6 +163,7 @@ pub(crate) fn peer_facts(v: &serde_json::Value) -> PeerFacts {
         nofailover: crate::dcs::model::tags_nofailover(tags),
         failover_priority: crate::dcs::model::tags_failover_priority(tags),
         running: state == "running",
+        starting: state == "starting",
     }
 }
 

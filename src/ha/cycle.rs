@@ -83,6 +83,11 @@ impl HaCore {
                     let sysid = sysid.clone();
                     self.emit(Action::WriteInitialize { sysid }, Purpose::Other, now, out);
                 }
+                if view.leader.is_none() {
+                    self.leaderless_since.get_or_insert(now);
+                } else {
+                    self.leaderless_since = None;
+                }
                 if obs.pg.up {
                     self.running(&obs, view, holder, now, out);
                 } else {
@@ -163,6 +168,7 @@ impl HaCore {
                 let leader_ready = view.members.get(&leader).is_some_and(|m| {
                     m.is_primary_role() && m.checkpoint_after_promote != Some(false)
                 });
+                let was_primary = was_primary || self.needs_rewind;
                 if was_primary && obs.policy.use_pg_rewind && !leader_ready {
                     // pg_rewind compares timelines from the source's control file, which shows
                     // the new timeline only after the post-promote checkpoint (Patroni's
@@ -239,8 +245,19 @@ impl HaCore {
                         self.emit(Action::StopNow, Purpose::Other, now, out);
                     }
                 } else if obs.pg.upstream.as_deref() != Some(leader.as_str()) {
+                    self.not_streaming_since = None;
                     self.message = format!("following new leader {leader}");
                     self.emit(Action::Follow { upstream: leader }, Purpose::Task, now, out);
+                } else if self.diverged(obs, view, &leader, now) {
+                    // Not streaming for a while from a leader on a later timeline: this data
+                    // directory most likely went past the leader's fork point (it was a
+                    // primary, or promoted during a shutdown). pg_rewind finds out, and does
+                    // nothing if it is not so.
+                    self.needs_rewind = true;
+                    self.not_streaming_since = None;
+                    self.message =
+                        format!("not streaming from {leader} on its timeline: stopping to rewind");
+                    self.emit(Action::StopGraceful, Purpose::Task, now, out);
                 } else {
                     self.message = format!(
                         "no action. I am ({}), a secondary, and following a leader ({leader})",
@@ -249,6 +266,25 @@ impl HaCore {
                 }
             }
         }
+    }
+
+    /// A replica that has not streamed from `leader` for `ttl` while the leader runs on a later
+    /// timeline than this replica's.
+    fn diverged(
+        &mut self,
+        obs: &Observation,
+        view: &ClusterView,
+        leader: &str,
+        now: MonoTime,
+    ) -> bool {
+        if obs.pg.streaming || !obs.policy.use_pg_rewind {
+            self.not_streaming_since = None;
+            return false;
+        }
+        let since = *self.not_streaming_since.get_or_insert(now);
+        let leader_tl = view.members.get(leader).and_then(|m| m.timeline);
+        let behind = matches!((leader_tl, obs.pg.timeline), (Some(l), Some(me)) if l > me);
+        behind && now.since(since) >= obs.policy.ttl
     }
 
     fn race(

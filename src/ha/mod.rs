@@ -68,6 +68,13 @@ pub struct HaCore {
     rewind_failed: Option<(String, MonoTime)>,
     /// The lock must be handed back once PostgreSQL is down (a failed start or promotion).
     give_up_lock: bool,
+    /// When this member first saw the cluster without a leader, to bound how long the race
+    /// waits for peers that are still starting.
+    leaderless_since: Option<MonoTime>,
+    /// Since when this replica has not been streaming from its leader.
+    not_streaming_since: Option<MonoTime>,
+    /// The data directory diverged from the leader's history: rewind before starting again.
+    needs_rewind: bool,
     /// Shutdown requested.
     shutting_down: bool,
     /// Shutdown complete: the shell may exit.
@@ -91,6 +98,9 @@ impl HaCore {
             bootstrapping: false,
             rewind_failed: None,
             give_up_lock: false,
+            leaderless_since: None,
+            not_streaming_since: None,
+            needs_rewind: false,
             shutting_down: false,
             finished: false,
             message: String::new(),
@@ -268,7 +278,13 @@ impl HaCore {
                 if view.leader.is_some() {
                     return;
                 }
-                match race::judge(&self.me, &obs.pg, view, &report) {
+                // Starting peers are waited for at most one ttl after the lock was first seen
+                // missing: a peer that never finishes starting must not block failover.
+                let waited = self
+                    .leaderless_since
+                    .map_or(Duration::ZERO, |t| now.since(t));
+                let wait_for_starting = waited < obs.policy.ttl;
+                match race::judge(&self.me, &obs.pg, view, &report, wait_for_starting) {
                     race::Verdict::Healthiest => {
                         self.message = "acquiring the leader lock as the healthiest member".into();
                         self.emit(
@@ -375,6 +391,7 @@ impl HaCore {
             Action::Rewind { from } => {
                 if ok {
                     self.rewind_failed = None;
+                    self.needs_rewind = false;
                     self.emit(
                         Action::StartReplica {
                             upstream: Some(from),
@@ -412,7 +429,12 @@ impl HaCore {
             .is_some_and(|l| l.name == self.me.name)
     }
 
+    /// Releases the lock, but never while PostgreSQL may still be up (rule 6): then it stops
+    /// PostgreSQL first and the lock goes once it is down.
     fn release(&mut self, now: MonoTime, out: &mut Vec<(ActionId, Action)>) {
+        if self.last.as_ref().is_some_and(|o| o.pg.up) {
+            return self.give_up(now, out);
+        }
         self.lease_deadline = None;
         self.emit(Action::ReleaseLock, Purpose::Other, now, out);
     }

@@ -96,7 +96,16 @@ pub fn pre_race(
 }
 
 /// The decision once the peers have answered.
-pub fn judge(me: &Identity, pg: &PgFacts, view: &ClusterView, peers: &PeerReport) -> Verdict {
+/// `wait_for_starting`: a peer still starting may be ahead of us; while this is true (the
+/// caller bounds how long) the race waits for it to report its position. This is what keeps a
+/// whole-cluster restart from electing whichever member came up first.
+pub fn judge(
+    me: &Identity,
+    pg: &PgFacts,
+    view: &ClusterView,
+    peers: &PeerReport,
+    wait_for_starting: bool,
+) -> Verdict {
     let manual = manual_failover(&me.name, view.failover.as_ref().map(|f| &f.value));
     if manual == ManualFailover::ToMe {
         return Verdict::Healthiest;
@@ -134,6 +143,11 @@ pub fn judge(me: &Identity, pg: &PgFacts, view: &ClusterView, peers: &PeerReport
         let Some(p) = peer else { continue };
         if Some(name.as_str()) == former_leader {
             continue;
+        }
+        if p.starting && !p.nofailover && wait_for_starting {
+            return Verdict::NotHealthiest(format!(
+                "waiting for {name} to report its WAL position"
+            ));
         }
         if p.is_primary && p.running {
             return Verdict::NotHealthiest(format!("Primary ({name}) is still alive"));
@@ -180,6 +194,7 @@ mod tests {
             timeline: Some(1),
             wal_position: pos,
             upstream: None,
+            streaming: true,
         }
     }
     fn policy() -> Policy {
@@ -218,6 +233,7 @@ mod tests {
             nofailover: false,
             failover_priority: prio,
             running: true,
+            starting: false,
         })
     }
 
@@ -235,14 +251,17 @@ mod tests {
         let mut peers = PeerReport::new();
         peers.insert("b".into(), peer(990, 1));
         peers.insert("c".into(), None);
-        assert_eq!(judge(&me(), &pg(995), &view(), &peers), Verdict::Healthiest);
+        assert_eq!(
+            judge(&me(), &pg(995), &view(), &peers, true),
+            Verdict::Healthiest
+        );
         peers.insert("b".into(), peer(999, 1));
         assert!(matches!(
-            judge(&me(), &pg(995), &view(), &peers),
+            judge(&me(), &pg(995), &view(), &peers, true),
             Verdict::NotHealthiest(_)
         ));
         peers.insert("b".into(), peer(995, 2));
-        let Verdict::NotHealthiest(msg) = judge(&me(), &pg(995), &view(), &peers) else {
+        let Verdict::NotHealthiest(msg) = judge(&me(), &pg(995), &view(), &peers, true) else {
             panic!("priority must decide")
         };
         assert!(msg.contains("priority 2"), "{msg}");
@@ -252,7 +271,7 @@ mod tests {
         }
         peers.insert("b".into(), alive);
         assert_eq!(
-            judge(&me(), &pg(995), &view(), &peers),
+            judge(&me(), &pg(995), &view(), &peers, true),
             Verdict::NotHealthiest("Primary (b) is still alive".into())
         );
     }
@@ -272,13 +291,16 @@ mod tests {
         peers.insert("b".into(), peer(10, 1));
         // The named candidate is healthy: wait for it, even though we are ahead.
         assert!(matches!(
-            judge(&me(), &pg(995), &v, &peers),
+            judge(&me(), &pg(995), &v, &peers, true),
             Verdict::NotHealthiest(_)
         ));
         // The candidate is gone: race without it, and without the lag check.
         peers.insert("b".into(), None);
         assert!(pre_race(&me(), &pg(1), &v, &policy()).is_ok());
-        assert_eq!(judge(&me(), &pg(995), &v, &peers), Verdict::Healthiest);
+        assert_eq!(
+            judge(&me(), &pg(995), &v, &peers, true),
+            Verdict::Healthiest
+        );
         // The key names me.
         if let Some(f) = v.failover.as_mut() {
             f.value.member = Some("a".into());
@@ -286,6 +308,25 @@ mod tests {
         assert_eq!(
             pre_race(&me(), &pg(1), &v, &policy()).unwrap(),
             Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn a_starting_peer_is_waited_for_a_while() {
+        let mut peers = PeerReport::new();
+        let mut p = peer(0, 1);
+        if let Some(p) = p.as_mut() {
+            p.running = false;
+            p.starting = true;
+        }
+        peers.insert("b".into(), p);
+        assert!(matches!(
+            judge(&me(), &pg(995), &view(), &peers, true),
+            Verdict::NotHealthiest(_)
+        ));
+        assert_eq!(
+            judge(&me(), &pg(995), &view(), &peers, false),
+            Verdict::Healthiest
         );
     }
 

@@ -111,6 +111,8 @@ pub struct PgFacts {
     pub wal_position: u64,
     /// The member this replica is configured to stream from.
     pub upstream: Option<String>,
+    /// A replica's WAL receiver is streaming.
+    pub streaming: bool,
 }
 
 impl PgFacts {
@@ -139,6 +141,8 @@ pub struct PeerFacts {
     pub failover_priority: i64,
     /// The peer's PostgreSQL is running.
     pub running: bool,
+    /// The peer's PostgreSQL is starting: its WAL position is not known yet.
+    pub starting: bool,
 }
 
 /// One observation: everything the core decides on.

@@ -25,6 +25,8 @@ pub struct FakePg {
     pub wal: u64,
     pub timeline: u64,
     pub upstream: Option<String>,
+    /// Receiving WAL from a running upstream (set by the world at every tick).
+    pub streaming: bool,
     /// Bumped on every transition, so a stale completion is recognised and dropped.
     pub epoch: u64,
 }
@@ -37,6 +39,7 @@ impl FakePg {
             wal: 0,
             timeline: 1,
             upstream: None,
+            streaming: false,
             epoch: 0,
         }
     }
@@ -81,6 +84,7 @@ impl FakePg {
             timeline: Some(self.timeline),
             wal_position: self.wal,
             upstream: self.upstream.clone(),
+            streaming: self.run == Run::Replica && self.streaming,
         }
     }
 

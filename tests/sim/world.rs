@@ -379,21 +379,28 @@ impl World {
         match ev {
             Ev::Tick => {
                 // Clients write to whoever accepts writes; replicas copy from their upstream.
-                let positions: Vec<(String, u64, bool)> = self
+                let positions: Vec<(String, u64, u64, bool)> = self
                     .members
                     .iter()
-                    .map(|m| (m.name.clone(), m.pg.wal, m.pg.running()))
+                    .map(|m| (m.name.clone(), m.pg.wal, m.pg.timeline, m.pg.running()))
                     .collect();
                 for i in 0..self.members.len() {
                     if self.members[i].pg.run == Run::Primary {
                         self.members[i].pg.wal += 100;
-                    } else if self.members[i].pg.run == Run::Replica
+                        continue;
+                    }
+                    let mut streaming = false;
+                    if self.members[i].pg.run == Run::Replica
                         && let Some(up) = self.members[i].pg.upstream.clone()
-                        && let Some(j) = positions.iter().position(|(n, _, r)| *n == up && *r)
+                        && let Some(j) = positions.iter().position(|(n, _, _, r)| *n == up && *r)
                         && self.peers_linked(i, j)
                     {
-                        self.members[i].pg.wal = self.members[i].pg.wal.max(positions[j].1);
+                        let pg = &mut self.members[i].pg;
+                        pg.wal = pg.wal.max(positions[j].1);
+                        pg.timeline = pg.timeline.max(positions[j].2);
+                        streaming = true;
                     }
+                    self.members[i].pg.streaming = streaming;
                 }
                 let before = self.store.revision();
                 self.store.expire(self.now);
@@ -679,6 +686,7 @@ impl World {
             api_url: Some(format!("http://{}/patroni", m.name)),
             conn_url: Some(format!("postgres://{}/postgres", m.name)),
             state: Some(if m.pg.running() { "running" } else { "stopped" }.into()),
+            timeline: Some(m.pg.timeline),
             role: Some(
                 if m.pg.run == Run::Primary {
                     "primary"
@@ -783,6 +791,7 @@ impl World {
                         nofailover: false,
                         failover_priority: 1,
                         running: p.pg.running(),
+                        starting: matches!(p.pg.run, Run::Starting { .. }),
                     });
                     report.insert(n, facts);
                 }
