@@ -156,17 +156,37 @@ impl Demo {
     }
 }
 
-fn member_config(
-    dir: &Path,
-    scope: &str,
-    name: &str,
-    etcd: &str,
-    pg_port: u16,
-    api_port: u16,
-    ttl: u64,
-) -> String {
-    let loop_wait = 1;
-    let retry = if ttl < 10 { 2 } else { 3 };
+/// Where and how one loopback member runs: the demo's and the tests' members share it.
+pub struct LocalMember<'a> {
+    /// The directory holding every member's files.
+    pub dir: &'a Path,
+    /// Cluster name.
+    pub scope: &'a str,
+    /// Member name.
+    pub name: &'a str,
+    /// etcd's `host:port`.
+    pub etcd: &'a str,
+    /// PostgreSQL's port.
+    pub pg_port: u16,
+    /// The REST API's port.
+    pub api_port: u16,
+    /// Lock ttl, loop_wait and retry_timeout in seconds.
+    pub timings: (u64, u64, u64),
+}
+
+/// A Patroni configuration for a member on loopback, with a superuser `postgres` (password
+/// `postgres`), replication and rewind users, slots and pg_rewind on.
+pub fn member_config(m: &LocalMember<'_>) -> String {
+    let LocalMember {
+        dir,
+        scope,
+        name,
+        etcd,
+        pg_port,
+        api_port,
+        timings,
+    } = m;
+    let (ttl, loop_wait, retry) = *timings;
     format!(
         r#"scope: {scope}
 namespace: /service
@@ -265,7 +285,15 @@ fn run(args: DemoArgs) -> anyhow::Result<()> {
         let config = dir.join(format!("{name}.yml"));
         std::fs::write(
             &config,
-            member_config(&dir, scope, &name, &etcd_url, pg_port, api_port, args.ttl),
+            member_config(&LocalMember {
+                dir: &dir,
+                scope,
+                name: &name,
+                etcd: &etcd_url,
+                pg_port,
+                api_port,
+                timings: (args.ttl, 1, if args.ttl < 10 { 2 } else { 3 }),
+            }),
         )?;
         if let Some(r) = &run_as {
             nix::unistd::chown(&mdir, Some(r.uid.into()), Some(r.gid.into()))?;

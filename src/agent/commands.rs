@@ -10,10 +10,9 @@ use std::time::Duration;
 
 use crate::api::Access;
 use crate::config::Config;
-use crate::postgres::{Credentials, StartAs, StopMode, conf};
+use crate::postgres::{StartAs, StopMode};
 
 use super::Agent;
-use super::settings::conn_url_host_port;
 
 /// The REST API's access rules from `restapi`.
 pub(super) fn access_of(cfg: &Config) -> Access {
@@ -42,10 +41,7 @@ impl Agent {
             StartAs::Primary
         } else {
             StartAs::Replica {
-                primary_conninfo: self
-                    .upstream
-                    .clone()
-                    .and_then(|u| self.replication_conninfo(&u)),
+                primary_conninfo: self.upstream.clone().and_then(|u| self.conninfo_of(&u)),
                 slot: self
                     .dynamic
                     .use_slots
@@ -117,28 +113,5 @@ impl Agent {
         }
         self.upstream = None;
         Ok(())
-    }
-
-    /// Replication connection string to `member`'s PostgreSQL.
-    fn replication_conninfo(&self, member: &str) -> Option<String> {
-        let m = self.view.as_ref()?.members.get(member)?;
-        let (host, port) = conn_url_host_port(m.conn_url.as_deref()?)?;
-        let creds = Credentials {
-            username: self
-                .cfg
-                .postgresql
-                .authentication
-                .replication
-                .username
-                .clone(),
-            password: self
-                .cfg
-                .postgresql
-                .authentication
-                .replication
-                .password
-                .clone(),
-        };
-        Some(conf::conninfo_for(&host, port, &creds, &self.cfg.name))
     }
 }

@@ -121,7 +121,7 @@ impl Agent {
     }
 
     /// Connection string to a member's PostgreSQL, with replication credentials.
-    fn conninfo_of(&self, member: &str) -> Option<String> {
+    pub(crate) fn conninfo_of(&self, member: &str) -> Option<String> {
         let m = self.view.as_ref()?.members.get(member)?;
         let (host, port) = conn_url_host_port(m.conn_url.as_deref()?)?;
         let creds = crate::postgres::Credentials {

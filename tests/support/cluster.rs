@@ -139,56 +139,15 @@ impl Cluster {
             .endpoint()
             .trim_start_matches("http://")
             .to_owned();
-        let dir = self.dir.display();
-        format!(
-            r#"scope: {scope}
-namespace: /service
-name: {name}
-restapi:
-  listen: 127.0.0.1:{api_port}
-  connect_address: 127.0.0.1:{api_port}
-etcd3:
-  hosts: {etcd}
-bootstrap:
-  dcs:
-    ttl: {ttl}
-    loop_wait: {loop_wait}
-    retry_timeout: {retry}
-    maximum_lag_on_failover: 1048576
-    postgresql:
-      use_pg_rewind: true
-      use_slots: true
-      parameters:
-        wal_log_hints: "on"
-  initdb:
-  - encoding: UTF8
-  pg_hba:
-  - local all all trust
-  - host replication replicator 127.0.0.1/32 md5
-  - host all all 127.0.0.1/32 md5
-postgresql:
-  listen: 127.0.0.1:{pg_port}
-  connect_address: 127.0.0.1:{pg_port}
-  data_dir: {dir}/{name}/data
-  pgpass: {dir}/{name}/pgpass
-  authentication:
-    superuser:
-      username: postgres
-      password: postgres
-    replication:
-      username: replicator
-      password: rep-pass
-    rewind:
-      username: rewind_user
-      password: rewind-pass
-  parameters:
-    unix_socket_directories: '{dir}/{name}'
-"#,
-            scope = self.scope,
-            ttl = t.ttl,
-            loop_wait = t.loop_wait,
-            retry = t.retry_timeout,
-        )
+        pgwarden::demo::member_config(&pgwarden::demo::LocalMember {
+            dir: &self.dir,
+            scope: &self.scope,
+            name,
+            etcd: &etcd,
+            pg_port,
+            api_port,
+            timings: (t.ttl, t.loop_wait, t.retry_timeout),
+        })
     }
 
     /// A `pgwarden run` command for a config file, as the member user.
