@@ -440,14 +440,23 @@ async fn switchover_errors_and_schedule() {
         json!({"at": "2099-01-01T00:00:00+00:00", "from": "m0", "to": "m1"})
     );
 
-    // Other methods: 501.
+    // Other methods: 405 with the allowed ones (Patroni: 501).
     let r = h
         .http
         .delete(format!("{}/nothing", h.base))
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status().as_u16(), 501);
+    assert_eq!(r.status().as_u16(), 405);
+    assert_eq!(r.headers()["allow"], "GET, HEAD, OPTIONS");
+    let r = h
+        .http
+        .request(reqwest::Method::TRACE, format!("{}/config", h.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+    assert_eq!(r.headers()["allow"], "GET, HEAD, OPTIONS, PATCH, PUT");
 }
 
 #[tokio::test]
