@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pgwarden::api::{ApiCommand, ApiContext, ApiState, PgView, Snapshot, WalView, serve};
+use pgwarden::api::{Access, ApiCommand, ApiContext, ApiState, PgView, Snapshot, WalView, serve};
 use pgwarden::dcs::model::{
     ClusterView, Failover, HistoryLine, Member, Status, SyncState, Version,
 };
@@ -144,6 +144,11 @@ async fn closed_port() -> u16 {
 
 /// A leader `m0` serving the API; `m1` answers on the same API (reachable), `m2` is down.
 async fn start(with_config: bool, promote_on_failover: bool) -> Harness {
+    start_with(with_config, promote_on_failover, Access::default()).await
+}
+
+/// [`start`] with access rules.
+async fn start_with(with_config: bool, promote_on_failover: bool, access: Access) -> Harness {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let dead = closed_port().await;
@@ -183,7 +188,7 @@ async fn start(with_config: bool, promote_on_failover: bool) -> Harness {
         dcs: dcs.clone(),
         commands: tx,
         peer_timeout: Duration::from_secs(2),
-        access: Default::default(),
+        access,
     };
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(serve(listener, ctx, async {
@@ -440,14 +445,23 @@ async fn switchover_errors_and_schedule() {
         json!({"at": "2099-01-01T00:00:00+00:00", "from": "m0", "to": "m1"})
     );
 
-    // Other methods: 501.
+    // Other methods: 405 with the allowed ones (Patroni: 501).
     let r = h
         .http
         .delete(format!("{}/nothing", h.base))
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status().as_u16(), 501);
+    assert_eq!(r.status().as_u16(), 405);
+    assert_eq!(r.headers()["allow"], "GET, HEAD, OPTIONS");
+    let r = h
+        .http
+        .request(reqwest::Method::TRACE, format!("{}/config", h.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+    assert_eq!(r.headers()["allow"], "GET, HEAD, OPTIONS, PATCH, PUT");
 }
 
 #[tokio::test]
@@ -461,4 +475,113 @@ async fn immediate_switchover_reports_the_new_leader() {
     );
     assert_eq!(h.dcs.get("leader").as_deref(), Some("m1"));
     assert_eq!(h.commands.recv().await, Some(ApiCommand::Wake));
+}
+
+/// One request with optional basic credentials: `(code, WWW-Authenticate, body)`.
+async fn with_auth(
+    h: &Harness,
+    method: reqwest::Method,
+    path: &str,
+    creds: Option<(&str, &str)>,
+) -> (u16, String, String) {
+    let mut rq = h.http.request(method, format!("{}{path}", h.base));
+    if let Some((u, p)) = creds {
+        rq = rq.basic_auth(u, Some(p));
+    }
+    if path == "/config" {
+        rq = rq.body(r#"{"ttl":30}"#);
+    }
+    let r = rq.send().await.unwrap();
+    let www = r
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (r.status().as_u16(), www, r.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn basic_auth_and_allowlist_over_sockets() {
+    use reqwest::Method;
+    let auth = || Some(("admin".to_owned(), "s3cret".to_owned()));
+
+    // Basic auth: unsafe requests need it (401 + WWW-Authenticate), safe ones stay open.
+    let h = start_with(
+        true,
+        false,
+        Access {
+            auth: auth(),
+            ..Access::default()
+        },
+    )
+    .await;
+    for path in ["/health", "/patroni", "/config", "/cluster"] {
+        let (code, _, body) = with_auth(&h, Method::GET, path, None).await;
+        assert_eq!(code, 200, "GET {path} stays open: {body}");
+    }
+    let (code, www, body) = with_auth(&h, Method::POST, "/reload", None).await;
+    assert_eq!((code, www.as_str()), (401, "Basic realm=\"Patroni\""));
+    assert_eq!(body, "no auth header received");
+    let (code, www, body) = with_auth(&h, Method::PATCH, "/config", Some(("admin", "x"))).await;
+    assert_eq!((code, www.as_str()), (401, "Basic realm=\"Patroni\""));
+    assert_eq!(body, "not authenticated");
+    let (code, _, body) = with_auth(&h, Method::DELETE, "/restart", Some(("x", "s3cret"))).await;
+    assert_eq!(code, 401, "{body}");
+    let (code, _, body) = with_auth(&h, Method::POST, "/reload", Some(("admin", "s3cret"))).await;
+    assert_eq!((code, body.as_str()), (202, "reload scheduled"));
+    drop(h);
+
+    // An allowlist without this client: 403 before authentication is even looked at.
+    let h = start_with(
+        true,
+        false,
+        Access {
+            auth: auth(),
+            allowlist: vec!["10.0.0.0/8".into(), "192.0.2.7".into()],
+            include_members: false,
+        },
+    )
+    .await;
+    let (code, www, body) = with_auth(&h, Method::POST, "/reload", Some(("admin", "s3cret"))).await;
+    assert_eq!((code, body.as_str()), (403, "Access is denied"));
+    assert!(www.is_empty());
+    let (code, _, _) = with_auth(&h, Method::POST, "/restart", None).await;
+    assert_eq!(code, 403);
+    let (code, _, _) = with_auth(&h, Method::OPTIONS, "/primary", None).await;
+    assert_eq!(code, 200, "health checks stay open");
+    drop(h);
+
+    // An allowlist with this client (CIDR): authentication is next.
+    let h = start_with(
+        true,
+        false,
+        Access {
+            auth: auth(),
+            allowlist: vec!["127.0.0.0/8".into()],
+            include_members: false,
+        },
+    )
+    .await;
+    let (code, _, _) = with_auth(&h, Method::POST, "/reload", None).await;
+    assert_eq!(code, 401);
+    let (code, _, _) = with_auth(&h, Method::POST, "/reload", Some(("admin", "s3cret"))).await;
+    assert_eq!(code, 202);
+    drop(h);
+
+    // allowlist_include_members: members' api_url hosts (127.0.0.1 here) are allowed, except
+    // for /failsafe, whose sender Patroni does not check against the members.
+    let h = start_with(
+        true,
+        false,
+        Access {
+            auth: None,
+            allowlist: vec![],
+            include_members: true,
+        },
+    )
+    .await;
+    let (code, _, body) = with_auth(&h, Method::POST, "/reload", None).await;
+    assert_eq!(code, 202, "{body}");
+    let (code, _, body) = with_auth(&h, Method::POST, "/failsafe", None).await;
+    assert_eq!((code, body.as_str()), (403, "Access is denied"));
 }

@@ -131,9 +131,13 @@ fn bare(code: u16) -> Response {
 fn error_page(code: u16, message: Option<&str>) -> Response {
     let (phrase, explain) = match code {
         400 => ("Bad Request", "Bad request syntax or unsupported method"),
+        409 => ("Conflict", "Request conflict"),
         411 => ("Length Required", "Client must specify Content-Length"),
         413 => ("Request Entity Too Large", "Entity is too large"),
-        501 => ("Not Implemented", "Server does not support this operation"),
+        405 => (
+            "Method Not Allowed",
+            "Specified method is invalid for this resource",
+        ),
         502 => ("Bad Gateway", "Invalid responses from another server/proxy"),
         _ => (
             "Service Unavailable",
@@ -148,6 +152,30 @@ fn error_page(code: u16, message: Option<&str>) -> Response {
         message.unwrap_or(phrase)
     );
     with_type(code, body, "text/html;charset=utf-8")
+}
+
+/// The methods a path answers: every path is a health check (GET, HEAD, OPTIONS); some take
+/// writes too.
+fn allowed_methods(path: &str) -> &'static str {
+    match first_segment(path) {
+        "config" => "GET, HEAD, OPTIONS, PATCH, PUT",
+        "switchover" | "restart" => "GET, HEAD, OPTIONS, POST, DELETE",
+        "failover" | "reload" | "reinitialize" | "failsafe" | "sigterm" | "citus" | "mpp" => {
+            "GET, HEAD, OPTIONS, POST"
+        }
+        _ => "GET, HEAD, OPTIONS",
+    }
+}
+
+/// A method the path does not take: 405 with `Allow`. Patroni (Python's `http.server`) answers
+/// 501 here; a client error is the truthful code, and no client depends on the 501.
+fn not_allowed(method: &Method, path: &str) -> Response {
+    let mut r = error_page(405, Some(&format!("Unsupported method ('{method}')")));
+    r.headers_mut().insert(
+        header::ALLOW,
+        HeaderValue::from_static(allowed_methods(path)),
+    );
+    r
 }
 
 /// Reads a JSON object body by Patroni's rules: no `Content-Length` → 411 (or `{}` when the
@@ -247,7 +275,7 @@ async fn dispatch(State(inner): State<Shared>, req: Request) -> Response {
             },
             "sigterm" => text_reply(202, "shutdown scheduled"),
             "citus" | "mpp" => text_reply(200, "OK"),
-            _ => error_page(501, Some("Unsupported method ('POST')")),
+            _ => not_allowed(&method, &path),
         },
         Method::PATCH | Method::PUT if first_segment(&path) == "config" => {
             let body = match read_json(&parts.headers, body, false).await {
@@ -280,9 +308,9 @@ async fn dispatch(State(inner): State<Shared>, req: Request) -> Response {
                     text_reply(code, msg)
                 }
             }
-            _ => error_page(501, Some("Unsupported method ('DELETE')")),
+            _ => not_allowed(&method, &path),
         },
-        other => error_page(501, Some(&format!("Unsupported method ('{other}')"))),
+        _ => not_allowed(&method, &path),
     }
 }
 
