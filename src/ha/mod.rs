@@ -31,7 +31,8 @@ pub use types::{DataDir, Identity, MonoTime, Observation, PeerFacts, PeerReport,
 /// Why an action was sent, so its outcome can be acted upon.
 #[derive(Debug, Clone, PartialEq)]
 enum Purpose {
-    /// A lock operation; `then_promote` when the lock was taken for a promotion.
+    /// A lock operation; `acquiring` when taking the lock (not renewing it), which leads on to
+    /// promotion or the bootstrap start.
     Lock { acquiring: bool },
     /// Peers probed before taking the lock.
     RaceProbe,
