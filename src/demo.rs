@@ -6,6 +6,7 @@
 
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -107,8 +108,14 @@ struct Demo {
 impl Demo {
     fn spawn_member(&mut self, i: usize) -> anyhow::Result<()> {
         let m = &self.members[i];
-        let log = std::fs::File::create(self.dir.join(format!("{}.log", m.name)))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{}.log", m.name)))?;
         let mut cmd = Command::new(&self.bin);
+        // Its own process group: Ctrl-C reaches only the demo, which then stops the members
+        // in order (members first, etcd last), instead of everything dying at once.
+        cmd.process_group(0);
         cmd.arg("run")
             .arg(&m.config)
             .stdout(log.try_clone()?)
@@ -116,7 +123,6 @@ impl Demo {
             .stdin(Stdio::null());
         cmd.env("PGWARDEN_LOG", "info");
         if let Some(r) = &self.run_as {
-            use std::os::unix::process::CommandExt;
             cmd.uid(r.uid).gid(r.gid).env("HOME", &self.dir);
         }
         let child = cmd
@@ -272,6 +278,7 @@ fn run(args: DemoArgs) -> anyhow::Result<()> {
         ])
         .stdout(etcd_log.try_clone()?)
         .stderr(etcd_log)
+        .process_group(0)
         .spawn()
         .context("starting etcd")?;
 
