@@ -456,3 +456,6 @@ impl HaCore {
         self.finished = true;
     }
 }
+
+#[cfg(test)]
+mod tests;

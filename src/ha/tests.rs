@@ -1,0 +1,403 @@
+//! Scripted scenarios of the core alone: each drives `HaCore::step` by hand and checks the
+//! actions, in the calling order the module documents.
+
+use std::time::Duration;
+
+use super::*;
+use crate::dcs::model::Leader;
+use crate::dcs::{ClusterView, Failover, Member, Version, Versioned};
+
+const S: Duration = Duration::from_secs(1);
+
+fn me() -> Identity {
+    Identity {
+        name: "a".into(),
+        nofailover: false,
+        failover_priority: 1,
+        can_bootstrap: true,
+    }
+}
+
+fn policy() -> Policy {
+    Policy {
+        ttl: 30 * S,
+        loop_wait: 10 * S,
+        retry_timeout: 10 * S,
+        maximum_lag_on_failover: 1 << 20,
+        use_pg_rewind: true,
+        remove_data_directory_on_rewind_failure: false,
+        pause: false,
+        safety_margin: 3 * S,
+    }
+}
+
+fn at(secs: u64) -> MonoTime {
+    MonoTime(Duration::from_secs(secs))
+}
+
+fn primary() -> PgFacts {
+    PgFacts {
+        data: DataDir::Ready {
+            sysid: "42".into(),
+            was_primary: true,
+        },
+        up: true,
+        in_recovery: Some(false),
+        timeline: Some(1),
+        wal_position: 1000,
+        upstream: None,
+        streaming: false,
+    }
+}
+
+fn replica(upstream: Option<&str>) -> PgFacts {
+    PgFacts {
+        data: DataDir::Ready {
+            sysid: "42".into(),
+            was_primary: false,
+        },
+        in_recovery: Some(true),
+        upstream: upstream.map(str::to_owned),
+        streaming: upstream.is_some(),
+        ..primary()
+    }
+}
+
+fn view(leader: Option<&str>) -> ClusterView {
+    let mut v = ClusterView {
+        initialize: Some("42".into()),
+        ..ClusterView::default()
+    };
+    for n in ["a", "b", "c"] {
+        let m = Member {
+            api_url: Some(format!("http://{n}/patroni")),
+            role: Some(
+                if Some(n) == leader {
+                    "primary"
+                } else {
+                    "replica"
+                }
+                .into(),
+            ),
+            timeline: Some(1),
+            ..Member::default()
+        };
+        v.members.insert(n.into(), m);
+    }
+    v.leader = leader.map(|l| Leader {
+        name: l.into(),
+        version: Version("1".into()),
+    });
+    v
+}
+
+fn observe(
+    core: &mut HaCore,
+    dcs: Option<ClusterView>,
+    pg: PgFacts,
+    now: MonoTime,
+) -> Vec<(ActionId, Action)> {
+    core.step(
+        Input::Observed(Box::new(Observation {
+            dcs,
+            pg,
+            policy: policy(),
+        })),
+        now,
+    )
+}
+
+fn actions(v: &[(ActionId, Action)]) -> Vec<Action> {
+    v.iter().map(|(_, a)| a.clone()).collect()
+}
+
+/// Makes `core` the leader with a lease renewed at `sent`. (It is observed as a replica: a
+/// primary without a confirmed lease would be stopped at once.)
+fn lead(core: &mut HaCore, sent: MonoTime) {
+    let out = observe(core, Some(view(Some("a"))), replica(None), sent);
+    let (id, a) = out.first().cloned().expect("an action");
+    assert!(matches!(a, Action::RenewLock { .. }), "{a:?}");
+    core.step(
+        Input::Completed {
+            id,
+            outcome: Outcome::Lock {
+                held: true,
+                answered: true,
+                sent_at: sent,
+            },
+        },
+        sent,
+    );
+}
+
+#[test]
+fn the_lease_deadline_counts_from_the_send_time() {
+    let mut core = HaCore::new(me());
+    lead(&mut core, at(100));
+    // ttl 30 − margin 3, from the send time, whenever the answer came.
+    assert_eq!(core.lease_deadline(), Some(at(127)));
+    assert!(core.holds_lock(at(126)));
+    assert!(!core.holds_lock(at(127)));
+}
+
+#[test]
+fn a_leader_that_cannot_renew_stops_postgres_at_its_deadline_first() {
+    let mut core = HaCore::new(me());
+    lead(&mut core, at(100));
+    // Renewals fail (no answer); the store cannot be read.
+    let out = observe(&mut core, None, primary(), at(110));
+    assert!(out.is_empty(), "nothing to do before the deadline: {out:?}");
+    let out = core.step(Input::Tick, at(127));
+    assert_eq!(actions(&out), vec![Action::StopNow]);
+    assert_eq!(core.lease_deadline(), None);
+}
+
+#[test]
+fn a_store_that_says_the_lock_is_gone_stops_postgres_at_once() {
+    let mut core = HaCore::new(me());
+    lead(&mut core, at(100));
+    let out = observe(&mut core, Some(view(Some("a"))), primary(), at(110));
+    let (id, _) = out[0].clone();
+    let out = core.step(
+        Input::Completed {
+            id,
+            outcome: Outcome::Lock {
+                held: false,
+                answered: true,
+                sent_at: at(110),
+            },
+        },
+        at(110),
+    );
+    assert_eq!(actions(&out), vec![Action::StopNow]);
+}
+
+#[test]
+fn a_primary_sees_another_holder_and_demotes() {
+    let mut core = HaCore::new(me());
+    let out = observe(&mut core, Some(view(Some("b"))), primary(), at(1));
+    assert_eq!(actions(&out), vec![Action::StopNow]);
+}
+
+#[test]
+fn a_replica_races_after_probing_and_promotes_after_the_lock() {
+    let mut core = HaCore::new(me());
+    let out = observe(&mut core, Some(view(None)), replica(Some("b")), at(50));
+    let (probe, a) = out[0].clone();
+    assert_eq!(
+        a,
+        Action::ProbePeers {
+            names: vec!["b".into(), "c".into()]
+        }
+    );
+    let mut report = PeerReport::new();
+    report.insert("b".into(), None);
+    let behind = PeerFacts {
+        is_primary: false,
+        wal_position: 10,
+        nofailover: false,
+        failover_priority: 1,
+        running: true,
+        starting: false,
+    };
+    report.insert("c".into(), Some(behind));
+    let out = core.step(
+        Input::Completed {
+            id: probe,
+            outcome: Outcome::Peers(report),
+        },
+        at(50),
+    );
+    let (lock, a) = out[0].clone();
+    assert_eq!(a, Action::AcquireLock);
+    let out = core.step(
+        Input::Completed {
+            id: lock,
+            outcome: Outcome::Lock {
+                held: true,
+                answered: true,
+                sent_at: at(50),
+            },
+        },
+        at(50),
+    );
+    assert_eq!(actions(&out), vec![Action::Promote]);
+    assert_eq!(core.task_in_flight(), Some(&Action::Promote));
+}
+
+#[test]
+fn a_failed_promotion_releases_the_lock_only_once_postgres_is_down() {
+    let mut core = HaCore::new(me());
+    lead(&mut core, at(0));
+    let out = observe(&mut core, Some(view(Some("a"))), replica(None), at(3));
+    let (id, a) = out.last().cloned().expect("promote");
+    assert_eq!(out.len(), 1, "no renewal due yet: {out:?}");
+    assert_eq!(a, Action::Promote);
+    let out = core.step(
+        Input::Completed {
+            id,
+            outcome: Outcome::Failed("boom".into()),
+        },
+        at(6),
+    );
+    assert_eq!(actions(&out), vec![Action::StopNow]);
+    core.step(
+        Input::Completed {
+            id: out[0].0,
+            outcome: Outcome::Ok,
+        },
+        at(6),
+    );
+    // Still up: no release yet, stop again.
+    let out = observe(&mut core, Some(view(Some("a"))), replica(None), at(7));
+    assert_eq!(actions(&out), vec![Action::StopNow]);
+    core.step(
+        Input::Completed {
+            id: out[0].0,
+            outcome: Outcome::Ok,
+        },
+        at(7),
+    );
+    let down = PgFacts {
+        up: false,
+        in_recovery: None,
+        ..replica(None)
+    };
+    let out = observe(&mut core, Some(view(Some("a"))), down, at(8));
+    assert_eq!(actions(&out), vec![Action::ReleaseLock]);
+}
+
+#[test]
+fn a_switchover_stops_gracefully_then_hands_the_lock_over() {
+    let mut core = HaCore::new(me());
+    lead(&mut core, at(0));
+    let mut v = view(Some("a"));
+    v.failover = Some(Versioned {
+        value: Failover {
+            leader: Some("a".into()),
+            member: Some("b".into()),
+            scheduled_at: None,
+        },
+        version: Version("7".into()),
+    });
+    let out = observe(&mut core, Some(v), primary(), at(10));
+    let probe = out
+        .iter()
+        .find(|(_, a)| matches!(a, Action::ProbePeers { .. }))
+        .cloned()
+        .expect("probe");
+    let mut report = PeerReport::new();
+    let fit = PeerFacts {
+        is_primary: false,
+        wal_position: 1000,
+        nofailover: false,
+        failover_priority: 1,
+        running: true,
+        starting: false,
+    };
+    report.insert("b".into(), Some(fit));
+    let out = core.step(
+        Input::Completed {
+            id: probe.0,
+            outcome: Outcome::Peers(report),
+        },
+        at(10),
+    );
+    let (stop, a) = out[0].clone();
+    assert_eq!(a, Action::StopGraceful);
+    let out = core.step(
+        Input::Completed {
+            id: stop,
+            outcome: Outcome::Ok,
+        },
+        at(11),
+    );
+    assert_eq!(actions(&out), vec![Action::ReleaseLock]);
+    assert_eq!(core.lease_deadline(), None);
+}
+
+#[test]
+fn a_fresh_member_bootstraps_only_after_winning_initialize() {
+    let mut core = HaCore::new(me());
+    let empty = PgFacts {
+        data: DataDir::Empty,
+        up: false,
+        in_recovery: None,
+        ..primary()
+    };
+    let out = observe(&mut core, Some(ClusterView::default()), empty, at(0));
+    let (claim, a) = out[0].clone();
+    assert_eq!(a, Action::ClaimInitialize);
+    let out = core.step(
+        Input::Completed {
+            id: claim,
+            outcome: Outcome::Ok,
+        },
+        at(0),
+    );
+    let (boot, a) = out[0].clone();
+    assert_eq!(a, Action::Bootstrap);
+    // initdb done: the lock comes before PostgreSQL starts as a primary.
+    let out = core.step(
+        Input::Completed {
+            id: boot,
+            outcome: Outcome::Ok,
+        },
+        at(2),
+    );
+    let (lock, a) = out[0].clone();
+    assert_eq!(a, Action::AcquireLock);
+    let out = core.step(
+        Input::Completed {
+            id: lock,
+            outcome: Outcome::Lock {
+                held: true,
+                answered: true,
+                sent_at: at(2),
+            },
+        },
+        at(2),
+    );
+    assert_eq!(actions(&out), vec![Action::StartPrimary]);
+}
+
+#[test]
+fn a_member_of_another_cluster_refuses_to_run() {
+    let mut core = HaCore::new(me());
+    let mut v = view(Some("b"));
+    v.initialize = Some("777".into());
+    let down = PgFacts {
+        up: false,
+        in_recovery: None,
+        ..replica(None)
+    };
+    let out = observe(&mut core, Some(v), down, at(0));
+    assert!(
+        matches!(actions(&out).as_slice(), [Action::Fatal { .. }]),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_former_primary_rewinds_once_the_new_leader_has_checkpointed() {
+    let mut core = HaCore::new(me());
+    let mut v = view(Some("b"));
+    let down = PgFacts {
+        up: false,
+        in_recovery: None,
+        ..primary()
+    };
+    if let Some(m) = v.members.get_mut("b") {
+        m.checkpoint_after_promote = Some(false);
+    }
+    let out = observe(&mut core, Some(v.clone()), down.clone(), at(0));
+    assert!(
+        out.is_empty(),
+        "waits for the post-promote checkpoint: {out:?}"
+    );
+    if let Some(m) = v.members.get_mut("b") {
+        m.checkpoint_after_promote = None;
+    }
+    let out = observe(&mut core, Some(v), down, at(1));
+    assert_eq!(actions(&out), vec![Action::Rewind { from: "b".into() }]);
+}
