@@ -128,8 +128,6 @@ pub async fn run(
             "refusing to run as root: PostgreSQL cannot run as root; run pgwarden as the postgres user"
         );
     }
-    let dynamic = bootstrap_dynamic(&cfg);
-    let dcs = connect_dcs(&cfg, &dynamic).await?;
     // TLS problems are configuration errors: report them before touching the store.
     let api_tls = api::tls::server_config(&cfg.restapi)?;
     let peer_tls = api::tls::ClientTls::of_agent(&cfg);
@@ -153,6 +151,9 @@ pub async fn run(
                 .context("building the REST API's HTTP client")?,
         )
     };
+
+    let dynamic = bootstrap_dynamic(&cfg);
+    let dcs = connect_dcs(&cfg, &dynamic).await?;
 
     // Patroni's start-up rule: wait for the store, and refuse a name that is already running.
     let view = loop {
