@@ -128,12 +128,32 @@ pub async fn run(
             "refusing to run as root: PostgreSQL cannot run as root; run pgwarden as the postgres user"
         );
     }
-    let dynamic = bootstrap_dynamic(&cfg);
-    let dcs = connect_dcs(&cfg, &dynamic).await?;
-    let http = reqwest::Client::builder()
-        .no_proxy()
+    // TLS problems are configuration errors: report them before touching the store.
+    let api_tls = api::tls::server_config(&cfg.restapi)?;
+    let peer_tls = api::tls::ClientTls::of_agent(&cfg);
+    let http = peer_tls
+        .apply(reqwest::Client::builder().no_proxy())?
         .build()
         .context("building the HTTP client")?;
+    // The API's own client (switchover candidate probes): only when peers need TLS settings,
+    // so that the plain setup stays exactly as it was.
+    let api_peer_client = if peer_tls.is_default() {
+        None
+    } else {
+        let b = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .no_proxy()
+            .user_agent(format!("Patroni/{} pgwarden", api::state::VERSION));
+        Some(
+            peer_tls
+                .apply(b)?
+                .build()
+                .context("building the REST API's HTTP client")?,
+        )
+    };
+
+    let dynamic = bootstrap_dynamic(&cfg);
+    let dcs = connect_dcs(&cfg, &dynamic).await?;
 
     // Patroni's start-up rule: wait for the store, and refuse a name that is already running.
     let view = loop {
@@ -172,7 +192,12 @@ pub async fn run(
         peer_timeout: Duration::from_secs(2),
         access: commands::access_of(&cfg),
     };
-    let api_task = tokio::spawn(api::serve(api_listener, ctx, async move {
+    let opts = api::ServeOptions {
+        tls: api_tls,
+        peer_client: api_peer_client,
+        client_cert: api::tls::client_cert_required(&cfg.restapi),
+    };
+    let api_task = tokio::spawn(api::serve_with(api_listener, ctx, opts, async move {
         let _ = api_stop_rx.await;
     }));
     let mut agent = Agent {

@@ -49,7 +49,12 @@ impl Agent {
                 self.cfg.postgresql.connect_address
             )),
             api_url: Some(format!(
-                "http://{}/patroni",
+                "{}://{}/patroni",
+                if crate::api::tls::enabled(&self.cfg.restapi) {
+                    "https"
+                } else {
+                    "http"
+                },
                 self.cfg.restapi.connect_address
             )),
             state: Some(state.into()),

@@ -1,5 +1,6 @@
-//! Access control on unsafe requests (patroni-compat §1.2): IP allowlist (403), then basic
-//! authentication (401 with `WWW-Authenticate`). Health GETs and every other safe request stay
+//! Access control on unsafe requests (patroni-compat §1.2): IP allowlist (403), then a client
+//! certificate under TLS with `verify_client` (403), then basic authentication (401 with
+//! `WWW-Authenticate`). Health GETs and every other safe request stay
 //! open, as in Patroni: load balancers and probes never carry credentials.
 
 use std::net::{IpAddr, SocketAddr};
@@ -13,6 +14,7 @@ use base64::Engine;
 
 use super::server::is_protected;
 use super::state::ApiState;
+use super::tls::TlsPeer;
 
 /// The access rules of one server.
 #[derive(Debug, Clone, Default)]
@@ -142,22 +144,34 @@ pub struct Guard {
     pub access: Arc<Access>,
     /// The snapshot handle.
     pub state: ApiState,
+    /// TLS with `restapi.verify_client` `optional`/`required`: protected requests need a client
+    /// certificate. Only a [`TlsPeer`] connection can carry one, so a plain one is refused.
+    pub client_cert: bool,
 }
 
 /// The middleware: checks protected requests, passes everything else through.
 pub async fn check(State(g): State<Guard>, req: Request, next: Next) -> Response {
-    if g.access.is_open() || !is_protected(req.method(), req.uri().path()) {
+    if (g.access.is_open() && !g.client_cert) || !is_protected(req.method(), req.uri().path()) {
         return next.run(req).await;
     }
-    let peer = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
+    // A TLS connection says whether a certificate came with it; a plain one never has one.
+    let (peer, has_cert) = match req.extensions().get::<ConnectInfo<TlsPeer>>() {
+        Some(ConnectInfo(p)) => (Some(p.addr.ip()), p.client_cert),
+        None => (
+            req.extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip()),
+            false,
+        ),
+    };
     match peer {
         Some(ip) if allowed(&g.access, &g.state, ip, req.uri().path()).await => {}
         // Without a known peer address (no connect info) only an empty allowlist passes.
         None if g.access.allowlist.is_empty() && !g.access.include_members => {}
         _ => return denied(StatusCode::FORBIDDEN, "Access is denied"),
+    }
+    if g.client_cert && !has_cert {
+        return denied(StatusCode::FORBIDDEN, "client certificate required");
     }
     if let Err(msg) = authenticated(&g.access, req.headers().get(header::AUTHORIZATION)) {
         return denied(StatusCode::UNAUTHORIZED, msg);

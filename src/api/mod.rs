@@ -7,7 +7,8 @@
 //! - [`switchover`]: `POST /switchover` and `POST /failover`;
 //! - [`config`]: `PATCH`/`PUT /config`;
 //! - [`restart`]: `POST`/`DELETE /restart`, scheduled restarts;
-//! - [`access`]: allowlist and basic authentication on unsafe requests;
+//! - [`access`]: allowlist, client certificates and basic authentication on unsafe requests;
+//! - [`tls`]: rustls for the server and for requests to other members;
 //! - [`metrics`]: `GET /metrics`;
 //! - [`server`]: dispatch, reply formats, body rules, [`serve`];
 //! - [`json`]: ordered objects and Python's `json.dumps` layout.
@@ -26,10 +27,13 @@ pub mod server;
 pub mod state;
 pub mod status;
 pub mod switchover;
+pub mod tls;
 
 pub use access::Access;
 pub use health::health_code;
-pub use server::{MAX_BODY_BYTES, is_protected, router, serve};
+pub use server::{
+    MAX_BODY_BYTES, ServeOptions, is_protected, router, router_with, serve, serve_with,
+};
 pub use state::{
     ApiCommand, ApiContext, ApiState, PgView, ReplicationRow, Reply, Snapshot, WalView,
 };

@@ -45,15 +45,29 @@ type Shared = Arc<Inner>;
 
 /// The API as an axum router (no listener). Add an access-control layer here when needed.
 pub fn router(ctx: ApiContext) -> Router {
-    let client = reqwest::Client::builder()
-        .timeout(ctx.peer_timeout)
-        .no_proxy()
-        .user_agent(format!("Patroni/{} pgwarden", super::state::VERSION))
-        .build()
-        .unwrap_or_default();
+    router_with(ctx, None, false)
+}
+
+/// [`router`] with the client used for the switchover candidates' probes (`None`: a plain one;
+/// members serving https need one that trusts their CA, [`super::tls::ClientTls`]) and whether
+/// protected requests need a client certificate ([`super::tls::client_cert_required`]).
+pub fn router_with(
+    ctx: ApiContext,
+    peer_client: Option<reqwest::Client>,
+    client_cert: bool,
+) -> Router {
+    let client = peer_client.unwrap_or_else(|| {
+        reqwest::Client::builder()
+            .timeout(ctx.peer_timeout)
+            .no_proxy()
+            .user_agent(format!("Patroni/{} pgwarden", super::state::VERSION))
+            .build()
+            .unwrap_or_default()
+    });
     let guard = access::Guard {
         access: Arc::new(ctx.access.clone()),
         state: ctx.state.clone(),
+        client_cert,
     };
     Router::new()
         .fallback(dispatch)
@@ -65,16 +79,49 @@ pub fn router(ctx: ApiContext) -> Router {
         .layer(axum::middleware::from_fn_with_state(guard, access::check))
 }
 
+/// How [`serve_with`] serves beyond the plain HTTP defaults.
+#[derive(Default)]
+pub struct ServeOptions {
+    /// TLS on the listener ([`super::tls::server_config`]); `None`: plain HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The client for requests to other members (see [`router_with`]).
+    pub peer_client: Option<reqwest::Client>,
+    /// Protected requests need a client certificate (see [`router_with`]).
+    pub client_cert: bool,
+}
+
 /// Serves the API on an already bound listener until `shutdown` completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     ctx: ApiContext,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(ctx).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve_with(listener, ctx, ServeOptions::default(), shutdown).await
+}
+
+/// [`serve`] with TLS and a peer client. Without TLS the plain HTTP path is unchanged.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    ctx: ApiContext,
+    opts: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router_with(ctx, opts.peer_client, opts.client_cert);
+    match opts.tls {
+        None => {
+            let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        Some(cfg) => {
+            let listener = super::tls::TlsListener::new(listener, cfg)?;
+            let app = app.into_make_service_with_connect_info::<super::tls::TlsPeer>();
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
 }
 
 /// Requests Patroni protects with its access control (§1.2).

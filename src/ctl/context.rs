@@ -2,7 +2,10 @@
 //!
 //! Like patronictl, the configuration is a Patroni YAML file (`-c`, `PATRONICTL_CONFIG_FILE`,
 //! default `~/.config/patroni/patronictl.yaml`) of which only `scope`, `namespace`, `etcd3`,
-//! `restapi.authentication` and `ctl` matter; `-d/--dcs-url` (`DCS_URL`) overrides the store.
+//! `restapi.authentication`, `restapi.cafile` and `ctl` matter; `-d/--dcs-url` (`DCS_URL`)
+//! overrides the store. REST calls to members serving https trust `ctl.cacert` else
+//! `restapi.cafile` (else the system's roots), present `ctl.certfile`/`ctl.keyfile` when set, and
+//! skip verification with `-k/--insecure` or `ctl.insecure` (patroni-compat §1.2).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,8 +28,10 @@ pub struct CtlConfig {
     pub etcd: Vec<String>,
     /// Basic auth for REST calls (`ctl.authentication`, else `restapi.authentication`).
     pub auth: Option<(String, String)>,
-    /// `loop_wait` for messages (from the dynamic config when read).
+    /// Skip server certificate checks (`-k/--insecure` or `ctl.insecure`).
     pub insecure: bool,
+    /// TLS settings of REST calls.
+    pub tls: crate::api::tls::ClientTls,
 }
 
 fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Value> {
@@ -40,6 +45,33 @@ fn auth_at(v: &Value, section: &str) -> Option<(String, String)> {
         .get("password")
         .map(|p| p.as_str().map_or_else(|| p.to_string(), str::to_owned))?;
     Some((u, p))
+}
+
+fn string_at(v: &Value, path: &[&str]) -> Option<String> {
+    str_at(v, path)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+/// Patroni's rule for patronictl's REST calls: CA `ctl.cacert` else `restapi.cafile`, client
+/// certificate `ctl.certfile` with `ctl.keyfile` (else the key inside `certfile`).
+fn client_tls_of(raw: &Value, insecure: bool) -> crate::api::tls::ClientTls {
+    let ca = string_at(raw, &["ctl", "cacert"])
+        .map(|p| ("ctl.cacert".to_owned(), p))
+        .or_else(|| {
+            string_at(raw, &["restapi", "cafile"]).map(|p| ("restapi.cafile".to_owned(), p))
+        });
+    let cert = string_at(raw, &["ctl", "certfile"]).map(|c| {
+        let k = string_at(raw, &["ctl", "keyfile"]).unwrap_or_else(|| c.clone());
+        (c, k)
+    });
+    crate::api::tls::ClientTls {
+        ca,
+        cert,
+        key_prefix: "ctl".into(),
+        insecure,
+    }
 }
 
 fn hosts_of(v: &Value) -> Vec<String> {
@@ -98,7 +130,13 @@ impl CtlConfig {
             etcd: raw.get("etcd3").map(hosts_of).unwrap_or_default(),
             auth: auth_at(&raw, "ctl").or_else(|| auth_at(&raw, "restapi")),
             insecure,
+            tls: crate::api::tls::ClientTls::default(),
         };
+        let insecure = insecure
+            || str_at(&raw, &["ctl", "insecure"])
+                .is_some_and(|v| v.as_bool() == Some(true) || v.as_str() == Some("true"));
+        c.insecure = insecure;
+        c.tls = client_tls_of(&raw, insecure);
         if let Some(url) = dcs_url {
             c.apply_dcs_url(url)?;
         }
@@ -168,7 +206,11 @@ impl Ctx {
         })
         .await
         .map_err(|e| CtlError::msg(e.to_string()))?;
-        let http = reqwest::Client::builder()
+        let builder = cfg
+            .tls
+            .apply(reqwest::Client::builder())
+            .map_err(|e| CtlError::msg(e.to_string()))?;
+        let http = builder
             .no_proxy()
             .timeout(Duration::from_secs(300))
             .connect_timeout(Duration::from_secs(5))
