@@ -107,6 +107,36 @@ fn observe(
     )
 }
 
+fn complete(
+    core: &mut HaCore,
+    id: ActionId,
+    outcome: Outcome,
+    now: MonoTime,
+) -> Vec<(ActionId, Action)> {
+    core.step(Input::Completed { id, outcome }, now)
+}
+
+/// The store's answer to a lock operation sent at `sent_at`.
+fn answered(held: bool, sent_at: MonoTime) -> Outcome {
+    Outcome::Lock {
+        held,
+        answered: true,
+        sent_at,
+    }
+}
+
+/// A peer that answered: running, `wal_position`, not primary.
+fn peer_at(wal_position: u64) -> PeerFacts {
+    PeerFacts {
+        is_primary: false,
+        wal_position,
+        nofailover: false,
+        failover_priority: 1,
+        running: true,
+        starting: false,
+    }
+}
+
 fn actions(v: &[(ActionId, Action)]) -> Vec<Action> {
     v.iter().map(|(_, a)| a.clone()).collect()
 }
@@ -117,17 +147,7 @@ fn lead(core: &mut HaCore, sent: MonoTime) {
     let out = observe(core, Some(view(Some("a"))), replica(None), sent);
     let (id, a) = out.first().cloned().expect("an action");
     assert!(matches!(a, Action::RenewLock { .. }), "{a:?}");
-    core.step(
-        Input::Completed {
-            id,
-            outcome: Outcome::Lock {
-                held: true,
-                answered: true,
-                sent_at: sent,
-            },
-        },
-        sent,
-    );
+    complete(core, id, answered(true, sent), sent);
 }
 
 #[test]
@@ -158,17 +178,7 @@ fn a_store_that_says_the_lock_is_gone_stops_postgres_at_once() {
     lead(&mut core, at(100));
     let out = observe(&mut core, Some(view(Some("a"))), primary(), at(110));
     let (id, _) = out[0].clone();
-    let out = core.step(
-        Input::Completed {
-            id,
-            outcome: Outcome::Lock {
-                held: false,
-                answered: true,
-                sent_at: at(110),
-            },
-        },
-        at(110),
-    );
+    let out = complete(&mut core, id, answered(false, at(110)), at(110));
     assert_eq!(actions(&out), vec![Action::StopNow]);
 }
 
@@ -192,35 +202,12 @@ fn a_replica_races_after_probing_and_promotes_after_the_lock() {
     );
     let mut report = PeerReport::new();
     report.insert("b".into(), None);
-    let behind = PeerFacts {
-        is_primary: false,
-        wal_position: 10,
-        nofailover: false,
-        failover_priority: 1,
-        running: true,
-        starting: false,
-    };
+    let behind = peer_at(10);
     report.insert("c".into(), Some(behind));
-    let out = core.step(
-        Input::Completed {
-            id: probe,
-            outcome: Outcome::Peers(report),
-        },
-        at(50),
-    );
+    let out = complete(&mut core, probe, Outcome::Peers(report), at(50));
     let (lock, a) = out[0].clone();
     assert_eq!(a, Action::AcquireLock);
-    let out = core.step(
-        Input::Completed {
-            id: lock,
-            outcome: Outcome::Lock {
-                held: true,
-                answered: true,
-                sent_at: at(50),
-            },
-        },
-        at(50),
-    );
+    let out = complete(&mut core, lock, answered(true, at(50)), at(50));
     assert_eq!(actions(&out), vec![Action::Promote]);
     assert_eq!(core.task_in_flight(), Some(&Action::Promote));
 }
@@ -233,31 +220,13 @@ fn a_failed_promotion_releases_the_lock_only_once_postgres_is_down() {
     let (id, a) = out.last().cloned().expect("promote");
     assert_eq!(out.len(), 1, "no renewal due yet: {out:?}");
     assert_eq!(a, Action::Promote);
-    let out = core.step(
-        Input::Completed {
-            id,
-            outcome: Outcome::Failed("boom".into()),
-        },
-        at(6),
-    );
+    let out = complete(&mut core, id, Outcome::Failed("boom".into()), at(6));
     assert_eq!(actions(&out), vec![Action::StopNow]);
-    core.step(
-        Input::Completed {
-            id: out[0].0,
-            outcome: Outcome::Ok,
-        },
-        at(6),
-    );
+    complete(&mut core, out[0].0, Outcome::Ok, at(6));
     // Still up: no release yet, stop again.
     let out = observe(&mut core, Some(view(Some("a"))), replica(None), at(7));
     assert_eq!(actions(&out), vec![Action::StopNow]);
-    core.step(
-        Input::Completed {
-            id: out[0].0,
-            outcome: Outcome::Ok,
-        },
-        at(7),
-    );
+    complete(&mut core, out[0].0, Outcome::Ok, at(7));
     let down = PgFacts {
         up: false,
         in_recovery: None,
@@ -287,31 +256,12 @@ fn a_switchover_stops_gracefully_then_hands_the_lock_over() {
         .cloned()
         .expect("probe");
     let mut report = PeerReport::new();
-    let fit = PeerFacts {
-        is_primary: false,
-        wal_position: 1000,
-        nofailover: false,
-        failover_priority: 1,
-        running: true,
-        starting: false,
-    };
+    let fit = peer_at(1000);
     report.insert("b".into(), Some(fit));
-    let out = core.step(
-        Input::Completed {
-            id: probe.0,
-            outcome: Outcome::Peers(report),
-        },
-        at(10),
-    );
+    let out = complete(&mut core, probe.0, Outcome::Peers(report), at(10));
     let (stop, a) = out[0].clone();
     assert_eq!(a, Action::StopGraceful);
-    let out = core.step(
-        Input::Completed {
-            id: stop,
-            outcome: Outcome::Ok,
-        },
-        at(11),
-    );
+    let out = complete(&mut core, stop, Outcome::Ok, at(11));
     assert_eq!(actions(&out), vec![Action::ReleaseLock]);
     assert_eq!(core.lease_deadline(), None);
 }
@@ -328,36 +278,14 @@ fn a_fresh_member_bootstraps_only_after_winning_initialize() {
     let out = observe(&mut core, Some(ClusterView::default()), empty, at(0));
     let (claim, a) = out[0].clone();
     assert_eq!(a, Action::ClaimInitialize);
-    let out = core.step(
-        Input::Completed {
-            id: claim,
-            outcome: Outcome::Ok,
-        },
-        at(0),
-    );
+    let out = complete(&mut core, claim, Outcome::Ok, at(0));
     let (boot, a) = out[0].clone();
     assert_eq!(a, Action::Bootstrap);
     // initdb done: the lock comes before PostgreSQL starts as a primary.
-    let out = core.step(
-        Input::Completed {
-            id: boot,
-            outcome: Outcome::Ok,
-        },
-        at(2),
-    );
+    let out = complete(&mut core, boot, Outcome::Ok, at(2));
     let (lock, a) = out[0].clone();
     assert_eq!(a, Action::AcquireLock);
-    let out = core.step(
-        Input::Completed {
-            id: lock,
-            outcome: Outcome::Lock {
-                held: true,
-                answered: true,
-                sent_at: at(2),
-            },
-        },
-        at(2),
-    );
+    let out = complete(&mut core, lock, answered(true, at(2)), at(2));
     assert_eq!(actions(&out), vec![Action::StartPrimary]);
 }
 
