@@ -69,7 +69,11 @@ impl Dcs for FakeDcs {
     async fn update_leader(&self, _status: Option<&Status>) -> Result<bool, DcsError> {
         Ok(true)
     }
-    async fn release_leader(&self, _status: Option<&Status>) -> Result<bool, DcsError> {
+    async fn release_leader(
+        &self,
+        _status: Option<&Status>,
+        _expected: Option<&Version>,
+    ) -> Result<bool, DcsError> {
         Ok(true)
     }
     async fn initialize(&self, _create_new: bool, _sysid: &str) -> Result<bool, DcsError> {

@@ -161,10 +161,14 @@ async fn acquire_renew_release() {
     );
 
     assert!(
-        !b.release_leader(None).await.unwrap(),
+        !b.release_leader(None, None).await.unwrap(),
         "b cannot release a's lock"
     );
-    assert!(a.release_leader(None).await.unwrap());
+    // A release for another instance of the lock (a late one) deletes nothing.
+    let seen = a.load(true).await.unwrap().leader.expect("a holds the lock").version;
+    let stale = Version(format!("{}", seen.0.parse::<i64>().unwrap() - 1));
+    assert!(!a.release_leader(None, Some(&stale)).await.unwrap());
+    assert!(a.release_leader(None, Some(&seen)).await.unwrap());
     assert!(a.load(true).await.unwrap().leader.is_none());
     assert!(b.acquire_leader().await.unwrap());
     assert!(
@@ -466,7 +470,7 @@ async fn patroni_fixtures_parse_and_writes_match_bytes() {
         optime: 67109576,
         ..Status::default()
     };
-    assert!(m0.release_leader(Some(&status3)).await.unwrap());
+    assert!(m0.release_leader(Some(&status3), None).await.unwrap());
     let got = raw_dump(&mut raw, m0.prefix()).await;
     assert_eq!(got["status"].0, want3["status"]);
     assert!(!got.contains_key("leader"));

@@ -55,9 +55,9 @@ impl Agent {
                 let r = timeout_at(until, dcs.update_leader(status.as_ref())).await;
                 Some(lock_outcome(r, sent_at))
             }
-            Action::ReleaseLock => {
+            Action::ReleaseLock { version } => {
                 let status = self.leader_status();
-                let r = timeout(retry, dcs.release_leader(status.as_ref())).await;
+                let r = timeout(retry, dcs.release_leader(status.as_ref(), version.as_ref())).await;
                 Some(dcs_outcome(r.map(|r| r.map(|_| ()))))
             }
             Action::ClaimInitialize => {

@@ -480,9 +480,11 @@ impl Agent {
                         "shutdown did not finish in time: stopping PostgreSQL immediately"
                     );
                     self.stop_postgres_now().await;
-                    let _ =
-                        tokio::time::timeout(Duration::from_secs(2), self.dcs.release_leader(None))
-                            .await;
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        self.dcs.release_leader(None, None),
+                    )
+                    .await;
                     break;
                 }
             }

@@ -168,6 +168,22 @@ impl MemStore {
         false
     }
 
+    /// Delete if the key holds `value` and, when given, is still at version `expected`.
+    pub fn delete_if_value_at(
+        &mut self,
+        key: &str,
+        value: &str,
+        expected: Option<&Version>,
+        now: Duration,
+    ) -> bool {
+        self.expire(now);
+        let at = self.keys.get(key).map(|e| e.mod_revision.to_string());
+        if expected.is_some_and(|v| Some(&v.0) != at.as_ref()) {
+            return false;
+        }
+        self.delete_if_value(key, value, now)
+    }
+
     /// Delete a key.
     pub fn delete(&mut self, key: &str, now: Duration) {
         self.expire(now);
@@ -310,14 +326,18 @@ impl Dcs for MemDcs {
             ok
         })
     }
-    async fn release_leader(&self, status: Option<&Status>) -> Result<bool, DcsError> {
+    async fn release_leader(
+        &self,
+        status: Option<&Status>,
+        expected: Option<&Version>,
+    ) -> Result<bool, DcsError> {
         let name = self.name.clone();
         let status = status.map(Status::to_json);
         self.with(|s, now, _| {
             if let Some(st) = status {
                 s.put("status", &st, None, now);
             }
-            s.delete_if_value("leader", &name, now)
+            s.delete_if_value_at("leader", &name, expected, now)
         })
     }
     async fn initialize(&self, create_new: bool, sysid: &str) -> Result<bool, DcsError> {

@@ -57,7 +57,13 @@ pub trait Dcs: Send + Sync {
     async fn update_leader(&self, status: Option<&Status>) -> Result<bool, DcsError>;
 
     /// Releases the lock if this member holds it, writing the last position to `status` first.
-    async fn release_leader(&self, status: Option<&Status>) -> Result<bool, DcsError>;
+    /// With `expected`, only that instance of the lock (its version as seen): a release that
+    /// arrives late must not delete a lock taken again since.
+    async fn release_leader(
+        &self,
+        status: Option<&Status>,
+        expected: Option<&Version>,
+    ) -> Result<bool, DcsError>;
 
     /// The `initialize` key: `create_new` races with create-if-absent; otherwise it overwrites.
     async fn initialize(&self, create_new: bool, sysid: &str) -> Result<bool, DcsError>;

@@ -23,8 +23,12 @@ pub enum Action {
         /// The lease deadline: an answer after it is worthless.
         deadline: MonoTime,
     },
-    /// Release the lock (PostgreSQL is already stopped or a replica).
-    ReleaseLock,
+    /// Release the lock (PostgreSQL is already stopped or a replica): only the instance of it
+    /// seen at `version`, so that a late release cannot delete a lock taken again since.
+    ReleaseLock {
+        /// The lock's version when the release was decided.
+        version: Option<Version>,
+    },
     /// Race for the `initialize` key (create-if-absent with `""`).
     ClaimInitialize,
     /// Write `initialize = sysid` (adopting an existing data directory, or healing the store).

@@ -37,6 +37,18 @@ impl HaCore {
             // A lock operation or a probe is still out; decide when it has answered.
             return;
         }
+        let seen = view.leader.as_ref().map(|l| &l.version);
+        if self.released.is_some() && seen != self.released.as_ref() {
+            self.released = None;
+        }
+        if holder && self.released.is_some() {
+            // A release whose answer was lost may still land; never hold that instance of the
+            // lock again, and send the release again until it is gone.
+            self.message = "releasing the lock".into();
+            let version = self.released.clone();
+            self.emit(Action::ReleaseLock { version }, Purpose::Other, now, out);
+            return;
+        }
         if self.give_up_lock {
             if obs.pg.up {
                 self.message = "waiting for PostgreSQL to stop before releasing the lock".into();
@@ -46,7 +58,7 @@ impl HaCore {
             self.give_up_lock = false;
             if holder {
                 self.message = "PostgreSQL is down: releasing the lock".into();
-                self.emit(Action::ReleaseLock, Purpose::Other, now, out);
+                self.release(now, out);
                 return;
             }
         }

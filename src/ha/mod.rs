@@ -76,6 +76,9 @@ pub struct HaCore {
     not_streaming_since: Option<MonoTime>,
     /// The data directory diverged from the leader's history: rewind before starting again.
     needs_rewind: bool,
+    /// The lock instance this member released (or tried to): it never holds that instance
+    /// again, and re-sends the release until it lands.
+    released: Option<crate::dcs::Version>,
     /// Shutdown requested.
     shutting_down: bool,
     /// Shutdown complete: the shell may exit.
@@ -102,6 +105,7 @@ impl HaCore {
             leaderless_since: None,
             not_streaming_since: None,
             needs_rewind: false,
+            released: None,
             shutting_down: false,
             finished: false,
             message: String::new(),
@@ -437,7 +441,15 @@ impl HaCore {
             return self.give_up(now, out);
         }
         self.lease_deadline = None;
-        self.emit(Action::ReleaseLock, Purpose::Other, now, out);
+        let version = self
+            .last
+            .as_ref()
+            .and_then(|o| o.dcs.as_ref())
+            .and_then(|v| v.leader.as_ref())
+            .filter(|l| l.name == self.me.name)
+            .map(|l| l.version.clone());
+        self.released = version.clone();
+        self.emit(Action::ReleaseLock { version }, Purpose::Other, now, out);
     }
 
     fn shutdown_step(&mut self, now: MonoTime, out: &mut Vec<(ActionId, Action)>) {

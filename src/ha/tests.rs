@@ -233,7 +233,12 @@ fn a_failed_promotion_releases_the_lock_only_once_postgres_is_down() {
         ..replica(None)
     };
     let out = observe(&mut core, Some(view(Some("a"))), down, at(8));
-    assert_eq!(actions(&out), vec![Action::ReleaseLock]);
+    assert_eq!(
+        actions(&out),
+        vec![Action::ReleaseLock {
+            version: Some(Version("1".into()))
+        }]
+    );
 }
 
 #[test]
@@ -262,7 +267,12 @@ fn a_switchover_stops_gracefully_then_hands_the_lock_over() {
     let (stop, a) = out[0].clone();
     assert_eq!(a, Action::StopGraceful);
     let out = complete(&mut core, stop, Outcome::Ok, at(11));
-    assert_eq!(actions(&out), vec![Action::ReleaseLock]);
+    assert_eq!(
+        actions(&out),
+        vec![Action::ReleaseLock {
+            version: Some(Version("1".into()))
+        }]
+    );
     assert_eq!(core.lease_deadline(), None);
 }
 

@@ -772,7 +772,7 @@ impl World {
             }
             Action::AcquireLock
             | Action::RenewLock { .. }
-            | Action::ReleaseLock
+            | Action::ReleaseLock { .. }
             | Action::ClaimInitialize
             | Action::WriteInitialize { .. }
             | Action::CancelInitialize
@@ -1049,8 +1049,9 @@ impl World {
                     sent_at,
                 }
             }
-            Action::ReleaseLock => {
-                self.store.delete_if_value("leader", &name, now);
+            Action::ReleaseLock { version } => {
+                self.store
+                    .delete_if_value_at("leader", &name, version.as_ref(), now);
                 Outcome::Ok
             }
             Action::ClaimInitialize => {

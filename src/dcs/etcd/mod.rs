@@ -463,19 +463,36 @@ impl Dcs for EtcdDcs {
         Ok(held)
     }
 
-    async fn release_leader(&self, status: Option<&Status>) -> Result<bool, DcsError> {
+    async fn release_leader(
+        &self,
+        status: Option<&Status>,
+        expected: Option<&Version>,
+    ) -> Result<bool, DcsError> {
         let key = self.leader_key();
+        let revision = match expected {
+            Some(v) => Some(v.0.parse::<i64>().map_err(|_| {
+                DcsError::Failed(format!(
+                    "release leader lock: version {:?} is not a revision",
+                    v.0
+                ))
+            })?),
+            None => None,
+        };
         self.run("release leader lock", || async {
             let mut st = self.lease.lock().await;
             if let Some(s) = status {
                 self.write_status(&mut st, s, true).await?;
             }
+            let mut when = vec![Compare::value(
+                key.clone(),
+                CompareOp::Equal,
+                self.name.clone(),
+            )];
+            if let Some(rev) = revision {
+                when.push(Compare::mod_revision(key.clone(), CompareOp::Equal, rev));
+            }
             let txn = Txn::new()
-                .when([Compare::value(
-                    key.clone(),
-                    CompareOp::Equal,
-                    self.name.clone(),
-                )])
+                .when(when)
                 .and_then([TxnOp::delete(key.clone(), None)]);
             let r = self
                 .client
