@@ -7,7 +7,7 @@
 //! - once every fault is healed, a writable leader exists within ttl + loop_wait (+ the time
 //!   promotion and probing take).
 //!
-//! `SIM_SEEDS=N` sets how many schedules run (default 2000); `SIM_SEED=S` replays one with a
+//! `SIM_SEEDS=N` sets how many schedules run (default 5000); `SIM_SEED=S` replays one with a
 //! trace on stderr.
 
 mod fake_pg;
@@ -38,7 +38,7 @@ fn random_failure_schedules_keep_one_primary() {
     let n: u64 = std::env::var("SIM_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(2000);
+        .unwrap_or(5000);
     let mut failures = Vec::new();
     let mut steps = 0;
     for seed in 0..n {
