@@ -383,14 +383,21 @@ impl HaCore {
                 self.give_up(now, out);
             }
             Action::StopGraceful => {
-                // The stop is done: every WAL record has been sent to the replicas
-                // (PostgreSQL's walsenders drain at shutdown). Hand the lock over.
-                if let Some(o) = self.last.as_mut() {
-                    o.pg.up = false;
-                    o.pg.in_recovery = None;
-                }
-                if self.holds_lock(now) || self.dcs_says_holder() {
-                    self.release(now, out);
+                let holder = self.holds_lock(now) || self.dcs_says_holder();
+                if ok {
+                    // The stop is done: every WAL record has been sent to the replicas
+                    // (PostgreSQL's walsenders drain at shutdown). Hand the lock over.
+                    if let Some(o) = self.last.as_mut() {
+                        o.pg.up = false;
+                        o.pg.in_recovery = None;
+                    }
+                    if holder {
+                        self.release(now, out);
+                    }
+                } else if holder {
+                    // The stop did not finish (or was cut short): PostgreSQL may still be up,
+                    // so the lock goes only once it is seen down.
+                    self.give_up(now, out);
                 }
             }
             Action::Rewind { from } => {
