@@ -41,6 +41,12 @@ pub(super) struct Shared {
     pub lease_changed: Notify,
     /// Lease duration assumed when a Lease does not say.
     fallback_ttl: Mutex<Duration>,
+    /// Versions this process wrote itself: their watch echoes update the cache but do not
+    /// wake the HA loop (it already knows; an extra cycle is only load).
+    own: Mutex<std::collections::VecDeque<String>>,
+    /// This member's name: changes to its own Pod, and a Lease it holds, never wake the HA
+    /// loop either (the echo of a write may arrive before the write's answer).
+    me: String,
 }
 
 /// A kind the cache keeps.
@@ -48,6 +54,10 @@ pub(super) trait Cached:
     Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
 {
     const SLOT: usize;
+    /// Whether an update of this object is this member's own business only.
+    fn mine(&self, _me: &str) -> bool {
+        false
+    }
     fn replace_all(shared: &Shared, st: &mut Store, items: Vec<Self>);
     fn upsert(shared: &Shared, st: &mut Store, item: Self);
     fn remove(shared: &Shared, st: &mut Store, name: &str);
@@ -55,6 +65,9 @@ pub(super) trait Cached:
 
 impl Cached for Lease {
     const SLOT: usize = 0;
+    fn mine(&self, me: &str) -> bool {
+        super::lease::holder_of(self) == Some(me)
+    }
     fn replace_all(shared: &Shared, st: &mut Store, items: Vec<Self>) {
         st.lease = items.into_iter().next();
         shared.observe(st.lease.as_ref());
@@ -84,6 +97,9 @@ impl Cached for ConfigMap {
 
 impl Cached for Pod {
     const SLOT: usize = 2;
+    fn mine(&self, me: &str) -> bool {
+        self.meta().name.as_deref() == Some(me)
+    }
     fn replace_all(_: &Shared, st: &mut Store, items: Vec<Self>) {
         st.pods = items.into_iter().map(|p| (p.name_any(), p)).collect();
     }
@@ -96,13 +112,15 @@ impl Cached for Pod {
 }
 
 impl Shared {
-    pub(super) fn new(ttl: Duration) -> Shared {
+    pub(super) fn new(ttl: Duration, me: &str) -> Shared {
         Shared {
             store: Mutex::new(Store::default()),
             observer: Mutex::new(Observer::default()),
             changes: watch::channel(0).0,
             lease_changed: Notify::new(),
             fallback_ttl: Mutex::new(ttl),
+            own: Mutex::new(std::collections::VecDeque::new()),
+            me: me.to_owned(),
         }
     }
 
@@ -124,6 +142,29 @@ impl Shared {
         let ttl = *self.fallback_ttl.lock().unwrap_or_else(|p| p.into_inner());
         if self.observer().observe(lease, Instant::now(), ttl) {
             self.lease_changed.notify_one();
+        }
+    }
+
+    /// Records the version an own write produced.
+    pub(super) fn wrote(&self, rv: Option<String>) {
+        let Some(rv) = rv else { return };
+        let mut own = self.own.lock().unwrap_or_else(|p| p.into_inner());
+        own.push_back(rv);
+        while own.len() > 32 {
+            own.pop_front();
+        }
+    }
+
+    /// Whether `rv` is the echo of an own write (consumed).
+    fn is_own(&self, rv: Option<&String>) -> bool {
+        let Some(rv) = rv else { return false };
+        let mut own = self.own.lock().unwrap_or_else(|p| p.into_inner());
+        match own.iter().position(|r| r == rv) {
+            Some(i) => {
+                own.remove(i);
+                true
+            }
+            None => false,
         }
     }
 
@@ -225,9 +266,13 @@ async fn list_and_watch<K: Cached>(
             };
             match ev {
                 WatchEvent::Added(o) | WatchEvent::Modified(o) => {
+                    let own =
+                        shared.is_own(o.meta().resource_version.as_ref()) || o.mine(&shared.me);
                     rv = o.resource_version().unwrap_or(rv);
                     K::upsert(shared, &mut shared.lock(), o);
-                    shared.bump();
+                    if !own {
+                        shared.bump();
+                    }
                 }
                 WatchEvent::Deleted(o) => {
                     rv = o.resource_version().unwrap_or(rv);

@@ -125,7 +125,7 @@ impl KubernetesDcs {
             .lease_name
             .clone()
             .unwrap_or_else(|| format!("{}-leader", s.scope));
-        let shared = Arc::new(Shared::new(s.ttl));
+        let shared = Arc::new(Shared::new(s.ttl, &s.name));
         let sel = labels::selector(&s.k8s, &s.scope);
         let tasks = vec![
             tokio::spawn(cache::run(
@@ -259,6 +259,7 @@ impl KubernetesDcs {
             .await
         {
             Ok(l) => {
+                self.shared.wrote(l.metadata.resource_version.clone());
                 self.shared.observe(Some(&l));
                 Ok(Some(l))
             }
@@ -283,7 +284,10 @@ impl KubernetesDcs {
                 .patch(name, &PatchParams::default(), &Patch::Merge(&body))
                 .await
             {
-                Ok(_) => return Ok(true),
+                Ok(cm) => {
+                    self.shared.wrote(cm.metadata.resource_version);
+                    return Ok(true);
+                }
                 Err(e) if rv.is_some() && matches!(code(&e), Some(409) | Some(404)) => {
                     return Ok(false);
                 }
@@ -298,7 +302,10 @@ impl KubernetesDcs {
                         ..ConfigMap::default()
                     };
                     match self.configmaps.create(&PostParams::default(), &cm).await {
-                        Ok(_) => return Ok(true),
+                        Ok(cm) => {
+                            self.shared.wrote(cm.metadata.resource_version);
+                            return Ok(true);
+                        }
                         // Created by someone else in between: patch it.
                         Err(e) if code(&e) == Some(409) => continue,
                         Err(e) => return Err(classify(&what, e)),
@@ -310,6 +317,43 @@ impl KubernetesDcs {
         Err(DcsError::Failed(format!(
             "{what}: created and deleted concurrently"
         )))
+    }
+
+    /// A dead primary cannot take its own role label off, so the new leader does: a Service
+    /// selecting on the label then stops routing to it. Best effort; one write per failover.
+    fn unlabel_former_leaders(&self) {
+        let stale: Vec<String> = {
+            let st = self.shared.lock();
+            st.pods
+                .iter()
+                .filter(|(name, p)| {
+                    **name != self.name
+                        && p.metadata
+                            .labels
+                            .as_ref()
+                            .and_then(|l| l.get(&self.k8s.role_label))
+                            == Some(&self.k8s.leader_label_value)
+                })
+                .map(|(name, _)| name.clone())
+                .collect()
+        };
+        if stale.is_empty() {
+            return;
+        }
+        // In the background: the new leader's promotion must not wait for this.
+        let pods = self.pods.clone();
+        let label = self.k8s.role_label.clone();
+        tokio::spawn(async move {
+            for name in stale {
+                let body = serde_json::json!({"metadata": {"labels": {label.clone(): null}}});
+                if let Err(e) = pods
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&body))
+                    .await
+                {
+                    tracing::warn!(pod = %name, error = %e, "could not remove the former leader's role label");
+                }
+            }
+        });
     }
 
     /// The Lease to build our next write on: our own last accepted write if the cache has
@@ -390,13 +434,15 @@ impl Dcs for KubernetesDcs {
         }
         let json = member.to_json();
         let body = pods::member_patch(Some(&json), &self.k8s.role_label, role.as_deref());
-        self.run("touch member", async {
-            self.pods
-                .patch(&self.name, &PatchParams::default(), &Patch::Merge(&body))
-                .await
-                .map_err(|e| classify("patch pod", e))
-        })
-        .await?;
+        let pod = self
+            .run("touch member", async {
+                self.pods
+                    .patch(&self.name, &PatchParams::default(), &Patch::Merge(&body))
+                    .await
+                    .map_err(|e| classify("patch pod", e))
+            })
+            .await?;
+        self.shared.wrote(pod.metadata.resource_version);
         mine.pod = Some(pods::Written {
             member: member.clone(),
             json,
@@ -428,6 +474,7 @@ impl Dcs for KubernetesDcs {
                 );
                 return match self.leases.create(&PostParams::default(), &fresh).await {
                     Ok(l) => {
+                        self.shared.wrote(l.metadata.resource_version.clone());
                         self.shared.observe(Some(&l));
                         mine.lease = Some(l);
                         Ok(true)
@@ -445,6 +492,8 @@ impl Dcs for KubernetesDcs {
             match self.replace_lease(&next).await? {
                 Some(l) => {
                     mine.lease = Some(l);
+                    drop(mine);
+                    self.unlabel_former_leaders();
                     Ok(true)
                 }
                 None => Ok(false),
