@@ -34,7 +34,7 @@ async fn lease_labels_failover_and_switchover() {
     }
     let client = k8s::admin().await;
     let ns = k8s::fresh_namespace(&client, "it").await;
-    let mut c = K8sCluster::new("k8sit", 3, &T, client, ns).await;
+    let mut c = K8sCluster::new("k8sit", 3, &T, &k8s::kubeconfig(), ns).await;
     c.spawn_all();
     let long = Duration::from_secs(120);
     let names = ["m0", "m1", "m2"];

@@ -39,6 +39,7 @@ pub struct K8sCluster {
     pub dir: PathBuf,
     pub scope: String,
     pub kubeconfig: PathBuf,
+    admin_kubeconfig: PathBuf,
     bin: PathBuf,
     pub members: Vec<Member>,
     run_as: Option<(u32, u32)>,
@@ -66,15 +67,16 @@ pub fn pg_available() -> bool {
 }
 
 impl K8sCluster {
-    /// A namespace, `n` Pods and `n` members (not yet started: call [`K8sCluster::spawn`]).
-    /// `token`: run members with this bearer token instead of the admin's.
+    /// `n` Pods in namespace `ns` and `n` members (not yet started: call
+    /// [`K8sCluster::spawn`]), on the control plane of `admin_kubeconfig`.
     pub async fn new(
         scope: &str,
         n: usize,
         t: &Timings,
-        client: kube::Client,
+        admin_kubeconfig: &Path,
         ns: String,
     ) -> K8sCluster {
+        let client = k8s::client_from(admin_kubeconfig).await;
         let run_as = if nix::unistd::geteuid().is_root() {
             let u = nix::unistd::User::from_name("postgres")
                 .ok()
@@ -91,7 +93,7 @@ impl K8sCluster {
         let bin = dir.join("pgwarden");
         std::fs::copy(env!("CARGO_BIN_EXE_pgwarden"), &bin).unwrap();
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let kubeconfig = k8s::member_kubeconfig(&dir, None);
+        let kubeconfig = k8s::member_kubeconfig(&dir, admin_kubeconfig, None);
         let observer = KubernetesDcs::with_client(
             client.clone(),
             KubernetesSettings {
@@ -112,6 +114,7 @@ impl K8sCluster {
             dir,
             scope: scope.into(),
             kubeconfig,
+            admin_kubeconfig: admin_kubeconfig.to_owned(),
             bin,
             members: Vec::new(),
             run_as,
@@ -142,7 +145,7 @@ impl K8sCluster {
 
     /// Replaces the kubeconfig members use (e.g. with a ServiceAccount token).
     pub fn use_token(&mut self, token: &str) {
-        self.kubeconfig = k8s::member_kubeconfig(&self.dir, Some(token));
+        self.kubeconfig = k8s::member_kubeconfig(&self.dir, &self.admin_kubeconfig, Some(token));
     }
 
     fn add_member(&mut self, name: &str, pg_port: u16, api_port: u16, t: &Timings) {

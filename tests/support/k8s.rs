@@ -138,13 +138,12 @@ pub async fn create_pod(
 
 /// Writes a kubeconfig for members into `dir` (readable by the member user): the control
 /// plane's server and CA (copied), and `token` (default: the admin's).
-pub fn member_kubeconfig(dir: &Path, token: Option<&str>) -> PathBuf {
-    let src = kubeconfig();
-    let kc = Kubeconfig::read_from(&src).expect("kubeconfig parses");
+pub fn member_kubeconfig(dir: &Path, src: &Path, token: Option<&str>) -> PathBuf {
+    let kc = Kubeconfig::read_from(src).expect("kubeconfig parses");
     let cluster = kc.clusters[0].cluster.as_ref().expect("cluster");
     let server = cluster.server.clone().expect("server");
     let ca = cluster.certificate_authority.clone().expect("CA path");
-    let admin_token = std::fs::read_to_string(&src)
+    let admin_token = std::fs::read_to_string(src)
         .unwrap()
         .lines()
         .find_map(|l| l.trim().strip_prefix("token:").map(|t| t.trim().to_owned()))
@@ -152,7 +151,9 @@ pub fn member_kubeconfig(dir: &Path, token: Option<&str>) -> PathBuf {
     let token = token.map(str::to_owned).unwrap_or(admin_token);
     let ca_copy = dir.join("k8s-ca.crt");
     std::fs::copy(&ca, &ca_copy).expect("copy CA");
-    let out = dir.join(format!("kubeconfig-{}", token.len() % 1000));
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let out = dir.join(format!("kubeconfig-{n}"));
     std::fs::write(
         &out,
         format!(
@@ -180,5 +181,57 @@ where
             "timed out after {timeout:?} waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A control plane of the test's own (for tests that stop the API server). Stopped on drop.
+pub struct OwnControlPlane {
+    pub dir: PathBuf,
+}
+
+impl OwnControlPlane {
+    pub fn start(tag: &str) -> OwnControlPlane {
+        let dir =
+            std::env::temp_dir().join(format!("pgwarden-k8s-own-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let out = Command::new(script())
+            .arg("up")
+            .arg(&dir)
+            .output()
+            .expect("run cluster.sh");
+        assert!(
+            out.status.success(),
+            "cluster.sh up: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        OwnControlPlane { dir }
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.join("kubeconfig")
+    }
+
+    fn run(&self, cmd: &str) {
+        let st = Command::new(script())
+            .arg(cmd)
+            .arg(&self.dir)
+            .status()
+            .expect("run cluster.sh");
+        assert!(st.success(), "cluster.sh {cmd} failed");
+    }
+
+    /// SIGSTOP the API server: requests hang, as in a real outage.
+    pub fn pause(&self) {
+        self.run("pause");
+    }
+
+    pub fn resume(&self) {
+        self.run("resume");
+    }
+}
+
+impl Drop for OwnControlPlane {
+    fn drop(&mut self) {
+        let _ = Command::new(script()).arg("down").arg(&self.dir).status();
     }
 }
