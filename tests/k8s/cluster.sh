@@ -82,7 +82,7 @@ start_apiserver() {
         --authorization-mode=RBAC --disable-admission-plugins=ServiceAccount --allow-privileged=true \
         --audit-policy-file="$D/pki/audit-policy.yaml" --audit-log-path="$D/audit.log" \
         --audit-log-format=json --audit-log-mode=batch --audit-log-batch-max-wait=1s \
-        --cert-dir="$D/certdir" --profiling=false >>"$D/apiserver.log" 2>&1 &
+        --cert-dir="$D/certdir" --profiling=false </dev/null >>"$D/apiserver.log" 2>&1 &
     echo $! >"$D/apiserver.pid"
     local i
     for i in $(seq 1 240); do
@@ -116,7 +116,7 @@ up() {
         --listen-client-urls="http://127.0.0.1:$EP" --advertise-client-urls="http://127.0.0.1:$EP" \
         --listen-peer-urls="http://127.0.0.1:$PP" --initial-advertise-peer-urls="http://127.0.0.1:$PP" \
         --initial-cluster="test=http://127.0.0.1:$PP" --unsafe-no-fsync \
-        --log-level=warn >"$D/etcd.log" 2>&1 &
+        --log-level=warn </dev/null >"$D/etcd.log" 2>&1 &
     echo $! >"$D/etcd.pid"
     local i
     for i in $(seq 1 60); do

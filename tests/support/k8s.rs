@@ -35,8 +35,10 @@ pub fn kubeconfig() -> PathBuf {
     }
     let dir = std::env::temp_dir().join("pgwarden-k8s-tests");
     std::fs::create_dir_all(&dir).expect("control plane dir");
-    // flock: several test binaries may start at once; `up` is idempotent.
+    // flock: several test binaries may start at once; `up` is idempotent. -o: the daemons
+    // `up` starts must not inherit (and so hold forever) the lock.
     let out = Command::new("flock")
+        .arg("-o")
         .arg(dir.with_extension("lock"))
         .arg(script())
         .arg("up")
