@@ -10,7 +10,7 @@
 #      writing every 20 ms through libpq's read-write host list;
 #   3. primary's agent and postmaster killed -9: time to the first successful INSERT.
 #
-# Needs: PostgreSQL 15, patroni (Debian), python3-psycopg2, and a pgwarden binary
+# Needs: PostgreSQL 15, patroni (Debian), python3-psycopg2 (for /usr/bin/python3), and a pgwarden binary
 # (PGWARDEN_BIN, else $CARGO_TARGET_DIR/release/pgwarden, else .../debug/pgwarden).
 # Usage: tests/bench/k8s_bench.sh [WINDOW seconds, default 180]
 set -euo pipefail
@@ -25,7 +25,7 @@ PGBIN=/usr/lib/postgresql/15/bin
 for need in /usr/bin/patroni "$PGBIN/postgres" "$BIN"; do
     [ -x "$need" ] || { echo "missing: $need" >&2; exit 1; }
 done
-python3 -c 'import psycopg2' || { echo "missing: python3-psycopg2" >&2; exit 1; }
+/usr/bin/python3 -c "import psycopg2" || { echo "missing: python3-psycopg2" >&2; exit 1; }
 
 DIR=$(mktemp -d /tmp/k8s-bench.XXXXXX)
 chmod 755 "$DIR"
@@ -41,6 +41,7 @@ cleanup() {
     [ -n "${KEEP:-}" ] || rm -rf "$DIR"
 }
 trap cleanup EXIT
+trap 'exit 1' INT TERM
 
 "$ROOT/tests/k8s/cluster.sh" up "$CP" >/dev/null
 AP=$(cat "$CP/apiserver.port")
@@ -48,11 +49,24 @@ cp "$CP/pki/ca.crt" "$DIR/ca.crt"
 cat >"$DIR/kubeconfig" <<KC
 apiVersion: v1
 kind: Config
-clusters: [{name: t, cluster: {server: "https://127.0.0.1:$AP", certificate-authority: $DIR/ca.crt}}]
-users: [{name: u, user: {token: pgwarden-admin-token}}]
-contexts: [{name: t, context: {cluster: t, user: u}}]
-current-context: t
+clusters:
+- name: t
+  cluster:
+    server: https://127.0.0.1:$AP
+    certificate-authority: $DIR/ca.crt
+users:
+- name: u
+  user:
+    token: pgwarden-admin-token
+contexts:
+- name: kind-kind
+  context:
+    cluster: t
+    user: u
+current-context: kind-kind
 KC
+# (Patroni 3.0.2 uses the context named by kubernetes.context, default "kind-kind", not
+# current-context.)
 # The agents run as "system:masters" through a second token, so that the benchmark's own
 # admin requests (user admin) can be told apart in the audit log.
 echo 'pgwarden-agent-token,agent,agent,"system:masters"' >>"$CP/pki/tokens.csv"
@@ -203,7 +217,7 @@ PY
 writer() { # ns out
     local hosts="" portlist=""
     for m in m0 m1 m2; do hosts+="127.0.0.1,"; portlist+="${PGPORT[$1/$m]},"; done
-    python3 - "${hosts%,}" "${portlist%,}" "$2" >/dev/null 2>&1 <<'PY' &
+    /usr/bin/python3 - "${hosts%,}" "${portlist%,}" "$2" >/dev/null 2>&1 <<'PY' &
 import sys, time, psycopg2
 hosts, ports, out = sys.argv[1], sys.argv[2], sys.argv[3]
 dsn = f"host={hosts} port={ports} user=postgres password=postgres dbname=postgres target_session_attrs=read-write connect_timeout=2"
