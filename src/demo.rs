@@ -61,11 +61,7 @@ fn find_etcd() -> anyhow::Result<PathBuf> {
 }
 
 fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.exists())
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.exists())
 }
 
 /// The unprivileged user members run as when the demo is started by root.
@@ -82,10 +78,7 @@ fn run_as() -> anyhow::Result<Option<RunAs>> {
     let user = nix::unistd::User::from_name("postgres")
         .context("looking up the postgres user")?
         .context("started as root, but there is no `postgres` user to run PostgreSQL as")?;
-    Ok(Some(RunAs {
-        uid: user.uid.as_raw(),
-        gid: user.gid.as_raw(),
-    }))
+    Ok(Some(RunAs { uid: user.uid.as_raw(), gid: user.gid.as_raw() }))
 }
 
 struct Member {
@@ -109,19 +102,13 @@ impl Demo {
         let m = &self.members[i];
         let log = std::fs::File::create(self.dir.join(format!("{}.log", m.name)))?;
         let mut cmd = Command::new(&self.bin);
-        cmd.arg("run")
-            .arg(&m.config)
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .stdin(Stdio::null());
+        cmd.arg("run").arg(&m.config).stdout(log.try_clone()?).stderr(log).stdin(Stdio::null());
         cmd.env("PGWARDEN_LOG", "info");
         if let Some(r) = &self.run_as {
             use std::os::unix::process::CommandExt;
             cmd.uid(r.uid).gid(r.gid).env("HOME", &self.dir);
         }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", m.name))?;
+        let child = cmd.spawn().with_context(|| format!("starting {}", m.name))?;
         self.members[i].child = Some(child);
         Ok(())
     }
@@ -156,15 +143,7 @@ impl Demo {
     }
 }
 
-fn member_config(
-    dir: &Path,
-    scope: &str,
-    name: &str,
-    etcd: &str,
-    pg_port: u16,
-    api_port: u16,
-    ttl: u64,
-) -> String {
+fn member_config(dir: &Path, scope: &str, name: &str, etcd: &str, pg_port: u16, api_port: u16, ttl: u64) -> String {
     let loop_wait = 1;
     let retry = if ttl < 10 { 2 } else { 3 };
     format!(
@@ -263,28 +242,13 @@ fn run(args: DemoArgs) -> anyhow::Result<()> {
         let mdir = dir.join(&name);
         std::fs::create_dir_all(&mdir)?;
         let config = dir.join(format!("{name}.yml"));
-        std::fs::write(
-            &config,
-            member_config(&dir, scope, &name, &etcd_url, pg_port, api_port, args.ttl),
-        )?;
+        std::fs::write(&config, member_config(&dir, scope, &name, &etcd_url, pg_port, api_port, args.ttl))?;
         if let Some(r) = &run_as {
             nix::unistd::chown(&mdir, Some(r.uid.into()), Some(r.gid.into()))?;
         }
-        members.push(Member {
-            name,
-            config,
-            pg_port,
-            child: None,
-        });
+        members.push(Member { name, config, pg_port, child: None });
     }
-    let mut demo = Demo {
-        dir: dir.clone(),
-        bin,
-        etcd: Some(etcd),
-        etcd_url,
-        members,
-        run_as,
-    };
+    let mut demo = Demo { dir: dir.clone(), bin, etcd: Some(etcd), etcd_url, members, run_as };
     let result = drive(&mut demo, &args);
     demo.stop_all();
     if args.keep {
@@ -296,9 +260,7 @@ fn run(args: DemoArgs) -> anyhow::Result<()> {
 }
 
 fn drive(demo: &mut Demo, args: &DemoArgs) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     // Wait for etcd.
     let observer = rt.block_on(async {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -328,21 +290,11 @@ fn drive(demo: &mut Demo, args: &DemoArgs) -> anyhow::Result<()> {
     for i in 0..demo.members.len() {
         demo.spawn_member(i)?;
     }
-    let hosts: Vec<String> = demo
-        .members
-        .iter()
-        .map(|m| format!("127.0.0.1:{}", m.pg_port))
-        .collect();
-    let conn = format!(
-        "postgresql://postgres:postgres@{}/postgres?target_session_attrs=read-write",
-        hosts.join(",")
-    );
+    let hosts: Vec<String> = demo.members.iter().map(|m| format!("127.0.0.1:{}", m.pg_port)).collect();
+    let conn = format!("postgresql://postgres:postgres@{}/postgres?target_session_attrs=read-write", hosts.join(","));
 
     // Ctrl-C and SIGTERM only set a flag; the loop below stops everything cleanly.
-    for sig in [
-        nix::sys::signal::Signal::SIGINT,
-        nix::sys::signal::Signal::SIGTERM,
-    ] {
+    for sig in [nix::sys::signal::Signal::SIGINT, nix::sys::signal::Signal::SIGTERM] {
         let action = nix::sys::signal::SigAction::new(
             nix::sys::signal::SigHandler::Handler(on_signal),
             nix::sys::signal::SaFlags::empty(),
@@ -362,61 +314,37 @@ fn drive(demo: &mut Demo, args: &DemoArgs) -> anyhow::Result<()> {
             println!("\nstopping the demo...");
             return Ok(());
         }
-        if args
-            .duration
-            .is_some_and(|d| started.elapsed() >= Duration::from_secs(d))
-        {
+        if args.duration.is_some_and(|d| started.elapsed() >= Duration::from_secs(d)) {
             return Ok(());
         }
         let view = rt.block_on(observer.load(true)).ok();
         print!("\x1b[2J\x1b[H");
-        println!(
-            "pgwarden demo: {} members, etcd at {}, files in {}",
-            demo.members.len(),
-            demo.etcd_url,
-            demo.dir.display()
-        );
+        println!("pgwarden demo: {} members, etcd at {}, files in {}", demo.members.len(), demo.etcd_url, demo.dir.display());
         println!("connect:  psql '{conn}'\n");
         if let Some(v) = &view {
             println!("{}", render_table("demo", v));
         }
         for m in &demo.members {
             if let Some(c) = &m.child {
-                println!(
-                    "  {} agent pid {}  (kill -9 {} to fail it over)",
-                    m.name,
-                    c.id(),
-                    c.id()
-                );
+                println!("  {} agent pid {}  (kill -9 {} to fail it over)", m.name, c.id(), c.id());
             }
         }
-        let leader = view
-            .as_ref()
-            .and_then(|v| v.leader.as_ref())
-            .map(|l| l.name.clone());
+        let leader = view.as_ref().and_then(|v| v.leader.as_ref()).map(|l| l.name.clone());
         let all_running = view.as_ref().is_some_and(|v| {
-            v.members.len() == demo.members.len()
-                && v.members
-                    .values()
-                    .all(|m| m.state.as_deref() == Some("running"))
+            v.members.len() == demo.members.len() && v.members.values().all(|m| m.state.as_deref() == Some("running"))
         });
         if leader.is_some() && all_running {
             healthy_since.get_or_insert(Instant::now());
         } else {
             healthy_since = None;
         }
-        if let (Some(after), Some(since), None, false) =
-            (args.failover_after, healthy_since, &killed, failover_done)
+        if let (Some(after), Some(since), None, false) = (args.failover_after, healthy_since, &killed, failover_done)
             && since.elapsed() >= Duration::from_secs(after)
             && let Some(l) = &leader
             && let Some(i) = demo.members.iter().position(|m| &m.name == l)
             && let Some(c) = demo.members[i].child.as_mut()
         {
-            println!(
-                "\nkilling the primary's agent {} (pid {}) with SIGKILL: its PostgreSQL dies with it",
-                l,
-                c.id()
-            );
+            println!("\nkilling the primary's agent {} (pid {}) with SIGKILL: its PostgreSQL dies with it", l, c.id());
             let _ = c.kill();
             let _ = c.wait();
             demo.members[i].child = None;
@@ -425,17 +353,10 @@ fn drive(demo: &mut Demo, args: &DemoArgs) -> anyhow::Result<()> {
         if let Some((i, at)) = killed {
             if let Some(l) = &leader {
                 if *l != demo.members[i].name {
-                    println!(
-                        "\nfailover: {} is the new leader, {:.1} s after the kill",
-                        l,
-                        at.elapsed().as_secs_f64()
-                    );
+                    println!("\nfailover: {} is the new leader, {:.1} s after the kill", l, at.elapsed().as_secs_f64());
                     if demo.members[i].child.is_none() {
                         demo.spawn_member(i)?;
-                        println!(
-                            "restarted {}: it rejoins as a replica (pg_rewind)",
-                            demo.members[i].name
-                        );
+                        println!("restarted {}: it rejoins as a replica (pg_rewind)", demo.members[i].name);
                     }
                     failover_done = true;
                     killed = None;
@@ -454,26 +375,12 @@ extern "C" fn on_signal(_: libc::c_int) {
 
 /// A `patronictl list`-style table of the cluster.
 pub fn render_table(scope: &str, v: &ClusterView) -> String {
-    let sysid = v
-        .initialize
-        .clone()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "uninitialized".into());
+    let sysid = v.initialize.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| "uninitialized".into());
     let leader = v.leader.as_ref().map(|l| l.name.as_str());
     let optime = v.status.as_ref().map(|s| s.optime);
-    let mut rows = vec![[
-        "Member".to_string(),
-        "Host".into(),
-        "Role".into(),
-        "State".into(),
-        "TL".into(),
-        "Lag in MB".into(),
-    ]];
+    let mut rows = vec![["Member".to_string(), "Host".into(), "Role".into(), "State".into(), "TL".into(), "Lag in MB".into()]];
     for (name, m) in &v.members {
-        let host = m
-            .conn_url
-            .as_deref()
-            .and_then(crate::agent::settings::conn_url_host_port);
+        let host = m.conn_url.as_deref().and_then(crate::agent::settings::conn_url_host_port);
         let host = host.map(|(h, p)| format!("{h}:{p}")).unwrap_or_default();
         let is_leader = Some(name.as_str()) == leader;
         let role = if is_leader { "Leader" } else { "Replica" };
@@ -485,24 +392,10 @@ pub fn render_table(scope: &str, v: &ClusterView) -> String {
                 _ => "unknown".into(),
             }
         };
-        let state = m
-            .replication_state
-            .clone()
-            .filter(|_| !is_leader)
-            .or(m.state.clone())
-            .unwrap_or_default();
-        rows.push([
-            name.clone(),
-            host,
-            role.into(),
-            state,
-            m.timeline.map(|t| t.to_string()).unwrap_or_default(),
-            lag,
-        ]);
+        let state = m.replication_state.clone().filter(|_| !is_leader).or(m.state.clone()).unwrap_or_default();
+        rows.push([name.clone(), host, role.into(), state, m.timeline.map(|t| t.to_string()).unwrap_or_default(), lag]);
     }
-    let widths: Vec<usize> = (0..6)
-        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
-        .collect();
+    let widths: Vec<usize> = (0..6).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
     let line = |l: char, m: char, r: char| {
         let mut s = String::from(l);
         for (i, w) in widths.iter().enumerate() {

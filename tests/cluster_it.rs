@@ -1,20 +1,16 @@
 //! pgwarden end to end: real PostgreSQL 15, real etcd, three `pgwarden run` processes.
 
-#[path = "support/cluster.rs"]
-mod cluster;
 #[path = "support/etcd.rs"]
 mod etcd_support;
+#[path = "support/cluster.rs"]
+mod cluster;
 
 use std::time::Duration;
 
 use cluster::{Cluster, Timings};
 use reqwest::Method;
 
-const T: Timings = Timings {
-    ttl: 6,
-    loop_wait: 1,
-    retry_timeout: 2,
-};
+const T: Timings = Timings { ttl: 6, loop_wait: 1, retry_timeout: 2 };
 
 /// The member's key says it runs as a replica streaming on `timeline`.
 async fn streaming_on(c: &Cluster, name: &str, timeline: u64) -> bool {
@@ -29,30 +25,18 @@ async fn streaming_on(c: &Cluster, name: &str, timeline: u64) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_members_fail_over_switch_over_and_restart() {
-    let Some(mut c) = Cluster::start("itcore", 3, T).await else {
-        return;
-    };
+    let Some(mut c) = Cluster::start("itcore", 3, T).await else { return };
     let long = Duration::from_secs(90);
 
     // Bootstrap: one leader, two streaming replicas.
-    let leader = c
-        .wait_for("a leader", long, || async { c.leader().await })
-        .await;
+    let leader = c.wait_for("a leader", long, || async { c.leader().await }).await;
     for m in ["m0", "m1", "m2"] {
         if m != leader {
-            c.wait_for(&format!("{m} streaming"), long, || async {
-                streaming_on(&c, m, 1).await.then_some(())
-            })
-            .await;
+            c.wait_for(&format!("{m} streaming"), long, || async { streaming_on(&c, m, 1).await.then_some(()) }).await;
         }
     }
     let l = c.index(&leader);
-    c.sql(
-        l,
-        "CREATE TABLE t (id int primary key); INSERT INTO t VALUES (1)",
-    )
-    .await
-    .expect("write on the leader");
+    c.sql(l, "CREATE TABLE t (id int primary key); INSERT INTO t VALUES (1)").await.expect("write on the leader");
     let (code, body) = c.api(l, Method::GET, "/primary", None).await;
     assert_eq!(code, 200, "{body}");
     let (code, _) = c.api(l, Method::GET, "/replica", None).await;
@@ -65,9 +49,7 @@ async fn three_members_fail_over_switch_over_and_restart() {
     c.kill9(l);
     let old_port = c.members[l].pg_port;
     let new_leader = c
-        .wait_for("a new leader", long, || async {
-            c.leader().await.filter(|n| *n != leader)
-        })
+        .wait_for("a new leader", long, || async { c.leader().await.filter(|n| *n != leader) })
         .await;
     let n = c.index(&new_leader);
     c.wait_for("writes on the new leader", long, || async {
@@ -90,15 +72,9 @@ async fn three_members_fail_over_switch_over_and_restart() {
     })
     .await;
     let log = std::fs::read_to_string(c.log_path(l)).unwrap_or_default();
-    assert!(
-        log.contains("pg_rewind"),
-        "the old primary rejoined through pg_rewind"
-    );
+    assert!(log.contains("pg_rewind"), "the old primary rejoined through pg_rewind");
     c.wait_for("row 2 replicated to the old primary", long, || async {
-        c.sql(l, "SELECT count(*) FROM t")
-            .await
-            .ok()
-            .filter(|r| r == &vec!["2".to_string()])
+        c.sql(l, "SELECT count(*) FROM t").await.ok().filter(|r| r == &vec!["2".to_string()])
     })
     .await;
 
@@ -124,11 +100,7 @@ async fn three_members_fail_over_switch_over_and_restart() {
     for i in 0..3 {
         c.spawn(i);
     }
-    let after = c
-        .wait_for("a leader after the restart", long, || async {
-            c.leader().await
-        })
-        .await;
+    let after = c.wait_for("a leader after the restart", long, || async { c.leader().await }).await;
     let a = c.index(&after);
     let rows = c
         .wait_for("the data after the restart", long, || async {
@@ -141,24 +113,14 @@ async fn three_members_fail_over_switch_over_and_restart() {
     let dup_cfg = c.dir.join("dup.yml");
     let yaml = std::fs::read_to_string(&c.members[0].config)
         .unwrap()
-        .replace(
-            &format!("{}/m0/data", c.dir.display()),
-            &format!("{}/dup/data", c.dir.display()),
-        )
+        .replace(&format!("{}/m0/data", c.dir.display()), &format!("{}/dup/data", c.dir.display()))
         .replace(
             &format!("127.0.0.1:{}", c.members[0].api_port),
             &format!("127.0.0.1:{}", cluster::distinct_ports(1)[0]),
         );
     std::fs::write(&dup_cfg, yaml).unwrap();
-    let out = c
-        .command(&dup_cfg, &c.dir.join("dup.log"))
-        .stdout(std::process::Stdio::piped())
-        .output()
-        .expect("runs");
+    let out = c.command(&dup_cfg, &c.dir.join("dup.log")).stdout(std::process::Stdio::piped()).output().expect("runs");
     assert!(!out.status.success());
     let log = std::fs::read_to_string(c.dir.join("dup.log")).unwrap_or_default();
-    assert!(
-        log.contains("there is already a node named 'm0' running"),
-        "{log}"
-    );
+    assert!(log.contains("there is already a node named 'm0' running"), "{log}");
 }

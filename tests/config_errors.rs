@@ -3,11 +3,7 @@
 use std::process::Command;
 
 fn run(yaml: &str) -> (i32, String) {
-    let dir = std::env::temp_dir().join(format!(
-        "pgwarden-cfg-{}-{}",
-        std::process::id(),
-        yaml.len()
-    ));
+    let dir = std::env::temp_dir().join(format!("pgwarden-cfg-{}-{}", std::process::id(), yaml.len()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("bad.yml");
     std::fs::write(&path, yaml).unwrap();
@@ -18,10 +14,7 @@ fn run(yaml: &str) -> (i32, String) {
         .output()
         .unwrap();
     let _ = std::fs::remove_dir_all(&dir);
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 const GOOD: &str = "scope: s\nname: n\nrestapi:\n  listen: 127.0.0.1:8008\n  connect_address: 127.0.0.1:8008\netcd3:\n  host: 127.0.0.1:2379\npostgresql:\n  listen: 127.0.0.1:5432\n  connect_address: 127.0.0.1:5432\n  data_dir: /tmp/x\n  authentication:\n    superuser: {username: postgres}\n    replication: {username: rep}\n";
@@ -61,15 +54,7 @@ fn validate_config_accepts_a_good_file() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("ok.yml");
     std::fs::write(&path, GOOD).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_pgwarden"))
-        .arg("--validate-config")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pgwarden")).arg("--validate-config").arg(&path).output().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -22,14 +22,11 @@ impl Agent {
         while let Some((id, action)) = queue.pop_front() {
             tracing::debug!(?id, ?action, "action");
             if let Some(outcome) = self.execute_one(id, action).await {
-                let more = self
-                    .core
-                    .step(crate::ha::Input::Completed { id, outcome }, self.mono_now());
+                let more = self.core.step(crate::ha::Input::Completed { id, outcome }, self.mono_now());
                 queue.extend(more);
             }
         }
-        self.fence
-            .set(self.core.lease_deadline().map(|d| self.instant_of(d)));
+        self.fence.set(self.core.lease_deadline().map(|d| self.instant_of(d)));
     }
 
     /// One action; `None` when it runs as a background task.
@@ -74,12 +71,7 @@ impl Agent {
                 // A holder also seeds a missing `config` from bootstrap.dcs (heals a wiped store).
                 let missing_config = self.view.as_ref().is_some_and(|v| v.config.is_none());
                 if missing_config {
-                    let seed = self
-                        .cfg
-                        .bootstrap
-                        .as_ref()
-                        .map(|b| b.dcs.clone())
-                        .unwrap_or_default();
+                    let seed = self.cfg.bootstrap.as_ref().map(|b| b.dcs.clone()).unwrap_or_default();
                     let json = serde_json::to_string(&seed).unwrap_or_else(|_| "{}".into());
                     if let Ok(Err(e)) = timeout(retry, dcs.set_config(&json, None)).await {
                         tracing::warn!("could not write the initial configuration: {e}");
@@ -92,11 +84,7 @@ impl Agent {
                 Some(dcs_outcome(r))
             }
             Action::ClearFailover { version } => {
-                let r = timeout(
-                    retry,
-                    dcs.set_failover(&Failover::default(), version.as_ref()),
-                )
-                .await;
+                let r = timeout(retry, dcs.set_failover(&Failover::default(), version.as_ref())).await;
                 Some(dcs_outcome(r.map(|r| r.map(|_| ()))))
             }
             Action::ProbePeers { names } => Some(Outcome::Peers(self.probe_peers(&names).await)),
@@ -114,10 +102,7 @@ impl Agent {
     /// The `status` value a leader publishes with its lock.
     fn leader_status(&self) -> Option<Status> {
         let s = self.seen.status.as_ref()?;
-        (!s.in_recovery).then(|| Status {
-            optime: s.wal_position,
-            ..Status::default()
-        })
+        (!s.in_recovery).then(|| Status { optime: s.wal_position, ..Status::default() })
     }
 
     /// Connection string to a member's PostgreSQL, with replication credentials.
@@ -125,20 +110,8 @@ impl Agent {
         let m = self.view.as_ref()?.members.get(member)?;
         let (host, port) = conn_url_host_port(m.conn_url.as_deref()?)?;
         let creds = crate::postgres::Credentials {
-            username: self
-                .cfg
-                .postgresql
-                .authentication
-                .replication
-                .username
-                .clone(),
-            password: self
-                .cfg
-                .postgresql
-                .authentication
-                .replication
-                .password
-                .clone(),
+            username: self.cfg.postgresql.authentication.replication.username.clone(),
+            password: self.cfg.postgresql.authentication.replication.password.clone(),
         };
         Some(conf::conninfo_for(&host, port, &creds, &self.cfg.name))
     }
@@ -154,21 +127,11 @@ impl Agent {
         let stop_timeout = self.cfg.postgresql.pg_ctl_timeout;
         let name = self.cfg.name.clone();
         let slot = self.my_slot();
-        let history = self
-            .view
-            .as_ref()
-            .and_then(|v| v.history.clone())
-            .unwrap_or_default();
+        let history = self.view.as_ref().and_then(|v| v.history.clone()).unwrap_or_default();
         let others: Vec<String> = self
             .view
             .as_ref()
-            .map(|v| {
-                v.members
-                    .keys()
-                    .filter(|n| **n != name)
-                    .map(|n| slot_name(n))
-                    .collect()
-            })
+            .map(|v| v.members.keys().filter(|n| **n != name).map(|n| slot_name(n)).collect())
             .unwrap_or_default();
         let use_slots = self.dynamic.use_slots;
         let post_bootstrap = self
@@ -179,9 +142,7 @@ impl Agent {
         let bootstrapped = self.bootstrap_pending;
         let upstream_conninfo = match &task {
             Action::Clone { from } | Action::Rewind { from } => self.conninfo_of(from),
-            Action::StartReplica { upstream: Some(u) } | Action::Follow { upstream: u } => {
-                self.conninfo_of(u)
-            }
+            Action::StartReplica { upstream: Some(u) } | Action::Follow { upstream: u } => self.conninfo_of(u),
             _ => None,
         };
         let upstream_name = match &task {
@@ -193,31 +154,16 @@ impl Agent {
         tokio::spawn(async move {
             let mut pg = pg.lock().await;
             let result: Result<TaskNote, String> = match &task {
-                Action::Bootstrap => pg
-                    .initdb()
-                    .await
-                    .map(|_| TaskNote::Bootstrapped)
-                    .map_err(|e| e.to_string()),
+                Action::Bootstrap => pg.initdb().await.map(|_| TaskNote::Bootstrapped).map_err(|e| e.to_string()),
                 Action::Clone { .. } => match upstream_conninfo {
-                    Some(c) => pg
-                        .basebackup(&c)
-                        .await
-                        .map(|_| TaskNote::None)
-                        .map_err(|e| e.to_string()),
+                    Some(c) => pg.basebackup(&c).await.map(|_| TaskNote::None).map_err(|e| e.to_string()),
                     None => Err("no connection address for the clone source".into()),
                 },
                 Action::Rewind { .. } => match upstream_conninfo {
-                    Some(c) => pg
-                        .rewind(&c)
-                        .await
-                        .map(|_| TaskNote::None)
-                        .map_err(|e| e.to_string()),
+                    Some(c) => pg.rewind(&c).await.map(|_| TaskNote::None).map_err(|e| e.to_string()),
                     None => Err("no connection address for the rewind source".into()),
                 },
-                Action::RemoveDataDir => pg
-                    .remove_data_dir()
-                    .map(|_| TaskNote::None)
-                    .map_err(|e| e.to_string()),
+                Action::RemoveDataDir => pg.remove_data_dir().map(|_| TaskNote::None).map_err(|e| e.to_string()),
                 Action::StartPrimary => {
                     let mut r = pg.start(StartAs::Primary).await.map_err(|e| e.to_string());
                     if r.is_ok() && bootstrapped {
@@ -232,21 +178,14 @@ impl Agent {
                     r.map(|_| TaskNote::Started { upstream: None })
                 }
                 Action::StartReplica { .. } => pg
-                    .start(StartAs::Replica {
-                        primary_conninfo: upstream_conninfo,
-                        slot,
-                    })
+                    .start(StartAs::Replica { primary_conninfo: upstream_conninfo, slot })
                     .await
-                    .map(|_| TaskNote::Started {
-                        upstream: upstream_name,
-                    })
+                    .map(|_| TaskNote::Started { upstream: upstream_name })
                     .map_err(|e| e.to_string()),
                 Action::Follow { .. } => pg
                     .follow(upstream_conninfo, slot)
                     .await
-                    .map(|_| TaskNote::Started {
-                        upstream: upstream_name,
-                    })
+                    .map(|_| TaskNote::Started { upstream: upstream_name })
                     .map_err(|e| e.to_string()),
                 Action::Promote => {
                     let before = pg.status().await.ok();
@@ -272,10 +211,7 @@ impl Agent {
                     // A checkpoint first makes the shutdown checkpoint short, so the write
                     // gap of a switchover is the time of a fast stop.
                     let _ = timeout(Duration::from_secs(30), pg.query_one_shot("CHECKPOINT")).await;
-                    pg.stop(StopMode::Fast, stop_timeout)
-                        .await
-                        .map(|_| TaskNote::Stopped)
-                        .map_err(|e| e.to_string())
+                    pg.stop(StopMode::Fast, stop_timeout).await.map(|_| TaskNote::Stopped).map_err(|e| e.to_string())
                 }
                 other => Err(format!("not a task: {other:?}")),
             };
@@ -286,11 +222,7 @@ impl Agent {
                     Outcome::Failed(e.clone())
                 }
             };
-            let _ = tx.send(TaskDone {
-                id,
-                outcome,
-                note: result.unwrap_or(TaskNote::None),
-            });
+            let _ = tx.send(TaskDone { id, outcome, note: result.unwrap_or(TaskNote::None) });
         });
     }
 }
@@ -304,38 +236,21 @@ pub(crate) enum TaskNote {
     Stopped,
 }
 
-fn lock_outcome(
-    r: Result<Result<bool, crate::dcs::DcsError>, tokio::time::error::Elapsed>,
-    sent_at: MonoTime,
-) -> Outcome {
+fn lock_outcome(r: Result<Result<bool, crate::dcs::DcsError>, tokio::time::error::Elapsed>, sent_at: MonoTime) -> Outcome {
     match r {
-        Ok(Ok(held)) => Outcome::Lock {
-            held,
-            answered: true,
-            sent_at,
-        },
+        Ok(Ok(held)) => Outcome::Lock { held, answered: true, sent_at },
         Ok(Err(e)) => {
             tracing::warn!("lock operation failed: {e}");
-            Outcome::Lock {
-                held: false,
-                answered: false,
-                sent_at,
-            }
+            Outcome::Lock { held: false, answered: false, sent_at }
         }
         Err(_) => {
             tracing::warn!("lock operation timed out");
-            Outcome::Lock {
-                held: false,
-                answered: false,
-                sent_at,
-            }
+            Outcome::Lock { held: false, answered: false, sent_at }
         }
     }
 }
 
-fn dcs_outcome(
-    r: Result<Result<(), crate::dcs::DcsError>, tokio::time::error::Elapsed>,
-) -> Outcome {
+fn dcs_outcome(r: Result<Result<(), crate::dcs::DcsError>, tokio::time::error::Elapsed>) -> Outcome {
     match r {
         Ok(Ok(())) => Outcome::Ok,
         Ok(Err(e)) => Outcome::Failed(e.to_string()),
@@ -344,23 +259,10 @@ fn dcs_outcome(
 }
 
 /// Appends the promotion to `history`: the timeline that ended, where it ended, why and who.
-async fn write_history(
-    dcs: &dyn Dcs,
-    mut lines: Vec<HistoryLine>,
-    before: &crate::postgres::PgStatus,
-    me: &str,
-) {
-    let ts = chrono::Utc::now()
-        .format("%Y-%m-%dT%H:%M:%S%.6f+00:00")
-        .to_string();
+async fn write_history(dcs: &dyn Dcs, mut lines: Vec<HistoryLine>, before: &crate::postgres::PgStatus, me: &str) {
+    let ts = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string();
     let lsn = before.replay_lsn.unwrap_or(before.wal_position);
-    lines.push(HistoryLine::new(
-        before.timeline,
-        lsn,
-        "no recovery target specified",
-        &ts,
-        me,
-    ));
+    lines.push(HistoryLine::new(before.timeline, lsn, "no recovery target specified", &ts, me));
     if let Err(e) = dcs.set_history(&lines).await {
         tracing::warn!("could not write history: {e}");
     }
@@ -372,21 +274,11 @@ async fn run_post_bootstrap(script: &str, pg: &crate::postgres::Postgres) -> Res
     let host = if s.listen_host.is_empty() || s.listen_host == "0.0.0.0" || s.listen_host == "*" {
         "127.0.0.1".to_owned()
     } else {
-        s.listen_host
-            .split(',')
-            .next()
-            .unwrap_or("127.0.0.1")
-            .trim()
-            .to_owned()
+        s.listen_host.split(',').next().unwrap_or("127.0.0.1").trim().to_owned()
     };
-    let url = format!(
-        "postgres://{}@{}:{}/postgres",
-        s.superuser.username, host, s.port
-    );
+    let url = format!("postgres://{}@{}:{}/postgres", s.superuser.username, host, s.port);
     let mut parts = script.split_whitespace();
-    let Some(cmd) = parts.next() else {
-        return Ok(());
-    };
+    let Some(cmd) = parts.next() else { return Ok(()) };
     let status = tokio::process::Command::new(cmd)
         .args(parts)
         .arg(&url)
@@ -394,9 +286,5 @@ async fn run_post_bootstrap(script: &str, pg: &crate::postgres::Postgres) -> Res
         .status()
         .await
         .map_err(|e| format!("post_bootstrap {script}: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("post_bootstrap {script} exited with {status}"))
-    }
+    if status.success() { Ok(()) } else { Err(format!("post_bootstrap {script} exited with {status}")) }
 }

@@ -12,9 +12,7 @@ use tokio::time::Instant;
 /// shutdown: every backend is told to quit at once), then SIGKILL if it is still there
 /// shortly after. Works without the `Postgres` handle, so a task holding it cannot delay it.
 pub fn kill_postmaster(data_dir: &Path) {
-    let Some(pid) = postmaster_pid(data_dir) else {
-        return;
-    };
+    let Some(pid) = postmaster_pid(data_dir) else { return };
     // SAFETY: kill(2) with a pid read from postmaster.pid; no memory is involved.
     unsafe {
         libc::kill(pid, libc::SIGQUIT);

@@ -24,9 +24,9 @@ use crate::dcs::{ClusterView, Dcs, Member};
 use crate::ha::{ActionId, HaCore, Input, MonoTime, Observation, Outcome, Policy};
 use crate::postgres::Postgres;
 
+pub use fence::{kill_postmaster, postmaster_pid};
 use execute::TaskNote;
 use fence::Fence;
-pub use fence::{kill_postmaster, postmaster_pid};
 use observe::PgSeen;
 
 /// A finished PostgreSQL task.
@@ -69,15 +69,13 @@ pub struct Agent {
 pub async fn connect_dcs(cfg: &Config, dynamic: &DynamicConfig) -> anyhow::Result<Arc<dyn Dcs>> {
     if let Some(raw) = &cfg.kubernetes {
         let k8s = crate::config::Kubernetes::parse(raw)?;
-        let dcs = crate::dcs::kubernetes::KubernetesDcs::connect(
-            crate::dcs::kubernetes::KubernetesSettings {
-                k8s,
-                scope: cfg.scope.clone(),
-                name: cfg.name.clone(),
-                ttl: dynamic.ttl,
-                retry_timeout: dynamic.retry_timeout,
-            },
-        )
+        let dcs = crate::dcs::kubernetes::KubernetesDcs::connect(crate::dcs::kubernetes::KubernetesSettings {
+            k8s,
+            scope: cfg.scope.clone(),
+            name: cfg.name.clone(),
+            ttl: dynamic.ttl,
+            retry_timeout: dynamic.retry_timeout,
+        })
         .await
         .context("connecting to the Kubernetes API")?;
         return Ok(Arc::new(dcs));
@@ -85,11 +83,7 @@ pub async fn connect_dcs(cfg: &Config, dynamic: &DynamicConfig) -> anyhow::Resul
     let Some(etcd) = &cfg.etcd3 else {
         bail!("no DCS configured: etcd3 or kubernetes is required");
     };
-    let endpoints = etcd
-        .hosts
-        .iter()
-        .map(|h| format!("{}://{h}", etcd.protocol))
-        .collect();
+    let endpoints = etcd.hosts.iter().map(|h| format!("{}://{h}", etcd.protocol)).collect();
     let dcs = EtcdDcs::connect(EtcdSettings {
         endpoints,
         namespace: cfg.namespace.clone(),
@@ -107,9 +101,7 @@ pub async fn connect_dcs(cfg: &Config, dynamic: &DynamicConfig) -> anyhow::Resul
 
 /// The dynamic configuration in force: the store's `config`, else bootstrap.dcs.
 fn dynamic_from(cfg: &Config, view: Option<&ClusterView>) -> DynamicConfig {
-    let from_store = view
-        .and_then(|v| v.config.as_ref())
-        .map(|c| DynamicConfig::from_json(&c.value));
+    let from_store = view.and_then(|v| v.config.as_ref()).map(|c| DynamicConfig::from_json(&c.value));
     match from_store {
         Some(Ok(d)) => d,
         Some(Err(e)) => {
@@ -129,23 +121,14 @@ fn bootstrap_dynamic(cfg: &Config) -> DynamicConfig {
 
 /// Runs a member until `shutdown` resolves (then stops PostgreSQL and releases the lock) or a
 /// fatal condition. The REST API is served on `api_listener`.
-pub async fn run(
-    cfg: Config,
-    api_listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
+pub async fn run(cfg: Config, api_listener: TcpListener, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
-        bail!(
-            "refusing to run as root: PostgreSQL cannot run as root; run pgwarden as the postgres user"
-        );
+        bail!("refusing to run as root: PostgreSQL cannot run as root; run pgwarden as the postgres user");
     }
     let dynamic = bootstrap_dynamic(&cfg);
     let dcs = connect_dcs(&cfg, &dynamic).await?;
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .context("building the HTTP client")?;
+    let http = reqwest::Client::builder().no_proxy().build().context("building the HTTP client")?;
 
     // Patroni's start-up rule: wait for the store, and refuse a name that is already running.
     let view = loop {
@@ -164,10 +147,7 @@ pub async fn run(
         if let Ok(r) = http.get(&live).timeout(Duration::from_secs(2)).send().await
             && r.status().is_success()
         {
-            bail!(
-                "Can't start; there is already a node named '{}' running",
-                cfg.name
-            );
+            bail!("Can't start; there is already a node named '{}' running", cfg.name);
         }
     }
     let dynamic = dynamic_from(&cfg, Some(&view));
@@ -283,9 +263,7 @@ impl Agent {
     /// failover request, the configuration, the cluster's identity or membership. Our own
     /// member and status writes do not.
     async fn relevant_change(&mut self) -> bool {
-        let Ok(v) = self.dcs.load(false).await else {
-            return true;
-        };
+        let Ok(v) = self.dcs.load(false).await else { return true };
         let Some(old) = &self.view else { return true };
         let key = |v: &ClusterView| {
             (
@@ -314,13 +292,7 @@ impl Agent {
             TaskNote::Stopped => self.upstream = None,
             TaskNote::None => {}
         }
-        let actions = self.core.step(
-            Input::Completed {
-                id: done.id,
-                outcome: done.outcome,
-            },
-            self.mono_now(),
-        );
+        let actions = self.core.step(Input::Completed { id: done.id, outcome: done.outcome }, self.mono_now());
         self.execute(actions).await;
     }
 
@@ -358,14 +330,8 @@ impl Agent {
             self.view = Some(v.clone());
         }
         let pg = self.observe_pg().await;
-        let obs = Observation {
-            dcs: view,
-            pg,
-            policy: self.policy(),
-        };
-        let actions = self
-            .core
-            .step(Input::Observed(Box::new(obs)), self.mono_now());
+        let obs = Observation { dcs: view, pg, policy: self.policy() };
+        let actions = self.core.step(Input::Observed(Box::new(obs)), self.mono_now());
         self.execute(actions).await;
         let msg = self.core.message().to_owned();
         if msg != self.last_message {
@@ -415,8 +381,7 @@ impl Agent {
         if new.ttl != self.dynamic.ttl {
             self.dcs.set_ttl(new.ttl);
         }
-        let params_changed =
-            new.parameters != self.dynamic.parameters || new.pg_hba != self.dynamic.pg_hba;
+        let params_changed = new.parameters != self.dynamic.parameters || new.pg_hba != self.dynamic.pg_hba;
         self.dynamic = new;
         if params_changed {
             let settings = settings::pg_settings(&self.cfg, &self.dynamic);
@@ -434,12 +399,7 @@ impl Agent {
     async fn stop_postgres_now(&mut self) {
         fence::kill_postmaster(&self.cfg.postgresql.data_dir);
         let mut pg = self.pg.lock().await;
-        let _ = pg
-            .stop(
-                crate::postgres::StopMode::Immediate,
-                Duration::from_secs(10),
-            )
-            .await;
+        let _ = pg.stop(crate::postgres::StopMode::Immediate, Duration::from_secs(10)).await;
     }
 
     /// Patroni's shutdown: stop PostgreSQL (fast), then release the lock if we hold it.
@@ -451,13 +411,9 @@ impl Agent {
             match tokio::time::timeout_at(give_up, self.tasks_rx.recv()).await {
                 Ok(Some(done)) => self.task_finished(done).await,
                 _ => {
-                    tracing::warn!(
-                        "shutdown did not finish in time: stopping PostgreSQL immediately"
-                    );
+                    tracing::warn!("shutdown did not finish in time: stopping PostgreSQL immediately");
                     self.stop_postgres_now().await;
-                    let _ =
-                        tokio::time::timeout(Duration::from_secs(2), self.dcs.release_leader(None))
-                            .await;
+                    let _ = tokio::time::timeout(Duration::from_secs(2), self.dcs.release_leader(None)).await;
                     break;
                 }
             }

@@ -33,26 +33,17 @@ impl Agent {
                         // A fresh base backup carries the primary's control file ("in
                         // production") and a backup_label: it is a replica-to-be, not a former
                         // primary, and must never be crash-recovered on its own.
-                        was_primary: matches!(
-                            cd.cluster_state.as_str(),
-                            "in production" | "shut down"
-                        ) && !data_dir.join("backup_label").exists(),
+                        was_primary: matches!(cd.cluster_state.as_str(), "in production" | "shut down")
+                            && !data_dir.join("backup_label").exists(),
                     },
                 };
                 let up = pg.is_running();
                 let status = if up {
-                    tokio::time::timeout(Duration::from_secs(2), pg.status())
-                        .await
-                        .ok()
-                        .and_then(Result::ok)
+                    tokio::time::timeout(Duration::from_secs(2), pg.status()).await.ok().and_then(Result::ok)
                 } else {
                     None
                 };
-                self.seen = PgSeen {
-                    data: Some(data),
-                    status,
-                    up,
-                };
+                self.seen = PgSeen { data: Some(data), status, up };
             }
             Err(_) => {
                 self.seen.up = super::fence::postmaster_pid(&data_dir).is_some();
@@ -67,30 +58,19 @@ impl Agent {
             None => None,
         };
         PgFacts {
-            data: self
-                .seen
-                .data
-                .clone()
-                .unwrap_or(DataDir::Invalid("not inspected yet".into())),
+            data: self.seen.data.clone().unwrap_or(DataDir::Invalid("not inspected yet".into())),
             up: self.seen.up,
             in_recovery: if self.seen.up { in_recovery } else { None },
             timeline: status.map(|s| s.timeline),
             wal_position: status.map(|s| s.wal_position).unwrap_or(0),
-            upstream: if self.seen.up {
-                self.upstream.clone()
-            } else {
-                None
-            },
+            upstream: if self.seen.up { self.upstream.clone() } else { None },
         }
     }
 
     /// Asks peers for `GET /patroni` in parallel, each bounded by two seconds (Patroni's).
     pub(crate) async fn probe_peers(&self, names: &[String]) -> PeerReport {
-        let members: BTreeMap<String, Member> = self
-            .view
-            .as_ref()
-            .map(|v| v.members.clone())
-            .unwrap_or_default();
+        let members: BTreeMap<String, Member> =
+            self.view.as_ref().map(|v| v.members.clone()).unwrap_or_default();
         let futures = names.iter().map(|name| {
             let url = members.get(name).and_then(|m| m.api_url.clone());
             let client = self.http.clone();
@@ -107,9 +87,7 @@ impl Agent {
     }
 }
 
-async fn futures_join_all<F: std::future::Future>(
-    fs: impl IntoIterator<Item = F>,
-) -> Vec<F::Output> {
+async fn futures_join_all<F: std::future::Future>(fs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
     let handles: Vec<_> = fs.into_iter().collect();
     let mut out = Vec::with_capacity(handles.len());
     // Each probe is bounded; run them concurrently on this task.
@@ -124,12 +102,7 @@ async fn futures_join_all<F: std::future::Future>(
 }
 
 async fn probe_one(client: &reqwest::Client, url: &str) -> Option<PeerFacts> {
-    let resp = client
-        .get(url)
-        .timeout(Duration::from_secs(2))
-        .send()
-        .await
-        .ok()?;
+    let resp = client.get(url).timeout(Duration::from_secs(2)).send().await.ok()?;
     let v: serde_json::Value = resp.json().await.ok()?;
     Some(peer_facts(&v))
 }
@@ -139,14 +112,8 @@ pub(crate) fn peer_facts(v: &serde_json::Value) -> PeerFacts {
     let role = v.get("role").and_then(|r| r.as_str()).unwrap_or("");
     let state = v.get("state").and_then(|r| r.as_str()).unwrap_or("");
     let xlog = v.get("xlog");
-    let num = |k: &str| {
-        xlog.and_then(|x| x.get(k))
-            .and_then(|n| n.as_u64())
-            .unwrap_or(0)
-    };
-    let wal_position = num("location")
-        .max(num("received_location"))
-        .max(num("replayed_location"));
+    let num = |k: &str| xlog.and_then(|x| x.get(k)).and_then(|n| n.as_u64()).unwrap_or(0);
+    let wal_position = num("location").max(num("received_location")).max(num("replayed_location"));
     let tags = v.get("tags").and_then(|t| t.as_object());
     PeerFacts {
         is_primary: matches!(role, "primary" | "master"),

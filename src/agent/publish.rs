@@ -44,14 +44,8 @@ impl Agent {
         let status = self.seen.status.as_ref().filter(|_| self.seen.up);
         let state = pg_state(self);
         let mut m = Member {
-            conn_url: Some(format!(
-                "postgres://{}/postgres",
-                self.cfg.postgresql.connect_address
-            )),
-            api_url: Some(format!(
-                "http://{}/patroni",
-                self.cfg.restapi.connect_address
-            )),
+            conn_url: Some(format!("postgres://{}/postgres", self.cfg.postgresql.connect_address)),
+            api_url: Some(format!("http://{}/patroni", self.cfg.restapi.connect_address)),
             state: Some(state.into()),
             role: Some(pg_role(self).into()),
             version: Some(crate::api::state::VERSION.into()),
@@ -98,9 +92,7 @@ impl Agent {
         shape.receive_lsn = None;
         shape.replay_lsn = None;
         let shape = shape.to_json();
-        let due = self
-            .last_member_write
-            .is_none_or(|t| t.elapsed() >= self.policy().loop_wait);
+        let due = self.last_member_write.is_none_or(|t| t.elapsed() >= self.policy().loop_wait);
         let m = match &self.last_member {
             Some(old) if Some(&shape) == self.last_member_shape.as_ref() && !due => old.clone(),
             _ => fresh,
@@ -131,9 +123,7 @@ impl Agent {
             postmaster_start_time: status.map(|s| s.postmaster_start_time.clone()),
             timeline: status.map(|s| s.timeline),
             wal: match status {
-                Some(st) if !st.in_recovery => WalView::Primary {
-                    location: st.wal_position,
-                },
+                Some(st) if !st.in_recovery => WalView::Primary { location: st.wal_position },
                 Some(st) => WalView::Replica {
                     received: st.receive_lsn.unwrap_or(st.wal_position),
                     replayed: st.replay_lsn.unwrap_or(0),
@@ -164,11 +154,7 @@ impl Agent {
             },
             pending_restart: status.is_some_and(|s| s.pending_restart),
         };
-        s.lock_valid_until = self
-            .core
-            .lease_deadline()
-            .map(|d| self.instant_of(d))
-            .filter(|d| *d > now);
+        s.lock_valid_until = self.core.lease_deadline().map(|d| self.instant_of(d)).filter(|d| *d > now);
         s.cluster = self.view.clone();
         s.cluster_valid_until = self.view_read_at.map(|t| t + self.policy().ttl);
         s.dcs_last_seen = self.dcs_last_seen;
@@ -178,11 +164,7 @@ impl Agent {
         s.loop_wait = self.dynamic.loop_wait;
         s.maximum_lag_on_failover = self.dynamic.maximum_lag_on_failover;
         s.next_cycle_at = Some(self.instant_of(self.core.next_wakeup()).max(now));
-        let optime = self
-            .view
-            .as_ref()
-            .and_then(|v| v.status.as_ref())
-            .map(|st| st.optime);
+        let optime = self.view.as_ref().and_then(|v| v.status.as_ref()).map(|st| st.optime);
         let received = status.and_then(|s| s.receive_lsn);
         s.leader_optime = match (optime, received) {
             (Some(a), Some(b)) => Some(a.max(b)),

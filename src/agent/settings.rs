@@ -29,9 +29,7 @@ pub fn policy(cfg: &Config, dynamic: &DynamicConfig) -> Policy {
         retry_timeout: dynamic.retry_timeout,
         maximum_lag_on_failover: dynamic.maximum_lag_on_failover,
         use_pg_rewind: config::effective_use_pg_rewind(cfg, dynamic),
-        remove_data_directory_on_rewind_failure: cfg
-            .postgresql
-            .remove_data_directory_on_rewind_failure
+        remove_data_directory_on_rewind_failure: cfg.postgresql.remove_data_directory_on_rewind_failure
             || cfg.postgresql.remove_data_directory_on_diverged_timelines,
         pause: dynamic.pause,
         safety_margin: Policy::default_margin(dynamic.ttl),
@@ -39,10 +37,7 @@ pub fn policy(cfg: &Config, dynamic: &DynamicConfig) -> Policy {
 }
 
 fn credentials(u: &config::PgUser) -> Credentials {
-    Credentials {
-        username: u.username.clone(),
-        password: u.password.clone(),
-    }
+    Credentials { username: u.username.clone(), password: u.password.clone() }
 }
 
 /// PostgreSQL settings for this member.
@@ -56,10 +51,7 @@ pub fn pg_settings(cfg: &Config, dynamic: &DynamicConfig) -> PgSettings {
         .filter(|d| !d.as_os_str().is_empty());
     PgSettings {
         data_dir: p.data_dir.clone(),
-        bin_dir: p
-            .bin_dir
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_BIN_DIR)),
+        bin_dir: p.bin_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_BIN_DIR)),
         listen_host: p.listen_host(),
         port: p.listen_port(),
         connect_host: p.connect_host(),
@@ -128,28 +120,16 @@ mod tests {
 
     #[test]
     fn conn_urls_split() {
-        assert_eq!(
-            conn_url_host_port("postgres://10.0.0.5:5433/postgres"),
-            Some(("10.0.0.5".into(), 5433))
-        );
-        assert_eq!(
-            conn_url_host_port("postgres://h/postgres"),
-            Some(("h".into(), 5432))
-        );
-        assert_eq!(
-            conn_url_host_port("postgres://[::1]:5432/postgres"),
-            Some(("::1".into(), 5432))
-        );
+        assert_eq!(conn_url_host_port("postgres://10.0.0.5:5433/postgres"), Some(("10.0.0.5".into(), 5433)));
+        assert_eq!(conn_url_host_port("postgres://h/postgres"), Some(("h".into(), 5432)));
+        assert_eq!(conn_url_host_port("postgres://[::1]:5432/postgres"), Some(("::1".into(), 5432)));
         assert_eq!(conn_url_host_port("nonsense"), None);
     }
 
     #[test]
     fn basebackup_options() {
         let v: serde_json::Value = serde_json::json!([{"max-rate": "100M"}, "verbose"]);
-        assert_eq!(
-            basebackup_args(Some(&v)),
-            vec!["--max-rate=100M", "--verbose"]
-        );
+        assert_eq!(basebackup_args(Some(&v)), vec!["--max-rate=100M", "--verbose"]);
         let v: serde_json::Value = serde_json::json!({"checkpoint": "fast"});
         assert_eq!(basebackup_args(Some(&v)), vec!["--checkpoint=fast"]);
     }

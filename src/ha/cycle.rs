@@ -167,8 +167,7 @@ impl HaCore {
                     // pg_rewind compares timelines from the source's control file, which shows
                     // the new timeline only after the post-promote checkpoint (Patroni's
                     // `checkpoint_after_promote`); rewinding earlier finds nothing to do.
-                    self.message =
-                        format!("waiting for {leader} to finish its promotion before pg_rewind");
+                    self.message = format!("waiting for {leader} to finish its promotion before pg_rewind");
                 } else if was_primary && obs.policy.use_pg_rewind {
                     let blocked = self
                         .rewind_failed

@@ -42,12 +42,9 @@ pub struct Cluster {
 /// `n` different free loopback ports: all listeners are held until every port is chosen, so
 /// no two members get the same one.
 pub fn distinct_ports(n: usize) -> Vec<u16> {
-    let ls: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    ls.iter()
-        .map(|l| l.local_addr().expect("addr").port())
-        .collect()
+    let ls: Vec<std::net::TcpListener> =
+        (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
+    ls.iter().map(|l| l.local_addr().expect("addr").port()).collect()
 }
 
 fn in_ci() -> bool {
@@ -68,10 +65,7 @@ impl Cluster {
         }
         let etcd = EtcdServer::start_or_skip(scope).await?;
         let run_as = if nix::unistd::geteuid().is_root() {
-            let u = nix::unistd::User::from_name("postgres")
-                .ok()
-                .flatten()
-                .expect("user postgres");
+            let u = nix::unistd::User::from_name("postgres").ok().flatten().expect("user postgres");
             Some((u.uid.as_raw(), u.gid.as_raw()))
         } else {
             None
@@ -124,21 +118,11 @@ impl Cluster {
         }
         let config = self.dir.join(format!("{name}.yml"));
         std::fs::write(&config, self.member_yaml(name, pg_port, api_port, t)).unwrap();
-        self.members.push(MemberProc {
-            name: name.into(),
-            config,
-            pg_port,
-            api_port,
-            child: None,
-        });
+        self.members.push(MemberProc { name: name.into(), config, pg_port, api_port, child: None });
     }
 
     pub fn member_yaml(&self, name: &str, pg_port: u16, api_port: u16, t: &Timings) -> String {
-        let etcd = self
-            .etcd
-            .endpoint()
-            .trim_start_matches("http://")
-            .to_owned();
+        let etcd = self.etcd.endpoint().trim_start_matches("http://").to_owned();
         let dir = self.dir.display();
         format!(
             r#"scope: {scope}
@@ -193,11 +177,7 @@ postgresql:
 
     /// A `pgwarden run` command for a config file, as the member user.
     pub fn command(&self, config: &Path, log: &Path) -> Command {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
         let mut cmd = Command::new(&self.bin);
         cmd.arg("run")
             .arg(config)
@@ -248,10 +228,7 @@ postgresql:
     }
 
     pub fn index(&self, name: &str) -> usize {
-        self.members
-            .iter()
-            .position(|m| m.name == name)
-            .expect("known member")
+        self.members.iter().position(|m| m.name == name).expect("known member")
     }
 
     pub async fn view(&self) -> Option<ClusterView> {
@@ -275,10 +252,7 @@ postgresql:
             }
             if Instant::now() > until {
                 self.dump_logs();
-                panic!(
-                    "timed out after {timeout:?} waiting for {what}; view: {:?}",
-                    self.view().await
-                );
+                panic!("timed out after {timeout:?} waiting for {what}; view: {:?}", self.view().await);
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -289,11 +263,7 @@ postgresql:
             let text = std::fs::read_to_string(self.log_path(i)).unwrap_or_default();
             let lines: Vec<&str> = text.lines().filter(|l| !l.contains(" LOG: ")).collect();
             let tail = lines.len().saturating_sub(40);
-            eprintln!(
-                "===== {} (last lines) =====\n{}",
-                m.name,
-                lines[tail..].join("\n")
-            );
+            eprintln!("===== {} (last lines) =====\n{}", m.name, lines[tail..].join("\n"));
         }
     }
 
@@ -302,9 +272,8 @@ postgresql:
             "host=127.0.0.1 port={} user=postgres password=postgres dbname=postgres connect_timeout=3",
             self.members[i].pg_port
         );
-        let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
-            .await
-            .map_err(|e| e.to_string())?;
+        let (client, connection) =
+            tokio_postgres::connect(&conn, tokio_postgres::NoTls).await.map_err(|e| e.to_string())?;
         tokio::spawn(connection);
         let rows = tokio::time::timeout(Duration::from_secs(10), client.simple_query(sql))
             .await
@@ -319,22 +288,11 @@ postgresql:
             .collect())
     }
 
-    pub async fn api(
-        &self,
-        i: usize,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<&str>,
-    ) -> (u16, String) {
+    pub async fn api(&self, i: usize, method: reqwest::Method, path: &str, body: Option<&str>) -> (u16, String) {
         let url = format!("http://127.0.0.1:{}{}", self.members[i].api_port, path);
-        let mut rq = self
-            .http
-            .request(method, url)
-            .timeout(Duration::from_secs(60));
+        let mut rq = self.http.request(method, url).timeout(Duration::from_secs(60));
         if let Some(b) = body {
-            rq = rq
-                .header("content-type", "application/json")
-                .body(b.to_owned());
+            rq = rq.header("content-type", "application/json").body(b.to_owned());
         }
         match rq.send().await {
             Ok(r) => {
