@@ -165,7 +165,13 @@ async fn acquire_renew_release() {
         "b cannot release a's lock"
     );
     // A release for another instance of the lock (a late one) deletes nothing.
-    let seen = a.load(true).await.unwrap().leader.expect("a holds the lock").version;
+    let seen = a
+        .load(true)
+        .await
+        .unwrap()
+        .leader
+        .expect("a holds the lock")
+        .version;
     let stale = Version(format!("{}", seen.0.parse::<i64>().unwrap() - 1));
     assert!(!a.release_leader(None, Some(&stale)).await.unwrap());
     assert!(a.release_leader(None, Some(&seen)).await.unwrap());

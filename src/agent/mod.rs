@@ -68,10 +68,23 @@ pub struct Agent {
 
 /// Connects to the store named in the configuration.
 pub async fn connect_dcs(cfg: &Config, dynamic: &DynamicConfig) -> anyhow::Result<Arc<dyn Dcs>> {
+    if let Some(raw) = &cfg.kubernetes {
+        let k8s = crate::config::Kubernetes::parse(raw)?;
+        let dcs = crate::dcs::kubernetes::KubernetesDcs::connect(
+            crate::dcs::kubernetes::KubernetesSettings {
+                k8s,
+                scope: cfg.scope.clone(),
+                name: cfg.name.clone(),
+                ttl: dynamic.ttl,
+                retry_timeout: dynamic.retry_timeout,
+            },
+        )
+        .await
+        .context("connecting to the Kubernetes API")?;
+        return Ok(Arc::new(dcs));
+    }
     let Some(etcd) = &cfg.etcd3 else {
-        bail!(
-            "no supported DCS configured: this build supports etcd3 (the kubernetes backend is a separate issue)"
-        );
+        bail!("no DCS configured: etcd3 or kubernetes is required");
     };
     let endpoints = etcd
         .hosts

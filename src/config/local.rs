@@ -239,7 +239,8 @@ fn parse_dcs(root: &Obj<'_>) -> Result<(Option<Etcd3>, Option<Value>), ConfigErr
         )),
         (Some(v), None) => Ok((Some(parse_etcd3(Obj::new("etcd3", Some(v))?)?), None)),
         (None, Some(v)) => {
-            Obj::new("kubernetes", Some(v))?;
+            // Validated here so a bad section fails start-up; the backend parses it again.
+            super::kubernetes::Kubernetes::parse(v)?;
             Ok((None, Some(v.clone())))
         }
     }

@@ -5,6 +5,7 @@
 //! [`model::ClusterView::from_raw`], so they agree on what a value means.
 
 pub mod etcd;
+pub mod kubernetes;
 pub mod mem;
 pub mod model;
 
