@@ -170,14 +170,19 @@ pub struct LocalMember<'a> {
     pub scope: &'a str,
     /// Member name.
     pub name: &'a str,
-    /// etcd's `host:port`.
-    pub etcd: &'a str,
+    /// The DCS section of the configuration, as YAML lines (see [`etcd3_section`]).
+    pub dcs: &'a str,
     /// PostgreSQL's port.
     pub pg_port: u16,
     /// The REST API's port.
     pub api_port: u16,
     /// Lock ttl, loop_wait and retry_timeout in seconds.
     pub timings: (u64, u64, u64),
+}
+
+/// The `etcd3:` section for an etcd at `host:port`.
+pub fn etcd3_section(hosts: &str) -> String {
+    format!("etcd3:\n  hosts: {hosts}\n")
 }
 
 /// A Patroni configuration for a member on loopback, with a superuser `postgres` (password
@@ -187,7 +192,7 @@ pub fn member_config(m: &LocalMember<'_>) -> String {
         dir,
         scope,
         name,
-        etcd,
+        dcs,
         pg_port,
         api_port,
         timings,
@@ -200,9 +205,7 @@ name: {name}
 restapi:
   listen: 127.0.0.1:{api_port}
   connect_address: 127.0.0.1:{api_port}
-etcd3:
-  hosts: {etcd}
-bootstrap:
+{dcs}bootstrap:
   dcs:
     ttl: {ttl}
     loop_wait: {loop_wait}
@@ -296,7 +299,7 @@ fn run(args: DemoArgs) -> anyhow::Result<()> {
                 dir: &dir,
                 scope,
                 name: &name,
-                etcd: &etcd_url,
+                dcs: &etcd3_section(&etcd_url),
                 pg_port,
                 api_port,
                 timings: (args.ttl, 1, if args.ttl < 10 { 2 } else { 3 }),

@@ -3,6 +3,9 @@
 //! a copy of the binary, with `KUBECONFIG` pointing at a kubeconfig in the cluster directory.
 #![allow(dead_code)]
 
+#[path = "../support/member_io.rs"]
+mod member_io;
+
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -166,62 +169,19 @@ impl K8sCluster {
     }
 
     fn member_yaml(&self, name: &str, pg_port: u16, api_port: u16, t: &Timings) -> String {
-        let dir = self.dir.display();
-        format!(
-            r#"scope: {scope}
-name: {name}
-restapi:
-  listen: 127.0.0.1:{api_port}
-  connect_address: 127.0.0.1:{api_port}
-kubernetes:
-  namespace: {ns}
-  labels:
-    application: pgwarden-it
-  pod_ip: 127.0.0.1
-  ports:
-  - name: postgresql
-    port: {pg_port}
-bootstrap:
-  dcs:
-    ttl: {ttl}
-    loop_wait: {loop_wait}
-    retry_timeout: {retry}
-    maximum_lag_on_failover: 1048576
-    postgresql:
-      use_pg_rewind: true
-      use_slots: true
-      parameters:
-        wal_log_hints: "on"
-  initdb:
-  - encoding: UTF8
-  pg_hba:
-  - local all all trust
-  - host replication replicator 127.0.0.1/32 md5
-  - host all all 127.0.0.1/32 md5
-postgresql:
-  listen: 127.0.0.1:{pg_port}
-  connect_address: 127.0.0.1:{pg_port}
-  data_dir: {dir}/{name}/data
-  pgpass: {dir}/{name}/pgpass
-  authentication:
-    superuser:
-      username: postgres
-      password: postgres
-    replication:
-      username: replicator
-      password: rep-pass
-    rewind:
-      username: rewind_user
-      password: rewind-pass
-  parameters:
-    unix_socket_directories: '{dir}/{name}'
-"#,
-            scope = self.scope,
-            ns = self.ns,
-            ttl = t.ttl,
-            loop_wait = t.loop_wait,
-            retry = t.retry_timeout,
-        )
+        let dcs = format!(
+            "kubernetes:\n  namespace: {ns}\n  labels:\n    application: pgwarden-it\n  pod_ip: 127.0.0.1\n  ports:\n  - name: postgresql\n    port: {pg_port}\n",
+            ns = self.ns
+        );
+        pgwarden::demo::member_config(&pgwarden::demo::LocalMember {
+            dir: &self.dir,
+            scope: &self.scope,
+            name,
+            dcs: &dcs,
+            pg_port,
+            api_port,
+            timings: (t.ttl, t.loop_wait, t.retry_timeout),
+        })
     }
 
     pub fn log_path(&self, i: usize) -> PathBuf {
@@ -342,37 +302,12 @@ postgresql:
 
     pub fn dump_logs(&self) {
         for (i, m) in self.members.iter().enumerate() {
-            let text = std::fs::read_to_string(self.log_path(i)).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().filter(|l| !l.contains(" LOG: ")).collect();
-            let tail = lines.len().saturating_sub(40);
-            eprintln!(
-                "===== {} (last lines) =====\n{}",
-                m.name,
-                lines[tail..].join("\n")
-            );
+            member_io::dump_log(&m.name, &self.log_path(i));
         }
     }
 
     pub async fn sql(&self, i: usize, sql: &str) -> Result<Vec<String>, String> {
-        let conn = format!(
-            "host=127.0.0.1 port={} user=postgres password=postgres dbname=postgres connect_timeout=3",
-            self.members[i].pg_port
-        );
-        let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(connection);
-        let rows = tokio::time::timeout(Duration::from_secs(10), client.simple_query(sql))
-            .await
-            .map_err(|_| "query timed out".to_string())?
-            .map_err(|e| e.to_string())?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
-                _ => None,
-            })
-            .collect())
+        member_io::sql(self.members[i].pg_port, sql).await
     }
 
     pub async fn api(
@@ -382,23 +317,7 @@ postgresql:
         path: &str,
         body: Option<&str>,
     ) -> (u16, String) {
-        let url = format!("http://127.0.0.1:{}{}", self.members[i].api_port, path);
-        let mut rq = self
-            .http
-            .request(method, url)
-            .timeout(Duration::from_secs(60));
-        if let Some(b) = body {
-            rq = rq
-                .header("content-type", "application/json")
-                .body(b.to_owned());
-        }
-        match rq.send().await {
-            Ok(r) => {
-                let code = r.status().as_u16();
-                (code, r.text().await.unwrap_or_default())
-            }
-            Err(e) => (0, e.to_string()),
-        }
+        member_io::api(&self.http, self.members[i].api_port, method, path, body).await
     }
 
     /// Whether member `i`'s PostgreSQL accepts a write now.

@@ -3,6 +3,9 @@
 //! the cluster's directory (the build directory may not be readable by that user).
 #![allow(dead_code)]
 
+#[path = "member_io.rs"]
+mod member_io;
+
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -143,7 +146,7 @@ impl Cluster {
             dir: &self.dir,
             scope: &self.scope,
             name,
-            etcd: &etcd,
+            dcs: &pgwarden::demo::etcd3_section(&etcd),
             pg_port,
             api_port,
             timings: (t.ttl, t.loop_wait, t.retry_timeout),
@@ -245,37 +248,12 @@ impl Cluster {
 
     pub fn dump_logs(&self) {
         for (i, m) in self.members.iter().enumerate() {
-            let text = std::fs::read_to_string(self.log_path(i)).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().filter(|l| !l.contains(" LOG: ")).collect();
-            let tail = lines.len().saturating_sub(40);
-            eprintln!(
-                "===== {} (last lines) =====\n{}",
-                m.name,
-                lines[tail..].join("\n")
-            );
+            member_io::dump_log(&m.name, &self.log_path(i));
         }
     }
 
     pub async fn sql(&self, i: usize, sql: &str) -> Result<Vec<String>, String> {
-        let conn = format!(
-            "host=127.0.0.1 port={} user=postgres password=postgres dbname=postgres connect_timeout=3",
-            self.members[i].pg_port
-        );
-        let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(connection);
-        let rows = tokio::time::timeout(Duration::from_secs(10), client.simple_query(sql))
-            .await
-            .map_err(|_| "query timed out".to_string())?
-            .map_err(|e| e.to_string())?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
-                _ => None,
-            })
-            .collect())
+        member_io::sql(self.members[i].pg_port, sql).await
     }
 
     pub async fn api(
@@ -285,23 +263,7 @@ impl Cluster {
         path: &str,
         body: Option<&str>,
     ) -> (u16, String) {
-        let url = format!("http://127.0.0.1:{}{}", self.members[i].api_port, path);
-        let mut rq = self
-            .http
-            .request(method, url)
-            .timeout(Duration::from_secs(60));
-        if let Some(b) = body {
-            rq = rq
-                .header("content-type", "application/json")
-                .body(b.to_owned());
-        }
-        match rq.send().await {
-            Ok(r) => {
-                let code = r.status().as_u16();
-                (code, r.text().await.unwrap_or_default())
-            }
-            Err(e) => (0, e.to_string()),
-        }
+        member_io::api(&self.http, self.members[i].api_port, method, path, body).await
     }
 }
 

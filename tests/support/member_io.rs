@@ -1,0 +1,63 @@
+//! Talking to a test member from outside: SQL on its PostgreSQL, requests to its REST API, its
+//! log. Shared by the etcd and the Kubernetes harnesses.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::time::Duration;
+
+/// Runs `sql` as the superuser on the PostgreSQL at `port`; the first column of every row.
+pub async fn sql(port: u16, sql: &str) -> Result<Vec<String>, String> {
+    let conn = format!(
+        "host=127.0.0.1 port={port} user=postgres password=postgres dbname=postgres connect_timeout=3"
+    );
+    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    let rows = tokio::time::timeout(Duration::from_secs(10), client.simple_query(sql))
+        .await
+        .map_err(|_| "query timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .collect())
+}
+
+/// One REST request to the API at `port`: (status, body), or (0, error) when it failed.
+pub async fn api(
+    http: &reqwest::Client,
+    port: u16,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, String) {
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let mut rq = http.request(method, url).timeout(Duration::from_secs(60));
+    if let Some(b) = body {
+        rq = rq
+            .header("content-type", "application/json")
+            .body(b.to_owned());
+    }
+    match rq.send().await {
+        Ok(r) => {
+            let code = r.status().as_u16();
+            (code, r.text().await.unwrap_or_default())
+        }
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+/// Prints the last 40 lines of a member's log, without PostgreSQL's own LOG lines.
+pub fn dump_log(name: &str, path: &Path) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.contains(" LOG: ")).collect();
+    let tail = lines.len().saturating_sub(40);
+    eprintln!(
+        "===== {name} (last lines) =====\n{}",
+        lines[tail..].join("\n")
+    );
+}
