@@ -25,4 +25,11 @@ else
   echo "warning: the Kubernetes control plane did not start:" >&2
   tail -20 "$work/k8s-up.log" >&2
 fi
-cargo test --no-fail-fast "$@"
+status=0
+cargo test --no-fail-fast "$@" 2>&1 | tee "$work/test.log" || status=$?
+# One closing line for the whole run. Summaries of the re-executed PostgreSQL tests (run as the
+# postgres user, each with the others filtered out) are counted once, by their parent.
+awk '/^test result: / && / 0 filtered out/ {
+       for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) }
+     } END { printf "tests: %d passed, %d failed\n", p, f }' "$work/test.log"
+exit "$status"
