@@ -429,7 +429,10 @@ async fn patroni_fixtures_parse_and_writes_match_bytes() {
     // pgwarden as m0 writes the same keys Patroni did: byte for byte.
     let want = fixture("01-steady-sync-mode");
     let m0 = dcs(&server, "t5w", "m0", Duration::from_secs(10)).await;
-    assert!(m0.initialize(true, &want["initialize"]).await.unwrap());
+    // As the agent does: claim with "" (bound to the session while bootstrapping), then write
+    // the system identifier for good.
+    assert!(m0.initialize(true, "").await.unwrap());
+    assert!(m0.initialize(false, &want["initialize"]).await.unwrap());
     assert!(m0.set_config(&want["config"], None).await.unwrap());
     for name in ["m0", "m1", "m2"] {
         let d = dcs(&server, "t5w", name, Duration::from_secs(10)).await;
@@ -540,6 +543,10 @@ async fn initialize_race_has_one_winner() {
         ra ^ rb,
         "exactly one create-only initialize wins: {ra} {rb}"
     );
+    // Claiming again is how a claimant whose answer was lost finds its claim; others still lose.
+    let (owner, other) = if ra { (&a, &b) } else { (&b, &a) };
+    assert!(owner.initialize(true, "").await.unwrap());
+    assert!(!other.initialize(true, "").await.unwrap());
     assert!(!a.initialize(true, "1").await.unwrap());
     assert!(a.initialize(false, "7711601831702346954").await.unwrap());
     assert_eq!(

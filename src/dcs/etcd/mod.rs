@@ -515,17 +515,35 @@ impl Dcs for EtcdDcs {
                 .await
                 .map(|()| true);
         }
-        let txn = Txn::new()
-            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key, sysid, None)]);
+        // The claim is bound to this member's session: if its claimant dies mid-bootstrap it
+        // expires instead of blocking the cluster for good, and a claimant whose answer was
+        // lost finds its own claim by claiming again (same value, same lease).
         self.run("initialize", || async {
-            let r = self
-                .client
-                .kv_client()
-                .txn(txn.clone())
-                .await
-                .map_err(|e| classify("initialize", e))?;
-            Ok(r.succeeded())
+            let mut st = self.lease.lock().await;
+            let lease = self.refresh_lease(&mut st, false).await?;
+            let (won, lease) = self
+                .txn_with_lease(&mut st, lease, "initialize", |lease| {
+                    Txn::new()
+                        .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                        .and_then([TxnOp::put(
+                            key.clone(),
+                            sysid,
+                            Some(PutOptions::new().with_lease(lease)),
+                        )])
+                })
+                .await?;
+            if won {
+                return Ok(true);
+            }
+            let (mine, _) = self
+                .txn_with_lease(&mut st, lease, "initialize", |lease| {
+                    Txn::new().when([
+                        Compare::lease(key.clone(), CompareOp::Equal, lease),
+                        Compare::value(key.clone(), CompareOp::Equal, sysid),
+                    ])
+                })
+                .await?;
+            Ok(mine)
         })
         .await
     }
