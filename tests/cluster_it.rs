@@ -18,13 +18,9 @@ const T: Timings = Timings {
 
 /// The member's key says it runs as a replica streaming on `timeline`.
 async fn streaming_on(c: &Cluster, name: &str, timeline: u64) -> bool {
-    c.view().await.is_some_and(|v| {
-        v.members.get(name).is_some_and(|m| {
-            m.state.as_deref() == Some("running")
-                && m.replication_state.as_deref() == Some("streaming")
-                && m.timeline == Some(timeline)
-        })
-    })
+    c.view()
+        .await
+        .is_some_and(|v| cluster::member_io::streaming_on(&v, name, timeline))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 #[path = "../support/member_io.rs"]
-mod member_io;
+pub mod member_io;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;

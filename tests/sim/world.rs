@@ -809,16 +809,7 @@ impl World {
             }
             Action::Bootstrap => {
                 let at = r(self, 500, 1500);
-                self.schedule(
-                    at,
-                    Ev::TaskDone {
-                        who,
-                        inc,
-                        id,
-                        ok: true,
-                        effect: TaskEffect::Bootstrap,
-                    },
-                );
+                self.task_done_at(at, who, inc, id, TaskEffect::Bootstrap);
             }
             Action::Clone { from } | Action::Rewind { from } => {
                 let Some(j) = self.members.iter().position(|m| m.name == from) else {
@@ -830,29 +821,11 @@ impl World {
                 } else {
                     TaskEffect::Rewind { from: j }
                 };
-                self.schedule(
-                    at,
-                    Ev::TaskDone {
-                        who,
-                        inc,
-                        id,
-                        ok: true,
-                        effect,
-                    },
-                );
+                self.task_done_at(at, who, inc, id, effect);
             }
             Action::RemoveDataDir => {
                 let at = r(self, 10, 100);
-                self.schedule(
-                    at,
-                    Ev::TaskDone {
-                        who,
-                        inc,
-                        id,
-                        ok: true,
-                        effect: TaskEffect::RemoveData,
-                    },
-                );
+                self.task_done_at(at, who, inc, id, TaskEffect::RemoveData);
             }
             Action::StartPrimary | Action::StartReplica { .. } => {
                 let as_primary = action == Action::StartPrimary;
@@ -886,16 +859,7 @@ impl World {
             Action::Follow { upstream } => {
                 self.members[who].pg.upstream = Some(upstream);
                 let at = r(self, 1, 50);
-                self.schedule(
-                    at,
-                    Ev::TaskDone {
-                        who,
-                        inc,
-                        id,
-                        ok: true,
-                        effect: TaskEffect::None,
-                    },
-                );
+                self.task_done_at(at, who, inc, id, TaskEffect::None);
             }
             Action::Promote => {
                 let pg = &mut self.members[who].pg;
@@ -948,6 +912,27 @@ impl World {
                 self.members[who].pg.crash();
             }
         }
+    }
+
+    /// A task that succeeds at `at` with `effect`.
+    fn task_done_at(
+        &mut self,
+        at: Duration,
+        who: usize,
+        inc: u64,
+        id: ActionId,
+        effect: TaskEffect,
+    ) {
+        self.schedule(
+            at,
+            Ev::TaskDone {
+                who,
+                inc,
+                id,
+                ok: true,
+                effect,
+            },
+        );
     }
 
     fn complete_inline(&mut self, who: usize, id: ActionId, outcome: Outcome) {

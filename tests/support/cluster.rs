@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 #[path = "member_io.rs"]
-mod member_io;
+pub mod member_io;
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 use std::path::Path;
+
+use pgwarden::dcs::ClusterView;
 use std::time::Duration;
 
 /// Runs `sql` as the superuser on the PostgreSQL at `port`; the first column of every row.
@@ -60,4 +62,13 @@ pub fn dump_log(name: &str, path: &Path) {
         "===== {name} (last lines) =====\n{}",
         lines[tail..].join("\n")
     );
+}
+
+/// The member's key says it runs as a replica streaming on `timeline`.
+pub fn streaming_on(view: &ClusterView, name: &str, timeline: u64) -> bool {
+    view.members.get(name).is_some_and(|m| {
+        m.state.as_deref() == Some("running")
+            && m.replication_state.as_deref() == Some("streaming")
+            && m.timeline == Some(timeline)
+    })
 }
