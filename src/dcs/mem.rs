@@ -124,8 +124,9 @@ impl MemStore {
         true
     }
 
-    /// Create-if-absent bound to `lease`; also true when the key already exists bound to that
-    /// same lease (the caller's earlier claim, whose answer it may have missed).
+    /// Create-if-absent bound to `lease`; also true when the key already holds `value` bound to
+    /// that same lease (the caller's earlier claim, whose answer it may have missed), as the etcd
+    /// backend answers.
     pub fn create_or_owned(
         &mut self,
         key: &str,
@@ -135,7 +136,7 @@ impl MemStore {
     ) -> bool {
         self.expire(now);
         match self.keys.get(key) {
-            Some(e) => e.lease == Some(lease),
+            Some(e) => e.lease == Some(lease) && e.value == value,
             None => self.create(key, value, Some(lease), now),
         }
     }

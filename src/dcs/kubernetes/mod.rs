@@ -250,6 +250,17 @@ impl KubernetesDcs {
         r
     }
 
+    /// Reads the Lease from the API server (not the cache) and lets the expiry clock see it.
+    async fn read_lease(&self) -> Result<Option<Lease>, DcsError> {
+        let lease = self
+            .leases
+            .get_opt(&self.lease_name)
+            .await
+            .map_err(|e| classify("read lease", e))?;
+        self.shared.observe(lease.as_ref());
+        Ok(lease)
+    }
+
     /// Writes `lease` (a compare-and-set on its resourceVersion). `Ok(None)`: 409, someone else
     /// wrote first.
     async fn replace_lease(&self, lease: &Lease) -> Result<Option<Lease>, DcsError> {
@@ -456,12 +467,7 @@ impl Dcs for KubernetesDcs {
             let mut mine = self.mine.lock().await;
             // As client-go: read the Lease itself; a version this process has not seen yet
             // restarts its expiry clock, so a stale cache can never make a live holder look gone.
-            let current = self
-                .leases
-                .get_opt(&self.lease_name)
-                .await
-                .map_err(|e| classify("read lease", e))?;
-            self.shared.observe(current.as_ref());
+            let current = self.read_lease().await?;
             let now = Timestamp::now();
             let ttl = self.ttl();
             let Some(current) = current else {
@@ -523,12 +529,7 @@ impl Dcs for KubernetesDcs {
                     mine.lease = Some(l);
                     return Ok(true);
                 }
-                base = self
-                    .leases
-                    .get_opt(&self.lease_name)
-                    .await
-                    .map_err(|e| classify("read lease", e))?;
-                self.shared.observe(base.as_ref());
+                base = self.read_lease().await?;
             }
             Ok(false)
         })
@@ -560,12 +561,7 @@ impl Dcs for KubernetesDcs {
                     mine.lease = None;
                     return Ok(true);
                 }
-                base = self
-                    .leases
-                    .get_opt(&self.lease_name)
-                    .await
-                    .map_err(|e| classify("read lease", e))?;
-                self.shared.observe(base.as_ref());
+                base = self.read_lease().await?;
             }
             Ok(false)
         })
