@@ -15,6 +15,8 @@ pub(crate) struct PgSeen {
     pub data: Option<DataDir>,
     pub status: Option<PgStatus>,
     pub up: bool,
+    /// The running postmaster is not our child.
+    pub foreign: bool,
 }
 
 impl Agent {
@@ -48,6 +50,7 @@ impl Agent {
                     },
                 };
                 let up = pg.is_running();
+                let foreign = up && pg.foreign_postmaster().is_some();
                 let status = if up {
                     tokio::time::timeout(Duration::from_secs(2), pg.status())
                         .await
@@ -60,6 +63,7 @@ impl Agent {
                     data: Some(data),
                     status,
                     up,
+                    foreign,
                 };
             }
             Err(_) => {
@@ -90,6 +94,9 @@ impl Agent {
                 None
             },
             streaming: status.and_then(|s| s.replication_state.as_deref()) == Some("streaming"),
+            // While a task holds the handle, the last look decides (a task only ever starts
+            // our own child).
+            supervised: !(self.seen.up && self.seen.foreign),
         }
     }
 

@@ -25,6 +25,26 @@ impl HaCore {
             return;
         };
         let holder = view.leader.as_ref().is_some_and(|l| l.name == self.me.name);
+        if holder && self.holds_lock(now) {
+            self.lock_seen = true;
+        }
+        if self.lease_deadline.is_some() && !holder && (self.lock_seen || view.leader.is_some()) {
+            // The lock vanished (deleted by an operator or a tool) or another member holds it:
+            // it is lost. Stop writing at once; never race for it while writable.
+            self.drop_lease();
+            let becoming_writable = matches!(
+                self.task_in_flight(),
+                Some(Action::StartPrimary | Action::Promote)
+            );
+            self.message = match &view.leader {
+                Some(l) => format!("{} holds the leader lock: stopping PostgreSQL now", l.name),
+                None => "the leader lock vanished: stopping PostgreSQL now".into(),
+            };
+            if obs.pg.maybe_writable() || becoming_writable {
+                self.emit(Action::StopNow, Purpose::Other, now, out);
+            }
+            return;
+        }
         if let Some((_, task, _)) = &self.task {
             let what = task_name(task);
             if holder {
@@ -99,6 +119,19 @@ impl HaCore {
                     self.leaderless_since.get_or_insert(now);
                 } else {
                     self.leaderless_since = None;
+                }
+                if obs.pg.up && !obs.pg.supervised && !(obs.policy.pause && obs.pg.is_replica()) {
+                    // No dies-with-the-agent tie: restart it as our child before it may lead.
+                    // (A replica found so in pause is left alone and never promoted.)
+                    self.message =
+                        "PostgreSQL was not started by pgwarden: restarting it under pgwarden"
+                            .into();
+                    self.restarting_unsupervised = true;
+                    self.emit(Action::StopGraceful, Purpose::Task, now, out);
+                    if holder {
+                        self.renew_if_due(&obs, now, out);
+                    }
+                    return;
                 }
                 if obs.pg.up {
                     self.running(&obs, view, holder, now, out);
@@ -250,12 +283,11 @@ impl HaCore {
             Some(l) => {
                 let leader = l.name.clone();
                 // Someone else holds the lock: whatever we believed, we are not the leader.
-                self.lease_deadline = None;
+                self.drop_lease();
                 if obs.pg.maybe_writable() {
-                    if !obs.policy.pause {
-                        self.message = format!("demoting self because {leader} holds the lock");
-                        self.emit(Action::StopNow, Purpose::Other, now, out);
-                    }
+                    // Paused or not: two writable primaries are never allowed.
+                    self.message = format!("demoting self because {leader} holds the lock");
+                    self.emit(Action::StopNow, Purpose::Other, now, out);
                 } else if obs.pg.upstream.as_deref() != Some(leader.as_str()) {
                     self.not_streaming_since = None;
                     self.message = format!("following new leader {leader}");
@@ -311,16 +343,15 @@ impl HaCore {
                 "paused: no leader, and pgwarden does not race in maintenance mode".into();
             return;
         }
+        if !obs.pg.supervised {
+            self.message = "not racing: PostgreSQL was not started by pgwarden".into();
+            return;
+        }
         match race::pre_race(&self.me, &obs.pg, view, &obs.policy) {
             Err(why) => self.message = why,
             Ok(peers) if peers.is_empty() => {
                 self.message = "acquiring the leader lock".into();
-                self.emit(
-                    Action::AcquireLock,
-                    Purpose::Lock { acquiring: true },
-                    now,
-                    out,
-                );
+                self.emit(Action::AcquireLock, Purpose::lock(true), now, out);
             }
             Ok(names) => {
                 self.message = "probing peers before the leader race".into();
@@ -339,6 +370,12 @@ impl HaCore {
         self.renew_if_due(obs, now, out);
         if !self.holds_lock(now) {
             self.message = "confirming the leader lock".into();
+            return;
+        }
+        if obs.pg.is_replica() && !obs.pg.supervised {
+            self.message =
+                "not promoting: PostgreSQL was not started by pgwarden (paused); resume to restart it"
+                    .into();
             return;
         }
         if obs.pg.is_replica() {
@@ -459,7 +496,7 @@ impl HaCore {
                 .unwrap_or(now + obs.policy.retry_timeout);
             self.emit(
                 Action::RenewLock { deadline },
-                Purpose::Lock { acquiring: false },
+                Purpose::lock(false),
                 now,
                 out,
             );

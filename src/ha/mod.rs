@@ -32,8 +32,13 @@ pub use types::{DataDir, Identity, MonoTime, Observation, PeerFacts, PeerReport,
 #[derive(Debug, Clone, PartialEq)]
 enum Purpose {
     /// A lock operation; `acquiring` when taking the lock (not renewing it), which leads on to
-    /// promotion or the bootstrap start.
-    Lock { acquiring: bool },
+    /// promotion or the bootstrap start. `ttl` and `margin` are the policy's when it was sent:
+    /// the lease the store grants lasts that ttl.
+    Lock {
+        acquiring: bool,
+        ttl: Duration,
+        margin: Duration,
+    },
     /// Peers probed before taking the lock.
     RaceProbe,
     /// The switchover candidate probed before a graceful demotion.
@@ -46,13 +51,36 @@ enum Purpose {
     Other,
 }
 
+impl Purpose {
+    /// A lock operation; [`HaCore::emit`] records the ttl and margin in force.
+    fn lock(acquiring: bool) -> Purpose {
+        Purpose::Lock {
+            acquiring,
+            ttl: Duration::ZERO,
+            margin: Duration::ZERO,
+        }
+    }
+}
+
 /// The decision engine of one member. See the module documentation for the calling order.
 #[derive(Debug)]
 pub struct HaCore {
     me: Identity,
     next_id: u64,
-    /// While we hold the lock: the instant we must have stopped writing by.
+    /// While we hold the lock: the instant we must have stopped writing by. It comes from the
+    /// last successful lock operation alone (its send time, its ttl): a renewal with a shorter
+    /// ttl shortens it, because the store's lease is the new one.
     lease_deadline: Option<MonoTime>,
+    /// Send time of the lock operation that set `lease_deadline`: an older answer arriving
+    /// later never replaces it.
+    lease_sent_at: Option<MonoTime>,
+    /// An observation has shown this member as the holder since it took the lock. From then on,
+    /// a view without a leader means the lock vanished (deleted by hand, a store restored): the
+    /// holder stops writing at once instead of racing for it while writable. Before it, a view
+    /// without a leader may just predate our own write.
+    lock_seen: bool,
+    /// A postmaster pgwarden did not start is being stopped, to be started again as our child.
+    restarting_unsupervised: bool,
     /// When the last renewal left, to pace renewals.
     last_renew_sent: Option<MonoTime>,
     /// Actions sent and not yet answered.
@@ -94,6 +122,9 @@ impl HaCore {
             me,
             next_id: 0,
             lease_deadline: None,
+            lease_sent_at: None,
+            lock_seen: false,
+            restarting_unsupervised: false,
             last_renew_sent: None,
             pending: BTreeMap::new(),
             task: None,
@@ -169,10 +200,12 @@ impl HaCore {
         match input {
             Input::Observed(obs) => {
                 self.last_cycle = Some(now);
+                // Paused or not: a writable PostgreSQL without a valid lease is never kept
+                // (after a resume, the others may take a lock that lapsed during the pause).
                 let writable_unleased = obs.pg.maybe_writable() && !self.holds_lock(now);
                 self.last = Some(*obs);
                 let stopping = out.iter().any(|(_, a)| *a == Action::StopNow);
-                if writable_unleased && !self.paused() && !stopping {
+                if writable_unleased && !stopping {
                     self.message = "demoting: PostgreSQL runs as a primary without the lock".into();
                     self.emit(Action::StopNow, Purpose::Other, now, &mut out);
                     return out;
@@ -191,22 +224,25 @@ impl HaCore {
         out
     }
 
-    fn paused(&self) -> bool {
-        self.last.as_ref().is_some_and(|o| o.policy.pause)
+    /// We no longer hold a lease. (`lease_sent_at` stays: an older answer never re-arms it.)
+    fn drop_lease(&mut self) {
+        self.lease_deadline = None;
+        self.lock_seen = false;
     }
 
     fn expire_lease(&mut self, now: MonoTime, out: &mut Vec<(ActionId, Action)>) {
         if let Some(d) = self.lease_deadline
             && now >= d
         {
-            self.lease_deadline = None;
+            self.drop_lease();
             let writable = self.last.as_ref().is_some_and(|o| o.pg.maybe_writable());
             // A start or promotion in flight would make it writable soon: stop that too.
             let becoming_writable = matches!(
                 self.task_in_flight(),
                 Some(Action::StartPrimary | Action::Promote)
             );
-            if (writable || becoming_writable) && !self.paused() {
+            // Pause does not suspend this: the lock may be taken by another member once it lapses.
+            if writable || becoming_writable {
                 self.message = "lock deadline passed: stopping PostgreSQL now".into();
                 self.emit(Action::StopNow, Purpose::Other, now, out);
             }
@@ -228,6 +264,17 @@ impl HaCore {
         if let Action::RenewLock { .. } | Action::AcquireLock = action {
             self.last_renew_sent = Some(now);
         }
+        let purpose = match purpose {
+            Purpose::Lock { acquiring, .. } => {
+                let policy = self.last.as_ref().map(|o| &o.policy);
+                Purpose::Lock {
+                    acquiring,
+                    ttl: policy.map_or(Duration::ZERO, |p| p.ttl),
+                    margin: policy.map_or(Duration::ZERO, |p| p.safety_margin),
+                }
+            }
+            other => other,
+        };
         self.pending.insert(id, (action.clone(), purpose));
         out.push((id, action));
     }
@@ -251,7 +298,11 @@ impl HaCore {
         };
         match (purpose, outcome) {
             (
-                Purpose::Lock { acquiring },
+                Purpose::Lock {
+                    acquiring,
+                    ttl,
+                    margin,
+                },
                 Outcome::Lock {
                     held,
                     answered,
@@ -259,19 +310,26 @@ impl HaCore {
                 },
             ) => {
                 if held {
-                    let deadline = sent_at + policy.ttl.saturating_sub(policy.safety_margin);
-                    if deadline > now {
-                        self.lease_deadline =
-                            Some(self.lease_deadline.map_or(deadline, |d| d.max(deadline)));
+                    if self.lease_sent_at.is_none_or(|t| sent_at >= t) {
+                        // The lease is the one this operation left with: its deadline replaces
+                        // the previous one, earlier or later (ha-safety rule 1). The shorter of
+                        // the ttls in force at sending and now, the larger margin.
+                        let ttl = ttl.min(policy.ttl);
+                        let margin = margin.max(policy.safety_margin);
+                        self.lease_deadline = Some(sent_at + ttl.saturating_sub(margin));
+                        self.lease_sent_at = Some(sent_at);
+                        // An answer that arrives after its own deadline: stop now.
+                        self.expire_lease(now, out);
                     }
-                    if acquiring {
+                    if acquiring && self.lease_deadline.is_some() {
                         self.after_acquire(now, out);
                     }
                 } else if answered {
-                    // The store says the lock is not ours: stop writing at once.
-                    self.lease_deadline = None;
+                    // The store says the lock is not ours: stop writing at once, paused or not.
+                    self.drop_lease();
+                    self.lock_seen = false;
                     self.bootstrapping = false;
-                    if self.last.as_ref().is_some_and(|o| o.pg.maybe_writable()) && !policy.pause {
+                    if self.last.as_ref().is_some_and(|o| o.pg.maybe_writable()) {
                         self.message = "lost the leader lock: stopping PostgreSQL now".into();
                         self.emit(Action::StopNow, Purpose::Other, now, out);
                     }
@@ -292,12 +350,7 @@ impl HaCore {
                 match race::judge(&self.me, &obs.pg, view, &report, wait_for_starting) {
                     race::Verdict::Healthiest => {
                         self.message = "acquiring the leader lock as the healthiest member".into();
-                        self.emit(
-                            Action::AcquireLock,
-                            Purpose::Lock { acquiring: true },
-                            now,
-                            out,
-                        );
+                        self.emit(Action::AcquireLock, Purpose::lock(true), now, out);
                     }
                     race::Verdict::NotHealthiest(why) => {
                         self.message = format!(
@@ -349,12 +402,7 @@ impl HaCore {
         match action {
             Action::Bootstrap => {
                 if ok {
-                    self.emit(
-                        Action::AcquireLock,
-                        Purpose::Lock { acquiring: true },
-                        now,
-                        out,
-                    );
+                    self.emit(Action::AcquireLock, Purpose::lock(true), now, out);
                 } else {
                     self.bootstrapping = false;
                     self.emit(Action::CancelInitialize, Purpose::Other, now, out);
@@ -381,6 +429,14 @@ impl HaCore {
             Action::Promote if !ok => {
                 self.message = "promotion failed: giving up the lock".into();
                 self.give_up(now, out);
+            }
+            Action::StopGraceful if self.restarting_unsupervised => {
+                // The next cycle starts it again, as our child; the lock (if ours) stays.
+                self.restarting_unsupervised = false;
+                if ok && let Some(o) = self.last.as_mut() {
+                    o.pg.up = false;
+                    o.pg.in_recovery = None;
+                }
             }
             Action::StopGraceful => {
                 let holder = self.holds_lock(now) || self.dcs_says_holder();
@@ -428,7 +484,7 @@ impl HaCore {
     /// Stop being the leader: stop PostgreSQL now; the lock is released by the next cycle that
     /// sees PostgreSQL down.
     fn give_up(&mut self, now: MonoTime, out: &mut Vec<(ActionId, Action)>) {
-        self.lease_deadline = None;
+        self.drop_lease();
         self.give_up_lock = true;
         self.emit(Action::StopNow, Purpose::Other, now, out);
     }
@@ -447,7 +503,7 @@ impl HaCore {
         if self.last.as_ref().is_some_and(|o| o.pg.up) {
             return self.give_up(now, out);
         }
-        self.lease_deadline = None;
+        self.drop_lease();
         let version = self
             .last
             .as_ref()

@@ -195,6 +195,7 @@ mod tests {
             wal_position: pos,
             upstream: None,
             streaming: true,
+            supervised: true,
         }
     }
     fn policy() -> Policy {

@@ -47,6 +47,7 @@ fn primary() -> PgFacts {
         wal_position: 1000,
         upstream: None,
         streaming: false,
+        supervised: true,
     }
 }
 
@@ -59,6 +60,7 @@ fn replica(upstream: Option<&str>) -> PgFacts {
         in_recovery: Some(true),
         upstream: upstream.map(str::to_owned),
         streaming: upstream.is_some(),
+        supervised: true,
         ..primary()
     }
 }
@@ -338,4 +340,165 @@ fn a_former_primary_rewinds_once_the_new_leader_has_checkpointed() {
     }
     let out = observe(&mut core, Some(v), down, at(1));
     assert_eq!(actions(&out), vec![Action::Rewind { from: "b".into() }]);
+}
+
+fn observe_with(
+    core: &mut HaCore,
+    dcs: Option<ClusterView>,
+    pg: PgFacts,
+    policy: Policy,
+    now: MonoTime,
+) -> Vec<(ActionId, Action)> {
+    core.step(
+        Input::Observed(Box::new(Observation { dcs, pg, policy })),
+        now,
+    )
+}
+
+fn paused() -> Policy {
+    Policy {
+        pause: true,
+        ..policy()
+    }
+}
+
+#[test]
+fn a_shorter_ttl_shortens_the_deadline_at_the_next_renewal() {
+    let mut core = HaCore::new(me());
+    lead(&mut core, at(100));
+    assert_eq!(core.lease_deadline(), Some(at(127)));
+    // `ttl` lowered to 5 (margin 1): the renewal moves the lock to a 5 s lease, so the
+    // deadline must follow it down, not stay at the old ttl's.
+    let short = Policy {
+        ttl: 5 * S,
+        loop_wait: S,
+        retry_timeout: S,
+        safety_margin: S,
+        ..policy()
+    };
+    let out = observe_with(
+        &mut core,
+        Some(view(Some("a"))),
+        primary(),
+        short.clone(),
+        at(105),
+    );
+    let (id, a) = out[0].clone();
+    assert!(matches!(a, Action::RenewLock { .. }), "{a:?}");
+    complete(&mut core, id, answered(true, at(105)), at(105));
+    assert_eq!(core.lease_deadline(), Some(at(109)));
+    // Cut off from then on: PostgreSQL stops at 109, before anyone could take a 5 s lock.
+    let out = core.step(Input::Tick, at(109));
+    assert_eq!(actions(&out), vec![Action::StopNow]);
+}
+
+#[test]
+fn a_renewal_answered_after_its_own_deadline_stops_postgres_at_once() {
+    let mut core = HaCore::new(me());
+    lead(&mut core, at(100));
+    let short = Policy {
+        ttl: 5 * S,
+        loop_wait: S,
+        retry_timeout: S,
+        safety_margin: S,
+        ..policy()
+    };
+    let out = observe_with(&mut core, Some(view(Some("a"))), primary(), short, at(105));
+    let (id, _) = out[0].clone();
+    // Sent at 105 with a 5 s lease, answered at 110: held, but its deadline (109) has passed.
+    let out = complete(&mut core, id, answered(true, at(105)), at(110));
+    assert_eq!(actions(&out), vec![Action::StopNow]);
+    assert_eq!(core.lease_deadline(), None);
+}
+
+#[test]
+fn a_vanished_lock_stops_a_writable_leader_at_once() {
+    let mut core = HaCore::new(me());
+    lead(&mut core, at(100));
+    // The lock is seen as ours ...
+    let out = observe(&mut core, Some(view(Some("a"))), primary(), at(101));
+    assert!(!actions(&out).contains(&Action::StopNow), "{out:?}");
+    // ... then it is gone (deleted by hand): stop now, do not race for it while writable.
+    let out = observe(&mut core, Some(view(None)), primary(), at(102));
+    assert_eq!(actions(&out), vec![Action::StopNow]);
+    assert_eq!(core.lease_deadline(), None);
+}
+
+#[test]
+fn a_paused_leader_that_cannot_renew_still_stops_at_its_deadline() {
+    let mut core = HaCore::new(me());
+    let out = observe_with(
+        &mut core,
+        Some(view(Some("a"))),
+        replica(None),
+        paused(),
+        at(100),
+    );
+    let (id, _) = out[0].clone();
+    complete(&mut core, id, answered(true, at(100)), at(100));
+    let out = observe_with(&mut core, None, primary(), paused(), at(110));
+    assert!(out.is_empty(), "{out:?}");
+    // The store stays out of reach: after a resume the others could take the lapsed lock.
+    let out = core.step(Input::Tick, at(127));
+    assert_eq!(actions(&out), vec![Action::StopNow]);
+}
+
+#[test]
+fn a_paused_primary_stops_when_another_member_holds_the_lock() {
+    let mut core = HaCore::new(me());
+    let out = observe_with(&mut core, Some(view(Some("b"))), primary(), paused(), at(1));
+    assert_eq!(actions(&out), vec![Action::StopNow]);
+}
+
+fn unsupervised(pg: PgFacts) -> PgFacts {
+    PgFacts {
+        supervised: false,
+        ..pg
+    }
+}
+
+#[test]
+fn an_unsupervised_replica_is_restarted_under_pgwarden_before_it_races() {
+    let mut core = HaCore::new(me());
+    let out = observe(
+        &mut core,
+        Some(view(None)),
+        unsupervised(replica(None)),
+        at(1),
+    );
+    assert_eq!(actions(&out), vec![Action::StopGraceful]);
+    let (id, _) = out[0].clone();
+    let out = complete(&mut core, id, Outcome::Ok, at(2));
+    assert!(out.is_empty(), "a restart, not a hand-over: {out:?}");
+    let down = PgFacts {
+        up: false,
+        in_recovery: None,
+        ..replica(None)
+    };
+    let out = observe(&mut core, Some(view(None)), down, at(3));
+    assert_eq!(actions(&out), vec![Action::StartReplica { upstream: None }]);
+}
+
+#[test]
+fn an_unsupervised_replica_in_pause_is_never_promoted() {
+    let mut core = HaCore::new(me());
+    let out = observe_with(
+        &mut core,
+        Some(view(Some("a"))),
+        unsupervised(replica(None)),
+        paused(),
+        at(1),
+    );
+    let (id, a) = out[0].clone();
+    assert!(matches!(a, Action::RenewLock { .. }), "{a:?}");
+    let out = complete(&mut core, id, answered(true, at(1)), at(1));
+    assert!(!actions(&out).contains(&Action::Promote), "{out:?}");
+    let out = observe_with(
+        &mut core,
+        Some(view(Some("a"))),
+        unsupervised(replica(None)),
+        paused(),
+        at(2),
+    );
+    assert!(!actions(&out).contains(&Action::Promote), "{out:?}");
 }

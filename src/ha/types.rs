@@ -113,6 +113,11 @@ pub struct PgFacts {
     pub upstream: Option<String>,
     /// A replica's WAL receiver is streaming.
     pub streaming: bool,
+    /// The running postmaster is pgwarden's own child, tied to it by a parent-death signal.
+    /// `false` for one found running that pgwarden did not start (left by an earlier agent,
+    /// by Patroni, or by hand): it would outlive a `kill -9` of the agent, so it is never
+    /// promoted nor kept as a primary until restarted under pgwarden. `true` while down.
+    pub supervised: bool,
 }
 
 impl PgFacts {

@@ -85,6 +85,7 @@ impl FakePg {
             wal_position: self.wal,
             upstream: self.upstream.clone(),
             streaming: self.run == Run::Replica && self.streaming,
+            supervised: true,
         }
     }
 

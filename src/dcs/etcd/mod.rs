@@ -426,7 +426,7 @@ impl Dcs for EtcdDcs {
                         Some(PutOptions::new().with_lease(lease)),
                     )
                 };
-                let (ok, lease) = self
+                let (ok, _) = self
                     .txn_with_lease(&mut st, lease, "update leader lock", |lease| {
                         Txn::new()
                             .when([Compare::value(key.clone(), CompareOp::Equal, name.clone())])
@@ -436,15 +436,10 @@ impl Dcs for EtcdDcs {
                 if ok {
                     return Ok(true);
                 }
-                // 3. gone altogether: take it again if nobody else did.
-                let (ok, _) = self
-                    .txn_with_lease(&mut st, lease, "update leader lock", |lease| {
-                        Txn::new()
-                            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-                            .and_then([put(lease)])
-                    })
-                    .await?;
-                Ok(ok)
+                // 3. gone altogether (deleted by hand, or its lease ran out): the lock is lost.
+                // Never take it again here: the holder must stop writing first, and a new
+                // lock is taken only through the leader race.
+                Ok(false)
             })
             .await?;
         if let (true, Some(s)) = (held, status) {

@@ -275,6 +275,9 @@ impl KubernetesDcs {
                 Ok(Some(l))
             }
             Err(e) if code(&e) == Some(409) => Ok(None),
+            // Deleted behind our back: not ours any more (the caller reads it afresh and
+            // finds it gone). Counting this as a store error would keep the old deadline.
+            Err(e) if code(&e) == Some(404) => Ok(None),
             Err(e) => Err(classify("write lease", e)),
         }
     }
