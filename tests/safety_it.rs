@@ -1,0 +1,309 @@
+//! Split-brain paths around the HA core, on real PostgreSQL 15 and etcd: a ttl lowered before a
+//! partition, a leader lock deleted by hand, a postmaster pgwarden did not start.
+
+#[path = "support/cluster.rs"]
+mod cluster;
+#[path = "support/etcd.rs"]
+mod etcd_support;
+#[path = "support/proxy.rs"]
+mod proxy;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use cluster::{Cluster, Timings};
+use proxy::Proxy;
+use reqwest::Method;
+
+const LONG: Duration = Duration::from_secs(90);
+
+async fn streaming(c: &Cluster, name: &str) -> bool {
+    c.view()
+        .await
+        .is_some_and(|v| cluster::member_io::streaming_on(&v, name, v.timeline()))
+}
+
+/// A healthy cluster: (leader index, replica indexes), every replica streaming.
+async fn healthy(c: &Cluster) -> (usize, Vec<usize>) {
+    let leader = c
+        .wait_for("a leader", LONG, || async { c.leader().await })
+        .await;
+    let l = c.index(&leader);
+    let others: Vec<usize> = (0..c.members.len()).filter(|i| *i != l).collect();
+    for &i in &others {
+        let name = c.members[i].name.clone();
+        c.wait_for(&format!("{name} streaming"), LONG, || async {
+            streaming(c, &name).await.then_some(())
+        })
+        .await;
+    }
+    (l, others)
+}
+
+/// Whether the PostgreSQL at `port` accepts a write right now (bounded by a second).
+async fn accepts_write(port: u16) -> bool {
+    let w = cluster::member_io::sql(port, "INSERT INTO probe VALUES (1)");
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), w).await,
+        Ok(Ok(_))
+    )
+}
+
+/// Members' configurations rewritten so that member `i` reaches etcd through `etcd[i]` and its
+/// peers reach its REST API through `api[i]`: cutting both partitions it from everything but
+/// its PostgreSQL port (which the test's write probes use).
+async fn behind_proxies(c: &mut Cluster) -> Vec<(Proxy, Proxy)> {
+    let etcd: SocketAddr = c
+        .etcd
+        .endpoint()
+        .trim_start_matches("http://")
+        .parse()
+        .expect("etcd address");
+    let mut proxies = Vec::new();
+    for i in 0..c.members.len() {
+        let api: SocketAddr = ([127, 0, 0, 1], c.members[i].api_port).into();
+        let (e, a) = (Proxy::start(etcd).await, Proxy::start(api).await);
+        let path = c.members[i].config.clone();
+        let yaml = std::fs::read_to_string(&path).expect("config");
+        let yaml = yaml
+            .replace(
+                &format!("hosts: {etcd}"),
+                &format!("hosts: 127.0.0.1:{}", e.port),
+            )
+            .replace(
+                &format!("connect_address: 127.0.0.1:{}", c.members[i].api_port),
+                &format!("connect_address: 127.0.0.1:{}", a.port),
+            );
+        assert!(yaml.contains(&format!(":{}", e.port)), "{yaml}");
+        std::fs::write(&path, yaml).expect("write config");
+        proxies.push((e, a));
+    }
+    proxies
+}
+
+/// Lowering `ttl` with PATCH /config and then cutting the leader off: before the fix the
+/// leader kept the old ttl's deadline while its lock sat on a lease of the new, shorter ttl,
+/// and two members accepted writes for most of the old ttl.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lowered_ttl_shortens_a_partitioned_leaders_deadline() {
+    let t = Timings {
+        ttl: 30,
+        loop_wait: 2,
+        retry_timeout: 3,
+    };
+    let Some(mut c) = Cluster::start("itttl", 2, t).await else {
+        return;
+    };
+    let (l, _) = healthy(&c).await;
+    c.sql(l, "CREATE TABLE probe (x int)")
+        .await
+        .expect("create the probe table");
+    // Restart both members behind proxies (the data stays).
+    for i in 0..2 {
+        c.terminate(i);
+    }
+    let proxies = behind_proxies(&mut c).await;
+    for i in 0..2 {
+        c.spawn(i);
+    }
+    let (l, others) = healthy(&c).await;
+    let r = others[0];
+    let (code, body) = c
+        .api(
+            l,
+            Method::PATCH,
+            "/config",
+            Some(r#"{"ttl": 6, "loop_wait": 1, "retry_timeout": 2}"#),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    // A few renewals with the new ttl (one every loop_wait / 2).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(accepts_write(c.members[l].pg_port).await);
+
+    let (lp, rp) = (c.members[l].pg_port, c.members[r].pg_port);
+    let cut = Instant::now();
+    proxies[l].0.cut();
+    proxies[l].1.cut();
+    let mut old_stopped = None;
+    let mut new_writes = None;
+    let mut both = Vec::new();
+    while cut.elapsed() < Duration::from_secs(60) && (old_stopped.is_none() || new_writes.is_none())
+    {
+        let round = cut.elapsed();
+        let (ol, nr) = tokio::join!(accepts_write(lp), accepts_write(rp));
+        if ol && nr {
+            both.push(round);
+        }
+        if !ol && old_stopped.is_none() {
+            old_stopped = Some(round);
+        }
+        if nr && new_writes.is_none() {
+            new_writes = Some(round);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "after the cut: old leader refused writes at {old_stopped:?}, new leader wrote at {new_writes:?}"
+    );
+    if !both.is_empty() {
+        c.dump_logs();
+    }
+    assert!(
+        both.is_empty(),
+        "two members accepted writes at {} probe rounds, from {:?} to {:?} after the cut",
+        both.len(),
+        both.first(),
+        both.last()
+    );
+    assert!(new_writes.is_some(), "the replica never took over");
+    // Healed: the old leader rejoins as a replica of the new one.
+    proxies[l].0.heal();
+    proxies[l].1.heal();
+    let name = c.members[l].name.clone();
+    c.wait_for("the old leader streaming again", LONG, || async {
+        streaming(&c, &name).await.then_some(())
+    })
+    .await;
+}
+
+/// The leader key deleted by hand: the holder stops writing at once (before the fix its next
+/// renewal re-created the key and it went on as if nothing happened), and the cluster elects
+/// a leader again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_lock_is_deleted_stops_writing() {
+    let t = Timings {
+        ttl: 30,
+        loop_wait: 2,
+        retry_timeout: 3,
+    };
+    let Some(c) = Cluster::start("itdel", 2, t).await else {
+        return;
+    };
+    let (l, _) = healthy(&c).await;
+    c.sql(l, "CREATE TABLE probe (x int)")
+        .await
+        .expect("create the probe table");
+    let port = c.members[l].pg_port;
+    assert!(accepts_write(port).await);
+    let mut etcd = etcd_client::Client::connect([c.etcd.endpoint()], None)
+        .await
+        .expect("etcd client");
+    let deleted = Instant::now();
+    let r = etcd
+        .delete(format!("/service/{}/leader", c.scope), None)
+        .await
+        .expect("delete the leader key");
+    assert_eq!(r.deleted(), 1);
+    // Well before the lease deadline (ttl 30): its next renewal (every loop_wait / 2) finds the
+    // key gone.
+    c.wait_for(
+        "the old leader to refuse writes",
+        Duration::from_secs(20),
+        || async { (!accepts_write(port).await).then_some(()) },
+    )
+    .await;
+    eprintln!(
+        "the old leader stopped writing {:?} after the deletion",
+        deleted.elapsed()
+    );
+    // Then one leader again, and exactly one member writable.
+    let leader = c
+        .wait_for("a leader again", LONG, || async { c.leader().await })
+        .await;
+    let n = c.index(&leader);
+    c.wait_for("writes on the leader", LONG, || async {
+        accepts_write(c.members[n].pg_port).await.then_some(())
+    })
+    .await;
+    for i in 0..2 {
+        if i != n {
+            assert!(
+                !accepts_write(c.members[i].pg_port).await,
+                "member {i} is writable beside the leader {leader}"
+            );
+        }
+    }
+}
+
+fn postmaster_of(data_dir: &std::path::Path) -> Option<i32> {
+    let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
+    let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+    std::path::Path::new(&format!("/proc/{pid}"))
+        .exists()
+        .then_some(pid)
+}
+
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// A replica's postmaster started by hand (as one left by Patroni or an earlier agent would
+/// be): pgwarden restarts it as its own child, so it dies with the agent, before it may ever
+/// be promoted. Before the fix it adopted it as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postmaster_pgwarden_did_not_start_is_restarted_under_it() {
+    let t = Timings {
+        ttl: 10,
+        loop_wait: 1,
+        retry_timeout: 2,
+    };
+    let Some(mut c) = Cluster::start("itadopt", 2, t).await else {
+        return;
+    };
+    let (_, others) = healthy(&c).await;
+    let r = others[0];
+    let data = c.dir.join(&c.members[r].name).join("data");
+    let pm = postmaster_of(&data).expect("the replica's postmaster");
+    let argv: Vec<String> = std::fs::read(format!("/proc/{pm}/cmdline"))
+        .expect("cmdline")
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    c.terminate(r);
+    assert!(postmaster_of(&data).is_none(), "SIGTERM stops PostgreSQL");
+    // The same postmaster, started by the test in its own session as the postgres user.
+    let mut cmd = std::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    if nix::unistd::geteuid().is_root() {
+        use std::os::unix::process::CommandExt;
+        let u = nix::unistd::User::from_name("postgres")
+            .ok()
+            .flatten()
+            .expect("user postgres");
+        cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
+    }
+    let mut by_hand = cmd.spawn().expect("start postgres by hand");
+    let foreign = c
+        .wait_for("the hand-started postmaster", LONG, || async {
+            postmaster_of(&data)
+        })
+        .await;
+    assert_eq!(foreign, by_hand.id() as i32);
+    c.spawn(r);
+    let agent = c.members[r].child.as_ref().expect("agent").id() as i32;
+    let own = c
+        .wait_for("a postmaster that is the agent's child", LONG, || async {
+            postmaster_of(&data).filter(|p| parent_of(*p) == Some(agent))
+        })
+        .await;
+    assert_ne!(own, foreign);
+    assert!(
+        by_hand.try_wait().expect("wait").is_some(),
+        "the hand-started postmaster was stopped"
+    );
+    let name = c.members[r].name.clone();
+    c.wait_for("the replica streaming again", LONG, || async {
+        streaming(&c, &name).await.then_some(())
+    })
+    .await;
+}
