@@ -18,5 +18,6 @@ pub mod ctl;
 pub mod dcs;
 pub mod demo;
 pub mod ha;
+pub mod logging;
 pub mod postgres;
 pub mod util;

@@ -38,15 +38,15 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<std::ffi::OsString>,
     },
+    /// The lease fence process, started by the agent itself (internal).
+    #[command(hide = true)]
+    FenceHelper(pgwarden::agent::FenceHelperArgs),
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PGWARDEN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .init();
+/// The log never blocks a thread that logs (see `pgwarden::logging`); keep the guard until
+/// exit, when it flushes what is buffered.
+fn init_tracing() -> pgwarden::logging::LogGuard {
+    pgwarden::logging::init()
 }
 
 fn load_config(path: Option<&PathBuf>) -> Result<pgwarden::config::Config, String> {
@@ -144,7 +144,7 @@ fn main() -> ExitCode {
     if invoked_as.as_deref() == Some("patronictl") {
         return pgwarden::ctl::main(argv);
     }
-    init_tracing();
+    let _log = init_tracing();
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Run { config }) => run_member(config, cli.validate_config),
@@ -153,6 +153,11 @@ fn main() -> ExitCode {
             let mut argv = vec![std::ffi::OsString::from("patronictl")];
             argv.extend(args);
             pgwarden::ctl::main(argv)
+        }
+        Some(Command::FenceHelper(args)) => {
+            // the fence process never logs through tracing: no writer thread in it
+            drop(_log);
+            pgwarden::agent::fence_helper_main(args)
         }
         None => run_member(cli.config, cli.validate_config),
     }

@@ -1,5 +1,5 @@
 //! Carrying out the HA core's actions. Store operations run inline, bounded by
-//! `retry_timeout` and, for renewals, by the lease deadline; PostgreSQL tasks run in the
+//! `retry_timeout` and, while the lock is held, by the lease deadline; PostgreSQL tasks run in the
 //! background and report back through the task channel.
 
 use std::sync::Arc;
@@ -28,24 +28,37 @@ impl Agent {
                 queue.extend(more);
             }
         }
+        let ttl = self.dynamic.ttl;
         self.fence
-            .set(self.core.lease_deadline().map(|d| self.instant_of(d)));
+            .set(self.core.lease_deadline().map(|d| super::fence::Armed {
+                deadline: self.boottime_of(d),
+                ttl,
+            }));
     }
 
     /// One action; `None` when it runs as a background task.
     async fn execute_one(&mut self, id: ActionId, action: Action) -> Option<Outcome> {
         let retry = self.policy().retry_timeout;
+        // Every store operation is bounded by retry_timeout and, while we hold the lock, by its
+        // deadline: the loop must be back in time to stop PostgreSQL itself.
+        let until = match self.core.lease_deadline() {
+            Some(d) => self.instant_of(d).min(Instant::now() + retry),
+            None => Instant::now() + retry,
+        };
         let dcs = self.dcs.clone();
         match action {
             Action::StopNow => {
-                tracing::warn!("stopping PostgreSQL immediately");
-                super::fence::kill_postmaster(&self.cfg.postgresql.data_dir);
+                // Kill first, log after (confirm_down): every process of the data directory,
+                // backends included (they are session leaders of their own).
+                let data_dir = &self.cfg.postgresql.data_dir;
+                let killed = crate::postgres::kill_data_dir_processes(data_dir);
+                super::fence::confirm_down(data_dir.clone(), killed);
                 self.upstream = None;
                 Some(Outcome::Ok)
             }
             Action::AcquireLock => {
                 let sent_at = self.mono_now();
-                let r = timeout(retry, dcs.acquire_leader()).await;
+                let r = timeout_at(until, dcs.acquire_leader()).await;
                 Some(lock_outcome(r, sent_at))
             }
             Action::RenewLock { deadline } => {
@@ -57,11 +70,12 @@ impl Agent {
             }
             Action::ReleaseLock { version } => {
                 let status = self.leader_status();
-                let r = timeout(retry, dcs.release_leader(status.as_ref(), version.as_ref())).await;
+                let r =
+                    timeout_at(until, dcs.release_leader(status.as_ref(), version.as_ref())).await;
                 Some(dcs_outcome(r.map(|r| r.map(|_| ()))))
             }
             Action::ClaimInitialize => {
-                let r = timeout(retry, dcs.initialize(true, "")).await;
+                let r = timeout_at(until, dcs.initialize(true, "")).await;
                 Some(match r {
                     Ok(Ok(true)) => Outcome::Ok,
                     Ok(Ok(false)) => Outcome::Failed("another member is bootstrapping".into()),
@@ -70,7 +84,7 @@ impl Agent {
                 })
             }
             Action::WriteInitialize { sysid } => {
-                let r = timeout(retry, dcs.initialize(false, &sysid)).await;
+                let r = timeout_at(until, dcs.initialize(false, &sysid)).await;
                 // A holder also seeds a missing `config` from bootstrap.dcs (heals a wiped store).
                 let missing_config = self.view.as_ref().is_some_and(|v| v.config.is_none());
                 if missing_config {
@@ -81,25 +95,36 @@ impl Agent {
                         .map(|b| b.dcs.clone())
                         .unwrap_or_default();
                     let json = serde_json::to_string(&seed).unwrap_or_else(|_| "{}".into());
-                    if let Ok(Err(e)) = timeout(retry, dcs.set_config(&json, None)).await {
+                    if let Ok(Err(e)) = timeout_at(until, dcs.set_config(&json, None)).await {
                         tracing::warn!("could not write the initial configuration: {e}");
                     }
                 }
                 Some(dcs_outcome(r.map(|r| r.map(|_| ()))))
             }
             Action::CancelInitialize => {
-                let r = timeout(retry, dcs.cancel_initialization()).await;
+                let r = timeout_at(until, dcs.cancel_initialization()).await;
                 Some(dcs_outcome(r))
             }
             Action::ClearFailover { version } => {
-                let r = timeout(
-                    retry,
+                let r = timeout_at(
+                    until,
                     dcs.set_failover(&Failover::default(), version.as_ref()),
                 )
                 .await;
                 Some(dcs_outcome(r.map(|r| r.map(|_| ()))))
             }
-            Action::ProbePeers { names } => Some(Outcome::Peers(self.probe_peers(&names).await)),
+            Action::ProbePeers { names } => {
+                // Probes take up to 2 s; a leader's never outlast its deadline (no answer then
+                // reads as "no candidate").
+                let probe = self.probe_peers(&names);
+                let report = match self.core.lease_deadline() {
+                    Some(d) => timeout_at(self.instant_of(d), probe)
+                        .await
+                        .unwrap_or_default(),
+                    None => probe.await,
+                };
+                Some(Outcome::Peers(report))
+            }
             Action::Fatal { reason } => {
                 self.fatal = Some(reason);
                 Some(Outcome::Ok)

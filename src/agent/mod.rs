@@ -2,12 +2,14 @@
 //! sleeps until the next deadline, a store change, an API command or a task completion. It
 //! never decides anything itself.
 
+pub mod clock;
 mod commands;
 mod execute;
 mod fence;
 mod observe;
 mod publish;
 pub mod settings;
+mod watchdog;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -27,7 +29,7 @@ use crate::postgres::Postgres;
 
 use execute::TaskNote;
 use fence::Fence;
-pub use fence::{kill_postmaster, postmaster_pid};
+pub use fence::{FenceHelperArgs, fence_helper_main, kill_postmaster, postmaster_pid};
 use observe::PgSeen;
 
 /// A finished PostgreSQL task.
@@ -58,7 +60,8 @@ pub struct Agent {
     tasks_rx: mpsc::UnboundedReceiver<TaskDone>,
     bootstrap_pending: bool,
     fatal: Option<String>,
-    start: Instant,
+    /// Boot time ([`clock::boottime_now`]) at start: `MonoTime` zero.
+    start: Duration,
     last_member: Option<Member>,
     last_member_shape: Option<String>,
     last_member_write: Option<Instant>,
@@ -215,7 +218,7 @@ pub async fn run(
     }));
     let mut agent = Agent {
         core: HaCore::new(settings::identity(&cfg)),
-        fence: Fence::spawn(cfg.postgresql.data_dir.clone()),
+        fence: Fence::spawn(cfg.postgresql.data_dir.clone(), cfg.watchdog.as_ref())?,
         dynamic_version: view.config.as_ref().map(|c| c.version.clone()),
         view: Some(view),
         view_read_at: Some(Instant::now()),
@@ -232,7 +235,7 @@ pub async fn run(
         tasks_rx,
         bootstrap_pending: false,
         fatal: None,
-        start: Instant::now(),
+        start: clock::boottime_now(),
         last_member: None,
         last_member_shape: None,
         last_member_write: None,
@@ -250,11 +253,25 @@ impl Agent {
         settings::policy(&self.cfg, &self.dynamic)
     }
 
+    /// The core's clock: boot time since start, so that time spent suspended counts and a
+    /// leader resumed after a suspend finds its deadline passed.
     fn mono_now(&self) -> MonoTime {
-        MonoTime(self.start.elapsed())
+        MonoTime(clock::boottime_now().saturating_sub(self.start))
     }
 
+    /// `t` as a tokio `Instant` (for sleeps and timeouts), measured from now.
     fn instant_of(&self, t: MonoTime) -> Instant {
+        let now = self.mono_now();
+        let at = Instant::now();
+        if t >= now {
+            at + (t.0 - now.0)
+        } else {
+            at.checked_sub(now.0 - t.0).unwrap_or(at)
+        }
+    }
+
+    /// `t` on the boot-time clock (what the fence process compares).
+    fn boottime_of(&self, t: MonoTime) -> Duration {
         self.start + t.0
     }
 
@@ -318,7 +335,13 @@ impl Agent {
     /// failover request, the configuration, the cluster's identity or membership. Our own
     /// member and status writes do not.
     async fn relevant_change(&mut self) -> bool {
-        let Ok(v) = self.dcs.load(false).await else {
+        // Bounded like every store call, so a slow read cannot hold the loop past the deadline.
+        let retry = self.policy().retry_timeout;
+        let until = match self.core.lease_deadline() {
+            Some(d) => self.instant_of(d).min(Instant::now() + retry),
+            None => Instant::now() + retry,
+        };
+        let Ok(Ok(v)) = tokio::time::timeout_at(until, self.dcs.load(false)).await else {
             return true;
         };
         let Some(old) = &self.view else { return true };

@@ -100,43 +100,42 @@ impl Agent {
         }
     }
 
-    /// Asks peers for `GET /patroni` in parallel, each bounded by two seconds (Patroni's).
+    /// Asks peers for `GET /patroni` concurrently, each bounded by two seconds (Patroni's).
     pub(crate) async fn probe_peers(&self, names: &[String]) -> PeerReport {
         let members: BTreeMap<String, Member> = self
             .view
             .as_ref()
             .map(|v| v.members.clone())
             .unwrap_or_default();
-        let futures = names.iter().map(|name| {
-            let url = members.get(name).and_then(|m| m.api_url.clone());
-            let client = self.http.clone();
-            let name = name.clone();
-            async move {
-                let facts = match url {
-                    Some(url) => probe_one(&client, &url).await,
-                    None => None,
-                };
-                (name, facts)
-            }
-        });
-        futures_join_all(futures).await.into_iter().collect()
+        let targets = names
+            .iter()
+            .map(|name| {
+                let url = members.get(name).and_then(|m| m.api_url.clone());
+                (name.clone(), url)
+            })
+            .collect();
+        probe_all(&self.http, targets).await
     }
 }
 
-async fn futures_join_all<F: std::future::Future>(
-    fs: impl IntoIterator<Item = F>,
-) -> Vec<F::Output> {
-    let handles: Vec<_> = fs.into_iter().collect();
-    let mut out = Vec::with_capacity(handles.len());
-    // Each probe is bounded; run them concurrently on this task.
-    let mut set = Vec::new();
-    for f in handles {
-        set.push(Box::pin(f));
-    }
-    for f in set {
-        out.push(f.await);
-    }
-    out
+/// Probes every `(name, api_url)` at once: the whole probe takes as long as the slowest peer
+/// (at most its two-second bound), not the sum. A peer without a URL, or that does not answer
+/// in time, is `None`.
+pub(crate) async fn probe_all(
+    client: &reqwest::Client,
+    targets: Vec<(String, Option<String>)>,
+) -> PeerReport {
+    let probes = targets.into_iter().map(|(name, url)| async move {
+        let facts = match url {
+            Some(url) => probe_one(client, &url).await,
+            None => None,
+        };
+        (name, facts)
+    });
+    futures::future::join_all(probes)
+        .await
+        .into_iter()
+        .collect()
 }
 
 async fn probe_one(client: &reqwest::Client, url: &str) -> Option<PeerFacts> {
@@ -191,5 +190,64 @@ mod tests {
             serde_json::from_str(r#"{"state": "running", "role": "master", "xlog": {"location": 5}, "tags": {"nofailover": true}}"#).unwrap();
         let f = peer_facts(&primary);
         assert!(f.is_primary && f.nofailover);
+    }
+
+    /// A fake peer: answers one `GET /patroni` per connection, but only once `arrived` has
+    /// seen `expected` requests (across all fake peers), so it answers only if it is asked
+    /// while the others are being asked too.
+    async fn stalling_peer(arrived: std::sync::Arc<tokio::sync::Barrier>, wal: u64) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/patroni", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let arrived = arrived.clone();
+                tokio::spawn(async move {
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match sock.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => req.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    assert!(req.starts_with(b"GET /patroni "), "{req:?}");
+                    arrived.wait().await;
+                    let body = format!(
+                        r#"{{"state": "running", "role": "replica", "xlog": {{"received_location": {wal}}}}}"#
+                    );
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = sock.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn peers_are_probed_concurrently() {
+        // Each peer answers only after both requests have arrived: probed one after the
+        // other, the first would time out (2 s) before the second is even asked.
+        let arrived = std::sync::Arc::new(tokio::sync::Barrier::new(2));
+        let a = stalling_peer(arrived.clone(), 100).await;
+        let b = stalling_peer(arrived.clone(), 200).await;
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let report = probe_all(
+            &client,
+            vec![
+                ("a".into(), Some(a)),
+                ("b".into(), Some(b)),
+                ("no-url".into(), None),
+            ],
+        )
+        .await;
+        assert_eq!(report.len(), 3);
+        let wal = |n: &str| report[n].as_ref().map(|f| f.wal_position);
+        assert_eq!(wal("a"), Some(100), "{report:?}");
+        assert_eq!(wal("b"), Some(200), "{report:?}");
+        assert!(report["no-url"].is_none());
     }
 }

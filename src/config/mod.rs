@@ -15,6 +15,7 @@ mod local;
 mod types;
 mod unknown;
 mod value;
+mod watchdog;
 mod yaml;
 
 pub use dynamic::{DynamicConfig, SyncMode};
@@ -27,6 +28,7 @@ pub use types::{
     Postgresql, RestApi,
 };
 pub use unknown::unknown_keys;
+pub use watchdog::{Watchdog, WatchdogMode};
 
 #[cfg(test)]
 mod tests;

@@ -26,6 +26,10 @@ use std::time::{Duration, Instant};
 
 pub use controldata::{Controldata, DataDirState, parse_controldata};
 pub use error::PgError;
+pub use process::{
+    kill_data_dir_processes, kill_data_dir_processes_confirmed, postgres_processes_in,
+    postmaster_pid_file_alive,
+};
 pub use settings::{Credentials, PgSettings, PgStatus, ReplicationRow, StartAs, StopMode};
 
 use conf::{BASE_CONF, CONF, HBA, RecoveryConf, STANDBY_SIGNAL};

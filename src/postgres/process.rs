@@ -144,31 +144,33 @@ impl Postmaster {
         signal_pid(self.pid as i32, sig)
     }
 
-    /// SIGKILL the postmaster, its process group and its direct children (backends are
-    /// session leaders of their own, so the group alone does not reach them), then reap.
+    /// SIGKILL everything of this server: the postmaster (stopped first, so it cannot fork
+    /// more), its process group, its direct children and every postgres process whose working
+    /// directory is the postmaster's data directory (backends are session leaders of their own,
+    /// so neither the group nor the postmaster's death reaches them); then reap. Logs after.
     pub fn kill_hard(&mut self) {
         if !self.is_alive() {
             return;
         }
-        let children = children_of(self.pid as i32);
-        tracing::warn!(
-            pid = self.pid,
-            ?children,
-            "sending SIGKILL to the postmaster and its children"
-        );
+        let pid = self.pid as i32;
+        // The postmaster chdirs into its data directory early; before that its cwd is ours.
+        let dir = std::fs::read_link(format!("/proc/{pid}/cwd"))
+            .ok()
+            .filter(|d| d.join("PG_VERSION").is_file());
+        let killed = kill_all(Some(pid), dir.as_deref());
+        // SAFETY: kill(2) on our own child's process group.
         unsafe {
-            libc::kill(-(self.pid as i32), libc::SIGKILL);
-            libc::kill(self.pid as i32, libc::SIGKILL);
-        }
-        for c in children {
-            unsafe {
-                libc::kill(c, libc::SIGKILL);
-            }
+            libc::kill(-pid, libc::SIGKILL);
         }
         match self.child.wait() {
             Ok(st) => self.exit = Some(st),
             Err(e) => tracing::warn!("waiting for the killed postmaster: {e}"),
         }
+        tracing::warn!(
+            pid,
+            killed,
+            "sent SIGKILL to the postmaster and its processes"
+        );
     }
 
     /// The last lines the postmaster wrote to stdout/stderr.
@@ -178,18 +180,35 @@ impl Postmaster {
     }
 }
 
+/// Forwards one of the postmaster's output pipes, line by line, to tracing (non-blocking and
+/// lossy, see `crate::logging`) and to the ring buffer of its last lines. It never stops reading
+/// before EOF: a stalled reader would fill the pipe and block PostgreSQL's own logging.
+/// Invalid UTF-8 is replaced, and a line longer than 8 KiB is passed on in pieces, so neither
+/// ends the forwarding nor grows memory without bound.
 fn forward<R: std::io::Read + Send + 'static>(r: R, buf: Arc<Mutex<VecDeque<String>>>, pid: u32) {
+    const MAX_LINE: u64 = 8192;
     let _ = std::thread::Builder::new()
         .name(format!("pg-log-{pid}"))
         .spawn(move || {
-            for line in BufReader::new(r).lines() {
-                let Ok(line) = line else { break };
+            use std::io::Read;
+            let mut reader = BufReader::new(r);
+            let mut raw = Vec::new();
+            loop {
+                raw.clear();
+                match (&mut reader).take(MAX_LINE).read_until(b'\n', &mut raw) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                }
+                let text = String::from_utf8_lossy(&raw);
+                let line = text.trim_end_matches(['\n', '\r']);
                 tracing::info!(target: "postgres", pid, "{line}");
                 let mut b = buf.lock().unwrap_or_else(|e| e.into_inner());
                 if b.len() >= STDERR_LINES {
                     b.pop_front();
                 }
-                b.push_back(line);
+                b.push_back(line.to_owned());
             }
         });
 }
@@ -253,4 +272,121 @@ pub fn postmaster_pid_file_alive(data_dir: &Path) -> Option<i32> {
         // no /proc access: trust kill(pid, 0)
         Err(_) => Some(pid),
     }
+}
+
+/// Stops PostgreSQL in `data_dir` dead, whatever state the agent is in: SIGSTOP the postmaster
+/// named in `postmaster.pid` (so it forks no more backends), then SIGKILL it, its direct
+/// children and every process whose working directory is `data_dir` and that looks like
+/// postgres (a backend calls `setsid()`, so only this reaches one that is committing). Our
+/// own pid is never signalled; zombies (which commit nothing) do not count.
+///
+/// Returns how many processes were alive and signalled: 0 means PostgreSQL is confirmed
+/// down. Takes no lock, does not log, blocks on nothing but a scan of /proc.
+pub fn kill_data_dir_processes(data_dir: &Path) -> usize {
+    let dir = std::fs::canonicalize(data_dir).ok();
+    let postmaster = postmaster_pid_file_alive(data_dir).filter(|&pid| {
+        // pid reuse: a postgres of another data directory is not ours
+        match (&dir, cwd_of(pid)) {
+            (Some(dir), Some(cwd)) => cwd == *dir,
+            _ => true,
+        }
+    });
+    kill_all(postmaster, dir.as_deref())
+}
+
+/// [`kill_data_dir_processes`] every `every` until it finds nothing alive (true) or `give_up`
+/// has passed (false).
+pub fn kill_data_dir_processes_confirmed(
+    data_dir: &Path,
+    every: std::time::Duration,
+    give_up: std::time::Duration,
+) -> bool {
+    let until = std::time::Instant::now() + give_up;
+    loop {
+        if kill_data_dir_processes(data_dir) == 0 {
+            return true;
+        }
+        if std::time::Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// SIGSTOP `postmaster`, then SIGKILL it, its children and the postgres processes in `dir`.
+fn kill_all(postmaster: Option<i32>, dir: Option<&Path>) -> usize {
+    let me = std::process::id() as i32;
+    let postmaster = postmaster.filter(|&p| p > 0 && p != me);
+    if let Some(pm) = postmaster {
+        // SAFETY: kill(2) with a pid; no memory is involved.
+        unsafe {
+            libc::kill(pm, libc::SIGSTOP);
+        }
+    }
+    let mut victims: Vec<i32> = Vec::new();
+    if let Some(pm) = postmaster {
+        victims.push(pm);
+        victims.extend(children_of(pm));
+    }
+    if let Some(dir) = dir {
+        victims.extend(postgres_processes_in(dir));
+    }
+    victims.sort_unstable();
+    victims.dedup();
+    victims.retain(|&p| p > 0 && p != me && !is_zombie_or_gone(p));
+    for &p in &victims {
+        // SAFETY: as above.
+        unsafe {
+            libc::kill(p, libc::SIGKILL);
+        }
+    }
+    victims.len()
+}
+
+fn cwd_of(pid: i32) -> Option<std::path::PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/cwd")).ok()
+}
+
+/// No /proc entry, or exited and not yet reaped.
+fn is_zombie_or_gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(s) => s
+            .rfind(')')
+            .and_then(|i| s[i + 1..].split_whitespace().next())
+            .is_none_or(|state| state == "Z" || state == "X"),
+    }
+}
+
+/// Live processes whose working directory is `dir` (canonical) and that look like postgres.
+pub fn postgres_processes_in(dir: &Path) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&p| cwd_of(p).is_some_and(|c| c == dir) && looks_like_postgres(p))
+        .collect()
+}
+
+/// The executable is `postgres` (or `postmaster`), or the command line is a postgres process
+/// title (`postgres: checkpointer`, `/usr/lib/postgresql/15/bin/postgres -D ...`).
+fn looks_like_postgres(pid: i32) -> bool {
+    let is_pg_name = |name: &str| name == "postgres" || name == "postmaster";
+    if let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe"))
+        && let Some(name) = exe.file_name().and_then(|n| n.to_str())
+        && is_pg_name(name.trim_end_matches(" (deleted)"))
+    {
+        return true;
+    }
+    let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let argv0 = cmd.split(|b| *b == 0).next().unwrap_or_default();
+    let argv0 = String::from_utf8_lossy(argv0);
+    if argv0.starts_with("postgres:") || argv0.starts_with("postmaster:") {
+        return true;
+    }
+    let program = argv0.split(' ').next().unwrap_or_default();
+    is_pg_name(program.rsplit('/').next().unwrap_or_default())
 }

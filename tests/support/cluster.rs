@@ -64,6 +64,16 @@ fn pg_bin_dir() -> PathBuf {
 impl Cluster {
     /// Starts etcd and `n` members; `None` (skip) when components are missing outside CI.
     pub async fn start(scope: &str, n: usize, t: Timings) -> Option<Cluster> {
+        let mut c = Cluster::prepare(scope, n, t).await?;
+        for i in 0..n {
+            c.spawn(i);
+        }
+        Some(c)
+    }
+
+    /// As [`Cluster::start`], but without spawning the members: the test spawns each one
+    /// ([`Cluster::spawn`], [`Cluster::spawn_unread_pipe`]).
+    pub async fn prepare(scope: &str, n: usize, t: Timings) -> Option<Cluster> {
         if !pg_bin_dir().join("postgres").is_file() {
             assert!(!in_ci(), "CI=true but PostgreSQL 15 is missing");
             eprintln!("SKIPPED: PostgreSQL 15 is missing");
@@ -112,9 +122,6 @@ impl Cluster {
         for i in 0..n {
             let (pg, api) = (ports.next().unwrap(), ports.next().unwrap());
             c.add_member(&format!("m{i}"), pg, api, &t);
-        }
-        for i in 0..n {
-            c.spawn(i);
         }
         Some(c)
     }
@@ -181,6 +188,20 @@ impl Cluster {
         let cmd = self.command(&self.members[i].config.clone(), &self.log_path(i));
         let mut cmd = cmd;
         self.members[i].child = Some(cmd.spawn().expect("spawn pgwarden"));
+    }
+
+    /// Spawns member `i` with its stdout and stderr on one pipe that nobody reads, and
+    /// `PGWARDEN_LOG=log_filter`: once the pipe's buffer (64 KiB) is full, every write to it
+    /// blocks. Hold the returned reader as long as the member runs (with the reader gone,
+    /// writes would fail instead of block); the member's log file stays empty.
+    pub fn spawn_unread_pipe(&mut self, i: usize, log_filter: &str) -> std::io::PipeReader {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        let mut cmd = self.command(&self.members[i].config.clone(), &self.log_path(i));
+        cmd.stdout(writer.try_clone().expect("dup pipe"))
+            .stderr(writer)
+            .env("PGWARDEN_LOG", log_filter);
+        self.members[i].child = Some(cmd.spawn().expect("spawn pgwarden"));
+        reader
     }
 
     /// SIGKILL the member's agent; its PostgreSQL dies with it (parent-death signal).
