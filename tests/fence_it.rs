@@ -237,7 +237,10 @@ async fn fence_helper_kills_at_the_deadline_and_at_the_end_of_its_input() {
         .unwrap();
     assert!(r.is_err(), "the statement in flight must not complete");
 
-    // PostgreSQL again, a new far deadline, then the end of the fence's input
+    // PostgreSQL again (once the killed postmaster, our child, has been reaped), a new far
+    // deadline, then the end of the fence's input
+    let reaped = within(Duration::from_secs(10), || !p.is_running());
+    assert!(reaped.is_some(), "the killed postmaster is reaped");
     p.start(StartAs::Primary).await.expect("restart");
     assert!(!processes_of(&s.data_dir).is_empty());
     stdin

@@ -1,0 +1,131 @@
+//! `pgwarden fence-helper`: the fence process's entry, its arguments and its report to stderr.
+
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use super::fence_loop::{BootTimer, FenceLoop, MAX_SLEEP};
+use super::{MESSAGE_LEN, decode};
+use crate::agent::clock::boottime_now;
+use crate::agent::watchdog::WatchdogDevice;
+use crate::config::{Watchdog, WatchdogMode};
+
+/// The fence process's report: one line to stderr, only if stderr takes it at once (a pipe
+/// with room, a file, a terminal). A stuck log reader loses lines; it never stops the fence.
+fn say_stderr(line: &str) {
+    let line = format!("pgwarden fence-helper: {line}\n");
+    let mut pfd = libc::pollfd {
+        fd: libc::STDERR_FILENO,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: poll(2) on one initialised pollfd, without waiting.
+    let ready = unsafe { libc::poll(&mut pfd, 1, 0) } == 1 && pfd.revents & libc::POLLOUT != 0;
+    if ready {
+        // a pipe with room takes up to PIPE_BUF bytes without blocking
+        let n = line.len().min(libc::PIPE_BUF);
+        // SAFETY: write(2) of a valid buffer; the result does not matter.
+        unsafe {
+            libc::write(libc::STDERR_FILENO, line.as_ptr().cast(), n);
+        }
+    }
+}
+
+/// `pgwarden fence-helper`: the fence process (started by the agent; not for humans).
+#[derive(Debug, clap::Args)]
+pub struct FenceHelperArgs {
+    /// PostgreSQL's data directory.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// watchdog.mode: off, automatic or required.
+    #[arg(long, default_value = "off")]
+    pub watchdog_mode: String,
+    /// watchdog.device.
+    #[arg(long, default_value = "/dev/watchdog")]
+    pub watchdog_device: PathBuf,
+    /// watchdog.safety_margin (seconds; -1: half of ttl).
+    #[arg(long, default_value_t = 5, allow_hyphen_values = true)]
+    pub watchdog_safety_margin: i64,
+}
+
+/// The fence process: single-threaded, no runtime, nothing written before a kill.
+pub fn fence_helper_main(args: FenceHelperArgs) -> ExitCode {
+    // SAFETY: getppid has no preconditions.
+    let parent = unsafe { libc::getppid() };
+    let mode = WatchdogMode::from_name(&args.watchdog_mode).unwrap_or(WatchdogMode::Off);
+    let watchdog = (mode != WatchdogMode::Off).then(|| {
+        WatchdogDevice::new(
+            Watchdog {
+                mode,
+                device: args.watchdog_device.clone(),
+                safety_margin: args.watchdog_safety_margin,
+            },
+            say_stderr,
+        )
+    });
+    let mut fence = FenceLoop::new(args.data_dir, watchdog, say_stderr);
+    let timer = BootTimer::new();
+    let stdin: RawFd = libc::STDIN_FILENO;
+    let mut buf = [0u8; 64 * MESSAGE_LEN];
+    let mut have = 0usize;
+    // (a parent that died before this point is noticed at the end of stdin; pid 1 may well
+    // be the agent itself, in a container)
+    let mut eof = false;
+    while !eof {
+        let now = boottime_now();
+        let sleep = fence.sleep(now);
+        let wake_at = now + sleep;
+        let timeout_ms = match &timer {
+            // the timer counts suspension; poll's timeout does not, and stays as a backstop
+            Some(t) if t.set(wake_at) => MAX_SLEEP.as_millis() as libc::c_int,
+            _ => sleep.as_millis().max(1) as libc::c_int,
+        };
+        let mut fds = [
+            libc::pollfd {
+                fd: stdin,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: timer.as_ref().map_or(-1, |t| t.fd),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: poll(2) on an array of two initialised pollfds.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout_ms) };
+        if rc > 0 && fds[0].revents != 0 {
+            // SAFETY: read(2) into the free tail of our buffer.
+            let n = unsafe { libc::read(stdin, buf[have..].as_mut_ptr().cast(), buf.len() - have) };
+            if n == 0 {
+                eof = true;
+            } else if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if !matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EAGAIN)) {
+                    eof = true;
+                }
+            } else {
+                have += n as usize;
+                let whole = have / MESSAGE_LEN * MESSAGE_LEN;
+                for m in buf[..whole].chunks_exact(MESSAGE_LEN) {
+                    fence.message(decode(m.try_into().expect("a whole message")));
+                }
+                buf.copy_within(whole..have, 0);
+                have -= whole;
+            }
+        }
+        if let Some(t) = &timer {
+            t.drain();
+        }
+        // SAFETY: as above.
+        if unsafe { libc::getppid() } != parent {
+            eof = true;
+        }
+        fence.tick(boottime_now());
+    }
+    if fence.finish() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
