@@ -85,6 +85,17 @@ impl MemStore {
     }
 
     /// Whether a lease is alive.
+    /// The lease a key is bound to.
+    pub fn lease_of(&mut self, key: &str, now: Duration) -> Option<LeaseId> {
+        self.expire(now);
+        self.keys.get(key).and_then(|e| e.lease)
+    }
+
+    /// The ttl a lease was granted with, while it exists.
+    pub fn lease_ttl(&self, lease: LeaseId) -> Option<Duration> {
+        self.leases.get(&lease).map(|(ttl, _)| *ttl)
+    }
+
     pub fn lease_alive(&mut self, lease: LeaseId, now: Duration) -> bool {
         self.expire(now);
         self.leases.contains_key(&lease)

@@ -340,6 +340,13 @@ pub struct ClusterView {
     pub sync: Option<Versioned<SyncState>>,
     /// The `failsafe` key.
     pub failsafe: Option<BTreeMap<String, String>>,
+    /// The former holder of a lock that was removed while that holder may still be writable
+    /// (the key or Lease deleted by hand, or released by a holder still alive): on etcd, the
+    /// leader key was deleted while the lease it was bound to lives, for at most ttl after the
+    /// deletion was seen; on Kubernetes, the Lease was deleted before it expired for this
+    /// observer. A racer takes the lock only once this member has answered that it is not a
+    /// primary: otherwise it may still commit until its own deadline.
+    pub vanished_leader: Option<String>,
     /// Values that did not parse.
     pub problems: Vec<Problem>,
 }

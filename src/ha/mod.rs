@@ -242,7 +242,8 @@ impl HaCore {
                 Some(Action::StartPrimary | Action::Promote)
             );
             // Pause does not suspend this: the lock may be taken by another member once it lapses.
-            if writable || becoming_writable {
+            let stopping = out.iter().any(|(_, a)| *a == Action::StopNow);
+            if (writable || becoming_writable) && !stopping {
                 self.message = "lock deadline passed: stopping PostgreSQL now".into();
                 self.emit(Action::StopNow, Purpose::Other, now, out);
             }
@@ -263,6 +264,13 @@ impl HaCore {
         }
         if let Action::RenewLock { .. } | Action::AcquireLock = action {
             self.last_renew_sent = Some(now);
+            // If this operation lands, the lock lasts `ttl` from about now, whatever its answer
+            // says or whether one comes: with a shorter ttl than the lease in hand, that is
+            // sooner than the current deadline, which must not outlast it.
+            if let (Some(d), Some(o)) = (self.lease_deadline, &self.last) {
+                let landing = now + o.policy.ttl.saturating_sub(o.policy.safety_margin);
+                self.lease_deadline = Some(d.min(landing));
+            }
         }
         let purpose = match purpose {
             Purpose::Lock { acquiring, .. } => {

@@ -63,8 +63,15 @@ pub fn pre_race(
         return Err("not racing: PostgreSQL status is unknown".into());
     }
     let manual = manual_failover(&me.name, view.failover.as_ref().map(|f| &f.value));
+    // A vanished lock's former holder is always asked (see `judge`), even by a named candidate.
+    let vanished: Vec<String> = view
+        .vanished_leader
+        .iter()
+        .filter(|n| **n != me.name && view.members.get(*n).is_some_and(|m| m.api_url.is_some()))
+        .cloned()
+        .collect();
     match manual {
-        ManualFailover::ToMe => return Ok(Vec::new()),
+        ManualFailover::ToMe => return Ok(vanished),
         ManualFailover::AwayFrom(l)
         | ManualFailover::ToOther {
             former_leader: Some(l),
@@ -89,7 +96,11 @@ pub fn pre_race(
     let peers = view
         .members
         .iter()
-        .filter(|(name, m)| *name != &me.name && m.api_url.is_some() && !m.nofailover())
+        .filter(|(name, m)| {
+            *name != &me.name
+                && m.api_url.is_some()
+                && (!m.nofailover() || view.vanished_leader.as_ref() == Some(*name))
+        })
         .map(|(name, _)| name.clone())
         .collect();
     Ok(peers)
@@ -107,6 +118,18 @@ pub fn judge(
     wait_for_starting: bool,
 ) -> Verdict {
     let manual = manual_failover(&me.name, view.failover.as_ref().map(|f| &f.value));
+    if let Some(gone) = view.vanished_leader.as_deref()
+        && gone != me.name
+        && peers
+            .get(gone)
+            .is_none_or(|p| p.as_ref().is_none_or(|p| p.is_primary))
+    {
+        // Its lock went away before its lease ran out, and it has not said that it stopped: it
+        // may still commit until its deadline (at most ttl after the lock vanished).
+        return Verdict::NotHealthiest(format!(
+            "the leader lock of {gone} vanished while {gone} may still be writable"
+        ));
+    }
     if manual == ManualFailover::ToMe {
         return Verdict::Healthiest;
     }
@@ -236,6 +259,33 @@ mod tests {
             running: true,
             starting: false,
         })
+    }
+
+    #[test]
+    fn a_vanished_lock_is_taken_only_once_its_holder_said_it_stopped() {
+        let mut v = view();
+        v.vanished_leader = Some("b".into());
+        // The former holder is asked, even by the candidate a switchover names.
+        v.failover = Some(Versioned {
+            value: Failover {
+                leader: Some("b".into()),
+                member: Some("a".into()),
+                scheduled_at: None,
+            },
+            version: Version("1".into()),
+        });
+        assert_eq!(pre_race(&me(), &pg(995), &v, &policy()).unwrap(), vec!["b"]);
+        let mut peers = PeerReport::new();
+        peers.insert("b".into(), None);
+        assert!(matches!(
+            judge(&me(), &pg(995), &v, &peers, true),
+            Verdict::NotHealthiest(m) if m.contains("vanished")
+        ));
+        peers.insert("b".into(), peer(990, 1));
+        assert_eq!(
+            judge(&me(), &pg(995), &v, &peers, true),
+            Verdict::Healthiest
+        );
     }
 
     #[test]

@@ -502,3 +502,30 @@ fn an_unsupervised_replica_in_pause_is_never_promoted() {
     );
     assert!(!actions(&out).contains(&Action::Promote), "{out:?}");
 }
+
+#[test]
+fn a_renewal_with_a_shorter_ttl_shortens_the_deadline_even_unanswered() {
+    let mut core = HaCore::new(me());
+    lead(&mut core, at(100));
+    assert_eq!(core.lease_deadline(), Some(at(127)));
+    let short = Policy {
+        ttl: 5 * S,
+        loop_wait: S,
+        retry_timeout: S,
+        safety_margin: S,
+        ..policy()
+    };
+    let out = observe_with(&mut core, Some(view(Some("a"))), primary(), short, at(105));
+    let (id, a) = out[0].clone();
+    assert!(matches!(a, Action::RenewLock { .. }), "{a:?}");
+    // It may land and move the lock to a 5 s lease even if its answer is lost.
+    assert_eq!(core.lease_deadline(), Some(at(109)));
+    let lost = Outcome::Lock {
+        held: false,
+        answered: false,
+        sent_at: at(105),
+    };
+    complete(&mut core, id, lost, at(106));
+    let out = core.step(Input::Tick, at(109));
+    assert_eq!(actions(&out), vec![Action::StopNow]);
+}

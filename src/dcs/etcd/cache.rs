@@ -29,6 +29,19 @@ pub(super) type Entries = BTreeMap<String, Entry>;
 struct State {
     entries: Entries,
     healthy: bool,
+    vanished: Option<Vanished>,
+}
+
+/// The leader key as it was when a watch event deleted it: a deletion by hand (or a release)
+/// leaves the holder's lease alive, a lapsed lease takes the key with it. See
+/// [`crate::dcs::ClusterView::vanished_leader`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Vanished {
+    pub holder: String,
+    pub lease: i64,
+    pub seen: std::time::Instant,
+    /// The lease was found alive (checked once); `None` until checked.
+    pub lease_alive: Option<bool>,
 }
 
 /// What the watch task and the backend share.
@@ -69,6 +82,22 @@ impl Shared {
     pub(super) fn view(&self) -> Option<ClusterView> {
         let st = self.lock();
         st.healthy.then(|| view_of(&st.entries))
+    }
+
+    /// The last deleted leader key, while no leader key has been written since.
+    pub(super) fn vanished(&self) -> Option<Vanished> {
+        self.lock().vanished.clone()
+    }
+
+    /// Records the result of the lease check of the vanished leader key `v`.
+    pub(super) fn set_vanished_lease(&self, v: &Vanished, alive: bool) {
+        let mut st = self.lock();
+        if let Some(cur) = st.vanished.as_mut()
+            && cur.lease == v.lease
+            && cur.seen == v.seen
+        {
+            cur.lease_alive = Some(alive);
+        }
     }
 
     /// The cached entry for `key`, `Some(None)` if known absent, `None` if the cache is not healthy.
@@ -212,12 +241,25 @@ async fn list_and_watch(
             match ev.event_type() {
                 EventType::Put => {
                     if let Some((k, e)) = entry_of(prefix, kv) {
+                        if k == "leader" {
+                            st.vanished = None;
+                        }
                         st.entries.insert(k, e);
                     }
                 }
                 EventType::Delete => {
                     if let Some(rel) = keys::relative(prefix, kv.key()) {
-                        st.entries.remove(String::from_utf8_lossy(rel).as_ref());
+                        let key = String::from_utf8_lossy(rel);
+                        if let Some(old) = st.entries.remove(key.as_ref())
+                            && key == "leader"
+                        {
+                            st.vanished = Some(Vanished {
+                                holder: String::from_utf8_lossy(&old.value).into_owned(),
+                                lease: old.lease,
+                                seen: std::time::Instant::now(),
+                                lease_alive: None,
+                            });
+                        }
                     }
                 }
             }

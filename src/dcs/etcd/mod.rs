@@ -293,6 +293,32 @@ impl EtcdDcs {
         .await
     }
 
+    /// The holder of a leader key deleted while its lease lives (by hand, or a release): within
+    /// ttl of the deletion, the lease checked once per deletion (a failed check counts as
+    /// alive, so it only costs waiting).
+    async fn vanished_leader(&self) -> Option<String> {
+        let v = self.shared.vanished()?;
+        if v.seen.elapsed() >= self.ttl() || v.lease_alive == Some(false) {
+            return None;
+        }
+        let alive = match v.lease_alive {
+            Some(a) => a,
+            None if v.lease == 0 => true,
+            None => {
+                let mut leases = self.client.lease_client();
+                let check = leases.time_to_live(v.lease, None);
+                let alive = match tokio::time::timeout(self.retry_timeout, check).await {
+                    Ok(Ok(r)) => r.ttl() > 0,
+                    Ok(Err(e)) => !lease_gone(&e),
+                    Err(_) => true,
+                };
+                self.shared.set_vanished_lease(&v, alive);
+                alive
+            }
+        };
+        alive.then_some(v.holder)
+    }
+
     async fn read(&self) -> Result<ClusterView, DcsError> {
         let resp = self
             .client
@@ -329,10 +355,14 @@ impl EtcdDcs {
 #[async_trait]
 impl Dcs for EtcdDcs {
     async fn load(&self, fresh: bool) -> Result<ClusterView, DcsError> {
-        if !fresh && let Some(v) = self.shared.view() {
-            return Ok(v);
+        let mut view = match self.shared.view() {
+            Some(v) if !fresh => v,
+            _ => self.run("read cluster", || self.read()).await?,
+        };
+        if view.leader.is_none() {
+            view.vanished_leader = self.vanished_leader().await;
         }
-        self.run("read cluster", || self.read()).await
+        Ok(view)
     }
 
     fn changes(&self) -> watch::Receiver<u64> {

@@ -40,6 +40,9 @@ pub(super) struct Observed {
 #[derive(Debug, Default)]
 pub(super) struct Observer {
     last: Option<Observed>,
+    /// The last version of a Lease that was then deleted (by hand: releases write an empty
+    /// holder instead). Its holder may write until that version expires for this observer.
+    deleted: Option<Observed>,
 }
 
 impl Observer {
@@ -51,8 +54,13 @@ impl Observer {
         fallback: Duration,
     ) -> bool {
         let Some(l) = lease else {
-            return self.last.take().is_some();
+            let had = self.last.take();
+            if had.as_ref().is_some_and(|o| o.holder.is_some()) {
+                self.deleted = had.clone();
+            }
+            return had.is_some();
         };
+        self.deleted = None;
         let rv = l.metadata.resource_version.clone().unwrap_or_default();
         if self.last.as_ref().is_some_and(|o| o.rv == rv) {
             return false;
@@ -80,9 +88,16 @@ impl Observer {
         (now < o.seen_at + o.duration).then(|| (h, Version(o.rv.clone())))
     }
 
-    /// When the current holder will count as gone (to wake the HA loop then).
+    /// The holder of a Lease deleted before it expired for this observer, until it would have.
+    pub(super) fn vanished(&self, now: Instant) -> Option<&str> {
+        let o = self.deleted.as_ref()?;
+        (now < o.seen_at + o.duration).then_some(o.holder.as_deref()?)
+    }
+
+    /// When the current holder (or that of a deleted Lease) will count as gone, to wake the HA
+    /// loop then.
     pub(super) fn expires_at(&self) -> Option<Instant> {
-        let o = self.last.as_ref()?;
+        let o = self.last.as_ref().or(self.deleted.as_ref())?;
         o.holder.as_ref()?;
         Some(o.seen_at + o.duration)
     }
@@ -266,6 +281,25 @@ mod tests {
         o.observe(Some(&lease("2", Some("a"), 30)), t0, Duration::from_secs(5));
         assert!(o.observe(None, t0, Duration::from_secs(5)));
         assert!(o.holder(t0).is_none());
+    }
+
+    #[test]
+    fn a_deleted_lease_names_its_holder_until_it_would_have_expired() {
+        let t0 = Instant::now();
+        let mut o = Observer::default();
+        o.observe(Some(&lease("1", Some("a"), 30)), t0, Duration::from_secs(5));
+        o.observe(None, t0 + Duration::from_secs(10), Duration::from_secs(5));
+        assert!(o.holder(t0 + Duration::from_secs(10)).is_none());
+        assert_eq!(o.vanished(t0 + Duration::from_secs(29)), Some("a"));
+        assert_eq!(o.vanished(t0 + Duration::from_secs(30)), None);
+        assert_eq!(o.expires_at(), Some(t0 + Duration::from_secs(30)));
+        // A Lease written again (taken or released) ends it.
+        o.observe(
+            Some(&lease("2", None, 30)),
+            t0 + Duration::from_secs(11),
+            Duration::from_secs(5),
+        );
+        assert_eq!(o.vanished(t0 + Duration::from_secs(12)), None);
     }
 
     #[test]

@@ -181,9 +181,14 @@ impl KubernetesDcs {
 
     fn view_of(&self, st: &Store) -> ClusterView {
         let mut raw: Vec<(String, String, String)> = Vec::new();
-        if let Some((holder, v)) = self.shared.observer().holder(Instant::now()) {
-            raw.push(("leader".into(), holder.to_owned(), v.0));
-        }
+        let now = Instant::now();
+        let vanished = {
+            let observer = self.shared.observer();
+            if let Some((holder, v)) = observer.holder(now) {
+                raw.push(("leader".into(), holder.to_owned(), v.0));
+            }
+            observer.vanished(now).map(str::to_owned)
+        };
         if let Some(l) = &st.lease {
             let rv = l.metadata.resource_version.clone().unwrap_or_default();
             if let Some(s) = lease::status_raw(l) {
@@ -195,10 +200,12 @@ impl KubernetesDcs {
         }
         raw.extend(configmaps::raw_entries(&self.names, &st.configmaps));
         raw.extend(pods::raw_entries(&st.pods));
-        ClusterView::from_raw(
+        let mut view = ClusterView::from_raw(
             raw.iter()
                 .map(|(k, v, rv)| (k.as_str(), v.as_str(), Version(rv.clone()))),
-        )
+        );
+        view.vanished_leader = vanished;
+        view
     }
 
     /// A fresh read of everything (start-up, REST): one GET and two label-selected LISTs.
