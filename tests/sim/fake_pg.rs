@@ -25,6 +25,8 @@ pub struct FakePg {
     pub wal: u64,
     pub timeline: u64,
     pub upstream: Option<String>,
+    /// While an immediate stop is under way: when it completes. Another kill cannot delay it.
+    pub killed_by: Option<std::time::Duration>,
     /// Receiving WAL from a running upstream (set by the world at every tick).
     pub streaming: bool,
     /// Bumped on every transition, so a stale completion is recognised and dropped.
@@ -39,6 +41,7 @@ impl FakePg {
             wal: 0,
             timeline: 1,
             upstream: None,
+            killed_by: None,
             streaming: false,
             epoch: 0,
         }

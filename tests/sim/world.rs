@@ -26,14 +26,68 @@ const STALL_MAX: Duration = Duration::from_millis(300);
 
 #[derive(Debug, Clone)]
 pub enum Fault {
-    CrashMember { who: usize, down_for: Duration },
-    CrashPg { who: usize },
-    CutFromStore { who: usize, for_: Duration },
-    CutFromPeers { who: usize, for_: Duration },
-    Isolate { who: usize, for_: Duration },
-    StoreOutage { for_: Duration },
-    Stall { who: usize, for_: Duration },
-    Switchover { to: usize },
+    CrashMember {
+        who: usize,
+        down_for: Duration,
+    },
+    CrashPg {
+        who: usize,
+    },
+    CutFromStore {
+        who: usize,
+        for_: Duration,
+    },
+    CutFromPeers {
+        who: usize,
+        for_: Duration,
+    },
+    Isolate {
+        who: usize,
+        for_: Duration,
+    },
+    StoreOutage {
+        for_: Duration,
+    },
+    Stall {
+        who: usize,
+        for_: Duration,
+    },
+    Switchover {
+        to: usize,
+    },
+    /// `PATCH /config` of the timings: members learn it when they next read the store.
+    ChangeTimings {
+        timings: Timings,
+    },
+    /// The leader key deleted by hand.
+    DeleteLock,
+    /// `pause: true` in the config for a while.
+    Pause {
+        for_: Duration,
+    },
+}
+
+/// The cluster's timings (dynamic configuration).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timings {
+    pub ttl: Duration,
+    pub loop_wait: Duration,
+    pub retry_timeout: Duration,
+}
+
+impl Timings {
+    fn random(rng: &mut StdRng) -> Timings {
+        let ttl = Duration::from_secs([5, 10, 30][rng.random_range(0..3)]);
+        let loop_wait = Duration::from_secs(rng.random_range(1..=(ttl.as_secs() / 3).max(1)));
+        let retry_timeout = ((ttl - loop_wait) / 2)
+            .min(Duration::from_secs(10))
+            .max(Duration::from_secs(1));
+        Timings {
+            ttl,
+            loop_wait,
+            retry_timeout,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -89,6 +143,7 @@ enum HealWhat {
     Peers(usize),
     StoreAll,
     Unfreeze,
+    Resume,
 }
 
 pub struct SimMember {
@@ -109,6 +164,11 @@ pub struct SimMember {
     wake_pending: bool,
     next_wake: Option<Duration>,
     last_member_json: String,
+    /// The timings and pause flag this member last read from the store.
+    timings: Timings,
+    paused: bool,
+    /// Real time of the last lease deadline its core reported (for the deadline invariant).
+    deadline_real: Option<Duration>,
 }
 
 pub struct Params {
@@ -116,6 +176,9 @@ pub struct Params {
     pub ttl: Duration,
     pub loop_wait: Duration,
     pub retry_timeout: Duration,
+    /// The longest ttl and loop_wait of the run (timings change mid-run).
+    pub max_ttl: Duration,
+    pub max_loop_wait: Duration,
     pub loss: f64,
     pub spike: f64,
     pub fault_phase: Duration,
@@ -125,11 +188,12 @@ pub struct Params {
 
 impl Params {
     pub fn random(rng: &mut StdRng) -> Params {
-        let ttl = Duration::from_secs([5, 10, 30][rng.random_range(0..3)]);
-        let loop_wait = Duration::from_secs(rng.random_range(1..=(ttl.as_secs() / 3).max(1)));
-        let retry_timeout = ((ttl - loop_wait) / 2)
-            .min(Duration::from_secs(10))
-            .max(Duration::from_secs(1));
+        let Timings {
+            ttl,
+            loop_wait,
+            retry_timeout,
+        } = Timings::random(rng);
+        let (mut max_ttl, mut max_loop_wait) = (ttl, loop_wait);
         let members = rng.random_range(2..=4);
         let fault_phase = Duration::from_secs(rng.random_range(30..150));
         let nfaults = rng.random_range(0..10);
@@ -138,7 +202,7 @@ impl Params {
             let at = Duration::from_millis(rng.random_range(5_000..fault_phase.as_millis() as u64));
             let who = rng.random_range(0..members);
             let d = Duration::from_millis(rng.random_range(200..(ttl.as_millis() as u64 * 3)));
-            let f = match rng.random_range(0..9) {
+            let f = match rng.random_range(0..12) {
                 0 => Fault::CrashMember { who, down_for: d },
                 1 => Fault::CrashPg { who },
                 2 => Fault::CutFromStore { who, for_: d },
@@ -149,6 +213,14 @@ impl Params {
                     who,
                     for_: Duration::from_millis(rng.random_range(1..=STALL_MAX.as_millis() as u64)),
                 },
+                9 => {
+                    let timings = Timings::random(rng);
+                    max_ttl = max_ttl.max(timings.ttl);
+                    max_loop_wait = max_loop_wait.max(timings.loop_wait);
+                    Fault::ChangeTimings { timings }
+                }
+                10 => Fault::DeleteLock,
+                11 => Fault::Pause { for_: d },
                 _ => Fault::Switchover { to: who },
             };
             faults.push((at, f));
@@ -158,17 +230,28 @@ impl Params {
             ttl,
             loop_wait,
             retry_timeout,
+            max_ttl,
+            max_loop_wait,
             loss: [0.0, 0.02, 0.1][rng.random_range(0..3)],
             spike: [0.0, 0.02][rng.random_range(0..2)],
             fault_phase,
             faults,
-            quiet_phase: ttl * 2 + loop_wait + Duration::from_secs(30),
+            quiet_phase: max_ttl * 2 + max_loop_wait + Duration::from_secs(30),
         }
     }
 }
 
 pub struct World {
     pub now: Duration,
+    /// The timings and pause flag in the store's `config`.
+    timings: Timings,
+    pause: u32,
+    /// The holder whose lock was deleted by hand, until a lock exists again: it cannot know
+    /// at that instant, so it is held to "never two writers" and its deadline only.
+    deleted_holder: Option<String>,
+    /// The last leader key deleted while bound to a lease (by hand or by a release): its
+    /// holder, that lease, when, and the holder's ttl. See `ClusterView::vanished_leader`.
+    vanished: Option<(String, LeaseId, Duration, Duration)>,
     rng: StdRng,
     pub store: MemStore,
     store_down: u32,
@@ -205,11 +288,26 @@ impl World {
                     wake_pending: false,
                     next_wake: None,
                     last_member_json: String::new(),
+                    timings: Timings {
+                        ttl: params.ttl,
+                        loop_wait: params.loop_wait,
+                        retry_timeout: params.retry_timeout,
+                    },
+                    paused: false,
+                    deadline_real: None,
                 }
             })
             .collect();
         let mut w = World {
             now: Duration::ZERO,
+            timings: Timings {
+                ttl: params.ttl,
+                loop_wait: params.loop_wait,
+                retry_timeout: params.retry_timeout,
+            },
+            pause: 0,
+            deleted_holder: None,
+            vanished: None,
             rng,
             store: MemStore::new(),
             store_down: 0,
@@ -235,16 +333,18 @@ impl World {
         w
     }
 
-    fn policy(&self) -> Policy {
+    /// The policy member `who` works with: what it last read from the store.
+    fn policy(&self, who: usize) -> Policy {
+        let m = &self.members[who];
         Policy {
-            ttl: self.params.ttl,
-            loop_wait: self.params.loop_wait,
-            retry_timeout: self.params.retry_timeout,
+            ttl: m.timings.ttl,
+            loop_wait: m.timings.loop_wait,
+            retry_timeout: m.timings.retry_timeout,
             maximum_lag_on_failover: 1 << 20,
             use_pg_rewind: true,
             remove_data_directory_on_rewind_failure: false,
-            pause: false,
-            safety_margin: Policy::default_margin(self.params.ttl),
+            pause: m.paused,
+            safety_margin: Policy::default_margin(m.timings.ttl),
         }
     }
 
@@ -290,7 +390,7 @@ impl World {
 
     /// Runs until the end of the quiet phase; an error names the broken invariant.
     pub fn run(&mut self) -> Result<(), String> {
-        let heal_at = self.params.fault_phase + self.params.ttl * 3;
+        let heal_at = self.params.fault_phase + self.params.max_ttl * 3;
         let end = heal_at + self.params.quiet_phase;
         let mut leader_seen_after_heal = None;
         while let Some(Reverse((at, _, idx))) = self.queue.pop() {
@@ -304,6 +404,7 @@ impl World {
             }
             if !self.quiet && self.now >= heal_at {
                 self.quiet = true;
+                self.pause = 0;
                 self.log("quiet phase: every fault healed".into());
             }
             let Some(ev) = self.events[idx].take() else {
@@ -321,7 +422,7 @@ impl World {
         }
         // Liveness: with everything healed and connected, a leader that takes writes exists
         // within ttl + loop_wait (plus the latency of promotion and of probing peers).
-        let bound = self.params.ttl + self.params.loop_wait + Duration::from_secs(5);
+        let bound = self.params.max_ttl + self.params.max_loop_wait + Duration::from_secs(5);
         match leader_seen_after_heal {
             Some(t) if t <= heal_at + bound => Ok(()),
             Some(t) => Err(format!(
@@ -356,6 +457,18 @@ impl World {
         let writable: Vec<usize> = (0..self.members.len())
             .filter(|&i| self.members[i].pg.writable())
             .collect();
+        // A holder whose lock was deleted by hand is exempt from "writable only as the store's
+        // holder" until it has stopped (it learns of the deletion some time later).
+        if let Some(d) = &self.deleted_holder
+            && let Some(m) = self.members.iter().find(|m| m.name == *d)
+            && !m.pg.writable()
+            && !matches!(
+                m.core.task_in_flight(),
+                Some(Action::StartPrimary | Action::Promote)
+            )
+        {
+            self.deleted_holder = None;
+        }
         if writable.len() > 1 {
             return Err(format!(
                 "two writable primaries at once: {writable:?}; {}",
@@ -363,9 +476,23 @@ impl World {
             ));
         }
         if let Some(&w) = writable.first() {
+            // Never writable past its member's lease deadline (plus the time an immediate
+            // stop takes, which the safety margin budgets).
+            match self.members[w].deadline_real {
+                Some(d) if self.now <= d + STOP_MAX => {}
+                d => {
+                    let name = self.members[w].name.clone();
+                    let now = self.now;
+                    return Err(format!(
+                        "{name} writable at {now:?}, past its lease deadline {d:?}; {}",
+                        self.describe()
+                    ));
+                }
+            }
             let holder = self.store.get("leader", self.now);
             let name = self.members[w].name.clone();
-            if holder.as_deref() != Some(name.as_str()) {
+            let deleted = self.deleted_holder.as_deref() == Some(name.as_str());
+            if holder.as_deref() != Some(name.as_str()) && !deleted {
                 return Err(format!(
                     "{name} writable while the lock is {holder:?}; {}",
                     self.describe()
@@ -526,6 +653,10 @@ impl World {
                     HealWhat::Peers(i) => self.members[i].peers_cut -= 1,
                     HealWhat::StoreAll => self.store_down -= 1,
                     HealWhat::Unfreeze => {}
+                    HealWhat::Resume => {
+                        self.pause = self.pause.saturating_sub(1);
+                        self.notify_watchers();
+                    }
                 }
                 self.log(format!("heal {h:?}"));
             }
@@ -539,6 +670,7 @@ impl World {
                 m.wake_pending = false;
                 m.next_wake = None;
                 m.last_member_json.clear();
+                m.deadline_real = None;
                 let inc = m.inc;
                 self.log(format!("restart m{who}"));
                 self.schedule(self.now, Ev::Wake(who, inc));
@@ -602,6 +734,30 @@ impl World {
                 m.frozen_until = m.frozen_until.max(now + for_);
                 self.schedule(now + for_, Ev::Heal(HealWhat::Unfreeze));
             }
+            Fault::ChangeTimings { timings } => {
+                self.timings = timings;
+                let json = format!(
+                    r#"{{"ttl": {}, "loop_wait": {}, "retry_timeout": {}}}"#,
+                    timings.ttl.as_secs(),
+                    timings.loop_wait.as_secs(),
+                    timings.retry_timeout.as_secs()
+                );
+                self.store.put("config", &json, None, now);
+                self.notify_watchers();
+            }
+            Fault::DeleteLock => {
+                if let Some(h) = self.store.get("leader", now) {
+                    self.deleted_holder = Some(h);
+                }
+                self.note_vanishing(now);
+                self.store.delete("leader", now);
+                self.notify_watchers();
+            }
+            Fault::Pause { for_ } => {
+                self.pause += 1;
+                self.notify_watchers();
+                self.schedule(now + for_, Ev::Heal(HealWhat::Resume));
+            }
             Fault::Switchover { to } => {
                 if let Some(leader) = self.store.get("leader", now) {
                     let f = Failover {
@@ -643,6 +799,7 @@ impl World {
         }
         let now_local = self.local(who);
         let actions = self.members[who].core.step(Input::Tick, now_local);
+        self.note_deadline(who);
         self.execute(who, actions);
         if self.members[who].busy > 0 {
             self.members[who].wake_pending = true;
@@ -650,18 +807,24 @@ impl World {
         }
         // Observe.
         let view = if self.reaches_store(who) {
-            Some(self.store.view(self.now))
+            // The member reads the config key too (the shell applies it before the cycle).
+            self.members[who].timings = self.timings;
+            self.members[who].paused = self.pause > 0;
+            let mut view = self.store.view(self.now);
+            view.vanished_leader = self.vanished_leader();
+            Some(view)
         } else {
             None
         };
         let obs = Observation {
             dcs: view,
             pg: self.members[who].pg.facts(),
-            policy: self.policy(),
+            policy: self.policy(who),
         };
         let actions = self.members[who]
             .core
             .step(Input::Observed(Box::new(obs)), now_local);
+        self.note_deadline(who);
         self.execute(who, actions);
         self.publish_member(who);
         // Sleep until the core's next wake-up (the shell also wakes on store changes).
@@ -709,10 +872,16 @@ impl World {
     }
 
     fn ensure_lease(&mut self, who: usize) -> LeaseId {
+        let ttl = self.members[who].timings.ttl;
         match self.members[who].lease {
-            Some(l) if self.store.lease_alive(l, self.now) => l,
+            // As etcd's backend: a changed ttl takes a new lease; keys move on their next write.
+            Some(l)
+                if self.store.lease_alive(l, self.now) && self.store.lease_ttl(l) == Some(ttl) =>
+            {
+                l
+            }
             _ => {
-                let l = self.store.grant(self.params.ttl, self.now);
+                let l = self.store.grant(ttl, self.now);
                 self.members[who].lease = Some(l);
                 self.members[who].last_member_json.clear();
                 l
@@ -723,7 +892,41 @@ impl World {
     fn feed(&mut self, who: usize, input: Input) {
         let now_local = self.local(who);
         let actions = self.members[who].core.step(input, now_local);
+        self.note_deadline(who);
         self.execute(who, actions);
+    }
+
+    /// Remembers the leader key about to be deleted, with its lease.
+    fn note_vanishing(&mut self, now: Duration) {
+        let holder = self.store.get("leader", now);
+        let lease = self.store.lease_of("leader", now);
+        if let (Some(h), Some(l)) = (holder, lease) {
+            let ttl = self
+                .members
+                .iter()
+                .find(|m| m.name == h)
+                .map_or(self.timings.ttl, |m| m.timings.ttl);
+            self.vanished = Some((h, l, now, ttl));
+        }
+    }
+
+    /// As the etcd backend reports it: the holder of a deleted leader key whose lease lives,
+    /// within its ttl of the deletion, while no leader key exists.
+    fn vanished_leader(&mut self) -> Option<String> {
+        let now = self.now;
+        if self.store.get("leader", now).is_some() {
+            self.vanished = None;
+        }
+        let (h, l, at, ttl) = self.vanished.clone()?;
+        (now < at + ttl && self.store.lease_alive(l, now)).then_some(h)
+    }
+
+    /// Records the member's lease deadline in real time, for the deadline invariant.
+    fn note_deadline(&mut self, who: usize) {
+        if let Some(d) = self.members[who].core.lease_deadline() {
+            let real = self.real_of(who, d);
+            self.members[who].deadline_real = Some(real);
+        }
     }
 
     fn execute(&mut self, who: usize, actions: Vec<(ActionId, Action)>) {
@@ -742,7 +945,9 @@ impl World {
         match action {
             Action::StopNow => {
                 let pg = &mut self.members[who].pg;
-                if pg.run != Run::Down {
+                let killing = matches!(pg.run, Run::Stopping { .. })
+                    && pg.killed_by.is_some_and(|t| t >= now);
+                if pg.run != Run::Down && !killing {
                     let writable =
                         pg.writable() || matches!(pg.run, Run::Starting { as_primary: true });
                     let was_replica = pg.run == Run::Replica
@@ -757,6 +962,7 @@ impl World {
                         + Duration::from_millis(
                             self.rng.random_range(1..=STOP_MAX.as_millis() as u64),
                         );
+                    self.members[who].pg.killed_by = Some(at);
                     self.schedule(
                         at,
                         Ev::PgDone {
@@ -786,7 +992,7 @@ impl World {
                     let p = &self.members[j];
                     let answers = p.alive && p.frozen_until <= now && self.peers_linked(who, j);
                     let facts = answers.then(|| PeerFacts {
-                        is_primary: p.pg.run == Run::Primary,
+                        is_primary: p.pg.writable(),
                         wal_position: p.pg.wal,
                         nofailover: false,
                         failover_priority: 1,
@@ -944,14 +1150,15 @@ impl World {
     fn dcs_request(&mut self, who: usize, id: ActionId, action: Action) {
         let inc = self.members[who].inc;
         let sent_at = self.local(who);
-        let limit = match &action {
-            Action::RenewLock { deadline } => {
-                let until = self.real_of(who, *deadline);
-                until
-                    .saturating_sub(self.now)
-                    .min(self.params.retry_timeout)
-            }
-            _ => self.params.retry_timeout,
+        // As the shell: bounded by retry_timeout and, while a lease is held, by its deadline.
+        let retry = self.members[who].timings.retry_timeout;
+        let deadline = match &action {
+            Action::RenewLock { deadline } => Some(*deadline),
+            _ => self.members[who].core.lease_deadline(),
+        };
+        let limit = match deadline {
+            Some(d) => self.real_of(who, d).saturating_sub(self.now).min(retry),
+            None => retry,
         };
         let timeout_at = self.now + limit;
         self.members[who].busy += 1;
@@ -1035,8 +1242,16 @@ impl World {
                 }
             }
             Action::ReleaseLock { version } => {
-                self.store
-                    .delete_if_value_at("leader", &name, version.as_ref(), now);
+                let holder = self.store.get("leader", now);
+                let lease = self.store.lease_of("leader", now);
+                if self
+                    .store
+                    .delete_if_value_at("leader", &name, version.as_ref(), now)
+                    && let (Some(h), Some(l)) = (holder, lease)
+                {
+                    let ttl = self.members[who].timings.ttl;
+                    self.vanished = Some((h, l, now, ttl));
+                }
                 Outcome::Ok
             }
             Action::ClaimInitialize => {
