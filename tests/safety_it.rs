@@ -274,14 +274,7 @@ async fn a_postmaster_pgwarden_did_not_start_is_restarted_under_it() {
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
-    if nix::unistd::geteuid().is_root() {
-        use std::os::unix::process::CommandExt;
-        let u = nix::unistd::User::from_name("postgres")
-            .ok()
-            .flatten()
-            .expect("user postgres");
-        cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
-    }
+    c.as_member_user(&mut cmd);
     let mut by_hand = cmd.spawn().expect("start postgres by hand");
     let foreign = c
         .wait_for("the hand-started postmaster", LONG, || async {

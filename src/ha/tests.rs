@@ -355,6 +355,17 @@ fn observe_with(
     )
 }
 
+/// The policy after `ttl` was lowered to 5 s (margin 1 s).
+fn short_ttl() -> Policy {
+    Policy {
+        ttl: 5 * S,
+        loop_wait: S,
+        retry_timeout: S,
+        safety_margin: S,
+        ..policy()
+    }
+}
+
 fn paused() -> Policy {
     Policy {
         pause: true,
@@ -369,13 +380,7 @@ fn a_shorter_ttl_shortens_the_deadline_at_the_next_renewal() {
     assert_eq!(core.lease_deadline(), Some(at(127)));
     // `ttl` lowered to 5 (margin 1): the renewal moves the lock to a 5 s lease, so the
     // deadline must follow it down, not stay at the old ttl's.
-    let short = Policy {
-        ttl: 5 * S,
-        loop_wait: S,
-        retry_timeout: S,
-        safety_margin: S,
-        ..policy()
-    };
+    let short = short_ttl();
     let out = observe_with(
         &mut core,
         Some(view(Some("a"))),
@@ -396,13 +401,7 @@ fn a_shorter_ttl_shortens_the_deadline_at_the_next_renewal() {
 fn a_renewal_answered_after_its_own_deadline_stops_postgres_at_once() {
     let mut core = HaCore::new(me());
     lead(&mut core, at(100));
-    let short = Policy {
-        ttl: 5 * S,
-        loop_wait: S,
-        retry_timeout: S,
-        safety_margin: S,
-        ..policy()
-    };
+    let short = short_ttl();
     let out = observe_with(&mut core, Some(view(Some("a"))), primary(), short, at(105));
     let (id, _) = out[0].clone();
     // Sent at 105 with a 5 s lease, answered at 110: held, but its deadline (109) has passed.
@@ -508,13 +507,7 @@ fn a_renewal_with_a_shorter_ttl_shortens_the_deadline_even_unanswered() {
     let mut core = HaCore::new(me());
     lead(&mut core, at(100));
     assert_eq!(core.lease_deadline(), Some(at(127)));
-    let short = Policy {
-        ttl: 5 * S,
-        loop_wait: S,
-        retry_timeout: S,
-        safety_margin: S,
-        ..policy()
-    };
+    let short = short_ttl();
     let out = observe_with(&mut core, Some(view(Some("a"))), primary(), short, at(105));
     let (id, a) = out[0].clone();
     assert!(matches!(a, Action::RenewLock { .. }), "{a:?}");

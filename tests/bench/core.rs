@@ -85,6 +85,21 @@ fn first_write_after(log: &Log, t: Instant) -> Option<Instant> {
     log.lock().unwrap().iter().copied().find(|w| *w > t)
 }
 
+/// The agent's fence process: its child running `fence-helper`.
+fn fence_of(agent: u32) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.find_map(|e| {
+        let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let ppid: u32 = stat[stat.rfind(')')? + 1..]
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        (ppid == agent && String::from_utf8_lossy(&cmd).contains("fence-helper")).then_some(pid)
+    })
+}
+
 fn rss_kb(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines()
@@ -159,11 +174,20 @@ fn main() {
         let (log, writer) = start_writer(ports, stop.clone());
         tokio::time::sleep(Duration::from_secs(3)).await;
 
-        // (c) steady state RSS.
-        tokio::time::sleep(Duration::from_secs(10)).await;
+        // (c) steady state RSS, 30 s after the cluster is healthy (with the client writing):
+        // each agent, and its fence process (a separate, single-threaded process).
+        tokio::time::sleep(Duration::from_secs(27)).await;
+        let leader = c.leader().await.unwrap_or_default();
         for m in &c.members {
             if let Some(ch) = &m.child {
-                println!("rss {}: {} kB", m.name, rss_kb(ch.id()).unwrap_or(0));
+                let fence = fence_of(ch.id());
+                println!(
+                    "rss {}{}: agent {} kB, fence process {} kB",
+                    m.name,
+                    if m.name == leader { " (leader)" } else { "" },
+                    rss_kb(ch.id()).unwrap_or(0),
+                    fence.and_then(rss_kb).unwrap_or(0)
+                );
             }
         }
 

@@ -180,6 +180,14 @@ impl Cluster {
         cmd
     }
 
+    /// Makes `cmd` run as the members' user (`postgres` when the tests run as root).
+    pub fn as_member_user<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
+        if let Some((u, g)) = self.run_as {
+            cmd.uid(u).gid(g);
+        }
+        cmd
+    }
+
     pub fn log_path(&self, i: usize) -> PathBuf {
         self.dir.join(format!("{}.log", self.members[i].name))
     }
