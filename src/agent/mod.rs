@@ -369,7 +369,14 @@ impl Agent {
                     self.bootstrap_pending = false;
                 }
             }
-            TaskNote::Stopped => self.upstream = None,
+            TaskNote::Stopped => {
+                self.upstream = None;
+                // Say so on the REST API before the lock can be released: the next leader
+                // takes a released lock only once this member answers that it is not a primary.
+                self.seen.up = false;
+                self.seen.status = None;
+                self.publish_snapshot();
+            }
             TaskNote::None => {}
         }
         let actions = self.core.step(
