@@ -164,7 +164,8 @@ pub(crate) fn peer_facts(v: &serde_json::Value) -> PeerFacts {
         .max(num("replayed_location"));
     let tags = v.get("tags").and_then(|t| t.as_object());
     PeerFacts {
-        is_primary: matches!(role, "primary" | "master"),
+        // "promoted": Patroni's (and pgwarden's) role while a promotion is under way.
+        is_primary: matches!(role, "primary" | "master" | "promoted"),
         wal_position,
         nofailover: crate::dcs::model::tags_nofailover(tags),
         failover_priority: crate::dcs::model::tags_failover_priority(tags),

@@ -459,13 +459,15 @@ impl World {
             .collect();
         // A holder whose lock was deleted by hand is exempt from "writable only as the store's
         // holder" until it has stopped (it learns of the deletion some time later).
+        // (Its acquisition may even be answered after the deletion: it stays exempt until a lock
+        // exists again and it is not writable; "never two writers" holds throughout.)
+        let lock_exists = self.store.get("leader", self.now).is_some();
         if let Some(d) = &self.deleted_holder
-            && let Some(m) = self.members.iter().find(|m| m.name == *d)
-            && !m.pg.writable()
-            && !matches!(
-                m.core.task_in_flight(),
-                Some(Action::StartPrimary | Action::Promote)
-            )
+            && lock_exists
+            && self
+                .members
+                .iter()
+                .any(|m| m.name == *d && !m.pg.writable())
         {
             self.deleted_holder = None;
         }
@@ -476,10 +478,10 @@ impl World {
             ));
         }
         if let Some(&w) = writable.first() {
-            // Never writable past its member's lease deadline (plus the time an immediate
-            // stop takes, which the safety margin budgets).
+            // Never writable past its member's lease deadline by more than what the safety
+            // margin budgets: a late wake-up (a stall) and the immediate stop itself.
             match self.members[w].deadline_real {
-                Some(d) if self.now <= d + STOP_MAX => {}
+                Some(d) if self.now <= d + STALL_MAX + STOP_MAX => {}
                 d => {
                     let name = self.members[w].name.clone();
                     let now = self.now;
@@ -901,11 +903,8 @@ impl World {
         let holder = self.store.get("leader", now);
         let lease = self.store.lease_of("leader", now);
         if let (Some(h), Some(l)) = (holder, lease) {
-            let ttl = self
-                .members
-                .iter()
-                .find(|m| m.name == h)
-                .map_or(self.timings.ttl, |m| m.timings.ttl);
+            // As etcd's backend: bounded by the granted ttl of the lease the key was on.
+            let ttl = self.store.lease_ttl(l).unwrap_or(self.timings.ttl);
             self.vanished = Some((h, l, now, ttl));
         }
     }
@@ -992,7 +991,10 @@ impl World {
                     let p = &self.members[j];
                     let answers = p.alive && p.frozen_until <= now && self.peers_linked(who, j);
                     let facts = answers.then(|| PeerFacts {
-                        is_primary: p.pg.writable(),
+                        // The role the real `/patroni` reports: primary while writable, and
+                        // "promoted" while a promotion runs.
+                        is_primary: p.pg.writable()
+                            || matches!(p.core.task_in_flight(), Some(Action::Promote)),
                         wal_position: p.pg.wal,
                         nofailover: false,
                         failover_priority: 1,
@@ -1249,7 +1251,7 @@ impl World {
                     .delete_if_value_at("leader", &name, version.as_ref(), now)
                     && let (Some(h), Some(l)) = (holder, lease)
                 {
-                    let ttl = self.members[who].timings.ttl;
+                    let ttl = self.store.lease_ttl(l).unwrap_or(self.timings.ttl);
                     self.vanished = Some((h, l, now, ttl));
                 }
                 Outcome::Ok

@@ -40,8 +40,9 @@ pub(super) struct Vanished {
     pub holder: String,
     pub lease: i64,
     pub seen: std::time::Instant,
-    /// The lease was found alive (checked once); `None` until checked.
-    pub lease_alive: Option<bool>,
+    /// The lease's granted ttl if it was found alive (checked once), `Some(None)` if it was
+    /// found gone; `None` until checked.
+    pub lease_ttl: Option<Option<std::time::Duration>>,
 }
 
 /// What the watch task and the backend share.
@@ -90,13 +91,13 @@ impl Shared {
     }
 
     /// Records the result of the lease check of the vanished leader key `v`.
-    pub(super) fn set_vanished_lease(&self, v: &Vanished, alive: bool) {
+    pub(super) fn set_vanished_lease(&self, v: &Vanished, ttl: Option<std::time::Duration>) {
         let mut st = self.lock();
         if let Some(cur) = st.vanished.as_mut()
             && cur.lease == v.lease
             && cur.seen == v.seen
         {
-            cur.lease_alive = Some(alive);
+            cur.lease_ttl = Some(ttl);
         }
     }
 
@@ -257,7 +258,7 @@ async fn list_and_watch(
                                 holder: String::from_utf8_lossy(&old.value).into_owned(),
                                 lease: old.lease,
                                 seen: std::time::Instant::now(),
-                                lease_alive: None,
+                                lease_ttl: None,
                             });
                         }
                     }

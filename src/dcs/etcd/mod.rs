@@ -293,30 +293,35 @@ impl EtcdDcs {
         .await
     }
 
-    /// The holder of a leader key deleted while its lease lives (by hand, or a release): within
-    /// ttl of the deletion, the lease checked once per deletion (a failed check counts as
-    /// alive, so it only costs waiting).
+    /// The holder of a leader key deleted while its lease lives (by hand, or a release), for at
+    /// most the lease's granted ttl after the deletion was seen: the holder's deadline came
+    /// from a renewal sent before the deletion, on that lease. The lease is checked once per
+    /// deletion; a check that fails is tried again at the next read, the configured ttl
+    /// bounding the wait meanwhile.
     async fn vanished_leader(&self) -> Option<String> {
         let v = self.shared.vanished()?;
-        if v.seen.elapsed() >= self.ttl() || v.lease_alive == Some(false) {
-            return None;
-        }
-        let alive = match v.lease_alive {
-            Some(a) => a,
-            None if v.lease == 0 => true,
+        let ttl = match v.lease_ttl {
+            Some(t) => t,
+            None if v.lease == 0 => Some(self.ttl()),
             None => {
                 let mut leases = self.client.lease_client();
                 let check = leases.time_to_live(v.lease, None);
-                let alive = match tokio::time::timeout(self.retry_timeout, check).await {
-                    Ok(Ok(r)) => r.ttl() > 0,
-                    Ok(Err(e)) => !lease_gone(&e),
-                    Err(_) => true,
-                };
-                self.shared.set_vanished_lease(&v, alive);
-                alive
+                match tokio::time::timeout(self.retry_timeout, check).await {
+                    Ok(Ok(r)) => {
+                        let t = (r.ttl() > 0)
+                            .then(|| Duration::from_secs(r.granted_ttl().max(1) as u64));
+                        self.shared.set_vanished_lease(&v, t);
+                        t
+                    }
+                    Ok(Err(e)) if lease_gone(&e) => {
+                        self.shared.set_vanished_lease(&v, None);
+                        None
+                    }
+                    _ => Some(self.ttl()),
+                }
             }
         };
-        alive.then_some(v.holder)
+        ttl.filter(|t| v.seen.elapsed() < *t).map(|_| v.holder)
     }
 
     async fn read(&self) -> Result<ClusterView, DcsError> {
