@@ -132,41 +132,8 @@ fn limit_malloc_arenas() {
     }
 }
 
-/// Maps only the pages of our own executable that actually run. On a fault the kernel
-/// otherwise maps up to 64 KiB of already-cached neighbours ("fault-around"), and with several
-/// processes of this binary on a node (each member and its fence process) most of the binary
-/// is cached: every process would carry most of it in its resident set. `MADV_RANDOM` on the
-/// executable's own mappings turns that off; the pages stay shared in the page cache either way.
-fn map_only_used_code() {
-    let Ok(exe) = std::fs::read_link("/proc/self/exe") else {
-        return;
-    };
-    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
-        return;
-    };
-    let exe = exe.to_string_lossy();
-    for line in maps.lines().filter(|l| l.ends_with(exe.as_ref())) {
-        let Some((range, _)) = line.split_once(' ') else {
-            continue;
-        };
-        let Some((lo, hi)) = range.split_once('-') else {
-            continue;
-        };
-        let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
-        else {
-            continue;
-        };
-        // SAFETY: an advice on a mapping of our own executable, page-aligned as /proc reports
-        // it; it changes how pages are faulted in, not what they contain.
-        unsafe {
-            libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_RANDOM);
-        }
-    }
-}
-
 fn main() -> ExitCode {
     limit_malloc_arenas();
-    map_only_used_code();
     // Invoked as `patronictl` (a symlink or copy): behave as patronictl.
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let invoked_as = argv.first().and_then(|a| {

@@ -226,6 +226,16 @@ async fn a_leader_whose_lock_is_deleted_stops_writing() {
     }
 }
 
+/// The hand-started postmaster, killed when the test ends whatever happened.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn postmaster_of(data_dir: &std::path::Path) -> Option<i32> {
     let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
     let pid: i32 = text.lines().next()?.trim().parse().ok()?;
@@ -275,13 +285,13 @@ async fn a_postmaster_pgwarden_did_not_start_is_restarted_under_it() {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     c.as_member_user(&mut cmd);
-    let mut by_hand = cmd.spawn().expect("start postgres by hand");
+    let mut by_hand = KillOnDrop(cmd.spawn().expect("start postgres by hand"));
     let foreign = c
         .wait_for("the hand-started postmaster", LONG, || async {
             postmaster_of(&data)
         })
         .await;
-    assert_eq!(foreign, by_hand.id() as i32);
+    assert_eq!(foreign, by_hand.0.id() as i32);
     c.spawn(r);
     let agent = c.members[r].child.as_ref().expect("agent").id() as i32;
     let own = c
@@ -291,7 +301,7 @@ async fn a_postmaster_pgwarden_did_not_start_is_restarted_under_it() {
         .await;
     assert_ne!(own, foreign);
     assert!(
-        by_hand.try_wait().expect("wait").is_some(),
+        by_hand.0.try_wait().expect("wait").is_some(),
         "the hand-started postmaster was stopped"
     );
     let name = c.members[r].name.clone();
