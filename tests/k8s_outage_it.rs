@@ -29,14 +29,8 @@ async fn api_server_outage_demotes_in_time_and_recovers() {
     let mut c = K8sCluster::new("k8sout", 3, &T, &cp.kubeconfig(), ns).await;
     c.spawn_all();
     let long = Duration::from_secs(120);
-    let leader = c
-        .wait_for("a leader", long, || async { c.leader().await })
-        .await;
-    let l = c.index(&leader);
-    c.wait_for("writes on the leader", long, || async {
-        c.writable(l).await.then_some(())
-    })
-    .await;
+    let l = c.writable_leader(long).await;
+    let leader = c.members[l].name.clone();
     for m in ["m0", "m1", "m2"].iter().filter(|m| **m != leader) {
         c.wait_for(&format!("{m} replicating"), long, || async {
             c.view()

@@ -30,14 +30,7 @@ async fn a_leader_whose_lease_is_deleted_stops_writing() {
     let mut c = K8sCluster::new("k8sdel", 2, &t, &k8s::kubeconfig(), ns).await;
     c.spawn_all();
     let long = Duration::from_secs(120);
-    let leader = c
-        .wait_for("a leader", long, || async { c.leader().await })
-        .await;
-    let l = c.index(&leader);
-    c.wait_for("writes on the leader", long, || async {
-        c.writable(l).await.then_some(())
-    })
-    .await;
+    let l = c.writable_leader(long).await;
     let leases: Api<Lease> = Api::namespaced(c.client.clone(), &c.ns);
     let deleted = Instant::now();
     leases
@@ -54,19 +47,12 @@ async fn a_leader_whose_lease_is_deleted_stops_writing() {
         "the old leader stopped writing {:?} after the deletion",
         deleted.elapsed()
     );
-    let leader = c
-        .wait_for("a leader again", long, || async { c.leader().await })
-        .await;
-    let n = c.index(&leader);
-    c.wait_for("writes on the leader", long, || async {
-        c.writable(n).await.then_some(())
-    })
-    .await;
+    let n = c.writable_leader(long).await;
     for i in 0..2 {
         if i != n {
             assert!(
                 !c.writable(i).await,
-                "member {i} is writable beside {leader}"
+                "member {i} is writable beside member {n}"
             );
         }
     }

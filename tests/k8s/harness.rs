@@ -320,6 +320,21 @@ impl K8sCluster {
         member_io::api(&self.http, self.members[i].api_port, method, path, body).await
     }
 
+    /// Waits for a leader whose PostgreSQL takes writes; its index.
+    pub async fn writable_leader(&self, timeout: Duration) -> usize {
+        let leader = self
+            .wait_for("a leader", timeout, || async { self.leader().await })
+            .await;
+        let l = self.index(&leader);
+        self.wait_for(
+            &format!("writes on the leader {leader}"),
+            timeout,
+            || async { self.writable(l).await.then_some(()) },
+        )
+        .await;
+        l
+    }
+
     /// Whether member `i`'s PostgreSQL accepts a write now.
     pub async fn writable(&self, i: usize) -> bool {
         self.sql(
