@@ -241,6 +241,9 @@ async fn fence_helper_kills_at_the_deadline_and_at_the_end_of_its_input() {
     // deadline, then the end of the fence's input
     let reaped = within(Duration::from_secs(10), || !p.is_running());
     assert!(reaped.is_some(), "the killed postmaster is reaped");
+    // The fence kills until one scan of the data directory (every 20 ms) finds nothing: let it
+    // make that scan (generously, for a loaded machine), or it kills the server started next.
+    std::thread::sleep(Duration::from_secs(1));
     p.start(StartAs::Primary).await.expect("restart");
     assert!(!processes_of(&s.data_dir).is_empty());
     stdin
