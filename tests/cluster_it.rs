@@ -264,13 +264,14 @@ async fn crashed_postmaster_is_recovered_in_place() {
     })
     .await;
     let data_dir = c.dir.join(&leader).join("data");
-    let pid = pgwarden::agent::postmaster_pid(&data_dir).expect("a running postmaster");
+    let pid =
+        pgwarden::postgres::postmaster_pid_file_alive(&data_dir).expect("a running postmaster");
     // SAFETY: kill(2) on the postmaster of our own test cluster.
     unsafe {
         libc::kill(pid, libc::SIGKILL);
     }
     c.wait_for("writes on the restarted primary", long, || async {
-        let new_pid = pgwarden::agent::postmaster_pid(&data_dir)?;
+        let new_pid = pgwarden::postgres::postmaster_pid_file_alive(&data_dir)?;
         (new_pid != pid).then_some(())?;
         c.sql(l, "INSERT INTO k VALUES (1)").await.ok()
     })

@@ -39,12 +39,7 @@ impl Agent {
     /// One action; `None` when it runs as a background task.
     async fn execute_one(&mut self, id: ActionId, action: Action) -> Option<Outcome> {
         let retry = self.policy().retry_timeout;
-        // Every store operation is bounded by retry_timeout and, while we hold the lock, by its
-        // deadline: the loop must be back in time to stop PostgreSQL itself.
-        let until = match self.core.lease_deadline() {
-            Some(d) => self.instant_of(d).min(Instant::now() + retry),
-            None => Instant::now() + retry,
-        };
+        let until = self.store_call_bound();
         let dcs = self.dcs.clone();
         match action {
             Action::StopNow => {

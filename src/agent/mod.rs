@@ -29,7 +29,7 @@ use crate::postgres::Postgres;
 
 use execute::TaskNote;
 use fence::Fence;
-pub use fence::{FenceHelperArgs, fence_helper_main, kill_postmaster, postmaster_pid};
+pub use fence::{FenceHelperArgs, fence_helper_main};
 use observe::PgSeen;
 
 /// A finished PostgreSQL task.
@@ -270,6 +270,16 @@ impl Agent {
         }
     }
 
+    /// When a store call started now must give up: after `retry_timeout` and, while we hold the
+    /// lock, at its deadline, so the loop is back in time to stop PostgreSQL itself.
+    fn store_call_bound(&self) -> Instant {
+        let retry = Instant::now() + self.policy().retry_timeout;
+        match self.core.lease_deadline() {
+            Some(d) => self.instant_of(d).min(retry),
+            None => retry,
+        }
+    }
+
     /// `t` on the boot-time clock (what the fence process compares).
     fn boottime_of(&self, t: MonoTime) -> Duration {
         self.start + t.0
@@ -335,12 +345,7 @@ impl Agent {
     /// failover request, the configuration, the cluster's identity or membership. Our own
     /// member and status writes do not.
     async fn relevant_change(&mut self) -> bool {
-        // Bounded like every store call, so a slow read cannot hold the loop past the deadline.
-        let retry = self.policy().retry_timeout;
-        let until = match self.core.lease_deadline() {
-            Some(d) => self.instant_of(d).min(Instant::now() + retry),
-            None => Instant::now() + retry,
-        };
+        let until = self.store_call_bound();
         let Ok(Ok(v)) = tokio::time::timeout_at(until, self.dcs.load(false)).await else {
             return true;
         };
@@ -395,11 +400,7 @@ impl Agent {
         // The deadline first (ha-safety rule 2): before any slow call.
         let actions = self.core.step(Input::Tick, now);
         self.execute(actions).await;
-        let retry = self.policy().retry_timeout;
-        let bound = match self.core.lease_deadline() {
-            Some(d) => self.instant_of(d).min(Instant::now() + retry),
-            None => Instant::now() + retry,
-        };
+        let bound = self.store_call_bound();
         let view = match tokio::time::timeout_at(bound, self.dcs.load(false)).await {
             Ok(Ok(v)) => {
                 self.dcs_last_seen = Some(chrono::Utc::now().timestamp());
@@ -500,7 +501,7 @@ impl Agent {
     }
 
     async fn stop_postgres_now(&mut self) {
-        fence::kill_postmaster(&self.cfg.postgresql.data_dir);
+        crate::postgres::kill_data_dir_processes(&self.cfg.postgresql.data_dir);
         let mut pg = self.pg.lock().await;
         let _ = pg
             .stop(

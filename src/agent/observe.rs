@@ -67,7 +67,7 @@ impl Agent {
                 };
             }
             Err(_) => {
-                self.seen.up = super::fence::postmaster_pid(&data_dir).is_some();
+                self.seen.up = crate::postgres::postmaster_pid_file_alive(&data_dir).is_some();
                 self.seen.status = None;
             }
         }

@@ -351,7 +351,7 @@ impl HaCore {
             Err(why) => self.message = why,
             Ok(peers) if peers.is_empty() => {
                 self.message = "acquiring the leader lock".into();
-                self.emit(Action::AcquireLock, Purpose::lock(true), now, out);
+                self.emit(Action::AcquireLock, self.lock_purpose(true), now, out);
             }
             Ok(names) => {
                 self.message = "probing peers before the leader race".into();
@@ -496,7 +496,7 @@ impl HaCore {
                 .unwrap_or(now + obs.policy.retry_timeout);
             self.emit(
                 Action::RenewLock { deadline },
-                Purpose::lock(false),
+                self.lock_purpose(false),
                 now,
                 out,
             );

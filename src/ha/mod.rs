@@ -51,17 +51,6 @@ enum Purpose {
     Other,
 }
 
-impl Purpose {
-    /// A lock operation; [`HaCore::emit`] records the ttl and margin in force.
-    fn lock(acquiring: bool) -> Purpose {
-        Purpose::Lock {
-            acquiring,
-            ttl: Duration::ZERO,
-            margin: Duration::ZERO,
-        }
-    }
-}
-
 /// The decision engine of one member. See the module documentation for the calling order.
 #[derive(Debug)]
 pub struct HaCore {
@@ -224,6 +213,17 @@ impl HaCore {
         out
     }
 
+    /// A lock operation's purpose, with the ttl and margin in force as it is sent (none known
+    /// yet: zero, so an answer grants no lease).
+    fn lock_purpose(&self, acquiring: bool) -> Purpose {
+        let policy = self.last.as_ref().map(|o| &o.policy);
+        Purpose::Lock {
+            acquiring,
+            ttl: policy.map_or(Duration::ZERO, |p| p.ttl),
+            margin: policy.map_or(Duration::ZERO, |p| p.safety_margin),
+        }
+    }
+
     /// We no longer hold a lease. (`lease_sent_at` stays: an older answer never re-arms it.)
     fn drop_lease(&mut self) {
         self.lease_deadline = None;
@@ -272,17 +272,6 @@ impl HaCore {
                 self.lease_deadline = Some(d.min(landing));
             }
         }
-        let purpose = match purpose {
-            Purpose::Lock { acquiring, .. } => {
-                let policy = self.last.as_ref().map(|o| &o.policy);
-                Purpose::Lock {
-                    acquiring,
-                    ttl: policy.map_or(Duration::ZERO, |p| p.ttl),
-                    margin: policy.map_or(Duration::ZERO, |p| p.safety_margin),
-                }
-            }
-            other => other,
-        };
         self.pending.insert(id, (action.clone(), purpose));
         out.push((id, action));
     }
@@ -335,7 +324,6 @@ impl HaCore {
                 } else if answered {
                     // The store says the lock is not ours: stop writing at once, paused or not.
                     self.drop_lease();
-                    self.lock_seen = false;
                     self.bootstrapping = false;
                     if self.last.as_ref().is_some_and(|o| o.pg.maybe_writable()) {
                         self.message = "lost the leader lock: stopping PostgreSQL now".into();
@@ -358,7 +346,7 @@ impl HaCore {
                 match race::judge(&self.me, &obs.pg, view, &report, wait_for_starting) {
                     race::Verdict::Healthiest => {
                         self.message = "acquiring the leader lock as the healthiest member".into();
-                        self.emit(Action::AcquireLock, Purpose::lock(true), now, out);
+                        self.emit(Action::AcquireLock, self.lock_purpose(true), now, out);
                     }
                     race::Verdict::NotHealthiest(why) => {
                         self.message = format!(
@@ -410,7 +398,7 @@ impl HaCore {
         match action {
             Action::Bootstrap => {
                 if ok {
-                    self.emit(Action::AcquireLock, Purpose::lock(true), now, out);
+                    self.emit(Action::AcquireLock, self.lock_purpose(true), now, out);
                 } else {
                     self.bootstrapping = false;
                     self.emit(Action::CancelInitialize, Purpose::Other, now, out);

@@ -1244,16 +1244,10 @@ impl World {
                 }
             }
             Action::ReleaseLock { version } => {
-                let holder = self.store.get("leader", now);
-                let lease = self.store.lease_of("leader", now);
-                if self
-                    .store
-                    .delete_if_value_at("leader", &name, version.as_ref(), now)
-                    && let (Some(h), Some(l)) = (holder, lease)
-                {
-                    let ttl = self.store.lease_ttl(l).unwrap_or(self.timings.ttl);
-                    self.vanished = Some((h, l, now, ttl));
-                }
+                // (If the delete fails, the key is still there, which clears the record.)
+                self.note_vanishing(now);
+                self.store
+                    .delete_if_value_at("leader", &name, version.as_ref(), now);
                 Outcome::Ok
             }
             Action::ClaimInitialize => {

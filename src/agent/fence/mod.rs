@@ -26,9 +26,3 @@ pub(crate) use agent_side::confirm_down;
 pub(super) use fence_loop::Say;
 pub use helper::{FenceHelperArgs, fence_helper_main};
 pub use message::{Armed, MESSAGE_LEN, decode, encode};
-
-/// Kills every process of PostgreSQL in `data_dir` once (see
-/// [`crate::postgres::kill_data_dir_processes`]); how many were still alive.
-pub use crate::postgres::kill_data_dir_processes as kill_postmaster;
-/// The live postmaster's pid, from `postmaster.pid`.
-pub use crate::postgres::postmaster_pid_file_alive as postmaster_pid;
