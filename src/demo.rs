@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::dcs::model::format_lsn;
 use crate::dcs::{ClusterView, Dcs};
+use crate::postgres::format_lsn;
 
 /// Options of `pgwarden demo`.
 #[derive(Debug, clap::Args)]

@@ -5,11 +5,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pgwarden::api::{Access, ApiCommand, ApiContext, ApiState, PgView, Snapshot, WalView, serve};
+use pgwarden::api::{Access, ApiCommand, ApiContext, ApiState, PgView, Snapshot, serve};
 use pgwarden::dcs::model::{
     ClusterView, Failover, HistoryLine, Member, Status, SyncState, Version,
 };
 use pgwarden::dcs::{Dcs, DcsError};
+use pgwarden::postgres::PgStatus;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -176,10 +177,14 @@ async fn start_with(with_config: bool, promote_on_failover: bool, access: Access
     snap.pg = PgView {
         state: "running".into(),
         role: "primary".into(),
-        server_version: Some(150018),
-        timeline: Some(1),
-        wal: WalView::Primary { location: 67108864 },
-        ..PgView::default()
+        status: Some(PgStatus {
+            server_version: 150018,
+            postmaster_start_time: "2026-11-24 05:13:38.632305+00:00".into(),
+            timeline: 1,
+            wal_position: 67108864,
+            ..PgStatus::default()
+        }),
+        sysid: None,
     };
     snap.lock_valid_until = Some(now + Duration::from_secs(3600));
     snap.cluster = Some(dcs.load(true).await.unwrap());
@@ -305,12 +310,10 @@ async fn health_checks_and_probes() {
     let mut s = (*h.state.snapshot()).clone();
     s.lock_valid_until = None;
     s.pg.role = "replica".into();
-    s.pg.wal = WalView::Replica {
-        received: 67108864,
-        replayed: 67108864,
-        replayed_timestamp: None,
-        paused: false,
-    };
+    let st = s.pg.status.as_mut().unwrap();
+    st.in_recovery = true;
+    st.receive_lsn = Some(67108864);
+    st.replay_lsn = Some(67108864);
     h.state.publish(s);
     assert_eq!(h.get("/primary").await.0, 503);
     assert_eq!(h.get("/replica").await.0, 200);

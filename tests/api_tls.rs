@@ -10,9 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pgwarden::api::tls::{ClientTls, server_config};
-use pgwarden::api::{Access, ApiContext, ApiState, PgView, ServeOptions, Snapshot, WalView};
+use pgwarden::api::{Access, ApiContext, ApiState, PgView, ServeOptions, Snapshot};
 use pgwarden::config::RestApi;
 use pgwarden::dcs::mem::{MemDcs, MemStore};
+use pgwarden::postgres::PgStatus;
 use tokio::sync::{mpsc, oneshot};
 
 fn openssl(dir: &Path, args: &[&str]) {
@@ -154,10 +155,14 @@ async fn start(r: &RestApi, access: Access) -> Server {
     snap.pg = PgView {
         state: "running".into(),
         role: "primary".into(),
-        server_version: Some(150018),
-        timeline: Some(1),
-        wal: WalView::Primary { location: 1 },
-        ..PgView::default()
+        status: Some(PgStatus {
+            server_version: 150018,
+            postmaster_start_time: "2026-11-24 05:13:38.632305+00:00".into(),
+            timeline: 1,
+            wal_position: 1,
+            ..PgStatus::default()
+        }),
+        sysid: None,
     };
     let (tx, rx) = mpsc::channel(8);
     // Keep the command channel open for the server's lifetime (reload sends on it).

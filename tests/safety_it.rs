@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use cluster::{Cluster, Timings};
+use pgwarden::postgres::postmaster_pid_file_alive;
 use proxy::Proxy;
 use reqwest::Method;
 
@@ -236,14 +237,6 @@ impl Drop for KillOnDrop {
     }
 }
 
-fn postmaster_of(data_dir: &std::path::Path) -> Option<i32> {
-    let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
-    let pid: i32 = text.lines().next()?.trim().parse().ok()?;
-    std::path::Path::new(&format!("/proc/{pid}"))
-        .exists()
-        .then_some(pid)
-}
-
 fn parent_of(pid: i32) -> Option<i32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat[stat.rfind(')')? + 1..]
@@ -269,7 +262,7 @@ async fn a_postmaster_pgwarden_did_not_start_is_restarted_under_it() {
     let (_, others) = healthy(&c).await;
     let r = others[0];
     let data = c.dir.join(&c.members[r].name).join("data");
-    let pm = postmaster_of(&data).expect("the replica's postmaster");
+    let pm = postmaster_pid_file_alive(&data).expect("the replica's postmaster");
     let argv: Vec<String> = std::fs::read(format!("/proc/{pm}/cmdline"))
         .expect("cmdline")
         .split(|b| *b == 0)
@@ -277,7 +270,10 @@ async fn a_postmaster_pgwarden_did_not_start_is_restarted_under_it() {
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect();
     c.terminate(r);
-    assert!(postmaster_of(&data).is_none(), "SIGTERM stops PostgreSQL");
+    assert!(
+        postmaster_pid_file_alive(&data).is_none(),
+        "SIGTERM stops PostgreSQL"
+    );
     // The same postmaster, started by the test in its own session as the postgres user.
     let mut cmd = std::process::Command::new(&argv[0]);
     cmd.args(&argv[1..])
@@ -288,7 +284,7 @@ async fn a_postmaster_pgwarden_did_not_start_is_restarted_under_it() {
     let mut by_hand = KillOnDrop(cmd.spawn().expect("start postgres by hand"));
     let foreign = c
         .wait_for("the hand-started postmaster", LONG, || async {
-            postmaster_of(&data)
+            postmaster_pid_file_alive(&data)
         })
         .await;
     assert_eq!(foreign, by_hand.0.id() as i32);
@@ -296,7 +292,7 @@ async fn a_postmaster_pgwarden_did_not_start_is_restarted_under_it() {
     let agent = c.members[r].child.as_ref().expect("agent").id() as i32;
     let own = c
         .wait_for("a postmaster that is the agent's child", LONG, || async {
-            postmaster_of(&data).filter(|p| parent_of(*p) == Some(agent))
+            postmaster_pid_file_alive(&data).filter(|p| parent_of(*p) == Some(agent))
         })
         .await;
     assert_ne!(own, foreign);

@@ -4,7 +4,7 @@
 use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::api::state::{PgView, ReplicationRow, Snapshot, WalView};
+use crate::api::state::{PgView, Snapshot};
 use crate::dcs::Member;
 use crate::ha::DataDir;
 
@@ -140,42 +140,11 @@ impl Agent {
         s.pg = PgView {
             state: pg_state(self).into(),
             role: pg_role(self).into(),
-            server_version: status.map(|s| s.server_version),
-            postmaster_start_time: status.map(|s| s.postmaster_start_time.clone()),
-            timeline: status.map(|s| s.timeline),
-            wal: match status {
-                Some(st) if !st.in_recovery => WalView::Primary {
-                    location: st.wal_position,
-                },
-                Some(st) => WalView::Replica {
-                    received: st.receive_lsn.unwrap_or(st.wal_position),
-                    replayed: st.replay_lsn.unwrap_or(0),
-                    replayed_timestamp: st.replayed_timestamp.clone(),
-                    paused: st.replay_paused,
-                },
-                None => WalView::Unknown,
-            },
-            replication_state: status.and_then(|s| s.replication_state.clone()),
-            replication: status
-                .map(|s| {
-                    s.replication
-                        .iter()
-                        .map(|r| ReplicationRow {
-                            usename: r.usename.clone(),
-                            application_name: r.application_name.clone(),
-                            client_addr: r.client_addr.clone(),
-                            state: r.state.clone(),
-                            sync_state: r.sync_state.clone(),
-                            sync_priority: i64::from(r.sync_priority),
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
+            status: status.cloned(),
             sysid: match &self.seen.data {
                 Some(DataDir::Ready { sysid, .. }) => Some(sysid.clone()),
                 _ => None,
             },
-            pending_restart: status.is_some_and(|s| s.pending_restart),
         };
         s.lock_valid_until = self
             .core

@@ -10,8 +10,10 @@ use chrono::{DateTime, FixedOffset, NaiveDateTime};
 use serde_json::Value;
 
 use super::json::{Node, Obj};
-use super::state::{SyncMode, config_paused, is_standby_cluster};
-use crate::dcs::model::{ClusterView, Member, format_lsn};
+use super::state::{config_paused, is_standby_cluster, sync_mode};
+use crate::config::SyncMode;
+use crate::dcs::model::{ClusterView, Member};
+use crate::postgres::format_lsn;
 
 /// `(host, port)` of a `postgres://[user[:pw]@]host[:port][/db][?...]` connection URL.
 pub fn conn_host_port(conn_url: &str) -> (Option<String>, Option<String>) {
@@ -157,7 +159,7 @@ fn member_json(name: &str, m: &Member, role: &str, leader: bool, cluster_lsn: u6
 /// The `/cluster` document of a view (members sorted by name).
 pub fn cluster_json(view: &ClusterView) -> Obj {
     let config = view.config.as_ref().map(|c| &c.value);
-    let mode = SyncMode::of(config);
+    let mode = sync_mode(config);
     let leader = view.leader.as_ref().map(|l| l.name.as_str());
     let cluster_lsn = view.status.as_ref().map_or(0, |s| s.optime);
     let sync_members: Vec<&str> = view

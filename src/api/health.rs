@@ -117,7 +117,7 @@ fn replica_code(query: &Query, s: &Snapshot) -> u16 {
     let lagging = optime != 0 && optime > i128::from(s.replayed_location()) + max_lag;
     let state_ok = query
         .get("replication_state")
-        .is_none_or(|want| s.pg.replication_state.as_deref() == Some(want));
+        .is_none_or(|want| s.pg.replication_state() == Some(want));
     code(
         !s.noloadbalance()
             && !lagging
@@ -251,7 +251,7 @@ pub fn readiness_code(query: &str, s: &Snapshot, now: Instant) -> u16 {
     if s.is_leader(now) {
         return 200;
     }
-    if s.pg.state != "running" || s.pg.replication_state.as_deref() != Some("streaming") {
+    if s.pg.state != "running" || s.pg.replication_state() != Some("streaming") {
         return 503;
     }
     let cluster = s.valid_cluster(now);
@@ -277,9 +277,9 @@ pub fn readiness_code(query: &str, s: &Snapshot, now: Instant) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::state::WalView;
     use crate::api::status::tests::etcd_view;
     use crate::dcs::model::{SyncState, Version, Versioned};
+    use crate::postgres::PgStatus;
     use serde_json::{Value, json};
     use std::time::Duration;
 
@@ -289,7 +289,10 @@ mod tests {
         let mut s = Snapshot::new("bars", "m0");
         s.pg.state = "running".into();
         s.pg.role = "primary".into();
-        s.pg.wal = WalView::Primary { location: 100 };
+        s.pg.status = Some(PgStatus {
+            wal_position: 100,
+            ..PgStatus::default()
+        });
         s.lock_valid_until = Some(now + 10 * S);
         s.cluster = Some(etcd_view("01-steady-sync-mode.etcd.json"));
         s.cluster_valid_until = Some(now + 10 * S);
@@ -302,13 +305,14 @@ mod tests {
         s.name = "m1".into();
         s.lock_valid_until = None;
         s.pg.role = "replica".into();
-        s.pg.replication_state = Some("streaming".into());
-        s.pg.wal = WalView::Replica {
-            received: replayed,
-            replayed,
-            replayed_timestamp: None,
-            paused: false,
-        };
+        s.pg.status = Some(PgStatus {
+            in_recovery: true,
+            wal_position: replayed,
+            receive_lsn: Some(replayed),
+            replay_lsn: Some(replayed),
+            replication_state: Some("streaming".into()),
+            ..PgStatus::default()
+        });
         s
     }
 
@@ -607,15 +611,12 @@ mod tests {
         assert_eq!(readiness_code("", &s, now), 503);
         assert_eq!(readiness_code("lag=2MB", &s, now), 200);
         assert_eq!(readiness_code("lag=junk", &s, now), 503);
-        s.pg.wal = WalView::Replica {
-            received: optime,
-            replayed: optime - 2 * 1024 * 1024,
-            replayed_timestamp: None,
-            paused: false,
-        };
+        let st = s.pg.status.as_mut().unwrap();
+        st.receive_lsn = Some(optime);
+        st.wal_position = optime;
         assert_eq!(readiness_code("mode=write", &s, now), 200);
         assert_eq!(readiness_code("mode=apply", &s, now), 503);
-        s.pg.replication_state = Some("in archive recovery".into());
+        s.pg.status.as_mut().unwrap().replication_state = Some("in archive recovery".into());
         assert_eq!(readiness_code("lag=1GB", &s, now), 503);
         // No view and no receiver position: only failsafe makes it ready.
         let mut f = replica(now, optime);

@@ -9,7 +9,7 @@ use std::fmt::Write;
 use chrono::DateTime;
 use tokio::time::Instant;
 
-use super::state::{Snapshot, WalView};
+use super::state::Snapshot;
 use crate::dcs::model::{tags_failover_priority, truthy};
 
 /// Patroni's numeric PostgreSQL states (§2.1), in code order.
@@ -74,17 +74,17 @@ pub fn render_metrics(s: &Snapshot, now: Instant) -> String {
     let labels = format!("{{scope=\"{}\",name=\"{}\"}}", esc(&s.scope), esc(&s.name));
     let pg = &s.pg;
     let running = pg.state == "running";
-    let (received, replayed, replay_ts, paused) = match &pg.wal {
-        WalView::Replica {
-            received,
-            replayed,
-            replayed_timestamp,
-            paused,
-        } => (*received, *replayed, replayed_timestamp.as_deref(), *paused),
-        _ => (0, 0, None, false),
+    let (received, replayed, replay_ts, paused) = match pg.replica() {
+        Some(st) => (
+            s.received_location(),
+            s.replayed_location(),
+            st.replayed_timestamp.as_deref(),
+            st.replay_paused,
+        ),
+        None => (0, 0, None, false),
     };
-    let location = match &pg.wal {
-        WalView::Primary { location } if pg.role == "primary" || pg.role == "master" => *location,
+    let location = match pg.primary() {
+        Some(st) if pg.role == "primary" || pg.role == "master" => st.wal_position,
         _ => 0,
     };
     let (sync, quorum) = s.sync_flags(now);
@@ -125,7 +125,11 @@ pub fn render_metrics(s: &Snapshot, now: Instant) -> String {
             "patroni_postmaster_start_time",
             "gauge",
             "Epoch seconds since Postgres started.",
-            epoch(pg.postmaster_start_time.as_deref()),
+            epoch(
+                pg.status
+                    .as_ref()
+                    .map(|st| st.postmaster_start_time.as_str()),
+            ),
         ),
         (
             "patroni_primary",
@@ -188,8 +192,8 @@ pub fn render_metrics(s: &Snapshot, now: Instant) -> String {
             b(paused),
         ),
     ];
-    if pg.server_version.unwrap_or(0) >= 90600 {
-        let rs = pg.replication_state.as_deref();
+    if pg.server_version().unwrap_or(0) >= 90600 {
+        let rs = pg.replication_state();
         rows.push((
             "patroni_postgres_streaming",
             "gauge",
@@ -208,7 +212,7 @@ pub fn render_metrics(s: &Snapshot, now: Instant) -> String {
             "patroni_postgres_server_version",
             "gauge",
             "Version of Postgres (if running), 0 otherwise.",
-            pg.server_version.unwrap_or(0).to_string(),
+            pg.server_version().unwrap_or(0).to_string(),
         ),
         (
             "patroni_cluster_unlocked",
@@ -238,7 +242,7 @@ pub fn render_metrics(s: &Snapshot, now: Instant) -> String {
             "patroni_postgres_timeline",
             "counter",
             "Postgres timeline of this node (if running), 0 otherwise.",
-            pg.timeline.unwrap_or(0).to_string(),
+            pg.status.as_ref().map_or(0, |st| st.timeline).to_string(),
         ),
         (
             "patroni_dcs_last_seen",
@@ -250,7 +254,7 @@ pub fn render_metrics(s: &Snapshot, now: Instant) -> String {
             "patroni_pending_restart",
             "gauge",
             "Value is 1 if the node needs a restart, 0 otherwise.",
-            b(pg.pending_restart),
+            b(pg.pending_restart()),
         ),
         (
             "patroni_is_paused",
@@ -294,6 +298,7 @@ mod tests {
     use super::*;
     use crate::api::state::PgView;
     use crate::api::status::tests::capture;
+    use crate::postgres::PgStatus;
 
     #[test]
     fn leader_metrics_follow_capture() {
@@ -303,11 +308,14 @@ mod tests {
         s.pg = PgView {
             state: "running".into(),
             role: "master".into(),
-            server_version: Some(150018),
-            postmaster_start_time: Some("2026-11-24 05:13:38.632305+00:00".into()),
-            timeline: Some(1),
-            wal: WalView::Primary { location: 67108960 },
-            ..PgView::default()
+            status: Some(PgStatus {
+                server_version: 150018,
+                postmaster_start_time: "2026-11-24 05:13:38.632305+00:00".into(),
+                timeline: 1,
+                wal_position: 67108960,
+                ..PgStatus::default()
+            }),
+            sysid: None,
         };
         let now = Instant::now();
         s.cluster = Some(crate::api::status::tests::etcd_view(

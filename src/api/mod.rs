@@ -34,6 +34,4 @@ pub use health::health_code;
 pub use server::{
     MAX_BODY_BYTES, ServeOptions, is_protected, router, router_with, serve, serve_with,
 };
-pub use state::{
-    ApiCommand, ApiContext, ApiState, PgView, ReplicationRow, Reply, Snapshot, WalView,
-};
+pub use state::{ApiCommand, ApiContext, ApiState, PgView, Reply, Snapshot};

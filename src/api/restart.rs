@@ -138,11 +138,11 @@ pub fn conditions_met(req: &RestartRequest, s: &Snapshot) -> bool {
         }
     }
     if let Some(v) = req.postgres_version
-        && s.pg.server_version.is_none_or(|running| running >= v)
+        && s.pg.server_version().is_none_or(|running| running >= v)
     {
         return false;
     }
-    if req.restart_pending && !s.pg.pending_restart {
+    if req.restart_pending && !s.pg.pending_restart() {
         return false;
     }
     true
@@ -229,6 +229,7 @@ impl Scheduled {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::postgres::PgStatus;
     use serde_json::json;
 
     fn body(v: Value) -> Map<String, Value> {
@@ -302,9 +303,12 @@ mod tests {
         .unwrap();
         let mut s = Snapshot::new("c", "m");
         s.pg.role = "primary".into();
-        s.pg.server_version = Some(150004);
+        s.pg.status = Some(PgStatus {
+            server_version: 150004,
+            ..PgStatus::default()
+        });
         assert!(!conditions_met(&r, &s));
-        s.pg.pending_restart = true;
+        s.pg.status.as_mut().unwrap().pending_restart = true;
         assert!(conditions_met(&r, &s));
         s.pg.role = "replica".into();
         assert!(!conditions_met(&r, &s));

@@ -10,55 +10,16 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
+use crate::config::SyncMode;
 use crate::dcs::Dcs;
 use crate::dcs::model::{ClusterView, truthy};
+use crate::postgres::PgStatus;
 
 /// pgwarden's version as reported in `patroni.version` and `patroni_version`.
 ///
 /// It is the crate version (`CARGO_PKG_VERSION`), not a Patroni version: peers and patronictl
 /// only display it. The agent may overwrite [`Snapshot::version`].
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-
-/// The WAL position part of the status document (`xlog`).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum WalView {
-    /// `{"location": flush LSN}`.
-    Primary {
-        /// Flush LSN.
-        location: u64,
-    },
-    /// `{"received_location", "replayed_location", "replayed_timestamp", "paused"}`.
-    Replica {
-        /// Received (written) LSN; falls back to the replay LSN.
-        received: u64,
-        /// Replayed LSN.
-        replayed: u64,
-        /// `pg_last_xact_replay_timestamp()` as text, or null.
-        replayed_timestamp: Option<String>,
-        /// Replay paused.
-        paused: bool,
-    },
-    /// PostgreSQL is down or the query failed: no `xlog` field.
-    #[default]
-    Unknown,
-}
-
-/// One row of `pg_stat_replication` (`replication` in the status document).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ReplicationRow {
-    /// `usename`
-    pub usename: String,
-    /// `application_name`
-    pub application_name: String,
-    /// `client_addr` (text), or null.
-    pub client_addr: Option<String>,
-    /// `state` (`streaming`, ...)
-    pub state: String,
-    /// `sync_state` (`sync`, `async`, `quorum`, `potential`)
-    pub sync_state: String,
-    /// `sync_priority`
-    pub sync_priority: i64,
-}
 
 /// PostgreSQL as last observed by the agent.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -68,22 +29,40 @@ pub struct PgView {
     pub state: String,
     /// `primary`, `replica`, `standby_leader`, `demoted`, `uninitialized`, ...
     pub role: String,
-    /// `server_version_num`, when PostgreSQL is up.
-    pub server_version: Option<u32>,
-    /// `"2024-08-28 19:39:26.352526+00:00"`, when PostgreSQL is up.
-    pub postmaster_start_time: Option<String>,
-    /// Timeline, when known.
-    pub timeline: Option<u64>,
-    /// WAL positions.
-    pub wal: WalView,
-    /// Replica: `streaming` or `in archive recovery`.
-    pub replication_state: Option<String>,
-    /// Connected walsenders.
-    pub replication: Vec<ReplicationRow>,
-    /// `database_system_identifier`, when known.
+    /// The last status round while PostgreSQL is up; `None` when it is down or the query
+    /// failed, and the document then has no `server_version`, `xlog`, `timeline`, ...
+    pub status: Option<PgStatus>,
+    /// `database_system_identifier`, from `pg_controldata` (known while PostgreSQL is down too).
     pub sysid: Option<String>,
+}
+
+impl PgView {
+    /// `server_version_num`, when PostgreSQL is up.
+    pub fn server_version(&self) -> Option<u32> {
+        self.status.as_ref().map(|s| s.server_version)
+    }
+
+    /// Replica: `streaming` or `in archive recovery`.
+    pub fn replication_state(&self) -> Option<&str> {
+        self.status
+            .as_ref()
+            .and_then(|s| s.replication_state.as_deref())
+    }
+
     /// A restart is needed for a changed parameter.
-    pub pending_restart: bool,
+    pub fn pending_restart(&self) -> bool {
+        self.status.as_ref().is_some_and(|s| s.pending_restart)
+    }
+
+    /// The status round of a replica (in recovery).
+    pub fn replica(&self) -> Option<&PgStatus> {
+        self.status.as_ref().filter(|s| s.in_recovery)
+    }
+
+    /// The status round of a primary (not in recovery).
+    pub fn primary(&self) -> Option<&PgStatus> {
+        self.status.as_ref().filter(|s| !s.in_recovery)
+    }
 }
 
 /// Everything the API answers from. Published by the agent after every HA cycle.
@@ -184,7 +163,7 @@ impl Snapshot {
         let Some(c) = self.valid_cluster(now) else {
             return (false, false);
         };
-        let mode = SyncMode::of(c.config.as_ref().map(|v| &v.value));
+        let mode = sync_mode(c.config.as_ref().map(|v| &v.value));
         let listed = c
             .sync
             .as_ref()
@@ -208,40 +187,25 @@ impl Snapshot {
 
     /// The replayed LSN (0 unless a replica).
     pub fn replayed_location(&self) -> u64 {
-        match &self.pg.wal {
-            WalView::Replica { replayed, .. } => *replayed,
-            _ => 0,
-        }
+        self.pg.replica().map_or(0, |s| s.replay_lsn.unwrap_or(0))
     }
 
-    /// The received LSN (0 unless a replica).
+    /// The received (written) LSN, falling back to the WAL position (0 unless a replica).
     pub fn received_location(&self) -> u64 {
-        match &self.pg.wal {
-            WalView::Replica { received, .. } => *received,
-            _ => 0,
-        }
+        self.pg
+            .replica()
+            .map_or(0, |s| s.receive_lsn.unwrap_or(s.wal_position))
     }
 }
 
-/// `synchronous_mode` of a dynamic configuration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SyncMode {
-    /// Off (the default).
-    Off,
-    /// `true` / `on`.
-    On,
-    /// `quorum`.
-    Quorum,
-}
-
-impl SyncMode {
-    /// Reads `synchronous_mode` from a dynamic configuration.
-    pub fn of(config: Option<&Map<String, Value>>) -> SyncMode {
-        match config.and_then(|c| c.get("synchronous_mode")) {
-            Some(Value::String(s)) if s.eq_ignore_ascii_case("quorum") => SyncMode::Quorum,
-            Some(v) if truthy(v) => SyncMode::On,
-            _ => SyncMode::Off,
-        }
+/// `synchronous_mode` of a dynamic configuration as stored, read leniently (a value
+/// [`DynamicConfig`](crate::config::DynamicConfig) would reject counts as off): the API answers
+/// from whatever another agent wrote, as Patroni does.
+pub fn sync_mode(config: Option<&Map<String, Value>>) -> SyncMode {
+    match config.and_then(|c| c.get("synchronous_mode")) {
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("quorum") => SyncMode::Quorum,
+        Some(v) if truthy(v) => SyncMode::On,
+        _ => SyncMode::Off,
     }
 }
 

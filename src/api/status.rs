@@ -10,52 +10,44 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::json::{Node, Obj};
-use super::state::{Snapshot, WalView};
+use super::state::Snapshot;
 
 /// Builds the status document of `s` at `now`.
 pub fn status_document(s: &Snapshot, now: Instant) -> Obj {
     let pg = &s.pg;
+    let st = pg.status.as_ref();
     let mut o = Obj::new();
     o.push("state", pg.state.as_str());
-    if let Some(t) = &pg.postmaster_start_time {
-        o.push("postmaster_start_time", t.as_str());
+    if let Some(st) = st {
+        o.push("postmaster_start_time", st.postmaster_start_time.as_str());
     }
     o.push("role", pg.role.as_str());
-    if let Some(v) = pg.server_version {
-        o.push("server_version", v);
-    }
-    match &pg.wal {
-        WalView::Primary { location } => o.push("xlog", Obj::new().with("location", *location)),
-        WalView::Replica {
-            received,
-            replayed,
-            replayed_timestamp,
-            paused,
-        } => o.push(
-            "xlog",
+    if let Some(st) = st {
+        o.push("server_version", st.server_version);
+        let xlog = if st.in_recovery {
             Obj::new()
-                .with("received_location", *received)
-                .with("replayed_location", *replayed)
+                .with("received_location", s.received_location())
+                .with("replayed_location", s.replayed_location())
                 .with(
                     "replayed_timestamp",
-                    replayed_timestamp
+                    st.replayed_timestamp
                         .clone()
                         .map(Value::String)
                         .unwrap_or(Value::Null),
                 )
-                .with("paused", *paused),
-        ),
-        WalView::Unknown => {}
+                .with("paused", st.replay_paused)
+        } else {
+            Obj::new().with("location", st.wal_position)
+        };
+        o.push("xlog", xlog);
+        o.push("timeline", st.timeline);
     }
-    if let Some(t) = pg.timeline {
-        o.push("timeline", t);
+    if let Some(r) = pg.replication_state() {
+        o.push("replication_state", r);
     }
-    if let Some(r) = &pg.replication_state {
-        o.push("replication_state", r.as_str());
-    }
-    if !pg.replication.is_empty() {
-        let rows = pg
-            .replication
+    let replication = st.map(|st| st.replication.as_slice()).unwrap_or_default();
+    if !replication.is_empty() {
+        let rows = replication
             .iter()
             .map(|r| {
                 Node::Obj(
@@ -99,7 +91,7 @@ pub fn status_document(s: &Snapshot, now: Instant) -> Obj {
     if let Some(id) = &pg.sysid {
         o.push("database_system_identifier", id.as_str());
     }
-    if pg.pending_restart {
+    if pg.pending_restart() {
         o.push("pending_restart", true);
     }
     o.push(
@@ -119,8 +111,9 @@ pub fn status_document(s: &Snapshot, now: Instant) -> Obj {
 pub(crate) mod tests {
     use super::*;
     use crate::api::json::to_python_json;
-    use crate::api::state::{PgView, ReplicationRow};
+    use crate::api::state::PgView;
     use crate::dcs::model::{ClusterView, Version};
+    use crate::postgres::{PgStatus, ReplicationRow};
     use std::time::Duration;
 
     /// Reads a copied Patroni 3.0.2 capture: (first line, body).
@@ -162,23 +155,25 @@ pub(crate) mod tests {
         s.pg = PgView {
             state: "running".into(),
             role: "master".into(),
-            server_version: Some(150018),
-            postmaster_start_time: Some("2026-11-24 05:13:38.632305+00:00".into()),
-            timeline: Some(1),
-            wal: WalView::Primary { location: 67108960 },
+            status: Some(PgStatus {
+                server_version: 150018,
+                postmaster_start_time: "2026-11-24 05:13:38.632305+00:00".into(),
+                timeline: 1,
+                wal_position: 67108960,
+                replication: ["m1", "m2"]
+                    .iter()
+                    .map(|n| ReplicationRow {
+                        usename: "repl".into(),
+                        application_name: (*n).into(),
+                        client_addr: Some("127.0.0.1".into()),
+                        state: "streaming".into(),
+                        sync_state: "async".into(),
+                        sync_priority: 0,
+                    })
+                    .collect(),
+                ..PgStatus::default()
+            }),
             sysid: Some("7711601831702346954".into()),
-            replication: ["m1", "m2"]
-                .iter()
-                .map(|n| ReplicationRow {
-                    usename: "repl".into(),
-                    application_name: (*n).into(),
-                    client_addr: Some("127.0.0.1".into()),
-                    state: "streaming".into(),
-                    sync_state: "async".into(),
-                    sync_priority: 0,
-                })
-                .collect(),
-            ..PgView::default()
         };
         s
     }
@@ -208,10 +203,11 @@ pub(crate) mod tests {
         let now = Instant::now();
         let mut s = base(now);
         s.dcs_last_seen = Some(1795497237);
-        s.pg.wal = WalView::Primary { location: 67109000 };
-        s.pg.replication[0].sync_state = "sync".into();
-        s.pg.replication[0].sync_priority = 1;
-        s.pg.pending_restart = true;
+        let st = s.pg.status.as_mut().unwrap();
+        st.wal_position = 67109000;
+        st.replication[0].sync_state = "sync".into();
+        st.replication[0].sync_priority = 1;
+        st.pending_restart = true;
         let (_, body) = capture("leader-patroni-pending-restart.txt");
         assert_eq!(
             to_python_json(&status_document(&s, now)),
@@ -225,14 +221,12 @@ pub(crate) mod tests {
         let mut s = base(now);
         s.name = "m1".into();
         s.pg.role = "replica".into();
-        s.pg.postmaster_start_time = Some("2026-11-24 05:13:40.660957+00:00".into());
-        s.pg.wal = WalView::Replica {
-            received: 67108960,
-            replayed: 67108960,
-            replayed_timestamp: None,
-            paused: false,
-        };
-        s.pg.replication.clear();
+        let st = s.pg.status.as_mut().unwrap();
+        st.postmaster_start_time = "2026-11-24 05:13:40.660957+00:00".into();
+        st.in_recovery = true;
+        st.receive_lsn = Some(67108960);
+        st.replay_lsn = Some(67108960);
+        st.replication.clear();
         let (_, body) = capture("replica-patroni.txt");
         assert_eq!(
             to_python_json(&status_document(&s, now)),

@@ -11,7 +11,8 @@ use serde_json::{Map, Value};
 use tokio::task::JoinSet;
 
 use super::cluster::{Schedule, isoformat, parse_schedule};
-use super::state::{ApiCommand, ApiContext, SyncMode, config_paused};
+use super::state::{ApiCommand, ApiContext, config_paused, sync_mode};
+use crate::config::SyncMode;
 use crate::dcs::model::{ClusterView, Failover, Member, tags_nofailover};
 
 /// Which endpoint was called (a failover naming a leader becomes a switchover).
@@ -181,7 +182,7 @@ fn feasible_members(plan: &Plan, view: &ClusterView) -> Result<Vec<(String, Memb
     {
         return Err("leader name does not match".into());
     }
-    let mode = SyncMode::of(view.config.as_ref().map(|c| &c.value));
+    let mode = sync_mode(view.config.as_ref().map(|c| &c.value));
     let sync: Vec<&str> = view
         .sync
         .as_ref()

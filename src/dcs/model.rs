@@ -455,19 +455,6 @@ impl ClusterView {
     }
 }
 
-/// Formats an LSN as PostgreSQL does (`0/3000060`).
-pub fn format_lsn(lsn: u64) -> String {
-    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
-}
-
-/// Parses `X/X` into an LSN.
-pub fn parse_lsn(s: &str) -> Option<u64> {
-    let (hi, lo) = s.trim().split_once('/')?;
-    let hi = u64::from_str_radix(hi, 16).ok()?;
-    let lo = u64::from_str_radix(lo, 16).ok()?;
-    Some((hi << 32) | lo)
-}
-
 /// Patroni's slot name for a member: lowercase; `-` and `.` → `_`; other characters outside
 /// `[a-z0-9_]` → `u%04x`; cut to 63 bytes.
 pub fn slot_name(member: &str) -> String {
@@ -520,9 +507,7 @@ mod tests {
     }
 
     #[test]
-    fn lsn_and_slot_names() {
-        assert_eq!(format_lsn(67108864), "0/4000000");
-        assert_eq!(parse_lsn("0/4000000"), Some(67108864));
+    fn slot_names() {
         assert_eq!(slot_name("Postgres-1.x"), "postgres_1_x");
         assert_eq!(slot_name("a b"), "au0020b");
     }

@@ -1,5 +1,5 @@
 //! Pure rendering: `postgresql.conf`, `pg_hba.conf`, pgpass, libpq conninfo strings, postmaster
-//! arguments, SQL quoting and LSN text. No I/O here.
+//! arguments and SQL quoting. No I/O here.
 
 use std::collections::BTreeMap;
 
@@ -251,19 +251,6 @@ pub fn quote_literal(s: &str) -> String {
     }
 }
 
-/// Parses `X/Y` hex LSN text.
-pub fn parse_lsn(s: &str) -> Option<u64> {
-    let (hi, lo) = s.trim().split_once('/')?;
-    let hi = u64::from_str_radix(hi, 16).ok()?;
-    let lo = u64::from_str_radix(lo, 16).ok()?;
-    (hi <= u32::MAX as u64 && lo <= u32::MAX as u64).then_some((hi << 32) | lo)
-}
-
-/// Formats an LSN as `X/Y`.
-pub fn format_lsn(lsn: u64) -> String {
-    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -418,14 +405,10 @@ local all all trust\nhost replication all 0.0.0.0/0 md5\n"
     }
 
     #[test]
-    fn sql_quoting_and_lsn() {
+    fn sql_quoting_and_local_host() {
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
         assert_eq!(quote_literal("it's"), "'it''s'");
         assert_eq!(quote_literal("a\\'"), "E'a\\\\'''");
-        assert_eq!(parse_lsn("0/17414F8"), Some(0x17414F8));
-        assert_eq!(parse_lsn("1/A0000028"), Some(0x1_A000_0028));
-        assert_eq!(parse_lsn("x"), None);
-        assert_eq!(format_lsn(0x1_A000_0028), "1/A0000028");
         assert_eq!(local_tcp_host("*"), "127.0.0.1");
         assert_eq!(local_tcp_host("10.0.0.1, 127.0.0.1"), "10.0.0.1");
         assert_eq!(local_tcp_host("::"), "::1");

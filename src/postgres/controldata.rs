@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use super::conf::parse_lsn;
 use super::error::tail;
+use super::lsn::parse_lsn;
 
 /// The fields of `pg_control` the agent needs.
 #[derive(Debug, Clone, PartialEq, Eq)]

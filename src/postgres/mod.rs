@@ -7,6 +7,7 @@
 //! - `settings.rs`: [`PgSettings`], [`StartAs`], [`StopMode`], [`PgStatus`].
 //! - `conf.rs`: pure rendering of `postgresql.conf`, `pg_hba.conf`, pgpass, conninfo strings.
 //! - `controldata.rs`: `pg_controldata` parsing, [`DataDirState`].
+//! - `lsn.rs`: LSN text, [`parse_lsn`] and [`format_lsn`].
 //! - `process.rs`: spawning and signalling the postmaster child.
 //! - `query.rs`: status and other bounded queries.
 //! - `bootstrap.rs`: `initdb`, users. `clone.rs`: `pg_basebackup`. `rewind.rs`: `pg_rewind`.
@@ -16,6 +17,7 @@ mod clone;
 pub mod conf;
 mod controldata;
 mod error;
+mod lsn;
 mod process;
 mod query;
 mod rewind;
@@ -26,6 +28,7 @@ use std::time::{Duration, Instant};
 
 pub use controldata::{Controldata, DataDirState, parse_controldata};
 pub use error::PgError;
+pub use lsn::{format_lsn, parse_lsn};
 pub use process::{
     kill_data_dir_processes, kill_data_dir_processes_confirmed, postgres_processes_in,
     postmaster_pid_file_alive,

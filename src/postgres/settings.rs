@@ -90,13 +90,17 @@ impl StopMode {
     }
 }
 
-/// One row of `pg_stat_replication`, the fields Patroni publishes.
+/// One row of `pg_stat_replication`, the fields Patroni publishes (`replication` in the
+/// status document, in this order).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ReplicationRow {
     pub usename: String,
     pub application_name: String,
+    /// `client_addr` as text; null for a walsender on a Unix socket.
     pub client_addr: Option<String>,
+    /// `streaming`, `catchup`, ...
     pub state: String,
+    /// `sync`, `async`, `quorum` or `potential`.
     pub sync_state: String,
     pub sync_priority: i32,
 }
