@@ -11,7 +11,9 @@
 use std::time::Duration;
 
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// Formatted lines that may wait for stdout before new ones are dropped. The buffer's slots
 /// are allocated up front (32 bytes each: 128 KiB); a full buffer of typical lines holds
@@ -29,19 +31,47 @@ pub struct LogGuard {
     worker: Option<WorkerGuard>,
 }
 
+/// The filter used when `PGWARDEN_LOG` is unset or cannot be parsed.
+const DEFAULT_FILTER: &str = "info";
+
+/// The log filter named by `PGWARDEN_LOG`: a default level and per-module levels, e.g.
+/// `info,pgwarden::ha=debug`. An unparsable value falls back to `info` with a note on stderr.
+///
+/// This is tracing's `Targets` syntax, not `EnvFilter`'s: span and field filters are not
+/// accepted. `EnvFilter` brings a regex engine into every agent's resident memory for a
+/// feature an HA agent's log does not need.
+fn filter_from_env() -> Targets {
+    let Ok(text) = std::env::var("PGWARDEN_LOG") else {
+        return DEFAULT_FILTER.parse().expect("the default filter parses");
+    };
+    parse_filter(&text).unwrap_or_else(|e| {
+        eprintln!(
+            "pgwarden: PGWARDEN_LOG={text:?} is not a log filter ({e}); using {DEFAULT_FILTER:?}"
+        );
+        DEFAULT_FILTER.parse().expect("the default filter parses")
+    })
+}
+
+fn parse_filter(text: &str) -> Result<Targets, String> {
+    text.trim().parse::<Targets>().map_err(|e| e.to_string())
+}
+
 /// Installs the global subscriber: filter from `PGWARDEN_LOG` (default `info`), no targets,
 /// written to stdout without ever blocking the caller.
 pub fn init() -> LogGuard {
-    let filter = EnvFilter::try_from_env("PGWARDEN_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = filter_from_env();
     let (writer, worker) = NonBlockingBuilder::default()
         .lossy(true)
         .buffered_lines_limit(BUFFERED_LINES)
         .thread_name("pgwarden-log")
         .finish(std::io::stdout());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_writer(writer)
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_target(false)
+                .with_writer(writer),
+        )
+        .with(filter)
         .init();
     LogGuard {
         worker: Some(worker),
@@ -66,5 +96,29 @@ impl Drop for LogGuard {
         if spawned.is_ok() {
             let _ = done_rx.recv_timeout(FLUSH_WAIT);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing::Level;
+    use tracing::level_filters::LevelFilter;
+
+    #[test]
+    fn the_filter_takes_a_default_level_and_per_module_levels() {
+        let f = parse_filter("info,pgwarden::ha=debug").unwrap();
+        assert!(f.would_enable("pgwarden::ha::cycle", &Level::DEBUG));
+        assert!(!f.would_enable("pgwarden::agent", &Level::DEBUG));
+        assert!(f.would_enable("pgwarden::agent", &Level::INFO));
+        assert_eq!(
+            parse_filter("warn").unwrap().default_level(),
+            Some(LevelFilter::WARN)
+        );
+    }
+
+    #[test]
+    fn a_filter_that_does_not_parse_is_an_error() {
+        assert!(parse_filter("pgwarden=loud").is_err());
     }
 }

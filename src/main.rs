@@ -38,9 +38,6 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<std::ffi::OsString>,
     },
-    /// The lease fence process, started by the agent itself (internal).
-    #[command(hide = true)]
-    FenceHelper(pgwarden::agent::FenceHelperArgs),
 }
 
 /// The log never blocks a thread that logs (see `pgwarden::logging`); keep the guard until
@@ -144,6 +141,18 @@ fn main() -> ExitCode {
     if invoked_as.as_deref() == Some("patronictl") {
         return pgwarden::ctl::main(argv);
     }
+    // The fence process (started by the agent, `pgwarden fence-helper ...`): straight to its
+    // loop, before the log's writer thread and the command-line parser, so that it runs, and
+    // keeps resident, as little of this binary as it can.
+    if argv.get(1).is_some_and(|a| a == "fence-helper") {
+        return match pgwarden::agent::FenceHelperArgs::parse(argv.into_iter().skip(2)) {
+            Ok(args) => pgwarden::agent::fence_helper_main(args),
+            Err(e) => {
+                eprintln!("pgwarden fence-helper: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let _log = init_tracing();
     let cli = Cli::parse();
     match cli.command {
@@ -153,11 +162,6 @@ fn main() -> ExitCode {
             let mut argv = vec![std::ffi::OsString::from("patronictl")];
             argv.extend(args);
             pgwarden::ctl::main(argv)
-        }
-        Some(Command::FenceHelper(args)) => {
-            // the fence process never logs through tracing: no writer thread in it
-            drop(_log);
-            pgwarden::agent::fence_helper_main(args)
         }
         None => run_member(cli.config, cli.validate_config),
     }

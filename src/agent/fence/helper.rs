@@ -31,21 +31,52 @@ fn say_stderr(line: &str) {
     }
 }
 
-/// `pgwarden fence-helper`: the fence process (started by the agent; not for humans).
-#[derive(Debug, clap::Args)]
+/// `pgwarden fence-helper`'s arguments (started by the agent; not for humans).
+///
+/// Parsed by hand, not by clap: the fence process runs as little of the binary as it can,
+/// so that few of its pages become resident in it.
+#[derive(Debug, PartialEq)]
 pub struct FenceHelperArgs {
-    /// PostgreSQL's data directory.
-    #[arg(long)]
+    /// PostgreSQL's data directory (`--data-dir`).
     pub data_dir: PathBuf,
-    /// watchdog.mode: off, automatic or required.
-    #[arg(long, default_value = "off")]
+    /// watchdog.mode (`--watchdog-mode`): off, automatic or required.
     pub watchdog_mode: String,
-    /// watchdog.device.
-    #[arg(long, default_value = "/dev/watchdog")]
+    /// watchdog.device (`--watchdog-device`).
     pub watchdog_device: PathBuf,
-    /// watchdog.safety_margin (seconds; -1: half of ttl).
-    #[arg(long, default_value_t = 5, allow_hyphen_values = true)]
+    /// watchdog.safety_margin in seconds, -1 for half of ttl (`--watchdog-safety-margin`).
     pub watchdog_safety_margin: i64,
+}
+
+impl FenceHelperArgs {
+    /// The arguments after `fence-helper`.
+    pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Self, String> {
+        let mut data_dir = None;
+        let mut parsed = FenceHelperArgs {
+            data_dir: PathBuf::new(),
+            watchdog_mode: "off".into(),
+            watchdog_device: PathBuf::from("/dev/watchdog"),
+            watchdog_safety_margin: 5,
+        };
+        let mut args = args.into_iter();
+        while let Some(flag) = args.next() {
+            let flag = flag.to_string_lossy().into_owned();
+            let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+            match flag.as_str() {
+                "--data-dir" => data_dir = Some(PathBuf::from(value)),
+                "--watchdog-mode" => parsed.watchdog_mode = value.to_string_lossy().into_owned(),
+                "--watchdog-device" => parsed.watchdog_device = PathBuf::from(value),
+                "--watchdog-safety-margin" => {
+                    parsed.watchdog_safety_margin = value
+                        .to_string_lossy()
+                        .parse()
+                        .map_err(|_| format!("{flag}: not a whole number: {value:?}"))?
+                }
+                _ => return Err(format!("unknown argument {flag}")),
+            }
+        }
+        parsed.data_dir = data_dir.ok_or("--data-dir is required")?;
+        Ok(parsed)
+    }
 }
 
 /// The fence process: single-threaded, no runtime, nothing written before a kill.
@@ -127,5 +158,55 @@ pub fn fence_helper_main(args: FenceHelperArgs) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<std::ffi::OsString> {
+        a.iter().map(Into::into).collect()
+    }
+
+    #[test]
+    fn arguments_parse_with_defaults_for_the_watchdog() {
+        let a = FenceHelperArgs::parse(args(&["--data-dir", "/pg"])).unwrap();
+        assert_eq!(a.data_dir, PathBuf::from("/pg"));
+        assert_eq!(a.watchdog_mode, "off");
+        assert_eq!(a.watchdog_device, PathBuf::from("/dev/watchdog"));
+        assert_eq!(a.watchdog_safety_margin, 5);
+        let a = FenceHelperArgs::parse(args(&[
+            "--watchdog-mode",
+            "required",
+            "--data-dir",
+            "/pg",
+            "--watchdog-device",
+            "/tmp/wd",
+            "--watchdog-safety-margin",
+            "-1",
+        ]))
+        .unwrap();
+        assert_eq!(a.watchdog_mode, "required");
+        assert_eq!(a.watchdog_device, PathBuf::from("/tmp/wd"));
+        assert_eq!(a.watchdog_safety_margin, -1);
+    }
+
+    #[test]
+    fn bad_arguments_are_named() {
+        let e = FenceHelperArgs::parse(args(&[])).unwrap_err();
+        assert!(e.contains("--data-dir"), "{e}");
+        let e = FenceHelperArgs::parse(args(&["--data-dir"])).unwrap_err();
+        assert!(e.contains("needs a value"), "{e}");
+        let e = FenceHelperArgs::parse(args(&["--data-dir", "/pg", "--bogus", "x"])).unwrap_err();
+        assert!(e.contains("--bogus"), "{e}");
+        let e = FenceHelperArgs::parse(args(&[
+            "--data-dir",
+            "/pg",
+            "--watchdog-safety-margin",
+            "x",
+        ]))
+        .unwrap_err();
+        assert!(e.contains("whole number"), "{e}");
     }
 }
