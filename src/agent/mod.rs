@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Mutex, mpsc};
 use tokio::time::Instant;
 
+use crate::api::peer_client::PeerClient;
 use crate::api::{self, ApiCommand, ApiContext, ApiState, Snapshot};
 use crate::config::{Config, DynamicConfig};
 use crate::dcs::etcd::{EtcdDcs, EtcdSettings};
@@ -55,7 +56,7 @@ pub struct Agent {
     dcs_last_seen: Option<i64>,
     api: ApiState,
     fence: Fence,
-    http: reqwest::Client,
+    http: PeerClient,
     tasks_tx: mpsc::UnboundedSender<TaskDone>,
     tasks_rx: mpsc::UnboundedReceiver<TaskDone>,
     bootstrap_pending: bool,
@@ -147,25 +148,17 @@ pub async fn run(
     // TLS problems are configuration errors: report them before touching the store.
     let api_tls = api::tls::server_config(&cfg.restapi)?;
     let peer_tls = api::tls::ClientTls::of_agent(&cfg);
-    let http = peer_tls
-        .apply(reqwest::Client::builder().no_proxy())?
-        .build()
-        .context("building the HTTP client")?;
+    let http = PeerClient::new(peer_tls.clone(), None, None)?;
     // The API's own client (switchover candidate probes): only when peers need TLS settings,
     // so that the plain setup stays exactly as it was.
     let api_peer_client = if peer_tls.is_default() {
         None
     } else {
-        let b = reqwest::Client::builder()
-            .timeout(Duration::from_secs(2))
-            .no_proxy()
-            .user_agent(format!("Patroni/{} pgwarden", api::state::VERSION));
-        Some(
-            peer_tls
-                .apply(b)?
-                .build()
-                .context("building the REST API's HTTP client")?,
-        )
+        Some(PeerClient::new(
+            peer_tls.clone(),
+            Some(Duration::from_secs(2)),
+            Some(format!("Patroni/{} pgwarden", api::state::VERSION)),
+        )?)
     };
 
     let dynamic = bootstrap_dynamic(&cfg);
@@ -185,7 +178,8 @@ pub async fn run(
         && let Some(url) = &m.api_url
     {
         let live = url.replace("/patroni", "/liveness");
-        if let Ok(r) = http.get(&live).timeout(Duration::from_secs(2)).send().await
+        if let Ok(request) = http.get(&live)
+            && let Ok(r) = request.timeout(Duration::from_secs(2)).send().await
             && r.status().is_success()
         {
             bail!(

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::api::peer_client::PeerClient;
 use crate::dcs::Member;
 use crate::ha::{DataDir, PeerFacts, PeerReport, PgFacts};
 use crate::postgres::{DataDirState, PgStatus};
@@ -122,7 +123,7 @@ impl Agent {
 /// (at most its two-second bound), not the sum. A peer without a URL, or that does not answer
 /// in time, is `None`.
 pub(crate) async fn probe_all(
-    client: &reqwest::Client,
+    client: &PeerClient,
     targets: Vec<(String, Option<String>)>,
 ) -> PeerReport {
     let probes = targets.into_iter().map(|(name, url)| async move {
@@ -138,9 +139,10 @@ pub(crate) async fn probe_all(
         .collect()
 }
 
-async fn probe_one(client: &reqwest::Client, url: &str) -> Option<PeerFacts> {
+async fn probe_one(client: &PeerClient, url: &str) -> Option<PeerFacts> {
     let resp = client
         .get(url)
+        .ok()?
         .timeout(Duration::from_secs(2))
         .send()
         .await
@@ -235,7 +237,7 @@ mod tests {
         let arrived = std::sync::Arc::new(tokio::sync::Barrier::new(2));
         let a = stalling_peer(arrived.clone(), 100).await;
         let b = stalling_peer(arrived.clone(), 200).await;
-        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let client = PeerClient::plain(None, None);
         let report = probe_all(
             &client,
             vec![

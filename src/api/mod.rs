@@ -22,6 +22,7 @@ pub mod config;
 pub mod health;
 pub mod json;
 pub mod metrics;
+pub mod peer_client;
 pub mod restart;
 pub mod server;
 pub mod state;

@@ -26,6 +26,7 @@ use super::config::{self as config_ep, ConfigReply};
 use super::health::{health_code, liveness_code, readiness_code};
 use super::json::to_python_json;
 use super::metrics::render_metrics;
+use super::peer_client::PeerClient;
 use super::restart::{self, Scheduled};
 use super::state::{ApiCommand, ApiContext};
 use super::status::status_document;
@@ -37,7 +38,7 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 struct Inner {
     ctx: ApiContext,
-    client: reqwest::Client,
+    client: PeerClient,
     scheduled_restart: Scheduled,
 }
 
@@ -51,18 +52,12 @@ pub fn router(ctx: ApiContext) -> Router {
 /// [`router`] with the client used for the switchover candidates' probes (`None`: a plain one;
 /// members serving https need one that trusts their CA, [`super::tls::ClientTls`]) and whether
 /// protected requests need a client certificate ([`super::tls::client_cert_required`]).
-pub fn router_with(
-    ctx: ApiContext,
-    peer_client: Option<reqwest::Client>,
-    client_cert: bool,
-) -> Router {
+pub fn router_with(ctx: ApiContext, peer_client: Option<PeerClient>, client_cert: bool) -> Router {
     let client = peer_client.unwrap_or_else(|| {
-        reqwest::Client::builder()
-            .timeout(ctx.peer_timeout)
-            .no_proxy()
-            .user_agent(format!("Patroni/{} pgwarden", super::state::VERSION))
-            .build()
-            .unwrap_or_default()
+        PeerClient::plain(
+            Some(ctx.peer_timeout),
+            Some(format!("Patroni/{} pgwarden", super::state::VERSION)),
+        )
     });
     let guard = access::Guard {
         access: Arc::new(ctx.access.clone()),
@@ -85,7 +80,7 @@ pub struct ServeOptions {
     /// TLS on the listener ([`super::tls::server_config`]); `None`: plain HTTP.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// The client for requests to other members (see [`router_with`]).
-    pub peer_client: Option<reqwest::Client>,
+    pub peer_client: Option<PeerClient>,
     /// Protected requests need a client certificate (see [`router_with`]).
     pub client_cert: bool,
 }

@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 use tokio::task::JoinSet;
 
 use super::cluster::{Schedule, isoformat, parse_schedule};
+use super::peer_client::PeerClient;
 use super::state::{ApiCommand, ApiContext, config_paused, sync_mode};
 use crate::config::SyncMode;
 use crate::dcs::model::{ClusterView, Failover, Member, tags_nofailover};
@@ -228,11 +229,14 @@ fn feasible_members(plan: &Plan, view: &ClusterView) -> Result<Vec<(String, Memb
 
 /// Probes one member: reachable (any JSON object answer), not `nofailover` (member key or
 /// reported tags), not `watchdog_failed`.
-async fn member_ok(client: reqwest::Client, member: Member) -> bool {
+async fn member_ok(client: PeerClient, member: Member) -> bool {
     let Some(url) = member.api_url.clone() else {
         return false;
     };
-    let Ok(resp) = client.get(&url).send().await else {
+    let Ok(request) = client.get(&url) else {
+        return false;
+    };
+    let Ok(resp) = request.send().await else {
         return false;
     };
     let Ok(Value::Object(doc)) = resp.json::<Value>().await else {
@@ -248,7 +252,7 @@ async fn member_ok(client: reqwest::Client, member: Member) -> bool {
     !member.nofailover() && !tags_nofailover(reported_tags) && !watchdog_failed
 }
 
-async fn any_good_candidate(client: &reqwest::Client, members: &[(String, Member)]) -> bool {
+async fn any_good_candidate(client: &PeerClient, members: &[(String, Member)]) -> bool {
     let mut set = JoinSet::new();
     for (_, m) in members {
         set.spawn(member_ok(client.clone(), m.clone()));
@@ -265,7 +269,7 @@ async fn any_good_candidate(client: &reqwest::Client, members: &[(String, Member
 /// Runs a validated request to its reply.
 pub async fn run(
     ctx: &ApiContext,
-    client: &reqwest::Client,
+    client: &PeerClient,
     action: Action,
     body: &Map<String, Value>,
 ) -> Reply {

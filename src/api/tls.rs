@@ -238,6 +238,12 @@ impl ClientTls {
         self.ca.is_none() && self.cert.is_none() && !self.insecure
     }
 
+    /// Verifying a server needs the system's CA roots: no CA bundle is named and certificates
+    /// are checked.
+    pub fn needs_system_roots(&self) -> bool {
+        self.ca.is_none() && !self.insecure
+    }
+
     /// Applies the settings to a reqwest client builder.
     pub fn apply(&self, mut b: reqwest::ClientBuilder) -> Result<reqwest::ClientBuilder, TlsError> {
         if let Some((key, path)) = &self.ca {
