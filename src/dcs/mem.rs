@@ -33,6 +33,20 @@ pub struct MemStore {
     leases: BTreeMap<LeaseId, (Duration, Duration)>,
     revision: u64,
     next_lease: LeaseId,
+    /// The last leader key removed by a delete (not by its lease running out): holder, lease,
+    /// when. Cleared when a leader key is written again.
+    deleted_leader: Option<(String, Option<LeaseId>, Duration)>,
+    /// What the [`MemDcs`] handles on this store share, created by the first one.
+    handles: Option<Arc<Handles>>,
+}
+
+/// What every [`MemDcs`] handle on one store shares: one clock, so that all members judge
+/// leases alike (a clock per handle made a lease granted by a later handle expire early for an
+/// earlier one), and one change counter, so that each member sees the others' writes.
+#[derive(Debug)]
+struct Handles {
+    epoch: tokio::time::Instant,
+    changes: watch::Sender<u64>,
 }
 
 impl MemStore {
@@ -84,7 +98,6 @@ impl MemStore {
         }
     }
 
-    /// Whether a lease is alive.
     /// The lease a key is bound to.
     pub fn lease_of(&mut self, key: &str, now: Duration) -> Option<LeaseId> {
         self.expire(now);
@@ -96,6 +109,7 @@ impl MemStore {
         self.leases.get(&lease).map(|(ttl, _)| *ttl)
     }
 
+    /// Whether a lease is alive.
     pub fn lease_alive(&mut self, lease: LeaseId, now: Duration) -> bool {
         self.expire(now);
         self.leases.contains_key(&lease)
@@ -110,6 +124,9 @@ impl MemStore {
     /// Unconditional write.
     pub fn put(&mut self, key: &str, value: &str, lease: Option<LeaseId>, now: Duration) {
         self.expire(now);
+        if key == "leader" {
+            self.deleted_leader = None;
+        }
         self.revision += 1;
         let e = Entry {
             value: value.to_owned(),
@@ -172,12 +189,7 @@ impl MemStore {
     /// Delete if the key holds `value`.
     pub fn delete_if_value(&mut self, key: &str, value: &str, now: Duration) -> bool {
         self.expire(now);
-        if self.keys.get(key).is_some_and(|e| e.value == value) {
-            self.keys.remove(key);
-            self.revision += 1;
-            return true;
-        }
-        false
+        self.keys.get(key).is_some_and(|e| e.value == value) && self.remove(key, now)
     }
 
     /// Delete if the key holds `value` and, when given, is still at version `expected`.
@@ -199,9 +211,31 @@ impl MemStore {
     /// Delete a key.
     pub fn delete(&mut self, key: &str, now: Duration) {
         self.expire(now);
-        if self.keys.remove(key).is_some() {
-            self.revision += 1;
+        self.remove(key, now);
+    }
+
+    fn remove(&mut self, key: &str, now: Duration) -> bool {
+        let Some(e) = self.keys.remove(key) else {
+            return false;
+        };
+        self.revision += 1;
+        if key == "leader" {
+            self.deleted_leader = Some((e.value, e.lease, now));
         }
+        true
+    }
+
+    /// The holder of a leader key deleted (by hand, or released) while the lease it was bound
+    /// to lives, within that lease's ttl of the deletion, while no leader key exists: what the
+    /// etcd backend reports as [`ClusterView::vanished_leader`].
+    pub fn vanished_leader(&mut self, now: Duration) -> Option<String> {
+        self.expire(now);
+        if self.keys.contains_key("leader") {
+            return None;
+        }
+        let (holder, lease, at) = self.deleted_leader.clone()?;
+        let ttl = self.lease_ttl(lease?)?;
+        (now < at + ttl).then_some(holder)
     }
 
     /// Rebinds a key that holds `value` to `lease` (the holder renewing under a new lease).
@@ -250,31 +284,45 @@ impl MemStore {
 #[derive(Clone)]
 pub struct MemDcs {
     store: Arc<Mutex<MemStore>>,
+    handles: Arc<Handles>,
     name: String,
     ttl: Arc<Mutex<Duration>>,
     lease: Arc<Mutex<Option<LeaseId>>>,
-    start: tokio::time::Instant,
-    changes: Arc<watch::Sender<u64>>,
 }
 
 impl MemDcs {
     /// A member `name`'s handle on a shared store.
     pub fn new(store: Arc<Mutex<MemStore>>, name: &str, ttl: Duration) -> Self {
+        let handles = store
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .handles
+            .get_or_insert_with(|| {
+                Arc::new(Handles {
+                    epoch: tokio::time::Instant::now(),
+                    changes: watch::channel(0).0,
+                })
+            })
+            .clone();
         MemDcs {
             store,
+            handles,
             name: name.to_owned(),
             ttl: Arc::new(Mutex::new(ttl)),
             lease: Arc::new(Mutex::new(None)),
-            start: tokio::time::Instant::now(),
-            changes: Arc::new(watch::channel(0).0),
         }
+    }
+
+    /// Now on the store's clock, for tests that edit the [`MemStore`] directly.
+    pub fn clock(&self) -> Duration {
+        self.handles.epoch.elapsed()
     }
 
     fn with<T>(
         &self,
         f: impl FnOnce(&mut MemStore, Duration, LeaseId) -> T,
     ) -> Result<T, DcsError> {
-        let now = self.start.elapsed();
+        let now = self.clock();
         let ttl = *self
             .ttl
             .lock()
@@ -287,8 +335,10 @@ impl MemDcs {
             .lease
             .lock()
             .map_err(|_| DcsError::Failed("lock poisoned".into()))?;
+        // A lease granted with another ttl is replaced, as etcd's backend does after `set_ttl`;
+        // keys move to the new one on their next write.
         let id = match *lease {
-            Some(id) if store.keepalive(id, now) => id,
+            Some(id) if store.lease_ttl(id) == Some(ttl) && store.keepalive(id, now) => id,
             _ => {
                 let id = store.grant(ttl, now);
                 *lease = Some(id);
@@ -298,7 +348,7 @@ impl MemDcs {
         let before = store.revision();
         let r = f(&mut store, now, id);
         if store.revision() != before {
-            self.changes.send_modify(|c| *c += 1);
+            self.handles.changes.send_modify(|c| *c += 1);
         }
         Ok(r)
     }
@@ -307,10 +357,14 @@ impl MemDcs {
 #[async_trait]
 impl Dcs for MemDcs {
     async fn load(&self, _fresh: bool) -> Result<ClusterView, DcsError> {
-        self.with(|s, now, _| s.view(now))
+        self.with(|s, now, _| {
+            let mut view = s.view(now);
+            view.vanished_leader = s.vanished_leader(now);
+            view
+        })
     }
     fn changes(&self) -> watch::Receiver<u64> {
-        self.changes.subscribe()
+        self.handles.changes.subscribe()
     }
     fn set_ttl(&self, ttl: Duration) {
         if let Ok(mut t) = self.ttl.lock() {
@@ -323,7 +377,11 @@ impl Dcs for MemDcs {
     }
     async fn acquire_leader(&self) -> Result<bool, DcsError> {
         let name = self.name.clone();
-        self.with(|s, now, lease| s.create("leader", &name, Some(lease), now))
+        // Already ours (an acquisition whose answer was lost): held, renewed by `with`.
+        self.with(|s, now, lease| {
+            s.create("leader", &name, Some(lease), now)
+                || s.rebind_if_value("leader", &name, lease, now)
+        })
     }
     async fn update_leader(&self, status: Option<&Status>) -> Result<bool, DcsError> {
         let name = self.name.clone();
@@ -345,11 +403,14 @@ impl Dcs for MemDcs {
     ) -> Result<bool, DcsError> {
         let name = self.name.clone();
         let status = status.map(Status::to_json);
+        // Under one lock of the store, so nobody sees the lock gone without the status; a
+        // release that releases nothing writes nothing (it would overwrite the new leader's).
         self.with(|s, now, _| {
-            if let Some(st) = status {
+            let released = s.delete_if_value_at("leader", &name, expected, now);
+            if let (true, Some(st)) = (released, status) {
                 s.put("status", &st, None, now);
             }
-            s.delete_if_value_at("leader", &name, expected, now)
+            released
         })
     }
     async fn initialize(&self, create_new: bool, sysid: &str) -> Result<bool, DcsError> {
@@ -407,7 +468,13 @@ impl Dcs for MemDcs {
         })
     }
     async fn delete_cluster(&self) -> Result<(), DcsError> {
-        self.with(|s, _, _| *s = MemStore::new())
+        // Key by key, as etcd's prefix delete: revisions go on (a version read before never
+        // matches a key written after) and the members' leases survive.
+        self.with(|s, now, _| {
+            for key in s.dump(now).into_keys() {
+                s.delete(&key, now);
+            }
+        })
     }
     async fn delete_member(&self) -> Result<(), DcsError> {
         let key = format!("members/{}", self.name);
@@ -432,6 +499,66 @@ mod tests {
         );
         assert_eq!(s.get("leader", Duration::from_secs(15)), None);
         assert!(!s.keepalive(l, Duration::from_secs(16)));
+    }
+
+    #[test]
+    fn a_deleted_leader_key_names_its_holder_while_its_lease_lives() {
+        let secs = Duration::from_secs;
+        let mut s = MemStore::new();
+        let l = s.grant(secs(10), Duration::ZERO);
+        s.put("leader", "a", Some(l), Duration::ZERO);
+        assert_eq!(s.vanished_leader(secs(1)), None, "held");
+        s.delete("leader", secs(2));
+        assert!(s.keepalive(l, secs(9)));
+        assert_eq!(s.vanished_leader(secs(11)).as_deref(), Some("a"));
+        assert_eq!(
+            s.vanished_leader(secs(12)),
+            None,
+            "a ttl after the deletion"
+        );
+        s.put("leader", "a", Some(l), secs(13));
+        assert!(s.delete_if_value("leader", "a", secs(14)));
+        assert_eq!(
+            s.vanished_leader(secs(15)).as_deref(),
+            Some("a"),
+            "released"
+        );
+        s.put("leader", "b", None, secs(16));
+        assert_eq!(s.vanished_leader(secs(17)), None, "written again");
+        s.delete("leader", secs(18));
+        assert_eq!(
+            s.vanished_leader(secs(19)),
+            None,
+            "no lease: it cannot be alive"
+        );
+    }
+
+    #[tokio::test]
+    async fn handles_share_one_clock_and_one_change_counter() {
+        let store = Arc::new(Mutex::new(MemStore::new()));
+        let a = MemDcs::new(store.clone(), "a", Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let b = MemDcs::new(store, "b", Duration::from_secs(10));
+        assert!(
+            b.clock() >= Duration::from_millis(50),
+            "from the first handle"
+        );
+        let mut rx = a.changes();
+        rx.borrow_and_update();
+        assert!(b.set_config("{}", None).await.unwrap());
+        assert!(rx.has_changed().unwrap(), "a is told of b's write");
+    }
+
+    #[tokio::test]
+    async fn a_new_ttl_applies_to_the_next_lease() {
+        let store = Arc::new(Mutex::new(MemStore::new()));
+        let a = MemDcs::new(store.clone(), "a", Duration::from_secs(30));
+        a.touch_member(&Member::default()).await.unwrap();
+        a.set_ttl(Duration::from_secs(2));
+        assert!(a.acquire_leader().await.unwrap());
+        let mut s = store.lock().unwrap();
+        let lease = s.lease_of("leader", a.clock()).expect("bound");
+        assert_eq!(s.lease_ttl(lease), Some(Duration::from_secs(2)));
     }
 
     #[test]

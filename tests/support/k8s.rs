@@ -3,7 +3,8 @@
 //! `PGWARDEN_TEST_KUBECONFIG` names the admin kubeconfig of a running control plane (CI starts
 //! one per run with `tests/k8s/cluster.sh up`). Without it, the first test starts one through
 //! the same script in a shared temporary directory and later tests reuse it. Tests never skip:
-//! a control plane that cannot be had fails them.
+//! a control plane that cannot be had fails them (one using [`try_kubeconfig`] may skip
+//! outside CI instead).
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -24,6 +25,12 @@ fn script() -> PathBuf {
 
 /// The admin kubeconfig of the control plane the tests use.
 pub fn kubeconfig() -> PathBuf {
+    try_kubeconfig().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Like [`kubeconfig`], but a control plane the script cannot start is an `Err` (for tests
+/// that skip outside CI); a `PGWARDEN_TEST_KUBECONFIG` naming no file still panics.
+pub fn try_kubeconfig() -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os(KUBECONFIG_VAR) {
         let p = PathBuf::from(p);
         assert!(
@@ -31,7 +38,7 @@ pub fn kubeconfig() -> PathBuf {
             "{KUBECONFIG_VAR}={} does not exist",
             p.display()
         );
-        return p;
+        return Ok(p);
     }
     let dir = std::env::temp_dir().join("pgwarden-k8s-tests");
     std::fs::create_dir_all(&dir).expect("control plane dir");
@@ -44,13 +51,14 @@ pub fn kubeconfig() -> PathBuf {
         .arg("up")
         .arg(&dir)
         .output()
-        .expect("run tests/k8s/cluster.sh");
-    assert!(
-        out.status.success(),
-        "no Kubernetes control plane: set {KUBECONFIG_VAR} or make `tests/k8s/cluster.sh up` work: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    dir.join("kubeconfig")
+        .map_err(|e| format!("run tests/k8s/cluster.sh: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "no Kubernetes control plane: set {KUBECONFIG_VAR} or make `tests/k8s/cluster.sh up` work: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(dir.join("kubeconfig"))
 }
 
 /// The directory of a control plane started by the script (pid files, audit log).

@@ -251,6 +251,42 @@ impl EtcdDcs {
         Err(DcsError::Failed(format!("{what}: lease lost twice")))
     }
 
+    /// Whether the leader key holds our name, on `lease` (just refreshed by the caller): 1. a
+    /// read-only check; 2. our name on another (lost, or replaced after a ttl change) lease:
+    /// moved to `lease`. Never creates the key.
+    async fn renew_own(
+        &self,
+        st: &mut LeaseState,
+        lease: i64,
+        what: &str,
+    ) -> Result<bool, DcsError> {
+        let key = self.leader_key();
+        let name = self.name.clone();
+        let (ok, lease) = self
+            .txn_with_lease(st, lease, what, |lease| {
+                Txn::new().when([
+                    Compare::value(key.clone(), CompareOp::Equal, name.clone()),
+                    Compare::lease(key.clone(), CompareOp::Equal, lease),
+                ])
+            })
+            .await?;
+        if ok {
+            return Ok(true);
+        }
+        let (ok, _) = self
+            .txn_with_lease(st, lease, what, |lease| {
+                Txn::new()
+                    .when([Compare::value(key.clone(), CompareOp::Equal, name.clone())])
+                    .and_then([TxnOp::put(
+                        key.clone(),
+                        name.clone(),
+                        Some(PutOptions::new().with_lease(lease)),
+                    )])
+            })
+            .await?;
+        Ok(ok)
+    }
+
     async fn put(&self, what: &str, key: String, value: String) -> Result<(), DcsError> {
         self.client
             .kv_client()
@@ -340,14 +376,9 @@ impl EtcdDcs {
     }
 
     /// Writes `status` if it differs from what this process wrote last.
-    async fn write_status(
-        &self,
-        st: &mut LeaseState,
-        status: &Status,
-        always: bool,
-    ) -> Result<(), DcsError> {
+    async fn write_status(&self, st: &mut LeaseState, status: &Status) -> Result<(), DcsError> {
         let json = status.to_json();
-        if !always && st.last_status.as_deref() == Some(json.as_str()) {
+        if st.last_status.as_deref() == Some(json.as_str()) {
             return Ok(());
         }
         self.put("write status", self.key("status"), json.clone())
@@ -418,7 +449,7 @@ impl Dcs for EtcdDcs {
             let mut st = self.lease.lock().await;
             // A fresh keepalive first: the lock lasts a full ttl from about now.
             let lease = self.refresh_lease(&mut st, true).await?;
-            let (won, _) = self
+            let (won, lease) = self
                 .txn_with_lease(&mut st, lease, "acquire leader lock", |lease| {
                     Txn::new()
                         .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
@@ -429,52 +460,26 @@ impl Dcs for EtcdDcs {
                         )])
                 })
                 .await?;
-            Ok(won)
+            if won {
+                return Ok(true);
+            }
+            // Already ours (an acquisition whose answer was lost, or the holder asking again):
+            // held, and for a full ttl from the keepalive above. `Ok(false)` would tell the HA
+            // core somebody else holds it.
+            self.renew_own(&mut st, lease, "acquire leader lock").await
         })
         .await
     }
 
     async fn update_leader(&self, status: Option<&Status>) -> Result<bool, DcsError> {
-        let key = self.leader_key();
-        let name = self.name.clone();
         let held = self
             .run("update leader lock", || async {
                 let mut st = self.lease.lock().await;
-                // 1. keepalive (or a new lease), then a read-only check: our name, our lease.
+                // A keepalive (or a new lease) first. If the key is gone altogether (deleted by
+                // hand, or its lease ran out) the lock is lost: never take it again here, the
+                // holder must stop writing first and a new lock is taken only through the race.
                 let lease = self.refresh_lease(&mut st, true).await?;
-                let (ok, lease) = self
-                    .txn_with_lease(&mut st, lease, "update leader lock", |lease| {
-                        Txn::new().when([
-                            Compare::value(key.clone(), CompareOp::Equal, name.clone()),
-                            Compare::lease(key.clone(), CompareOp::Equal, lease),
-                        ])
-                    })
-                    .await?;
-                if ok {
-                    return Ok(true);
-                }
-                // 2. our name on another (lost) lease: move it to the current one.
-                let put = |lease: i64| {
-                    TxnOp::put(
-                        key.clone(),
-                        name.clone(),
-                        Some(PutOptions::new().with_lease(lease)),
-                    )
-                };
-                let (ok, _) = self
-                    .txn_with_lease(&mut st, lease, "update leader lock", |lease| {
-                        Txn::new()
-                            .when([Compare::value(key.clone(), CompareOp::Equal, name.clone())])
-                            .and_then([put(lease)])
-                    })
-                    .await?;
-                if ok {
-                    return Ok(true);
-                }
-                // 3. gone altogether (deleted by hand, or its lease ran out): the lock is lost.
-                // Never take it again here: the holder must stop writing first, and a new
-                // lock is taken only through the leader race.
-                Ok(false)
+                self.renew_own(&mut st, lease, "update leader lock").await
             })
             .await?;
         if let (true, Some(s)) = (held, status) {
@@ -483,7 +488,7 @@ impl Dcs for EtcdDcs {
             let r = self
                 .run("write status", || async {
                     let mut st = self.lease.lock().await;
-                    self.write_status(&mut st, s, false).await
+                    self.write_status(&mut st, s).await
                 })
                 .await;
             if let Err(e) = r {
@@ -508,28 +513,34 @@ impl Dcs for EtcdDcs {
             })?),
             None => None,
         };
+        let status = status.map(Status::to_json);
+        let mut when = vec![Compare::value(
+            key.clone(),
+            CompareOp::Equal,
+            self.name.clone(),
+        )];
+        if let Some(rev) = revision {
+            when.push(Compare::mod_revision(key.clone(), CompareOp::Equal, rev));
+        }
+        // The last position and the deletion in one txn: a release that releases nothing (not
+        // ours, or a later instance) must not overwrite the status of whoever holds the lock.
+        let mut then: Vec<TxnOp> = status
+            .iter()
+            .map(|s| TxnOp::put(self.key("status"), s.clone(), None))
+            .collect();
+        then.push(TxnOp::delete(key.clone(), None));
+        let txn = Txn::new().when(when).and_then(then);
         self.run("release leader lock", || async {
             let mut st = self.lease.lock().await;
-            if let Some(s) = status {
-                self.write_status(&mut st, s, true).await?;
-            }
-            let mut when = vec![Compare::value(
-                key.clone(),
-                CompareOp::Equal,
-                self.name.clone(),
-            )];
-            if let Some(rev) = revision {
-                when.push(Compare::mod_revision(key.clone(), CompareOp::Equal, rev));
-            }
-            let txn = Txn::new()
-                .when(when)
-                .and_then([TxnOp::delete(key.clone(), None)]);
             let r = self
                 .client
                 .kv_client()
                 .txn(txn.clone())
                 .await
                 .map_err(|e| classify("release leader lock", e))?;
+            if r.succeeded() && status.is_some() {
+                st.last_status = status.clone();
+            }
             Ok(r.succeeded())
         })
         .await

@@ -8,6 +8,10 @@ use serde_json::{Map, Value};
 
 use crate::dcs::{Failover, SyncState};
 
+/// The annotation on `<scope>-config` naming the member that claimed `initialize` while the
+/// claim is open (pgwarden's; Patroni ignores it).
+pub(super) const CLAIMANT: &str = "pgwarden/initialize-claimant";
+
 /// The object names of one cluster.
 #[derive(Debug, Clone)]
 pub(super) struct Names {

@@ -30,6 +30,8 @@ pub(super) const FAILSAFE: &str = "failsafe";
 pub(super) struct Observed {
     pub rv: String,
     pub holder: Option<String>,
+    /// Which holding of the lock this version belongs to ([`instance`]).
+    pub instance: Version,
     pub duration: Duration,
     /// When this process first saw this version.
     pub seen_at: Instant,
@@ -75,17 +77,19 @@ impl Observer {
         self.last = Some(Observed {
             rv,
             holder: holder_of(l).map(str::to_owned),
+            instance: instance(l),
             duration,
             seen_at: now,
         });
         true
     }
 
-    /// The holder, while the lock counts as held for this observer.
+    /// The holder and its holding ([`instance`]), while the lock counts as held for this
+    /// observer.
     pub(super) fn holder(&self, now: Instant) -> Option<(&str, Version)> {
         let o = self.last.as_ref()?;
         let h = o.holder.as_deref()?;
-        (now < o.seen_at + o.duration).then(|| (h, Version(o.rv.clone())))
+        (now < o.seen_at + o.duration).then(|| (h, o.instance.clone()))
     }
 
     /// The holder of a Lease deleted before it expired for this observer, until it would have.
@@ -109,6 +113,20 @@ pub(super) fn holder_of(l: &Lease) -> Option<&str> {
         .as_ref()
         .and_then(|s| s.holder_identity.as_deref())
         .filter(|h| !h.is_empty())
+}
+
+/// The lock's version as the view shows it: the holding it belongs to, not the
+/// `resourceVersion`, which moves with every renewal. A holding begins with a new `acquireTime`
+/// ([`taken`]), so a release carrying the version of an earlier holding (one that arrives late)
+/// never releases a later one, while one carrying a version seen before the holder's last
+/// renewals still does, as on etcd, where a renewal does not move the key's revision. A Lease
+/// without `acquireTime` (not written by pgwarden) falls back to its `resourceVersion`.
+pub(super) fn instance(l: &Lease) -> Version {
+    let acquired = l.spec.as_ref().and_then(|s| s.acquire_time.as_ref());
+    Version(match acquired {
+        Some(t) => format!("acquired {}", t.0),
+        None => l.metadata.resource_version.clone().unwrap_or_default(),
+    })
 }
 
 fn ttl_secs(ttl: Duration) -> i32 {
@@ -142,9 +160,17 @@ pub(super) fn fresh(
 }
 
 /// `prev` taken over (or renewed) by `me`: a new holder gets a new `acquireTime` and
-/// `leaseTransitions + 1`; the same holder keeps both. The `resourceVersion` of `prev` stays in
-/// the object, so the update is a compare-and-set.
-pub(super) fn taken(prev: &Lease, me: &str, ttl: Duration, now: Timestamp) -> Lease {
+/// `leaseTransitions + 1`; the same holder keeps both while it `continues` its holding (a
+/// renewal), and gets a new `acquireTime` when it takes the lock again after it lapsed (a new
+/// [`instance`]). The `resourceVersion` of `prev` stays in the object, so the update is a
+/// compare-and-set.
+pub(super) fn taken(
+    prev: &Lease,
+    me: &str,
+    ttl: Duration,
+    now: Timestamp,
+    continues: bool,
+) -> Lease {
     let mut l = prev.clone();
     let spec = l.spec.get_or_insert_with(LeaseSpec::default);
     let same = spec.holder_identity.as_deref() == Some(me);
@@ -152,6 +178,8 @@ pub(super) fn taken(prev: &Lease, me: &str, ttl: Duration, now: Timestamp) -> Le
         spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0).saturating_add(1));
         spec.acquire_time = Some(MicroTime(now));
         spec.holder_identity = Some(me.to_owned());
+    } else if !continues {
+        spec.acquire_time = Some(MicroTime(now));
     }
     spec.lease_duration_seconds = Some(ttl_secs(ttl));
     spec.renew_time = Some(MicroTime(now));
@@ -306,18 +334,42 @@ mod tests {
     fn transitions_count_holder_changes_only() {
         let now = Timestamp::UNIX_EPOCH;
         let l = lease("1", Some("a"), 30);
-        let renewed = taken(&l, "a", Duration::from_secs(30), now);
+        let renewed = taken(&l, "a", Duration::from_secs(30), now, true);
         assert_eq!(renewed.spec.as_ref().unwrap().lease_transitions, Some(0));
         assert_eq!(renewed.metadata.resource_version.as_deref(), Some("1"));
-        let stolen = taken(&l, "b", Duration::from_millis(2500), now);
+        let stolen = taken(&l, "b", Duration::from_millis(2500), now, true);
         let s = stolen.spec.as_ref().unwrap();
         assert_eq!(s.lease_transitions, Some(1));
         assert_eq!(s.holder_identity.as_deref(), Some("b"));
         assert_eq!(s.lease_duration_seconds, Some(3));
         let free = released(&stolen, now);
         assert_eq!(holder_of(&free), None);
-        let again = taken(&free, "b", Duration::from_secs(30), now);
+        let again = taken(&free, "b", Duration::from_secs(30), now, true);
         assert_eq!(again.spec.as_ref().unwrap().lease_transitions, Some(2));
+    }
+
+    #[test]
+    fn a_holding_is_one_instance_from_acquisition_to_its_end() {
+        // `lease` builds one acquired at the epoch.
+        let t1 = Timestamp::from_second(1).unwrap();
+        let l = lease("1", Some("a"), 30);
+        let mut renewed = taken(&l, "a", Duration::from_secs(30), t1, true);
+        renewed.metadata.resource_version = Some("2".into());
+        assert_eq!(
+            instance(&renewed),
+            instance(&l),
+            "a renewal keeps the instance"
+        );
+        let lapsed = taken(&l, "a", Duration::from_secs(30), t1, false);
+        assert_ne!(
+            instance(&lapsed),
+            instance(&l),
+            "taken again after it lapsed"
+        );
+        assert_eq!(lapsed.spec.as_ref().unwrap().lease_transitions, Some(0));
+        let mut foreign = l.clone();
+        foreign.spec.as_mut().unwrap().acquire_time = None;
+        assert_eq!(instance(&foreign), Version("1".into()));
     }
 
     #[test]

@@ -499,12 +499,17 @@ impl Dcs for KubernetesDcs {
                     Err(e) => Err(classify("create lease", e)),
                 };
             };
-            if let Some((holder, _)) = self.shared.observer().holder(Instant::now())
-                && holder != self.name
-            {
+            let live = self
+                .shared
+                .observer()
+                .holder(Instant::now())
+                .map(|(holder, _)| holder == self.name);
+            if live == Some(false) {
                 return Ok(false);
             }
-            let next = lease::taken(&current, &self.name, ttl, now);
+            // Our own live holding (an acquisition whose answer was lost, or the holder asking
+            // again) is renewed and stays the same instance; one that lapsed starts a new one.
+            let next = lease::taken(&current, &self.name, ttl, now, live == Some(true));
             match self.replace_lease(&next).await? {
                 Some(l) => {
                     mine.lease = Some(l);
@@ -531,7 +536,7 @@ impl Dcs for KubernetesDcs {
                     mine.lease = None;
                     return Ok(false);
                 }
-                let mut next = lease::taken(&cur, &self.name, self.ttl(), Timestamp::now());
+                let mut next = lease::taken(&cur, &self.name, self.ttl(), Timestamp::now(), true);
                 if let Some(s) = status {
                     lease::set_status(&mut next, s);
                 }
@@ -546,12 +551,14 @@ impl Dcs for KubernetesDcs {
         .await
     }
 
-    /// `expected` is not needed here: the release is a replace carrying the Lease's latest
-    /// resourceVersion, so a release that arrives late fails against any write made since.
+    /// The release is a replace carrying the Lease's `resourceVersion`; after a 409 it reads
+    /// the Lease and tries once more, but with `expected` only if the Lease still belongs to
+    /// that holding ([`lease::instance`]): a release that arrives late must not release the
+    /// lock this member has taken again since.
     async fn release_leader(
         &self,
         status: Option<&Status>,
-        _expected: Option<&Version>,
+        expected: Option<&Version>,
     ) -> Result<bool, DcsError> {
         self.run("release leader lock", async {
             let mut mine = self.mine.lock().await;
@@ -560,7 +567,9 @@ impl Dcs for KubernetesDcs {
                 let Some(cur) = base.take() else {
                     return Ok(false);
                 };
-                if lease::holder_of(&cur) != Some(self.name.as_str()) {
+                if lease::holder_of(&cur) != Some(self.name.as_str())
+                    || expected.is_some_and(|v| *v != lease::instance(&cur))
+                {
                     return Ok(false);
                 }
                 let mut next = lease::released(&cur, Timestamp::now());
@@ -578,9 +587,15 @@ impl Dcs for KubernetesDcs {
         .await
     }
 
+    /// A claim (`create_new`) names its claimant beside the value: without a session to bind
+    /// it to, that is how a claimant whose answer was lost finds its claim its own when it
+    /// claims again (as on etcd), instead of waiting for a bootstrap nobody runs. Writing the
+    /// value for good ends the claim.
     async fn initialize(&self, create_new: bool, sysid: &str) -> Result<bool, DcsError> {
         let mut ann = Map::new();
         ann.insert("initialize".into(), Value::String(sysid.to_owned()));
+        let claimant = create_new.then(|| Value::String(self.name.clone()));
+        ann.insert(configmaps::CLAIMANT.into(), claimant.unwrap_or(Value::Null));
         let name = self.names.config.clone();
         self.run("initialize", async {
             if !create_new {
@@ -615,7 +630,9 @@ impl Dcs for KubernetesDcs {
                         .as_ref()
                         .is_some_and(|a| a.contains_key("initialize")) =>
                 {
-                    Ok(false)
+                    let a = cm.metadata.annotations.unwrap_or_default();
+                    Ok(a.get("initialize").map(String::as_str) == Some(sysid)
+                        && a.get(configmaps::CLAIMANT) == Some(&self.name))
                 }
                 Some(cm) => {
                     let rv = cm.metadata.resource_version.unwrap_or_default();
@@ -629,6 +646,7 @@ impl Dcs for KubernetesDcs {
     async fn cancel_initialization(&self) -> Result<(), DcsError> {
         let mut ann = Map::new();
         ann.insert("initialize".into(), Value::Null);
+        ann.insert(configmaps::CLAIMANT.into(), Value::Null);
         let name = self.names.config.clone();
         self.run("cancel initialization", async {
             match self
