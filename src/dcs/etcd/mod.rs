@@ -296,6 +296,16 @@ impl EtcdDcs {
             .map_err(|e| classify(what, e))
     }
 
+    /// One transaction; whether its comparisons held.
+    async fn txn(&self, what: &str, txn: Txn) -> Result<bool, DcsError> {
+        self.client
+            .kv_client()
+            .txn(txn)
+            .await
+            .map(|r| r.succeeded())
+            .map_err(|e| classify(what, e))
+    }
+
     /// `put` if the key's mod_revision still equals `expected`, or unconditionally without one.
     async fn cas_put(
         &self,
@@ -317,16 +327,7 @@ impl EtcdDcs {
         let txn = Txn::new()
             .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
             .and_then([TxnOp::put(key, value, None)]);
-        self.run(what, || async {
-            let r = self
-                .client
-                .kv_client()
-                .txn(txn.clone())
-                .await
-                .map_err(|e| classify(what, e))?;
-            Ok(r.succeeded())
-        })
-        .await
+        self.run(what, || self.txn(what, txn.clone())).await
     }
 
     /// The holder of a leader key deleted while its lease lives (by hand, or a release), for at
@@ -535,13 +536,7 @@ impl Dcs for EtcdDcs {
                     s.clone(),
                     None,
                 )]);
-                let r = self
-                    .client
-                    .kv_client()
-                    .txn(put)
-                    .await
-                    .map_err(|e| classify("release leader lock", e))?;
-                if !r.succeeded() {
+                if !self.txn("release leader lock", put).await? {
                     return Ok(false);
                 }
                 st.last_status = Some(s.clone());
@@ -549,13 +544,7 @@ impl Dcs for EtcdDcs {
             let txn = Txn::new()
                 .when(when.clone())
                 .and_then([TxnOp::delete(key.clone(), None)]);
-            let r = self
-                .client
-                .kv_client()
-                .txn(txn)
-                .await
-                .map_err(|e| classify("release leader lock", e))?;
-            Ok(r.succeeded())
+            self.txn("release leader lock", txn).await
         })
         .await
     }
