@@ -41,15 +41,15 @@ const DEFAULT_FILTER: &str = "info";
 /// accepted. `EnvFilter` brings a regex engine into every agent's resident memory for a
 /// feature an HA agent's log does not need.
 fn filter_from_env() -> Targets {
-    let Ok(text) = std::env::var("PGWARDEN_LOG") else {
-        return DEFAULT_FILTER.parse().expect("the default filter parses");
-    };
-    parse_filter(&text).unwrap_or_else(|e| {
-        eprintln!(
-            "pgwarden: PGWARDEN_LOG={text:?} is not a log filter ({e}); using {DEFAULT_FILTER:?}"
-        );
-        DEFAULT_FILTER.parse().expect("the default filter parses")
-    })
+    if let Ok(text) = std::env::var("PGWARDEN_LOG") {
+        match parse_filter(&text) {
+            Ok(filter) => return filter,
+            Err(e) => eprintln!(
+                "pgwarden: PGWARDEN_LOG={text:?} is not a log filter ({e}); using {DEFAULT_FILTER:?}"
+            ),
+        }
+    }
+    DEFAULT_FILTER.parse().expect("the default filter parses")
 }
 
 fn parse_filter(text: &str) -> Result<Targets, String> {
