@@ -134,7 +134,8 @@ fn roots(key: &str, path: &str) -> Result<RootCertStore, TlsError> {
     Ok(store)
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+/// The crypto provider of every TLS configuration pgwarden builds.
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
