@@ -76,8 +76,11 @@ fn run_member(path: Option<PathBuf>, validate_only: bool) -> ExitCode {
         println!("configuration is valid");
         return ExitCode::SUCCESS;
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread runs every task: the agent is mostly idle, every wait in it is an await, and
+    // a second scheduler thread only adds memory (its stack, and libm for the multi-thread
+    // scheduler's statistics). The kill path does not depend on this thread: the fence process
+    // holds the deadline on its own.
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

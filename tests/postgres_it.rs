@@ -65,9 +65,9 @@ async fn replication_promote_rewind_follow() {
     let mut b = Postgres::new(sb.clone());
 
     // --- primary A
-    assert_eq!(a.data_dir_state(), DataDirState::Empty);
+    assert_eq!(a.data_dir_state().await, DataDirState::Empty);
     a.initdb().await.unwrap();
-    match a.data_dir_state() {
+    match a.data_dir_state().await {
         DataDirState::Initialized(c) => {
             assert_eq!(c.cluster_state, "shut down");
             assert_eq!(c.timeline, 1);
@@ -163,7 +163,10 @@ async fn replication_promote_rewind_follow() {
             & 0o777,
         0o700
     );
-    assert!(matches!(b.data_dir_state(), DataDirState::Initialized(_)));
+    assert!(matches!(
+        b.data_dir_state().await,
+        DataDirState::Initialized(_)
+    ));
     assert!(
         b.basebackup(&ci_a_nopw).await.is_err(),
         "basebackup into a non-empty dir must fail"
@@ -263,7 +266,7 @@ async fn replication_promote_rewind_follow() {
     assert!(!a.is_running());
     assert!(a.pid().is_none());
     assert!(!pg::accepts_connections(&sa).await);
-    match a.data_dir_state() {
+    match a.data_dir_state().await {
         DataDirState::Initialized(c) => assert_eq!(c.cluster_state, "in production"),
         other => panic!("{other:?}"),
     }
@@ -348,7 +351,7 @@ async fn stop_immediate_kill_now_and_foreign_postmaster() {
     assert!(pg::pid_gone(pid));
     assert!(!pg::accepts_connections(&s).await);
     assert!(p.status().await.is_err());
-    match p.data_dir_state() {
+    match p.data_dir_state().await {
         DataDirState::Initialized(c) => assert_eq!(c.cluster_state, "in production"),
         other => panic!("{other:?}"),
     }
@@ -437,11 +440,11 @@ async fn stop_immediate_kill_now_and_foreign_postmaster() {
         t.elapsed() >= Duration::from_secs(4),
         "expected a retry pause"
     );
-    assert_eq!(c.data_dir_state(), DataDirState::Empty);
+    assert_eq!(c.data_dir_state().await, DataDirState::Empty);
 
     // the data dir can now be moved aside
     p.remove_data_dir().unwrap();
-    assert_eq!(p.data_dir_state(), DataDirState::Empty);
+    assert_eq!(p.data_dir_state().await, DataDirState::Empty);
     let moved: Vec<_> = std::fs::read_dir(s.data_dir.parent().unwrap())
         .unwrap()
         .filter_map(|e| e.ok())

@@ -36,7 +36,7 @@ impl Agent {
         };
         match handle {
             Ok(mut pg) => {
-                let data = match pg.data_dir_state() {
+                let data = match pg.data_dir_state().await {
                     DataDirState::Empty => DataDir::Empty,
                     DataDirState::Invalid(r) => DataDir::Invalid(r),
                     DataDirState::Initialized(cd) => DataDir::Ready {

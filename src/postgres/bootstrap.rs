@@ -8,7 +8,7 @@ impl Postgres {
     /// password), then `pg_hba.conf` from the settings. The data directory must be empty.
     pub async fn initdb(&self) -> Result<(), PgError> {
         let s = &self.settings;
-        match self.data_dir_state() {
+        match self.data_dir_state().await {
             DataDirState::Empty => {}
             DataDirState::Initialized(_) => {
                 return Err(PgError::InvalidDataDir(format!(

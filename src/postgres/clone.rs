@@ -17,7 +17,7 @@ impl Postgres {
     pub async fn basebackup(&self, leader_conninfo: &str) -> Result<(), PgError> {
         let s = &self.settings;
         let d = &s.data_dir;
-        match self.data_dir_state() {
+        match self.data_dir_state().await {
             DataDirState::Empty => {}
             _ => {
                 return Err(PgError::InvalidDataDir(format!(

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use super::error::tail;
 use super::lsn::parse_lsn;
@@ -68,8 +68,9 @@ pub fn parse_controldata(text: &str) -> Result<Controldata, String> {
     })
 }
 
-/// Inspects `data_dir` (synchronously: runs `pg_controldata` with `LANG=C`).
-pub fn data_dir_state(bin_dir: &Path, data_dir: &Path) -> DataDirState {
+/// Inspects `data_dir` (runs `pg_controldata` with `LANG=C`; the agent's runtime has one
+/// thread, so the child is awaited, never waited for).
+pub async fn data_dir_state(bin_dir: &Path, data_dir: &Path) -> DataDirState {
     match std::fs::read_dir(data_dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return DataDirState::Empty,
         Err(e) => return DataDirState::Invalid(format!("cannot read {}: {e}", data_dir.display())),
@@ -82,12 +83,13 @@ pub fn data_dir_state(bin_dir: &Path, data_dir: &Path) -> DataDirState {
     if !data_dir.join("global/pg_control").is_file() {
         return DataDirState::Invalid(format!("{} has no global/pg_control", data_dir.display()));
     }
-    let out = Command::new(bin_dir.join("pg_controldata"))
+    let out = tokio::process::Command::new(bin_dir.join("pg_controldata"))
         .arg(data_dir)
         .env("LANG", "C")
         .env("LC_ALL", "C")
         .stdin(Stdio::null())
-        .output();
+        .output()
+        .await;
     match out {
         Err(e) => DataDirState::Invalid(format!("cannot run pg_controldata: {e}")),
         Ok(o) if !o.status.success() => DataDirState::Invalid(format!(
@@ -150,22 +152,22 @@ mod tests {
         assert!(parse_controldata(&FIXTURE.replace("0/17414F8", "zz")).is_err());
     }
 
-    #[test]
-    fn missing_and_empty_dirs_are_empty() {
+    #[tokio::test]
+    async fn missing_and_empty_dirs_are_empty() {
         let base = std::env::temp_dir().join(format!("pgw-cd-unit-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&base);
         assert_eq!(
-            data_dir_state(Path::new("/nonexistent"), &base),
+            data_dir_state(Path::new("/nonexistent"), &base).await,
             DataDirState::Empty
         );
         std::fs::create_dir_all(&base).unwrap();
         assert_eq!(
-            data_dir_state(Path::new("/nonexistent"), &base),
+            data_dir_state(Path::new("/nonexistent"), &base).await,
             DataDirState::Empty
         );
         std::fs::write(base.join("junk"), "x").unwrap();
         assert!(matches!(
-            data_dir_state(Path::new("/nonexistent"), &base),
+            data_dir_state(Path::new("/nonexistent"), &base).await,
             DataDirState::Invalid(_)
         ));
         std::fs::remove_dir_all(&base).unwrap();

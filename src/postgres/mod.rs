@@ -72,8 +72,8 @@ impl Postgres {
     }
 
     /// Empty/missing → `Empty`; `pg_controldata` works → `Initialized`; else `Invalid`.
-    pub fn data_dir_state(&self) -> DataDirState {
-        controldata::data_dir_state(&self.settings.bin_dir, &self.settings.data_dir)
+    pub async fn data_dir_state(&self) -> DataDirState {
+        controldata::data_dir_state(&self.settings.bin_dir, &self.settings.data_dir).await
     }
 
     /// Our child is alive, or a postmaster we did not start runs on our data directory

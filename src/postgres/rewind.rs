@@ -20,7 +20,7 @@ impl Postgres {
         }
         let s = &self.settings;
         let d = &s.data_dir;
-        let cd = match self.data_dir_state() {
+        let cd = match self.data_dir_state().await {
             DataDirState::Initialized(cd) => cd,
             DataDirState::Empty => {
                 return Err(PgError::InvalidDataDir(format!("{} is empty", d.display())));
