@@ -10,6 +10,7 @@ pub mod etcd;
 pub mod kubernetes;
 pub mod mem;
 pub mod model;
+mod watch_cache;
 
 use std::time::Duration;
 

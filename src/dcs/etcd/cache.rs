@@ -1,17 +1,17 @@
 //! The watch-fed copy of the cluster's prefix.
 //!
 //! One background task lists the prefix at revision R, then watches it from R+1 and applies every
-//! event. On a compaction, a cancelled watch, a stream error or an explicit restart request it
-//! lists again. The cache answers reads only while its watch is established ("healthy").
+//! event. On a compaction, a cancelled watch, a stream error or an explicit request it lists
+//! again ([`WatchCache::run`]). The cache answers reads only while its watch is established.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, EventType, GetOptions, KeyValue, WatchOptions};
-use tokio::sync::{Notify, watch};
 
 use super::keys;
+use crate::dcs::watch_cache::WatchCache;
 use crate::dcs::{ClusterView, Version};
 
 /// One stored value.
@@ -25,10 +25,10 @@ pub(super) struct Entry {
 /// Keys relative to the cluster prefix → values.
 pub(super) type Entries = BTreeMap<String, Entry>;
 
+/// What the cache keeps (in a [`WatchCache`] of one stream).
 #[derive(Debug, Default)]
-struct State {
+pub(super) struct State {
     entries: Entries,
-    healthy: bool,
     vanished: Option<Vanished>,
 }
 
@@ -46,43 +46,17 @@ pub(super) struct Vanished {
 }
 
 /// What the watch task and the backend share.
-pub(super) struct Shared {
-    state: Mutex<State>,
-    changes: watch::Sender<u64>,
-    restart: Notify,
-}
+pub(super) type Shared = WatchCache<State>;
 
-impl Shared {
-    pub(super) fn new() -> Self {
-        Shared {
-            state: Mutex::new(State::default()),
-            changes: watch::channel(0).0,
-            restart: Notify::new(),
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A poisoned lock only means a panic elsewhere; the map itself is still consistent.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn bump(&self) {
-        self.changes.send_modify(|c| *c = c.wrapping_add(1));
-    }
-
-    pub(super) fn subscribe(&self) -> watch::Receiver<u64> {
-        self.changes.subscribe()
-    }
-
-    /// Whether the watch is established.
-    pub(super) fn healthy(&self) -> bool {
-        self.lock().healthy
+impl WatchCache<State> {
+    pub(super) fn empty() -> Self {
+        WatchCache::new(State::default(), 1)
     }
 
     /// The cached view, if the watch is established.
     pub(super) fn view(&self) -> Option<ClusterView> {
-        let st = self.lock();
-        st.healthy.then(|| view_of(&st.entries))
+        let c = self.lock();
+        c.healthy().then(|| view_of(&c.entries))
     }
 
     /// The last deleted leader key, while no leader key has been written since.
@@ -92,8 +66,8 @@ impl Shared {
 
     /// Records the result of the lease check of the vanished leader key `v`.
     pub(super) fn set_vanished_lease(&self, v: &Vanished, ttl: Option<std::time::Duration>) {
-        let mut st = self.lock();
-        if let Some(cur) = st.vanished.as_mut()
+        let mut c = self.lock();
+        if let Some(cur) = c.vanished.as_mut()
             && cur.lease == v.lease
             && cur.seen == v.seen
         {
@@ -103,22 +77,8 @@ impl Shared {
 
     /// The cached entry for `key`, `Some(None)` if known absent, `None` if the cache is not healthy.
     pub(super) fn entry(&self, key: &str) -> Option<Option<Entry>> {
-        let st = self.lock();
-        st.healthy.then(|| st.entries.get(key).cloned())
-    }
-
-    /// The store looks unreachable to a request: stop answering from the cache and make the task
-    /// list again (which also proves the connection before the cache is trusted again).
-    pub(super) fn invalidate(&self) {
-        self.set_unhealthy();
-        self.restart.notify_one();
-    }
-
-    fn set_unhealthy(&self) {
-        let was = std::mem::replace(&mut self.lock().healthy, false);
-        if was {
-            self.bump();
-        }
+        let c = self.lock();
+        c.healthy().then(|| c.entries.get(key).cloned())
     }
 }
 
@@ -157,27 +117,17 @@ pub(super) fn view_of(entries: &Entries) -> ClusterView {
 
 /// The watch task: runs until aborted.
 pub(super) async fn run(client: Client, prefix: String, limit: Duration, shared: Arc<Shared>) {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let reason = tokio::select! {
-            r = list_and_watch(&client, &prefix, limit, &shared, &mut backoff) => r,
-            _ = shared.restart.notified() => "restart requested".to_owned(),
-        };
-        shared.set_unhealthy();
-        tracing::debug!(prefix = %prefix, %reason, "etcd watch ended; listing again");
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(1));
-    }
+    let what = format!("etcd {prefix}");
+    shared
+        .run(0, &what, Duration::from_secs(1), || {
+            let (client, prefix, shared) = (client.clone(), prefix.clone(), shared.clone());
+            async move { list_and_watch(&client, &prefix, limit, &shared).await }
+        })
+        .await;
 }
 
 /// Lists the prefix, watches it from the next revision, applies events. Returns why it stopped.
-async fn list_and_watch(
-    client: &Client,
-    prefix: &str,
-    limit: Duration,
-    shared: &Shared,
-    backoff: &mut Duration,
-) -> String {
+async fn list_and_watch(client: &Client, prefix: &str, limit: Duration, shared: &Shared) -> String {
     let mut kv = client.kv_client();
     let listed =
         match tokio::time::timeout(limit, kv.get(prefix, Some(GetOptions::new().with_prefix())))
@@ -228,9 +178,8 @@ async fn list_and_watch(
             // Established: from now on every change after `revision` reaches us.
             let mut st = shared.lock();
             st.entries = std::mem::take(&mut entries);
-            st.healthy = true;
+            st.establish(0);
             drop(st);
-            *backoff = Duration::from_millis(100);
             shared.bump();
         }
         if resp.events().is_empty() {

@@ -113,7 +113,7 @@ impl EtcdDcs {
         })
         .await?;
         let prefix = keys::cluster_prefix(&s.namespace, &s.scope);
-        let shared = Arc::new(Shared::new());
+        let shared = Arc::new(Shared::empty());
         let watcher = tokio::spawn(cache::run(
             client.clone(),
             prefix.clone(),

@@ -18,6 +18,8 @@ use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, watch};
 
+use crate::dcs::watch_cache::{self, WatchCache};
+
 use super::lease::Observer;
 
 /// Server-side bound of one watch request (the API server closes it then; we resume).
@@ -29,14 +31,13 @@ pub(super) struct Store {
     pub lease: Option<Lease>,
     pub configmaps: BTreeMap<String, ConfigMap>,
     pub pods: BTreeMap<String, Pod>,
-    pub(super) healthy: [bool; 3],
 }
 
 /// What the watch tasks and the backend share.
 pub(super) struct Shared {
-    store: Mutex<Store>,
+    /// One stream per kind, numbered by [`Cached::SLOT`].
+    cache: WatchCache<Store>,
     observer: Mutex<Observer>,
-    changes: watch::Sender<u64>,
     /// Wakes the expiry timer when the Lease changed.
     pub lease_changed: Notify,
     /// Lease duration assumed when a Lease does not say.
@@ -114,9 +115,8 @@ impl Cached for Pod {
 impl Shared {
     pub(super) fn new(ttl: Duration, me: &str) -> Shared {
         Shared {
-            store: Mutex::new(Store::default()),
+            cache: WatchCache::new(Store::default(), 3),
             observer: Mutex::new(Observer::default()),
-            changes: watch::channel(0).0,
             lease_changed: Notify::new(),
             fallback_ttl: Mutex::new(ttl),
             own: Mutex::new(std::collections::VecDeque::new()),
@@ -124,9 +124,8 @@ impl Shared {
         }
     }
 
-    pub(super) fn lock(&self) -> MutexGuard<'_, Store> {
-        // A poisoned lock only means a panic elsewhere; the maps stay consistent.
-        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    pub(super) fn lock(&self) -> MutexGuard<'_, watch_cache::Cached<Store>> {
+        self.cache.lock()
     }
 
     pub(super) fn observer(&self) -> MutexGuard<'_, Observer> {
@@ -169,23 +168,16 @@ impl Shared {
     }
 
     pub(super) fn bump(&self) {
-        self.changes.send_modify(|c| *c = c.wrapping_add(1));
+        self.cache.bump();
     }
 
     pub(super) fn subscribe(&self) -> watch::Receiver<u64> {
-        self.changes.subscribe()
+        self.cache.subscribe()
     }
 
     /// Whether all three watches are established.
     pub(super) fn healthy(&self) -> bool {
-        self.lock().healthy.iter().all(|h| *h)
-    }
-
-    fn set_health(&self, slot: usize, healthy: bool) {
-        let was = std::mem::replace(&mut self.lock().healthy[slot], healthy);
-        if was != healthy {
-            self.bump();
-        }
+        self.cache.healthy()
     }
 }
 
@@ -196,14 +188,14 @@ pub(super) async fn run<K: Cached>(
     limit: Duration,
     shared: Arc<Shared>,
 ) {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let reason = list_and_watch(&api, &selector, limit, &shared, &mut backoff).await;
-        shared.set_health(K::SLOT, false);
-        tracing::debug!(kind = %K::kind(&()), %reason, "kubernetes watch ended; listing again");
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
-    }
+    let what = format!("kubernetes {}", K::kind(&()));
+    shared
+        .cache
+        .run(K::SLOT, &what, Duration::from_secs(2), || {
+            let (api, selector, shared) = (api.clone(), selector.clone(), shared.clone());
+            async move { list_and_watch(&api, &selector, limit, &shared).await }
+        })
+        .await;
 }
 
 /// How a watch selects its objects.
@@ -234,7 +226,6 @@ async fn list_and_watch<K: Cached>(
     selector: &Selector,
     limit: Duration,
     shared: &Shared,
-    backoff: &mut Duration,
 ) -> String {
     let list = match tokio::time::timeout(limit, api.list(&selector.list())).await {
         Ok(Ok(l)) => l,
@@ -245,10 +236,9 @@ async fn list_and_watch<K: Cached>(
     {
         let mut st = shared.lock();
         K::replace_all(shared, &mut st, list.items);
-        st.healthy[K::SLOT] = true;
+        st.establish(K::SLOT);
     }
     shared.bump();
-    *backoff = Duration::from_millis(100);
     let wp = selector.watch();
     loop {
         let stream = match tokio::time::timeout(limit, api.watch(&wp, &rv)).await {

@@ -240,7 +240,6 @@ impl KubernetesDcs {
                 .into_iter()
                 .map(|p| (kube::ResourceExt::name_any(&p), p))
                 .collect(),
-            ..Store::default()
         };
         Ok(self.view_of(&st))
     }
