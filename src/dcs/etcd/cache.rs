@@ -45,6 +45,30 @@ pub(super) struct Vanished {
     pub lease_ttl: Option<Option<std::time::Duration>>,
 }
 
+impl Vanished {
+    fn of(leader: &Entry, seen: std::time::Instant) -> Vanished {
+        Vanished {
+            holder: String::from_utf8_lossy(&leader.value).into_owned(),
+            lease: leader.lease,
+            seen,
+            lease_ttl: None,
+        }
+    }
+}
+
+impl State {
+    /// A fresh listing replaces the entries. A leader key the old entries had and the listing
+    /// lacks was deleted while the watch was down: as vanished as one a watch event deleted.
+    fn relisted(&mut self, entries: Entries, now: std::time::Instant) {
+        match (self.entries.get("leader"), entries.get("leader")) {
+            (Some(old), None) => self.vanished = Some(Vanished::of(old, now)),
+            (_, Some(_)) => self.vanished = None,
+            (None, None) => {}
+        }
+        self.entries = entries;
+    }
+}
+
 /// What the watch task and the backend share.
 pub(super) type Shared = WatchCache<State>;
 
@@ -177,7 +201,7 @@ async fn list_and_watch(client: &Client, prefix: &str, limit: Duration, shared: 
         if resp.created() {
             // Established: from now on every change after `revision` reaches us.
             let mut st = shared.lock();
-            st.entries = std::mem::take(&mut entries);
+            st.relisted(std::mem::take(&mut entries), std::time::Instant::now());
             st.establish(0);
             drop(st);
             shared.bump();
@@ -203,12 +227,7 @@ async fn list_and_watch(client: &Client, prefix: &str, limit: Duration, shared: 
                         if let Some(old) = st.entries.remove(key.as_ref())
                             && key == "leader"
                         {
-                            st.vanished = Some(Vanished {
-                                holder: String::from_utf8_lossy(&old.value).into_owned(),
-                                lease: old.lease,
-                                seen: std::time::Instant::now(),
-                                lease_ttl: None,
-                            });
+                            st.vanished = Some(Vanished::of(&old, std::time::Instant::now()));
                         }
                     }
                 }
@@ -216,5 +235,36 @@ async fn list_and_watch(client: &Client, prefix: &str, limit: Duration, shared: 
         }
         drop(st);
         shared.bump();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(value: &str, lease: i64) -> Entry {
+        Entry {
+            value: value.as_bytes().to_vec(),
+            mod_revision: 7,
+            lease,
+        }
+    }
+
+    #[test]
+    fn a_leader_key_deleted_while_the_watch_was_down_is_vanished() {
+        let mut st = State::default();
+        let now = std::time::Instant::now();
+        st.relisted(Entries::from([("leader".into(), entry("m0", 42))]), now);
+        assert_eq!(st.vanished, None);
+        // The stream broke; meanwhile the key was deleted by hand: the next listing lacks it.
+        st.relisted(Entries::from([("config".into(), entry("{}", 0))]), now);
+        let v = st.vanished.clone().expect("vanished");
+        assert_eq!((v.holder.as_str(), v.lease), ("m0", 42));
+        // Listed again without it: still the same vanished key.
+        st.relisted(Entries::new(), now);
+        assert_eq!(st.vanished, Some(v));
+        // A leader key again: nothing vanished any more.
+        st.relisted(Entries::from([("leader".into(), entry("m1", 43))]), now);
+        assert_eq!(st.vanished, None);
     }
 }
