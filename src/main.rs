@@ -73,6 +73,13 @@ fn run_member(path: Option<PathBuf>, validate_only: bool) -> ExitCode {
         }
     };
     if validate_only {
+        // The section the agent reads only as it starts the fence: checked the same way here.
+        let watchdog = pgwarden::config::Watchdog::parse(cfg.watchdog.as_ref())
+            .and_then(|w| w.check_startup());
+        if let Err(e) = watchdog {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
         println!("configuration is valid");
         return ExitCode::SUCCESS;
     }

@@ -73,3 +73,48 @@ fn validate_config_accepts_a_good_file() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `--validate-config` checks the `watchdog` section as start-up does: its values, and a
+/// required device that cannot be written.
+#[test]
+fn validate_config_checks_the_watchdog() {
+    let dir = std::env::temp_dir().join(format!("pgwarden-cfg-wd-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let validate = |extra: &str| {
+        let path = dir.join("wd.yml");
+        std::fs::write(&path, format!("{GOOD}{extra}")).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_pgwarden"))
+            .arg("--validate-config")
+            .arg(&path)
+            .env_remove("PATRONI_CONFIGURATION")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        )
+    };
+    let (code, err) = validate("watchdog:\n  mode: sometimes\n");
+    assert_eq!(code, 1);
+    assert_eq!(
+        err,
+        "config error: watchdog.mode: must be off, automatic or required"
+    );
+    let missing = dir.join("no-such-watchdog");
+    let (code, err) = validate(&format!(
+        "watchdog:\n  mode: required\n  device: {}\n",
+        missing.display()
+    ));
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with("config error: watchdog.device: watchdog.mode is required but ")
+            && err.contains("no-such-watchdog"),
+        "{err}"
+    );
+    let (code, err) = validate(&format!(
+        "watchdog:\n  mode: automatic\n  device: {}\n",
+        missing.display()
+    ));
+    assert_eq!((code, err.as_str()), (0, ""));
+    let _ = std::fs::remove_dir_all(&dir);
+}

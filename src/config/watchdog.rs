@@ -108,29 +108,31 @@ impl Watchdog {
         Duration::from_secs(secs.max(1))
     }
 
-    /// At start-up, for `required`: the device must exist and be writable. Checked with
-    /// access(2) only: opening a watchdog device arms it.
+    /// At start-up (and by `--validate-config`), for `required`: the device must exist and be
+    /// writable.
     pub fn check_startup(&self) -> Result<(), ConfigError> {
         if self.mode != WatchdogMode::Required {
             return Ok(());
         }
+        self.writable().map_err(|e| {
+            ConfigError::invalid(
+                "watchdog.device",
+                format!("watchdog.mode is required but {e}"),
+            )
+        })
+    }
+
+    /// The device exists and may be written: Patroni's health check of a required watchdog,
+    /// made before every race. Checked with access(2) only: opening a watchdog device arms it.
+    pub fn writable(&self) -> Result<(), String> {
         use std::os::unix::ffi::OsStrExt;
         let Ok(path) = std::ffi::CString::new(self.device.as_os_str().as_bytes()) else {
-            return Err(ConfigError::invalid(
-                "watchdog.device",
-                "contains a NUL byte",
-            ));
+            return Err(format!("{} contains a NUL byte", self.device.display()));
         };
         // SAFETY: access(2) reads a valid NUL-terminated string.
         if unsafe { libc::access(path.as_ptr(), libc::W_OK) } != 0 {
             let e = std::io::Error::last_os_error();
-            return Err(ConfigError::invalid(
-                "watchdog.device",
-                format!(
-                    "watchdog.mode is required but {} cannot be written: {e}",
-                    self.device.display()
-                ),
-            ));
+            return Err(format!("{} cannot be written: {e}", self.device.display()));
         }
         Ok(())
     }
