@@ -537,3 +537,82 @@ async fn required_watchdog_without_a_device_refuses_to_start() {
         "nothing was bootstrapped"
     );
 }
+
+/// `watchdog: {mode: required}` on a FIFO: the member leads once its fence process has the
+/// device open; when the device breaks (its reader goes away, so a keepalive fails) the
+/// primary is demoted at once, and while the device cannot be opened the member takes the lock
+/// now and then but never promotes. With a reader again, it leads again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_required_watchdog_that_fails_demotes_the_primary_and_blocks_promotion() {
+    let Some(mut c) = Cluster::start("fencewdfail", 0, T).await else {
+        return;
+    };
+    let (device, reader) = fake_watchdog(&c.dir);
+    add_member(
+        &mut c,
+        &format!(
+            "watchdog:\n  mode: required\n  device: {}\n  safety_margin: 2\n",
+            device.display()
+        ),
+    );
+    let long = Duration::from_secs(90);
+    c.wait_for("m0 to lead with its watchdog", long, || async {
+        let (code, _) = c.api(0, reqwest::Method::GET, "/primary", None).await;
+        (code == 200).then_some(())
+    })
+    .await;
+    let log = || std::fs::read_to_string(c.log_path(0)).unwrap_or_default();
+    assert!(
+        !log().contains("could not be activated"),
+        "no failure yet:\n{}",
+        log()
+    );
+
+    // The device breaks: the next keepalive fails and the primary goes.
+    drop(reader);
+    c.wait_for("m0 to demote itself", Duration::from_secs(30), || async {
+        let (code, _) = c.api(0, reqwest::Method::GET, "/primary", None).await;
+        (code != 200 && log().contains("demoting self because the watchdog could not be activated"))
+            .then_some(())
+    })
+    .await;
+    // While the device cannot be opened (a FIFO without a reader): never a primary again,
+    // though the member tries (it takes the lock after its back-off, then gives it back).
+    let until = Instant::now() + Duration::from_secs(3 * T.ttl);
+    while Instant::now() < until {
+        let (code, body) = c.api(0, reqwest::Method::GET, "/primary", None).await;
+        assert_ne!(code, 200, "a primary without its required watchdog: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        log().contains("not promoting self because the watchdog could not be activated"),
+        "{}",
+        log()
+    );
+
+    // A reader again: the next attempt opens the device and m0 leads.
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&device)
+        .unwrap();
+    c.wait_for("m0 to lead again", long, || async {
+        let (code, _) = c.api(0, reqwest::Method::GET, "/primary", None).await;
+        (code == 200).then_some(())
+    })
+    .await;
+    c.wait_for("writes on m0", long, || async {
+        c.sql(0, "CREATE TABLE IF NOT EXISTS wd (i int)").await.ok()
+    })
+    .await;
+    let mut bytes = Vec::new();
+    assert!(
+        within(Duration::from_secs(10), || {
+            drain(&mut reader, &mut bytes);
+            bytes.contains(&b'1')
+        })
+        .is_some(),
+        "keepalives again"
+    );
+}

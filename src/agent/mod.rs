@@ -285,6 +285,7 @@ impl Agent {
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
         let mut changes = self.dcs.changes();
+        let mut watchdog_changes = self.fence.watchdog_changes();
         let mut shutdown = std::pin::pin!(shutdown);
         let mut run_cycle = true;
         loop {
@@ -327,6 +328,8 @@ impl Agent {
                     self.task_finished(done).await;
                     true
                 }
+                // A required watchdog became active (a promotion waits for it) or failed.
+                Ok(()) = watchdog_changes.changed() => true,
                 _ = &mut shutdown => {
                     tracing::info!("shutting down");
                     return self.shutdown(cmds).await;
@@ -422,6 +425,7 @@ impl Agent {
             dcs: view,
             pg,
             policy: self.policy(),
+            watchdog: self.fence.watchdog_state(),
         };
         let actions = self
             .core

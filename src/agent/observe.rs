@@ -169,7 +169,10 @@ pub(crate) fn peer_facts(v: &serde_json::Value) -> PeerFacts {
         // "promoted": Patroni's (and pgwarden's) role while a promotion is under way.
         is_primary: matches!(role, "primary" | "master" | "promoted"),
         wal_position,
-        nofailover: crate::dcs::model::tags_nofailover(tags),
+        // A peer whose required watchdog is unusable cannot become the primary (Patroni's
+        // `watchdog_failed`): it is weighed like a nofailover one.
+        nofailover: crate::dcs::model::tags_nofailover(tags)
+            || v.get("watchdog_failed").and_then(|w| w.as_bool()) == Some(true),
         failover_priority: crate::dcs::model::tags_failover_priority(tags),
         running: state == "running",
         starting: state == "starting",

@@ -155,6 +155,10 @@ impl Agent {
         s.cluster_valid_until = self.view_read_at.map(|t| t + self.policy().ttl);
         s.dcs_last_seen = self.dcs_last_seen;
         s.tags = self.cfg.tags.clone();
+        s.watchdog_failed = matches!(
+            self.fence.watchdog_state(),
+            crate::ha::WatchdogState::Unusable(_)
+        );
         s.pause = self.dynamic.pause;
         s.ttl = self.dynamic.ttl;
         s.loop_wait = self.dynamic.loop_wait;

@@ -18,9 +18,39 @@ use crate::config::{Watchdog, WatchdogMode};
 /// `_IOWR('W', 6, int)` from `<linux/watchdog.h>` (the generic ioctl layout: x86, arm, riscv).
 const WDIOC_SETTIMEOUT: u64 = (3 << 30) | (4 << 16) | ((b'W' as u64) << 8) | 6;
 
+/// The device's state as the fence process tells the agent: one byte on its stdout at each
+/// change (the agent's [`crate::ha::WatchdogState`] is built from it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum DeviceStatus {
+    /// Not open: never opened yet, or closed (magic close) when the fence was disarmed.
+    Closed = b'C',
+    /// Open, and the last keepalive was written.
+    Active = b'A',
+    /// Opening it or a keepalive failed; retried at the next armed message.
+    Failed = b'F',
+}
+
+impl DeviceStatus {
+    pub fn from_byte(b: u8) -> Option<DeviceStatus> {
+        match b {
+            b'C' => Some(DeviceStatus::Closed),
+            b'A' => Some(DeviceStatus::Active),
+            b'F' => Some(DeviceStatus::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// How the device's status reaches the agent (never waiting for it).
+pub type Tell = fn(DeviceStatus);
+
 /// A watchdog device as the fence process uses it.
 pub struct WatchdogDevice {
     cfg: Watchdog,
+    /// The status last told.
+    status: DeviceStatus,
+    tell: Tell,
     fd: Option<OwnedFd>,
     /// The timeout last set with the ioctl; `None` after ENOTTY (plain writes only).
     timeout: Option<Duration>,
@@ -32,9 +62,11 @@ pub struct WatchdogDevice {
 }
 
 impl WatchdogDevice {
-    pub fn new(cfg: Watchdog, say: Say) -> WatchdogDevice {
+    pub fn new(cfg: Watchdog, say: Say, tell: Tell) -> WatchdogDevice {
         WatchdogDevice {
             cfg,
+            status: DeviceStatus::Closed,
+            tell,
             fd: None,
             timeout: None,
             ioctl_supported: true,
@@ -66,6 +98,7 @@ impl WatchdogDevice {
                 }
                 Err(e) => {
                     self.report(format!("cannot open {}: {e}", self.cfg.device.display()));
+                    self.set_status(DeviceStatus::Failed);
                     return;
                 }
             }
@@ -80,11 +113,16 @@ impl WatchdogDevice {
                 self.cfg.device.display()
             ));
             self.fd = None;
+            self.set_status(DeviceStatus::Failed);
+        } else {
+            self.reported = None;
+            self.set_status(DeviceStatus::Active);
         }
     }
 
     /// Magic close: `V` (the driver stops the timer), then close.
     pub fn disable(&mut self) {
+        self.set_status(DeviceStatus::Closed);
         if self.fd.is_none() {
             return;
         }
@@ -95,6 +133,13 @@ impl WatchdogDevice {
             ));
         }
         self.fd = None;
+    }
+
+    fn set_status(&mut self, status: DeviceStatus) {
+        if self.status != status {
+            self.status = status;
+            (self.tell)(status);
+        }
     }
 
     fn open(&self) -> std::io::Result<OwnedFd> {
@@ -197,6 +242,7 @@ mod tests {
                 safety_margin: 5,
             },
             |_| {},
+            |_| {},
         );
         wd.keepalive(Duration::from_secs(30));
         assert!(wd.is_open());
@@ -214,6 +260,44 @@ mod tests {
         let _ = std::fs::remove_file(&path);
     }
 
+    thread_local! {
+        static TOLD: std::cell::RefCell<Vec<DeviceStatus>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    fn record(s: DeviceStatus) {
+        TOLD.with(|t| t.borrow_mut().push(s));
+    }
+
+    #[test]
+    fn the_status_is_told_at_each_change_only() {
+        let path = std::env::temp_dir().join(format!("pgw-wd-status-{}", std::process::id()));
+        std::fs::write(&path, b"").unwrap();
+        let cfg = |device: std::path::PathBuf| Watchdog {
+            mode: WatchdogMode::Required,
+            device,
+            safety_margin: 5,
+        };
+        let mut wd = WatchdogDevice::new(cfg(path.clone()), |_| {}, record);
+        wd.keepalive(Duration::from_secs(30));
+        wd.keepalive(Duration::from_secs(30));
+        wd.disable();
+        wd.disable();
+        let mut missing = WatchdogDevice::new(cfg("/nonexistent/watchdog".into()), |_| {}, record);
+        missing.keepalive(Duration::from_secs(30));
+        missing.keepalive(Duration::from_secs(30));
+        missing.disable();
+        use DeviceStatus::*;
+        assert_eq!(
+            TOLD.with(|t| t.borrow().clone()),
+            vec![Active, Closed, Failed, Closed]
+        );
+        for s in [Closed, Active, Failed] {
+            assert_eq!(DeviceStatus::from_byte(s as u8), Some(s));
+        }
+        assert_eq!(DeviceStatus::from_byte(b'x'), None);
+        let _ = std::fs::remove_file(&path);
+    }
+
     #[test]
     fn off_never_opens() {
         let mut wd = WatchdogDevice::new(
@@ -221,6 +305,7 @@ mod tests {
                 device: "/nonexistent/watchdog".into(),
                 ..Watchdog::default()
             },
+            |_| {},
             |_| {},
         );
         wd.keepalive(Duration::from_secs(30));

@@ -4,6 +4,7 @@
 //! carried out by the shell and answered through `HaCore::step`.
 
 use super::race;
+use super::watchdog::Gate;
 use super::{Action, DataDir, HaCore, MonoTime, Observation, Purpose};
 use crate::dcs::{ClusterView, Failover};
 
@@ -15,6 +16,13 @@ impl HaCore {
             return;
         }
         let Some(view) = obs.dcs.as_ref() else {
+            if self.holds_lock(now)
+                && obs.pg.maybe_writable()
+                && let Gate::Refuse(why) = self.watchdog_gate(&obs, now)
+            {
+                // Not even until the deadline: the lock goes once the store answers again.
+                return self.watchdog_refused(&obs, &why, now, out);
+            }
             // Keep running as we are. A leader keeps writing only until its lease deadline,
             // which `step` enforces whatever the store does.
             self.message = if self.holds_lock(now) {
@@ -159,6 +167,10 @@ impl HaCore {
         }
         match (&view.leader, view.initialize.as_deref()) {
             (None, None) | (None, Some("")) if self.me.can_bootstrap && !self.me.nofailover => {
+                if let Some(why) = self.watchdog_forbids_race(obs, now) {
+                    self.message = format!("not bootstrapping: {why}");
+                    return;
+                }
                 // Claiming again while `initialize` is "" is how a claimant whose answer was
                 // lost finds out the claim is its own: the store binds the claim to the
                 // claimant's session and answers yes to its owner.
@@ -200,8 +212,18 @@ impl HaCore {
                         out,
                     );
                 } else if self.holds_lock(now) {
-                    self.message = "starting PostgreSQL as the primary (crash recovery)".into();
-                    self.emit(Action::StartPrimary, Purpose::Task, now, out);
+                    match self.watchdog_gate(obs, now) {
+                        Gate::Go => {
+                            self.message =
+                                "starting PostgreSQL as the primary (crash recovery)".into();
+                            self.emit(Action::StartPrimary, Purpose::Task, now, out);
+                        }
+                        Gate::Wait => {
+                            self.message =
+                                "waiting for the watchdog before starting as primary".into()
+                        }
+                        Gate::Refuse(why) => self.watchdog_refused(obs, &why, now, out),
+                    }
                 } else {
                     // Confirm the lock before writing anything.
                     self.renew_if_due(obs, now, out);
@@ -347,6 +369,10 @@ impl HaCore {
             self.message = "not racing: PostgreSQL was not started by pgwarden".into();
             return;
         }
+        if let Some(why) = self.watchdog_forbids_race(obs, now) {
+            self.message = format!("not racing: {why}");
+            return;
+        }
         match race::pre_race(&self.me, &obs.pg, view, &obs.policy) {
             Err(why) => self.message = why,
             Ok(peers) if peers.is_empty() => {
@@ -371,6 +397,16 @@ impl HaCore {
         if !self.holds_lock(now) {
             self.message = "confirming the leader lock".into();
             return;
+        }
+        match self.watchdog_gate(obs, now) {
+            Gate::Go => {}
+            Gate::Wait if obs.pg.is_replica() => {
+                self.message = "waiting for the watchdog before promoting".into();
+                return;
+            }
+            // A primary that holds the lock has armed the fence, which is opening the device.
+            Gate::Wait => {}
+            Gate::Refuse(why) => return self.watchdog_refused(obs, &why, now, out),
         }
         if obs.pg.is_replica() && !obs.pg.supervised {
             self.message =

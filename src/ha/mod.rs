@@ -21,12 +21,15 @@ mod action;
 mod cycle;
 pub mod race;
 mod types;
+mod watchdog;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub use action::{Action, ActionId, Input, Outcome};
-pub use types::{DataDir, Identity, MonoTime, Observation, PeerFacts, PeerReport, PgFacts, Policy};
+pub use types::{
+    DataDir, Identity, MonoTime, Observation, PeerFacts, PeerReport, PgFacts, Policy, WatchdogState,
+};
 
 /// Why an action was sent, so its outcome can be acted upon.
 #[derive(Debug, Clone, PartialEq)]
@@ -86,6 +89,12 @@ pub struct HaCore {
     rewind_failed: Option<(String, MonoTime)>,
     /// The lock must be handed back once PostgreSQL is down (a failed start or promotion).
     give_up_lock: bool,
+    /// A required watchdog could not be activated while this member held the lock: it does
+    /// not race again before this instant (so that a device that stays broken does not turn
+    /// into a storm of lock operations).
+    watchdog_backoff_until: Option<MonoTime>,
+    /// Since when this holder waits for its required watchdog to become active.
+    watchdog_wait_since: Option<MonoTime>,
     /// When this member first saw the cluster without a leader, to bound how long the race
     /// waits for peers that are still starting.
     leaderless_since: Option<MonoTime>,
@@ -122,6 +131,8 @@ impl HaCore {
             bootstrapping: false,
             rewind_failed: None,
             give_up_lock: false,
+            watchdog_backoff_until: None,
+            watchdog_wait_since: None,
             leaderless_since: None,
             not_streaming_since: None,
             needs_rewind: false,
@@ -379,6 +390,16 @@ impl HaCore {
             let version = view.failover.as_ref().map(|f| f.version.clone());
             self.emit(Action::ClearFailover { version }, Purpose::Other, now, out);
         }
+        match self.watchdog_gate(&obs, now) {
+            watchdog::Gate::Go => {}
+            // The fence process opens the device once the lock is armed; the cycle that sees
+            // it active promotes (or starts the bootstrapped primary).
+            watchdog::Gate::Wait => {
+                self.message = "waiting for the watchdog before becoming the primary".into();
+                return;
+            }
+            watchdog::Gate::Refuse(why) => return self.watchdog_refused(&obs, &why, now, out),
+        }
         if self.bootstrapping {
             self.emit(Action::StartPrimary, Purpose::Task, now, out);
         } else if obs.pg.is_replica() {
@@ -499,6 +520,11 @@ impl HaCore {
         if self.last.as_ref().is_some_and(|o| o.pg.up) {
             return self.give_up(now, out);
         }
+        self.release_now(now, out);
+    }
+
+    /// Releases the lock as it is seen now (PostgreSQL is down, or a replica that stays one).
+    fn release_now(&mut self, now: MonoTime, out: &mut Vec<(ActionId, Action)>) {
         self.drop_lease();
         let version = self
             .last

@@ -104,6 +104,7 @@ fn observe(
             dcs,
             pg,
             policy: policy(),
+            watchdog: WatchdogState::Unneeded,
         })),
         now,
     )
@@ -350,7 +351,12 @@ fn observe_with(
     now: MonoTime,
 ) -> Vec<(ActionId, Action)> {
     core.step(
-        Input::Observed(Box::new(Observation { dcs, pg, policy })),
+        Input::Observed(Box::new(Observation {
+            dcs,
+            pg,
+            policy,
+            watchdog: WatchdogState::Unneeded,
+        })),
         now,
     )
 }
@@ -521,4 +527,214 @@ fn a_renewal_with_a_shorter_ttl_shortens_the_deadline_even_unanswered() {
     complete(&mut core, id, lost, at(106));
     let out = core.step(Input::Tick, at(109));
     assert_eq!(actions(&out), vec![Action::StopNow]);
+}
+
+fn observe_wd(
+    core: &mut HaCore,
+    dcs: Option<ClusterView>,
+    pg: PgFacts,
+    watchdog: WatchdogState,
+    now: MonoTime,
+) -> Vec<(ActionId, Action)> {
+    core.step(
+        Input::Observed(Box::new(Observation {
+            dcs,
+            pg,
+            policy: policy(),
+            watchdog,
+        })),
+        now,
+    )
+}
+
+fn unusable() -> WatchdogState {
+    WatchdogState::Unusable("broken".into())
+}
+
+/// A replica that has won the race (the peers are behind) and holds the lock: the outcome's
+/// actions.
+fn win_race(core: &mut HaCore, watchdog: WatchdogState, now: MonoTime) -> Vec<(ActionId, Action)> {
+    let out = observe_wd(core, Some(view(None)), replica(Some("b")), watchdog, now);
+    let (probe, a) = out[0].clone();
+    assert!(matches!(a, Action::ProbePeers { .. }), "{a:?}");
+    let report = PeerReport::from([
+        ("b".to_string(), Some(peer_at(10))),
+        ("c".to_string(), Some(peer_at(10))),
+    ]);
+    let out = complete(core, probe, Outcome::Peers(report), now);
+    let (lock, a) = out[0].clone();
+    assert_eq!(a, Action::AcquireLock);
+    complete(core, lock, answered(true, now), now)
+}
+
+#[test]
+fn a_required_watchdog_is_active_before_the_promotion() {
+    let mut core = HaCore::new(me());
+    // Holding the lock, the device not opened yet (the fence opens it once armed): wait.
+    let out = win_race(&mut core, WatchdogState::Ready, at(50));
+    assert!(!actions(&out).contains(&Action::Promote), "{out:?}");
+    assert!(core.holds_lock(at(50)));
+    let out = observe_wd(
+        &mut core,
+        Some(view(Some("a"))),
+        replica(None),
+        WatchdogState::Ready,
+        at(50),
+    );
+    assert!(!actions(&out).contains(&Action::Promote), "{out:?}");
+    assert!(
+        core.message().contains("waiting for the watchdog"),
+        "{}",
+        core.message()
+    );
+    // Active: promote.
+    let out = observe_wd(
+        &mut core,
+        Some(view(Some("a"))),
+        replica(None),
+        WatchdogState::Active,
+        at(51),
+    );
+    assert_eq!(actions(&out), vec![Action::Promote]);
+}
+
+#[test]
+fn a_required_watchdog_that_cannot_be_activated_gives_the_lock_back_and_backs_off() {
+    let mut core = HaCore::new(me());
+    win_race(&mut core, WatchdogState::Ready, at(50));
+    // Opening the device failed: the replica stays a replica and the lock goes now.
+    let out = observe_wd(
+        &mut core,
+        Some(view(Some("a"))),
+        replica(None),
+        unusable(),
+        at(50),
+    );
+    assert_eq!(
+        actions(&out),
+        vec![Action::ReleaseLock {
+            version: Some(Version("1".into()))
+        }]
+    );
+    assert!(
+        core.message()
+            .contains("not promoting self because the watchdog")
+    );
+    complete(&mut core, out[0].0, Outcome::Ok, at(50));
+    // Writable again (the device answers access(2)): no race for ttl.
+    let out = observe_wd(
+        &mut core,
+        Some(view(None)),
+        replica(Some("b")),
+        WatchdogState::Ready,
+        at(60),
+    );
+    assert!(out.is_empty(), "{out:?}");
+    assert!(
+        core.message().contains("trying again in 20s"),
+        "{}",
+        core.message()
+    );
+    let out = observe_wd(
+        &mut core,
+        Some(view(None)),
+        replica(Some("b")),
+        WatchdogState::Ready,
+        at(80),
+    );
+    assert!(
+        matches!(actions(&out)[..], [Action::ProbePeers { .. }]),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_primary_whose_required_watchdog_fails_is_demoted() {
+    let mut core = HaCore::new(me());
+    lead(&mut core, at(100));
+    let out = observe_wd(
+        &mut core,
+        Some(view(Some("a"))),
+        primary(),
+        WatchdogState::Active,
+        at(101),
+    );
+    assert!(!actions(&out).contains(&Action::StopNow), "{out:?}");
+    let out = observe_wd(
+        &mut core,
+        Some(view(Some("a"))),
+        primary(),
+        unusable(),
+        at(102),
+    );
+    assert_eq!(actions(&out), vec![Action::StopNow]);
+    assert!(
+        core.message()
+            .contains("demoting self because the watchdog")
+    );
+    complete(&mut core, out[0].0, Outcome::Ok, at(102));
+    let down = PgFacts {
+        up: false,
+        in_recovery: None,
+        ..primary()
+    };
+    let out = observe_wd(&mut core, Some(view(Some("a"))), down, unusable(), at(103));
+    assert_eq!(
+        actions(&out),
+        vec![Action::ReleaseLock {
+            version: Some(Version("1".into()))
+        }]
+    );
+}
+
+#[test]
+fn a_primary_whose_required_watchdog_fails_stops_even_without_the_store() {
+    // Found by the simulation: the cycle used to keep such a primary until its lease deadline.
+    let mut core = HaCore::new(me());
+    lead(&mut core, at(100));
+    let out = observe_wd(&mut core, None, primary(), unusable(), at(102));
+    assert_eq!(actions(&out), vec![Action::StopNow]);
+    assert_eq!(core.lease_deadline(), None);
+}
+
+#[test]
+fn an_unusable_watchdog_keeps_a_member_out_of_the_race_and_the_bootstrap() {
+    let mut core = HaCore::new(me());
+    let out = observe_wd(
+        &mut core,
+        Some(view(None)),
+        replica(Some("b")),
+        unusable(),
+        at(1),
+    );
+    assert!(out.is_empty(), "{out:?}");
+    assert!(
+        core.message()
+            .starts_with("not racing: the required watchdog")
+    );
+    let empty = PgFacts {
+        data: DataDir::Empty,
+        up: false,
+        in_recovery: None,
+        ..replica(None)
+    };
+    let fresh = ClusterView::default();
+    let out = observe_wd(&mut core, Some(fresh), empty, unusable(), at(2));
+    assert!(out.is_empty(), "{out:?}");
+    assert!(core.message().starts_with("not bootstrapping"));
+}
+
+#[test]
+fn in_pause_the_watchdog_demotes_nobody() {
+    // Patroni turns the watchdog off while paused.
+    let mut core = HaCore::new(me());
+    lead(&mut core, at(100));
+    let obs = Observation {
+        dcs: Some(view(Some("a"))),
+        pg: primary(),
+        policy: paused(),
+        watchdog: unusable(),
+    };
+    let out = core.step(Input::Observed(Box::new(obs)), at(101));
+    assert!(!actions(&out).contains(&Action::StopNow), "{out:?}");
 }

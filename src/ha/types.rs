@@ -150,6 +150,22 @@ pub struct PeerFacts {
     pub starting: bool,
 }
 
+/// The watchdog device as far as leadership depends on it: only `watchdog.mode: required`
+/// does (Patroni's rule: no promotion, and no primary kept, without an active watchdog).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchdogState {
+    /// `off` or `automatic`: leadership does not wait for the device.
+    Unneeded,
+    /// Required, writable, not active yet: it is opened once the lock is held (the fence
+    /// process opens it at the first armed deadline), so a promotion waits for [`Self::Active`].
+    Ready,
+    /// Required and active: opened, its timeout set and kept alive by the fence process.
+    Active,
+    /// Required but unusable (cannot be written, opening or a keepalive failed, no fence
+    /// process to drive it); the reason.
+    Unusable(String),
+}
+
 /// One observation: everything the core decides on.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Observation {
@@ -159,6 +175,8 @@ pub struct Observation {
     pub pg: PgFacts,
     /// The policy in force.
     pub policy: Policy,
+    /// The watchdog device.
+    pub watchdog: WatchdogState,
 }
 
 /// Results of probing peers: name → facts, or `None` when the peer did not answer.

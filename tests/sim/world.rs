@@ -10,7 +10,7 @@ use pgwarden::dcs::mem::{LeaseId, MemStore};
 use pgwarden::dcs::{Failover, Member, Status};
 use pgwarden::ha::{
     Action, ActionId, DataDir, HaCore, Identity, Input, MonoTime, Observation, Outcome, PeerFacts,
-    Policy,
+    Policy, WatchdogState,
 };
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -63,6 +63,11 @@ pub enum Fault {
     DeleteLock,
     /// `pause: true` in the config for a while.
     Pause {
+        for_: Duration,
+    },
+    /// A member's watchdog device breaks for a while (opening it and keepalives fail).
+    BreakWatchdog {
+        who: usize,
         for_: Duration,
     },
 }
@@ -144,6 +149,7 @@ enum HealWhat {
     StoreAll,
     Unfreeze,
     Resume,
+    Watchdog(usize),
 }
 
 pub struct SimMember {
@@ -169,6 +175,14 @@ pub struct SimMember {
     paused: bool,
     /// Real time of the last lease deadline its core reported (for the deadline invariant).
     deadline_real: Option<Duration>,
+    /// `watchdog.mode: required`, on a device its fence process opens while the lock is held.
+    watchdog_required: bool,
+    /// Breaks of its device in force, and since when it may not be writable for that reason
+    /// (the break, or its last observation while paused, when the watchdog does not count).
+    watchdog_broken: u32,
+    watchdog_broken_since: Option<Duration>,
+    /// Its fence is armed (the core holds a lease): the device is open, or failing.
+    fence_armed: bool,
 }
 
 pub struct Params {
@@ -184,6 +198,8 @@ pub struct Params {
     pub fault_phase: Duration,
     pub faults: Vec<(Duration, Fault)>,
     pub quiet_phase: Duration,
+    /// Which members run with `watchdog.mode: required`.
+    pub watchdog_required: Vec<bool>,
 }
 
 impl Params {
@@ -202,7 +218,7 @@ impl Params {
             let at = Duration::from_millis(rng.random_range(5_000..fault_phase.as_millis() as u64));
             let who = rng.random_range(0..members);
             let d = Duration::from_millis(rng.random_range(200..(ttl.as_millis() as u64 * 3)));
-            let f = match rng.random_range(0..12) {
+            let f = match rng.random_range(0..13) {
                 0 => Fault::CrashMember { who, down_for: d },
                 1 => Fault::CrashPg { who },
                 2 => Fault::CutFromStore { who, for_: d },
@@ -221,6 +237,7 @@ impl Params {
                 }
                 10 => Fault::DeleteLock,
                 11 => Fault::Pause { for_: d },
+                12 => Fault::BreakWatchdog { who, for_: d },
                 _ => Fault::Switchover { to: who },
             };
             faults.push((at, f));
@@ -237,6 +254,7 @@ impl Params {
             fault_phase,
             faults,
             quiet_phase: max_ttl * 2 + max_loop_wait + Duration::from_secs(30),
+            watchdog_required: (0..members).map(|_| rng.random_bool(0.3)).collect(),
         }
     }
 }
@@ -295,6 +313,10 @@ impl World {
                     },
                     paused: false,
                     deadline_real: None,
+                    watchdog_required: params.watchdog_required[i],
+                    watchdog_broken: 0,
+                    watchdog_broken_since: None,
+                    fence_armed: false,
                 }
             })
             .collect();
@@ -491,6 +513,20 @@ impl World {
                     ));
                 }
             }
+            // A required watchdog that broke: demoted within the fence's keepalive interval (1 s),
+            // an inline store call the shell may be in (retry_timeout), a stall and the stop.
+            let m = &self.members[w];
+            if m.watchdog_required
+                && let Some(t) = m.watchdog_broken_since
+                && self.now
+                    > t + Duration::from_secs(1) + m.timings.retry_timeout + STALL_MAX + STOP_MAX
+            {
+                let (name, now) = (m.name.clone(), self.now);
+                return Err(format!(
+                    "{name} writable at {now:?} with its required watchdog broken since {t:?}; {}",
+                    self.describe()
+                ));
+            }
             let holder = self.store.get("leader", self.now);
             let name = self.members[w].name.clone();
             let deleted = self.deleted_holder.as_deref() == Some(name.as_str());
@@ -659,6 +695,13 @@ impl World {
                         self.pause = self.pause.saturating_sub(1);
                         self.notify_watchers();
                     }
+                    HealWhat::Watchdog(i) => {
+                        let m = &mut self.members[i];
+                        m.watchdog_broken -= 1;
+                        if m.watchdog_broken == 0 {
+                            m.watchdog_broken_since = None;
+                        }
+                    }
                 }
                 self.log(format!("heal {h:?}"));
             }
@@ -673,6 +716,7 @@ impl World {
                 m.next_wake = None;
                 m.last_member_json.clear();
                 m.deadline_real = None;
+                m.fence_armed = false;
                 let inc = m.inc;
                 self.log(format!("restart m{who}"));
                 self.schedule(self.now, Ev::Wake(who, inc));
@@ -760,6 +804,18 @@ impl World {
                 self.notify_watchers();
                 self.schedule(now + for_, Ev::Heal(HealWhat::Resume));
             }
+            Fault::BreakWatchdog { who, for_ } => {
+                let m = &mut self.members[who];
+                m.watchdog_broken += 1;
+                m.watchdog_broken_since.get_or_insert(now);
+                let (armed, inc) = (m.fence_armed && m.alive, m.inc);
+                self.schedule(now + for_, Ev::Heal(HealWhat::Watchdog(who)));
+                if armed {
+                    // The fence's next keepalive (at most a second away) fails; it says so.
+                    let at = now + Duration::from_millis(self.rng.random_range(1..1000));
+                    self.schedule(at, Ev::Wake(who, inc));
+                }
+            }
             Fault::Switchover { to } => {
                 if let Some(leader) = self.store.get("leader", now) {
                     let f = Failover {
@@ -818,10 +874,15 @@ impl World {
         } else {
             None
         };
+        let m = &mut self.members[who];
+        if m.paused && m.watchdog_broken > 0 {
+            m.watchdog_broken_since = Some(self.now);
+        }
         let obs = Observation {
             dcs: view,
             pg: self.members[who].pg.facts(),
             policy: self.policy(who),
+            watchdog: self.watchdog_state(who),
         };
         let actions = self.members[who]
             .core
@@ -922,9 +983,35 @@ impl World {
 
     /// Records the member's lease deadline in real time, for the deadline invariant.
     fn note_deadline(&mut self, who: usize) {
-        if let Some(d) = self.members[who].core.lease_deadline() {
+        let deadline = self.members[who].core.lease_deadline();
+        if let Some(d) = deadline {
             let real = self.real_of(who, d);
             self.members[who].deadline_real = Some(real);
+        }
+        // The shell arms the fence with the deadline; a required watchdog's fence process then
+        // opens the device and reports within milliseconds, which wakes the shell.
+        let m = &mut self.members[who];
+        let armed = deadline.is_some();
+        if armed != m.fence_armed {
+            m.fence_armed = armed;
+            if armed && m.watchdog_required {
+                let inc = m.inc;
+                let at = self.now + Duration::from_millis(self.rng.random_range(1..5));
+                self.schedule(at, Ev::Wake(who, inc));
+            }
+        }
+    }
+
+    /// What the shell reports of a member's watchdog: the fence process opens a required
+    /// device while armed (active, or unusable when broken); disarmed, a broken device still
+    /// passes the access(2) check.
+    fn watchdog_state(&self, who: usize) -> WatchdogState {
+        let m = &self.members[who];
+        match (m.watchdog_required, m.fence_armed, m.watchdog_broken > 0) {
+            (false, _, _) => WatchdogState::Unneeded,
+            (true, true, true) => WatchdogState::Unusable("simulated break".into()),
+            (true, true, false) => WatchdogState::Active,
+            (true, false, _) => WatchdogState::Ready,
         }
     }
 
@@ -990,13 +1077,16 @@ impl World {
                     };
                     let p = &self.members[j];
                     let answers = p.alive && p.frozen_until <= now && self.peers_linked(who, j);
+                    // `watchdog_failed` in its `/patroni`: weighed like nofailover.
+                    let watchdog_failed =
+                        matches!(self.watchdog_state(j), WatchdogState::Unusable(_));
                     let facts = answers.then(|| PeerFacts {
                         // The role the real `/patroni` reports: primary while writable, and
                         // "promoted" while a promotion runs.
                         is_primary: p.pg.writable()
                             || matches!(p.core.task_in_flight(), Some(Action::Promote)),
                         wal_position: p.pg.wal,
-                        nofailover: false,
+                        nofailover: watchdog_failed,
                         failover_priority: 1,
                         running: p.pg.running(),
                         starting: matches!(p.pg.run, Run::Starting { .. }),

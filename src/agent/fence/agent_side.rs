@@ -11,7 +11,10 @@ use std::time::Duration;
 use super::fence_loop::{FenceLoop, KILL_EVERY, KILL_SLOW_AFTER};
 use super::{Armed, MESSAGE_LEN, encode};
 use crate::agent::clock::boottime_now;
+use crate::agent::watchdog::DeviceStatus;
 use crate::config::{Watchdog, WatchdogMode};
+use crate::ha::WatchdogState;
+use tokio::sync::watch;
 
 /// An unchanged armed message is written again after this long: the fence process keeps the
 /// watchdog alive on every message, so that it fires only when the agent stops talking (not
@@ -45,6 +48,11 @@ struct Inner {
     last_ttl: AtomicU64,
     last_write: AtomicU64,
     fallback: OnceLock<mpsc::Sender<Option<Armed>>>,
+    /// The `watchdog` section in force.
+    watchdog: Watchdog,
+    /// The device's status as the fence process last told it (a thread of ours reads its
+    /// stdout; `Closed` until it says otherwise).
+    watchdog_status: watch::Receiver<DeviceStatus>,
 }
 
 impl Drop for Inner {
@@ -70,7 +78,8 @@ impl Fence {
     ) -> Result<Fence, crate::config::ConfigError> {
         let wd = Watchdog::parse(watchdog)?;
         wd.check_startup()?;
-        let inner = Inner {
+        let (status_tx, watchdog_status) = watch::channel(DeviceStatus::Closed);
+        let mut inner = Inner {
             data_dir,
             pipe: AtomicI32::new(-1),
             helper_pid: AtomicI32::new(-1),
@@ -78,8 +87,10 @@ impl Fence {
             last_ttl: AtomicU64::new(u64::MAX),
             last_write: AtomicU64::new(0),
             fallback: OnceLock::new(),
+            watchdog: wd,
+            watchdog_status,
         };
-        match spawn_helper(&inner.data_dir, &wd) {
+        match spawn_helper(&inner.data_dir, &inner.watchdog, status_tx) {
             Ok((pid, fd)) => {
                 tracing::info!(pid, "started the fence process");
                 inner.helper_pid.store(pid, Ordering::SeqCst);
@@ -89,14 +100,44 @@ impl Fence {
                 tracing::error!(
                     "cannot start the fence process ({e}): fencing from a thread of the agent instead"
                 );
-                if wd.mode != WatchdogMode::Off {
+                if inner.watchdog.mode != WatchdogMode::Off {
                     tracing::error!("the watchdog is not used without the fence process");
                 }
             }
         }
+        inner.watchdog_status.mark_unchanged();
         Ok(Fence {
             inner: Arc::new(inner),
         })
+    }
+
+    /// The watchdog as leadership depends on it (see [`WatchdogState`]).
+    pub fn watchdog_state(&self) -> WatchdogState {
+        let inner = &self.inner;
+        if inner.watchdog.mode != WatchdogMode::Required {
+            return WatchdogState::Unneeded;
+        }
+        let device = inner.watchdog.device.display();
+        if inner.pipe.load(Ordering::SeqCst) < 0 {
+            return WatchdogState::Unusable(format!(
+                "{device} is driven by the fence process, which is not running"
+            ));
+        }
+        match *inner.watchdog_status.borrow() {
+            DeviceStatus::Active => WatchdogState::Active,
+            DeviceStatus::Failed => WatchdogState::Unusable(format!(
+                "opening {device} or a keepalive to it failed (the fence process's log line says why)"
+            )),
+            DeviceStatus::Closed => match inner.watchdog.writable() {
+                Ok(()) => WatchdogState::Ready,
+                Err(e) => WatchdogState::Unusable(e),
+            },
+        }
+    }
+
+    /// Changes of the watchdog's status, to wake the HA loop.
+    pub fn watchdog_changes(&self) -> watch::Receiver<DeviceStatus> {
+        self.inner.watchdog_status.clone()
     }
 
     /// Arms the fence for `armed`, or disarms it with `None` (a kill in progress goes on
@@ -209,7 +250,11 @@ pub(crate) fn confirm_down(data_dir: PathBuf, killed: usize) {
 
 /// Starts `pgwarden fence-helper` with a pipe as its stdin; its pid and the pipe's
 /// nonblocking write end.
-fn spawn_helper(data_dir: &Path, wd: &Watchdog) -> std::io::Result<(i32, RawFd)> {
+fn spawn_helper(
+    data_dir: &Path,
+    wd: &Watchdog,
+    status: watch::Sender<DeviceStatus>,
+) -> std::io::Result<(i32, RawFd)> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe()
         .ok()
@@ -224,8 +269,16 @@ fn spawn_helper(data_dir: &Path, wd: &Watchdog) -> std::io::Result<(i32, RawFd)>
         .arg("--data-dir")
         .arg(data_dir)
         .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
         .stderr(log_writer);
+    // Its stdout carries the watchdog's status, one byte at each change.
+    let status_reader = if wd.mode != WatchdogMode::Off {
+        let (reader, writer) = std::io::pipe()?;
+        cmd.stdout(writer);
+        Some(reader)
+    } else {
+        cmd.stdout(std::process::Stdio::null());
+        None
+    };
     if wd.mode != WatchdogMode::Off {
         cmd.arg("--watchdog-mode")
             .arg(wd.mode.as_str())
@@ -248,6 +301,9 @@ fn spawn_helper(data_dir: &Path, wd: &Watchdog) -> std::io::Result<(i32, RawFd)>
     // our copy of the log pipe's write end goes with the command
     drop(cmd);
     forward_log(log_reader);
+    if let Some(reader) = status_reader {
+        forward_status(reader, status);
+    }
     let stdin = child
         .stdin
         .take()
@@ -290,6 +346,32 @@ fn forward_log(reader: std::io::PipeReader) {
         });
     if let Err(e) = spawned {
         tracing::warn!("the fence process's messages are not logged: {e}");
+    }
+}
+
+/// Copies the fence process's watchdog status into `status`, until it exits.
+fn forward_status(mut reader: std::io::PipeReader, status: watch::Sender<DeviceStatus>) {
+    use std::io::Read;
+    let spawned = std::thread::Builder::new()
+        .name("fence-status".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            let mut buf = [0u8; 64];
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                if let Some(s) = buf[..n]
+                    .iter()
+                    .rev()
+                    .find_map(|b| DeviceStatus::from_byte(*b))
+                {
+                    status.send_replace(s);
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!("the watchdog's status is not read: {e}");
     }
 }
 

@@ -216,6 +216,7 @@ mod tests {
                 safety_margin: 5,
             },
             |_| {},
+            |_| {},
         );
         let mut f = FenceLoop::new(dir.join("data"), Some(wd), |_| {});
         let ttl = Duration::from_secs(30);

@@ -7,15 +7,14 @@ use std::process::ExitCode;
 use super::fence_loop::{BootTimer, FenceLoop, MAX_SLEEP};
 use super::{MESSAGE_LEN, decode};
 use crate::agent::clock::boottime_now;
-use crate::agent::watchdog::WatchdogDevice;
+use crate::agent::watchdog::{DeviceStatus, WatchdogDevice};
 use crate::config::{Watchdog, WatchdogMode};
 
-/// The fence process's report: one line to stderr, only if stderr takes it at once (a pipe
-/// with room, a file, a terminal). A stuck log reader loses lines; it never stops the fence.
-fn say_stderr(line: &str) {
-    let line = format!("pgwarden fence-helper: {line}\n");
+/// Writes `bytes` to `fd` only if it takes them at once (a pipe with room, a file, a
+/// terminal): a stuck reader loses them; it never stops the fence.
+fn write_if_ready(fd: RawFd, bytes: &[u8]) {
     let mut pfd = libc::pollfd {
-        fd: libc::STDERR_FILENO,
+        fd,
         events: libc::POLLOUT,
         revents: 0,
     };
@@ -23,12 +22,25 @@ fn say_stderr(line: &str) {
     let ready = unsafe { libc::poll(&mut pfd, 1, 0) } == 1 && pfd.revents & libc::POLLOUT != 0;
     if ready {
         // a pipe with room takes up to PIPE_BUF bytes without blocking
-        let n = line.len().min(libc::PIPE_BUF);
+        let n = bytes.len().min(libc::PIPE_BUF);
         // SAFETY: write(2) of a valid buffer; the result does not matter.
         unsafe {
-            libc::write(libc::STDERR_FILENO, line.as_ptr().cast(), n);
+            libc::write(fd, bytes.as_ptr().cast(), n);
         }
     }
+}
+
+/// The fence process's report: one line to stderr (read by the agent into its log).
+fn say_stderr(line: &str) {
+    write_if_ready(
+        libc::STDERR_FILENO,
+        format!("pgwarden fence-helper: {line}\n").as_bytes(),
+    );
+}
+
+/// The watchdog's status: one byte to stdout (read by the agent, see `agent_side`).
+fn tell_stdout(status: DeviceStatus) {
+    write_if_ready(libc::STDOUT_FILENO, &[status as u8]);
 }
 
 /// `pgwarden fence-helper`'s arguments (started by the agent; not for humans).
@@ -92,6 +104,7 @@ pub fn fence_helper_main(args: FenceHelperArgs) -> ExitCode {
                 safety_margin: args.watchdog_safety_margin,
             },
             say_stderr,
+            tell_stdout,
         )
     });
     let mut fence = FenceLoop::new(args.data_dir, watchdog, say_stderr);
