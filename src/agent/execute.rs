@@ -124,6 +124,10 @@ impl Agent {
                 self.fatal = Some(reason);
                 Some(Outcome::Ok)
             }
+            Action::Answer { id, result } => {
+                self.answer(id, result);
+                Some(Outcome::Ok)
+            }
             task => {
                 self.spawn_task(id, task);
                 None
@@ -199,13 +203,17 @@ impl Agent {
         let bootstrapped = self.bootstrap_pending;
         let upstream_conninfo = match &task {
             Action::Clone { from } | Action::Rewind { from } => self.conninfo_of(from),
-            Action::StartReplica { upstream: Some(u) } | Action::Follow { upstream: u } => {
-                self.conninfo_of(u)
-            }
+            Action::StartReplica { upstream: Some(u) }
+            | Action::Follow { upstream: u }
+            | Action::Restart {
+                upstream: Some(u), ..
+            } => self.conninfo_of(u),
             _ => None,
         };
         let upstream_name = match &task {
-            Action::StartReplica { upstream } => upstream.clone(),
+            Action::StartReplica { upstream } | Action::Restart { upstream, .. } => {
+                upstream.clone()
+            }
             Action::Follow { upstream } => Some(upstream.clone()),
             _ => None,
         };
@@ -294,6 +302,37 @@ impl Agent {
                     // gap of a switchover is the time of a fast stop.
                     let _ = timeout(Duration::from_secs(30), pg.query_one_shot("CHECKPOINT")).await;
                     pg.stop(StopMode::Fast, stop_timeout)
+                        .await
+                        .map(|_| TaskNote::Stopped)
+                        .map_err(|e| e.to_string())
+                }
+                Action::Restart { primary, .. } => {
+                    let how = if *primary {
+                        StartAs::Primary
+                    } else {
+                        StartAs::Replica {
+                            primary_conninfo: upstream_conninfo,
+                            slot,
+                        }
+                    };
+                    let restarted = async {
+                        pg.stop(StopMode::Fast, stop_timeout).await?;
+                        pg.start(how).await
+                    };
+                    restarted
+                        .await
+                        .map(|_| TaskNote::Started {
+                            upstream: upstream_name,
+                        })
+                        .map_err(|e| e.to_string())
+                }
+                Action::Reinitialize => {
+                    let wiped = async {
+                        pg.stop(StopMode::Immediate, Duration::from_secs(30))
+                            .await?;
+                        pg.wipe_data_dir()
+                    };
+                    wiped
                         .await
                         .map(|_| TaskNote::Stopped)
                         .map_err(|e| e.to_string())

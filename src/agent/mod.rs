@@ -68,6 +68,9 @@ pub struct Agent {
     last_member_write: Option<Instant>,
     last_message: String,
     slots_for: Vec<String>,
+    /// API requests handed to the core and not answered yet, and the last id given.
+    replies: std::collections::BTreeMap<crate::ha::RequestId, crate::api::Reply>,
+    last_request: u64,
 }
 
 /// Connects to the store named in the configuration.
@@ -235,6 +238,8 @@ pub async fn run(
         last_member_write: None,
         last_message: String::new(),
         slots_for: Vec::new(),
+        replies: std::collections::BTreeMap::new(),
+        last_request: 0,
     };
     let result = agent.main_loop(&mut cmd_rx, shutdown).await;
     let _ = api_stop_tx.send(());
@@ -315,12 +320,12 @@ impl Agent {
                             false
                         }
                         ApiCommand::Restart(reply) => {
-                            reply.send(self.restart_postgres().await);
-                            true
+                            self.request(crate::ha::Request::Restart, reply).await;
+                            false
                         }
                         ApiCommand::Reinitialize(reply) => {
-                            reply.send(self.wipe_for_reinitialize().await);
-                            true
+                            self.request(crate::ha::Request::Reinitialize, reply).await;
+                            false
                         }
                     }
                 }

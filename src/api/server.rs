@@ -308,7 +308,7 @@ async fn dispatch(State(inner): State<Shared>, req: Request) -> Response {
                 Err(r) => r,
             },
             "reinitialize" => match read_json(&parts.headers, body, true).await {
-                Ok(b) => post_reinitialize(&inner, &b, now).await,
+                Ok(b) => post_reinitialize(&inner, &b).await,
                 Err(r) => r,
             },
             "failsafe" => match read_json(&parts.headers, body, false).await {
@@ -377,15 +377,9 @@ async fn post_restart(inner: &Inner, body: &Map<String, Value>) -> Response {
     text_reply(code, msg)
 }
 
-/// `POST /reinitialize`: a replica of a cluster with a leader wipes and re-clones.
-async fn post_reinitialize(inner: &Inner, _body: &Map<String, Value>, now: Instant) -> Response {
-    let snap = inner.ctx.state.snapshot();
-    if snap.is_leader(now) {
-        return text_reply(503, "I am the leader, can not reinitialize");
-    }
-    if snap.cluster.as_ref().is_none_or(|c| c.leader.is_none()) {
-        return text_reply(503, "Cluster has no leader, can not reinitialize");
-    }
+/// `POST /reinitialize`: a replica of a cluster with a leader wipes and re-clones (the HA core
+/// decides whether it may).
+async fn post_reinitialize(inner: &Inner, _body: &Map<String, Value>) -> Response {
     let (reply, rx) = super::state::Reply::new();
     if inner
         .ctx

@@ -80,6 +80,24 @@ pub enum Action {
     Promote,
     /// *Task*: planned demotion: CHECKPOINT, fast stop, so the candidate has every WAL record.
     StopGraceful,
+    /// *Task*: `POST /restart`: a fast stop, then a start as the primary (only while holding
+    /// the lock with a primary) or as a replica of `upstream`.
+    Restart {
+        /// Start as the primary.
+        primary: bool,
+        /// A replica's upstream.
+        upstream: Option<String>,
+    },
+    /// *Task*: `POST /reinitialize`: an immediate stop, then the data directory emptied; the
+    /// cycles after it clone afresh from the leader.
+    Reinitialize,
+    /// Answer an API request (inline).
+    Answer {
+        /// The request.
+        id: RequestId,
+        /// `Ok`, or the message for the API's error reply.
+        result: Result<(), String>,
+    },
     /// The member cannot continue (a different cluster's data, ...). The shell stops
     /// PostgreSQL and exits non-zero with the reason.
     Fatal {
@@ -102,8 +120,31 @@ impl Action {
                 | Action::Follow { .. }
                 | Action::Promote
                 | Action::StopGraceful
+                | Action::Restart { .. }
+                | Action::Reinitialize
         )
     }
+
+    /// A task that ends with PostgreSQL writable: a lapsed or lost lease must stop it too.
+    pub fn makes_writable(&self) -> bool {
+        matches!(
+            self,
+            Action::StartPrimary | Action::Promote | Action::Restart { primary: true, .. }
+        )
+    }
+}
+
+/// Identifies an API request, so its answer reaches the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RequestId(pub u64);
+
+/// What an API caller asks the core for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    /// `POST /restart` (its conditions already checked by the API).
+    Restart,
+    /// `POST /reinitialize`.
+    Reinitialize,
 }
 
 /// How an action went.
@@ -141,6 +182,13 @@ pub enum Input {
     },
     /// A deadline passed (or the shell just woke up); no new observation.
     Tick,
+    /// An API request; answered with [`Action::Answer`], now or when its task ends.
+    Requested {
+        /// The caller's id.
+        id: RequestId,
+        /// What is asked.
+        request: Request,
+    },
     /// The member is shutting down.
     Shutdown,
 }

@@ -40,10 +40,7 @@ impl HaCore {
             // The lock vanished (deleted by an operator or a tool) or another member holds it:
             // it is lost. Stop writing at once; never race for it while writable.
             self.drop_lease();
-            let becoming_writable = matches!(
-                self.task_in_flight(),
-                Some(Action::StartPrimary | Action::Promote)
-            );
+            let becoming_writable = self.task_in_flight().is_some_and(Action::makes_writable);
             self.message = match &view.leader {
                 Some(l) => format!("{} holds the leader lock: stopping PostgreSQL now", l.name),
                 None => "the leader lock vanished: stopping PostgreSQL now".into(),
@@ -551,6 +548,8 @@ fn task_name(a: &Action) -> &'static str {
         Action::Follow { .. } => "follow",
         Action::Promote => "promote",
         Action::StopGraceful => "stop",
+        Action::Restart { .. } => "restart",
+        Action::Reinitialize => "reinitialize",
         _ => "action",
     }
 }

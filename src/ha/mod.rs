@@ -14,19 +14,23 @@
 //! 3. Sleep until [`HaCore::next_wakeup`], a DCS change, an API command or a task completion.
 //!    At a wakeup with no new observation, call `step(Input::Tick, now)` first: when the lease
 //!    deadline has passed, it answers with [`Action::StopNow`].
+//! 4. An API request (restart, reinitialize) is `step(Input::Requested { id, request }, now)`
+//!    between two of these steps; it is answered with [`Action::Answer`], at once or when the
+//!    task that carries it out ends.
 //!
 //! Time must never go backwards between calls.
 
 mod action;
 mod cycle;
 pub mod race;
+mod requests;
 mod types;
 mod watchdog;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-pub use action::{Action, ActionId, Input, Outcome};
+pub use action::{Action, ActionId, Input, Outcome, Request, RequestId};
 pub use types::{
     DataDir, Identity, MonoTime, Observation, PeerFacts, PeerReport, PgFacts, Policy, WatchdogState,
 };
@@ -95,6 +99,8 @@ pub struct HaCore {
     watchdog_backoff_until: Option<MonoTime>,
     /// Since when this holder waits for its required watchdog to become active.
     watchdog_wait_since: Option<MonoTime>,
+    /// API requests waiting for the task that carries them out.
+    requests: BTreeMap<ActionId, RequestId>,
     /// When this member first saw the cluster without a leader, to bound how long the race
     /// waits for peers that are still starting.
     leaderless_since: Option<MonoTime>,
@@ -133,6 +139,7 @@ impl HaCore {
             give_up_lock: false,
             watchdog_backoff_until: None,
             watchdog_wait_since: None,
+            requests: BTreeMap::new(),
             leaderless_since: None,
             not_streaming_since: None,
             needs_rewind: false,
@@ -216,6 +223,7 @@ impl HaCore {
             }
             Input::Completed { id, outcome } => self.completed(id, outcome, now, &mut out),
             Input::Tick => {}
+            Input::Requested { id, request } => self.requested(id, request, now, &mut out),
             Input::Shutdown => {
                 self.shutting_down = true;
                 self.shutdown_step(now, &mut out);
@@ -248,10 +256,7 @@ impl HaCore {
             self.drop_lease();
             let writable = self.last.as_ref().is_some_and(|o| o.pg.maybe_writable());
             // A start or promotion in flight would make it writable soon: stop that too.
-            let becoming_writable = matches!(
-                self.task_in_flight(),
-                Some(Action::StartPrimary | Action::Promote)
-            );
+            let becoming_writable = self.task_in_flight().is_some_and(Action::makes_writable);
             // Pause does not suspend this: the lock may be taken by another member once it lapses.
             let stopping = out.iter().any(|(_, a)| *a == Action::StopNow);
             if (writable || becoming_writable) && !stopping {
@@ -267,7 +272,7 @@ impl HaCore {
         purpose: Purpose,
         now: MonoTime,
         out: &mut Vec<(ActionId, Action)>,
-    ) {
+    ) -> ActionId {
         self.next_id += 1;
         let id = ActionId(self.next_id);
         if action.is_task() {
@@ -285,6 +290,7 @@ impl HaCore {
         }
         self.pending.insert(id, (action.clone(), purpose));
         out.push((id, action));
+        id
     }
 
     fn completed(
@@ -299,6 +305,9 @@ impl HaCore {
         };
         if self.task.as_ref().is_some_and(|(tid, _, _)| *tid == id) {
             self.task = None;
+        }
+        if let Some(request) = self.requests.remove(&id) {
+            self.answer(request, &action, &outcome, now, out);
         }
         let policy = match &self.last {
             Some(o) => o.policy.clone(),

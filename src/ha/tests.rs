@@ -738,3 +738,127 @@ fn in_pause_the_watchdog_demotes_nobody() {
     let out = core.step(Input::Observed(Box::new(obs)), at(101));
     assert!(!actions(&out).contains(&Action::StopNow), "{out:?}");
 }
+
+fn request(core: &mut HaCore, id: u64, request: Request, now: MonoTime) -> Vec<(ActionId, Action)> {
+    core.step(
+        Input::Requested {
+            id: RequestId(id),
+            request,
+        },
+        now,
+    )
+}
+
+#[test]
+fn a_leader_keeps_renewing_through_its_own_restart() {
+    let mut core = HaCore::new(me());
+    lead(&mut core, at(100));
+    observe(&mut core, Some(view(Some("a"))), primary(), at(101));
+    let out = request(&mut core, 7, Request::Restart, at(101));
+    let (task, a) = out[0].clone();
+    assert_eq!(
+        a,
+        Action::Restart {
+            primary: true,
+            upstream: None
+        }
+    );
+    // While it runs the loop goes on: renewals are sent, a second request is refused.
+    let down = PgFacts {
+        up: false,
+        in_recovery: None,
+        ..primary()
+    };
+    let out = observe(&mut core, Some(view(Some("a"))), down.clone(), at(110));
+    assert!(
+        matches!(actions(&out)[..], [Action::RenewLock { .. }]),
+        "{out:?}"
+    );
+    complete(&mut core, out[0].0, answered(true, at(110)), at(110));
+    assert_eq!(core.lease_deadline(), Some(at(137)));
+    let out = request(&mut core, 8, Request::Restart, at(111));
+    assert_eq!(
+        actions(&out),
+        vec![Action::Answer {
+            id: RequestId(8),
+            result: Err("restart already in progress".into())
+        }]
+    );
+    let out = complete(&mut core, task, Outcome::Ok, at(112));
+    assert_eq!(
+        actions(&out),
+        vec![Action::Answer {
+            id: RequestId(7),
+            result: Ok(())
+        }]
+    );
+}
+
+#[test]
+fn a_restart_whose_lease_lapses_is_stopped() {
+    let mut core = HaCore::new(me());
+    lead(&mut core, at(100));
+    observe(&mut core, Some(view(Some("a"))), primary(), at(101));
+    request(&mut core, 1, Request::Restart, at(101));
+    // Cut off: no renewal lands; at the deadline the restart (which ends writable) is stopped.
+    let out = core.step(Input::Tick, at(127));
+    assert_eq!(actions(&out), vec![Action::StopNow]);
+}
+
+#[test]
+fn a_replica_restarts_as_a_replica_of_its_upstream() {
+    let mut core = HaCore::new(me());
+    observe(&mut core, Some(view(Some("b"))), replica(Some("b")), at(1));
+    let out = request(&mut core, 1, Request::Restart, at(2));
+    assert_eq!(
+        actions(&out),
+        vec![Action::Restart {
+            primary: false,
+            upstream: Some("b".into())
+        }]
+    );
+    let out = complete(&mut core, out[0].0, Outcome::Failed("boom".into()), at(3));
+    assert_eq!(
+        actions(&out),
+        vec![Action::Answer {
+            id: RequestId(1),
+            result: Err("restart failed".into())
+        }]
+    );
+}
+
+#[test]
+fn reinitialize_is_for_replicas_of_a_cluster_with_a_leader() {
+    let mut core = HaCore::new(me());
+    lead(&mut core, at(100));
+    let out = request(&mut core, 1, Request::Reinitialize, at(101));
+    assert_eq!(
+        actions(&out),
+        vec![Action::Answer {
+            id: RequestId(1),
+            result: Err("I am the leader, can not reinitialize".into())
+        }]
+    );
+    let mut core = HaCore::new(me());
+    observe(&mut core, Some(view(None)), replica(None), at(1));
+    let out = request(&mut core, 2, Request::Reinitialize, at(1));
+    assert_eq!(
+        actions(&out),
+        vec![Action::Answer {
+            id: RequestId(2),
+            result: Err("Cluster has no leader, can not reinitialize".into())
+        }]
+    );
+    let mut core = HaCore::new(me());
+    observe(&mut core, Some(view(Some("b"))), replica(Some("b")), at(1));
+    let out = request(&mut core, 3, Request::Reinitialize, at(2));
+    assert_eq!(actions(&out), vec![Action::Reinitialize]);
+    let out = complete(&mut core, out[0].0, Outcome::Ok, at(3));
+    assert_eq!(
+        actions(&out),
+        vec![Action::Answer {
+            id: RequestId(3),
+            result: Ok(())
+        }]
+    );
+}

@@ -57,6 +57,24 @@ impl Postgres {
         }
     }
 
+    /// Deletes the contents of the data directory, keeping the directory (`POST
+    /// /reinitialize`: Patroni wipes it too). Refuses while a postmaster runs on it.
+    pub fn wipe_data_dir(&self) -> Result<(), PgError> {
+        if let Some(pm) = &self.postmaster
+            && super::pm_alive_shared(pm)
+        {
+            return Err(PgError::AlreadyRunning { pid: pm.pid() });
+        }
+        if let Some(pid) = self.foreign_postmaster() {
+            return Err(PgError::ForeignPostmaster { pid });
+        }
+        tracing::info!(
+            "removing the contents of {}",
+            self.settings.data_dir.display()
+        );
+        empty_dir(&self.settings.data_dir)
+    }
+
     /// Moves the data directory aside to `<data_dir>.failed.<UTC timestamp>` (nothing is
     /// deleted; old copies are for the operator to remove). If it cannot be renamed (e.g. a
     /// mount point) its contents are deleted instead. Refuses while a postmaster runs on it.

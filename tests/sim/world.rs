@@ -10,7 +10,7 @@ use pgwarden::dcs::mem::{LeaseId, MemStore};
 use pgwarden::dcs::{Failover, Member, Status};
 use pgwarden::ha::{
     Action, ActionId, DataDir, HaCore, Identity, Input, MonoTime, Observation, Outcome, PeerFacts,
-    Policy, WatchdogState,
+    Policy, Request, RequestId, WatchdogState,
 };
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -69,6 +69,11 @@ pub enum Fault {
     BreakWatchdog {
         who: usize,
         for_: Duration,
+    },
+    /// `POST /restart` or `POST /reinitialize` to a member.
+    Request {
+        who: usize,
+        request: Request,
     },
 }
 
@@ -129,6 +134,14 @@ enum Ev {
     },
     Fault(Fault),
     Heal(HealWhat),
+    /// The stop of a restart is done: start again.
+    Restarted {
+        who: usize,
+        epoch: u64,
+        as_primary: bool,
+        task: ActionId,
+        inc: u64,
+    },
     Restart(usize),
     Tick,
 }
@@ -218,7 +231,7 @@ impl Params {
             let at = Duration::from_millis(rng.random_range(5_000..fault_phase.as_millis() as u64));
             let who = rng.random_range(0..members);
             let d = Duration::from_millis(rng.random_range(200..(ttl.as_millis() as u64 * 3)));
-            let f = match rng.random_range(0..13) {
+            let f = match rng.random_range(0..15) {
                 0 => Fault::CrashMember { who, down_for: d },
                 1 => Fault::CrashPg { who },
                 2 => Fault::CutFromStore { who, for_: d },
@@ -238,6 +251,14 @@ impl Params {
                 10 => Fault::DeleteLock,
                 11 => Fault::Pause { for_: d },
                 12 => Fault::BreakWatchdog { who, for_: d },
+                13 => Fault::Request {
+                    who,
+                    request: Request::Restart,
+                },
+                14 => Fault::Request {
+                    who,
+                    request: Request::Reinitialize,
+                },
                 _ => Fault::Switchover { to: who },
             };
             faults.push((at, f));
@@ -661,7 +682,14 @@ impl World {
                                 was_primary: true,
                             };
                         }
-                        TaskEffect::RemoveData => self.members[who].pg.data = DataDir::Empty,
+                        TaskEffect::RemoveData => {
+                            // Never under a running server.
+                            if self.members[who].pg.run == Run::Down {
+                                self.members[who].pg.data = DataDir::Empty;
+                            } else {
+                                ok = false;
+                            }
+                        }
                         TaskEffect::Clone { from } | TaskEffect::Rewind { from } => {
                             if self.members[from].pg.running()
                                 && self.peers_linked(who, from)
@@ -685,6 +713,40 @@ impl World {
                 self.complete_task(who, inc, id, ok);
             }
             Ev::Fault(f) => self.fault(f),
+            Ev::Restarted {
+                who,
+                epoch,
+                as_primary,
+                task,
+                inc,
+            } => {
+                let pg = &mut self.members[who].pg;
+                if pg.epoch != epoch || pg.data == DataDir::Empty {
+                    self.complete_task(who, inc, task, false);
+                    return Ok(());
+                }
+                pg.epoch += 1;
+                pg.run = Run::Starting { as_primary };
+                let epoch = pg.epoch;
+                let to = if as_primary {
+                    Run::Primary
+                } else {
+                    Run::Replica
+                };
+                let at = self.now + Duration::from_millis(self.rng.random_range(100..1500));
+                self.log(format!("m{who} restart: starting as {to:?}"));
+                let task = Some(task);
+                self.schedule(
+                    at,
+                    Ev::PgDone {
+                        who,
+                        epoch,
+                        to,
+                        task,
+                        inc,
+                    },
+                );
+            }
             Ev::Heal(h) => {
                 match h {
                     HealWhat::Store(i) => self.members[i].store_cut -= 1,
@@ -803,6 +865,22 @@ impl World {
                 self.pause += 1;
                 self.notify_watchers();
                 self.schedule(now + for_, Ev::Heal(HealWhat::Resume));
+            }
+            Fault::Request { who, request } => {
+                let m = &self.members[who];
+                if m.alive && (m.busy > 0 || m.frozen_until > now) {
+                    // The shell takes API commands between its own steps, never inside one.
+                    let at = now
+                        + m.frozen_until
+                            .saturating_sub(now)
+                            .max(Duration::from_millis(10));
+                    self.schedule(at, Ev::Fault(Fault::Request { who, request }));
+                } else if m.alive {
+                    // Through the REST API, which answers from the core: no store involved.
+                    self.log(format!("m{who} asked for {request:?}"));
+                    let id = RequestId(self.steps);
+                    self.feed(who, Input::Requested { id, request });
+                }
             }
             Fault::BreakWatchdog { who, for_ } => {
                 let m = &mut self.members[who];
@@ -1203,6 +1281,69 @@ impl World {
                         inc,
                     },
                 );
+            }
+            Action::Answer { result, .. } => {
+                self.log(format!("m{who} answers: {result:?}"));
+                self.complete_inline(who, id, Outcome::Ok);
+            }
+            Action::Restart { primary, upstream } => {
+                let pg = &mut self.members[who].pg;
+                if !pg.running() {
+                    return self.complete_task(who, inc, id, false);
+                }
+                if !primary {
+                    pg.upstream = upstream;
+                }
+                let writable = pg.writable();
+                pg.epoch += 1;
+                pg.run = Run::Stopping {
+                    writable,
+                    was_replica: !writable,
+                };
+                let epoch = pg.epoch;
+                let at = r(self, 50, 500);
+                self.schedule(
+                    at,
+                    Ev::Restarted {
+                        who,
+                        epoch,
+                        as_primary: primary,
+                        task: id,
+                        inc,
+                    },
+                );
+            }
+            Action::Reinitialize => {
+                // An immediate stop, then the data directory emptied.
+                let pg = &mut self.members[who].pg;
+                let mut at = now;
+                if pg.run != Run::Down {
+                    let writable =
+                        pg.writable() || matches!(pg.run, Run::Starting { as_primary: true });
+                    let was_replica = !writable;
+                    pg.epoch += 1;
+                    pg.run = Run::Stopping {
+                        writable,
+                        was_replica,
+                    };
+                    let epoch = pg.epoch;
+                    at = r(self, 1, STOP_MAX.as_millis() as u64);
+                    self.members[who].pg.killed_by = Some(at);
+                    let to = Run::Down;
+                    let task = None;
+                    self.schedule(
+                        at,
+                        Ev::PgDone {
+                            who,
+                            epoch,
+                            to,
+                            task,
+                            inc,
+                        },
+                    );
+                }
+                let done = at + Duration::from_millis(self.rng.random_range(10..100));
+                self.task_done_at(done, who, inc, id, TaskEffect::RemoveData);
             }
             Action::Fatal { reason } => {
                 self.log(format!("FATAL m{who}: {reason}"));
