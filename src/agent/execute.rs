@@ -124,6 +124,22 @@ impl Agent {
                 self.fatal = Some(reason);
                 Some(Outcome::Ok)
             }
+            Action::ApplyConfig { .. } => {
+                // No task holds PostgreSQL (the core applies between tasks).
+                let settings = super::settings::pg_settings(&self.cfg, &self.dynamic);
+                let mut pg = self.pg.lock().await;
+                pg.update_settings(settings);
+                Some(match pg.is_running() {
+                    true => match pg.reload().await {
+                        Ok(()) => Outcome::Ok,
+                        Err(e) => {
+                            tracing::warn!("reload after a configuration change failed: {e}");
+                            Outcome::Failed(e.to_string())
+                        }
+                    },
+                    false => Outcome::Ok,
+                })
+            }
             Action::Answer { id, result } => {
                 self.answer(id, result);
                 Some(Outcome::Ok)

@@ -487,20 +487,8 @@ impl Agent {
         if new.ttl != self.dynamic.ttl {
             self.dcs.set_ttl(new.ttl);
         }
-        let params_changed =
-            new.parameters != self.dynamic.parameters || new.pg_hba != self.dynamic.pg_hba;
+        // PostgreSQL's side of it is the core's `ApplyConfig`, between tasks.
         self.dynamic = new;
-        if params_changed {
-            let settings = settings::pg_settings(&self.cfg, &self.dynamic);
-            if let Ok(mut pg) = self.pg.try_lock() {
-                pg.update_settings(settings);
-                if pg.is_running()
-                    && let Err(e) = pg.reload().await
-                {
-                    tracing::warn!("reload after a configuration change failed: {e}");
-                }
-            }
-        }
     }
 
     async fn stop_postgres_now(&mut self) {

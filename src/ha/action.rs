@@ -91,6 +91,12 @@ pub enum Action {
     /// *Task*: `POST /reinitialize`: an immediate stop, then the data directory emptied; the
     /// cycles after it clone afresh from the leader.
     Reinitialize,
+    /// Render PostgreSQL's configuration from the dynamic configuration at `version` (the one
+    /// in force) and reload a running server (inline).
+    ApplyConfig {
+        /// The `config` key's version.
+        version: Version,
+    },
     /// Answer an API request (inline).
     Answer {
         /// The request.

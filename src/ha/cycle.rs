@@ -62,6 +62,13 @@ impl HaCore {
             // A lock operation or a probe is still out; decide when it has answered.
             return;
         }
+        if let Some(c) = &view.config
+            && self.config_applied.as_ref() != Some(&c.version)
+        {
+            // No task holds PostgreSQL now: a change that came during one is applied here.
+            let version = c.version.clone();
+            self.emit(Action::ApplyConfig { version }, Purpose::Other, now, out);
+        }
         let seen = view.leader.as_ref().map(|l| &l.version);
         if self.released.is_some() && seen != self.released.as_ref() {
             self.released = None;

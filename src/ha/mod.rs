@@ -99,6 +99,8 @@ pub struct HaCore {
     watchdog_backoff_until: Option<MonoTime>,
     /// Since when this holder waits for its required watchdog to become active.
     watchdog_wait_since: Option<MonoTime>,
+    /// The version of the `config` key last applied to PostgreSQL.
+    config_applied: Option<crate::dcs::Version>,
     /// API requests waiting for the task that carries them out.
     requests: BTreeMap<ActionId, RequestId>,
     /// When this member first saw the cluster without a leader, to bound how long the race
@@ -140,6 +142,7 @@ impl HaCore {
             watchdog_backoff_until: None,
             watchdog_wait_since: None,
             requests: BTreeMap::new(),
+            config_applied: None,
             leaderless_since: None,
             not_streaming_since: None,
             needs_rewind: false,
@@ -305,6 +308,9 @@ impl HaCore {
         };
         if self.task.as_ref().is_some_and(|(tid, _, _)| *tid == id) {
             self.task = None;
+        }
+        if let (Action::ApplyConfig { version }, Outcome::Ok) = (&action, &outcome) {
+            self.config_applied = Some(version.clone());
         }
         if let Some(request) = self.requests.remove(&id) {
             self.answer(request, &action, &outcome, now, out);

@@ -862,3 +862,40 @@ fn reinitialize_is_for_replicas_of_a_cluster_with_a_leader() {
         }]
     );
 }
+
+#[test]
+fn a_config_change_during_a_task_is_applied_once_the_task_ends() {
+    let with_config = |version: &str| ClusterView {
+        config: Some(Versioned {
+            value: serde_json::Map::new(),
+            version: Version(version.into()),
+        }),
+        ..view(Some("b"))
+    };
+    let mut core = HaCore::new(me());
+    let out = observe(&mut core, Some(with_config("1")), replica(Some("b")), at(1));
+    assert_eq!(
+        actions(&out),
+        vec![Action::ApplyConfig {
+            version: Version("1".into())
+        }]
+    );
+    complete(&mut core, out[0].0, Outcome::Ok, at(1));
+    let out = observe(&mut core, Some(with_config("1")), replica(Some("b")), at(2));
+    assert!(out.is_empty(), "applied already: {out:?}");
+    let out = request(&mut core, 1, Request::Restart, at(3));
+    let task = out[0].0;
+    // Changed while the restart holds PostgreSQL: not now ...
+    let out = observe(&mut core, Some(with_config("2")), replica(Some("b")), at(4));
+    assert!(out.is_empty(), "{out:?}");
+    let out = complete(&mut core, task, Outcome::Ok, at(5));
+    complete(&mut core, out[0].0, Outcome::Ok, at(5)); // the answer to the request
+    // ... but at the first cycle after it.
+    let out = observe(&mut core, Some(with_config("2")), replica(Some("b")), at(6));
+    assert_eq!(
+        actions(&out),
+        vec![Action::ApplyConfig {
+            version: Version("2".into())
+        }]
+    );
+}

@@ -1282,6 +1282,7 @@ impl World {
                     },
                 );
             }
+            Action::ApplyConfig { .. } => self.complete_inline(who, id, Outcome::Ok),
             Action::Answer { result, .. } => {
                 self.log(format!("m{who} answers: {result:?}"));
                 self.complete_inline(who, id, Outcome::Ok);
