@@ -32,6 +32,7 @@ use execute::TaskNote;
 use fence::Fence;
 pub use fence::{FenceHelperArgs, fence_helper_main};
 use observe::PgSeen;
+pub use observe::countdown;
 
 /// A finished PostgreSQL task.
 pub(crate) struct TaskDone {
@@ -426,11 +427,17 @@ impl Agent {
             self.view = Some(v.clone());
         }
         let pg = self.observe_pg().await;
+        let scheduled_at = view
+            .as_ref()
+            .and_then(|v| v.failover.as_ref())
+            .and_then(|f| f.value.scheduled_at.as_deref());
+        let switchover_at = observe::countdown(scheduled_at, chrono::Utc::now());
         let obs = Observation {
             dcs: view,
             pg,
             policy: self.policy(),
             watchdog: self.fence.watchdog_state(),
+            switchover_at,
         };
         let actions = self
             .core

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::api::peer_client::PeerClient;
 use crate::dcs::Member;
-use crate::ha::{DataDir, PeerFacts, PeerReport, PgFacts};
+use crate::ha::{Countdown, DataDir, PeerFacts, PeerReport, PgFacts};
 use crate::postgres::{DataDirState, PgStatus};
 
 use super::Agent;
@@ -151,6 +151,23 @@ async fn probe_one(client: &PeerClient, url: &str) -> Option<PeerFacts> {
     Some(peer_facts(&v))
 }
 
+/// How far `scheduled_at` (a failover key's, as Patroni writes it) is from `now`.
+pub fn countdown(scheduled_at: Option<&str>, now: chrono::DateTime<chrono::Utc>) -> Countdown {
+    use crate::api::cluster::{Schedule, parse_schedule};
+    let Some(at) = scheduled_at else {
+        return Countdown::Unscheduled;
+    };
+    let Schedule::At(t) = parse_schedule(at) else {
+        return Countdown::Unreadable;
+    };
+    let ahead = t.with_timezone(&chrono::Utc) - now;
+    match (ahead.to_std(), (-ahead).to_std()) {
+        (Ok(d), _) => Countdown::In(d),
+        (_, Ok(d)) => Countdown::Passed(d),
+        _ => Countdown::Unreadable,
+    }
+}
+
 /// Reads a peer's status document (Patroni's or ours).
 pub(crate) fn peer_facts(v: &serde_json::Value) -> PeerFacts {
     let role = v.get("role").and_then(|r| r.as_str()).unwrap_or("");
@@ -182,6 +199,29 @@ pub(crate) fn peer_facts(v: &serde_json::Value) -> PeerFacts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_schedule_counts_down_on_the_wall_clock() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-12-02T10:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let s = Duration::from_secs;
+        assert_eq!(countdown(None, now), Countdown::Unscheduled);
+        assert_eq!(
+            countdown(Some("2026-12-02T10:00:30+00:00"), now),
+            Countdown::In(s(30))
+        );
+        assert_eq!(
+            countdown(Some("2026-12-02T11:59:50+02:00"), now),
+            Countdown::Passed(s(10))
+        );
+        assert_eq!(countdown(Some("soon"), now), Countdown::Unreadable);
+        assert_eq!(
+            countdown(Some("2026-12-02T10:00:30"), now),
+            Countdown::Unreadable,
+            "no zone: Patroni refuses it too"
+        );
+    }
 
     #[test]
     fn reads_patroni_status_documents() {

@@ -5,7 +5,7 @@
 
 use super::race;
 use super::watchdog::Gate;
-use super::{Action, DataDir, HaCore, MonoTime, Observation, Purpose};
+use super::{Action, Countdown, DataDir, HaCore, MonoTime, Observation, Purpose};
 use crate::dcs::{ClusterView, Failover};
 
 impl HaCore {
@@ -15,6 +15,7 @@ impl HaCore {
         if self.shutting_down {
             return;
         }
+        self.scheduled_wake = None;
         let Some(view) = obs.dcs.as_ref() else {
             if self.holds_lock(now)
                 && obs.pg.maybe_writable()
@@ -424,14 +425,15 @@ impl HaCore {
             return;
         }
         if let Some(f) = &view.failover {
+            if !self.switchover_due(obs, f, now, out) {
+                return;
+            }
             if self.switchover_requested(&f.value) {
                 return self.start_switchover(view, &f.value, now, out);
             }
-            if f.value.scheduled_at.is_none() {
-                // A key that names another leader, or names us as the candidate, is stale.
-                let version = Some(f.version.clone());
-                self.emit(Action::ClearFailover { version }, Purpose::Other, now, out);
-            }
+            // A key that names another leader, or names us as the candidate, is stale.
+            let version = Some(f.version.clone());
+            self.emit(Action::ClearFailover { version }, Purpose::Other, now, out);
         }
         self.message = format!(
             "no action. I am ({}), the leader with the lock",
@@ -439,13 +441,49 @@ impl HaCore {
         );
     }
 
-    /// The key asks this leader to hand over now.
+    /// Whether the failover key is for now. A scheduled one waits for its time (a wake-up is
+    /// set for it), fires up to 1.5 × loop_wait late (Patroni's window) and is cleared as stale
+    /// after that; one whose time cannot be read is never acted on.
+    fn switchover_due(
+        &mut self,
+        obs: &Observation,
+        f: &crate::dcs::Versioned<Failover>,
+        now: MonoTime,
+        out: &mut Vec<(super::ActionId, Action)>,
+    ) -> bool {
+        let Some(at) = f.value.scheduled_at.as_deref() else {
+            return true;
+        };
+        match obs.switchover_at {
+            Countdown::In(d) if !d.is_zero() => {
+                self.scheduled_wake = Some(now + d);
+                self.message = format!(
+                    "Awaiting switchover at {at} (in {} seconds)",
+                    d.as_secs_f64().round()
+                );
+                false
+            }
+            Countdown::In(_) => true,
+            Countdown::Passed(d) if d <= obs.policy.loop_wait * 3 / 2 => true,
+            Countdown::Passed(_) => {
+                self.message = "Found a stale switchover value, cleaning up".into();
+                let version = Some(f.version.clone());
+                self.emit(Action::ClearFailover { version }, Purpose::Other, now, out);
+                false
+            }
+            Countdown::Unscheduled | Countdown::Unreadable => {
+                self.message =
+                    format!("not acting on a switchover scheduled at an unreadable time: {at:?}");
+                false
+            }
+        }
+    }
+
+    /// The key asks this leader to hand over (now: see `switchover_due`).
     fn switchover_requested(&self, f: &Failover) -> bool {
         let from_me = f.leader.as_deref().is_none_or(|l| l == self.me.name);
         let to_other = f.member.as_deref() != Some(self.me.name.as_str());
-        // Scheduled switchovers are fired by the API/ctl side rewriting the key at the time;
-        // pgwarden does not act on a key that still carries a schedule.
-        from_me && to_other && f.scheduled_at.is_none() && !f.is_empty()
+        from_me && to_other && !f.is_empty()
     }
 
     fn start_switchover(

@@ -32,7 +32,8 @@ use std::time::Duration;
 
 pub use action::{Action, ActionId, Input, Outcome, Request, RequestId};
 pub use types::{
-    DataDir, Identity, MonoTime, Observation, PeerFacts, PeerReport, PgFacts, Policy, WatchdogState,
+    Countdown, DataDir, Identity, MonoTime, Observation, PeerFacts, PeerReport, PgFacts, Policy,
+    WatchdogState,
 };
 
 /// Why an action was sent, so its outcome can be acted upon.
@@ -99,6 +100,8 @@ pub struct HaCore {
     watchdog_backoff_until: Option<MonoTime>,
     /// Since when this holder waits for its required watchdog to become active.
     watchdog_wait_since: Option<MonoTime>,
+    /// A leader waits for a scheduled switchover: wake up at its time.
+    scheduled_wake: Option<MonoTime>,
     /// The version of the `config` key last applied to PostgreSQL.
     config_applied: Option<crate::dcs::Version>,
     /// API requests waiting for the task that carries them out.
@@ -143,6 +146,7 @@ impl HaCore {
             watchdog_wait_since: None,
             requests: BTreeMap::new(),
             config_applied: None,
+            scheduled_wake: None,
             leaderless_since: None,
             not_streaming_since: None,
             needs_rewind: false,
@@ -195,10 +199,10 @@ impl HaCore {
             .last_cycle
             .map(|t| t + loop_wait)
             .unwrap_or(MonoTime::ZERO);
-        match self.lease_deadline {
-            Some(d) => cycle.min(d),
-            None => cycle,
-        }
+        [self.lease_deadline, self.scheduled_wake]
+            .into_iter()
+            .flatten()
+            .fold(cycle, MonoTime::min)
     }
 
     /// Feeds one input; returns the actions to carry out, in order.

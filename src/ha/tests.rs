@@ -105,6 +105,7 @@ fn observe(
             pg,
             policy: policy(),
             watchdog: WatchdogState::Unneeded,
+            switchover_at: Countdown::Unscheduled,
         })),
         now,
     )
@@ -356,6 +357,7 @@ fn observe_with(
             pg,
             policy,
             watchdog: WatchdogState::Unneeded,
+            switchover_at: Countdown::Unscheduled,
         })),
         now,
     )
@@ -542,6 +544,7 @@ fn observe_wd(
             pg,
             policy: policy(),
             watchdog,
+            switchover_at: Countdown::Unscheduled,
         })),
         now,
     )
@@ -734,6 +737,7 @@ fn in_pause_the_watchdog_demotes_nobody() {
         pg: primary(),
         policy: paused(),
         watchdog: unusable(),
+        switchover_at: Countdown::Unscheduled,
     };
     let out = core.step(Input::Observed(Box::new(obs)), at(101));
     assert!(!actions(&out).contains(&Action::StopNow), "{out:?}");
@@ -897,5 +901,81 @@ fn a_config_change_during_a_task_is_applied_once_the_task_ends() {
         vec![Action::ApplyConfig {
             version: Version("2".into())
         }]
+    );
+}
+
+fn observe_schedule(
+    core: &mut HaCore,
+    countdown: Countdown,
+    now: MonoTime,
+) -> Vec<(ActionId, Action)> {
+    let mut v = view(Some("a"));
+    v.failover = Some(Versioned {
+        value: Failover {
+            leader: Some("a".into()),
+            member: Some("b".into()),
+            scheduled_at: Some("2026-12-02T10:00:00+00:00".into()),
+        },
+        version: Version("7".into()),
+    });
+    core.step(
+        Input::Observed(Box::new(Observation {
+            dcs: Some(v),
+            pg: primary(),
+            policy: policy(),
+            watchdog: WatchdogState::Unneeded,
+            switchover_at: countdown,
+        })),
+        now,
+    )
+}
+
+#[test]
+fn a_scheduled_switchover_waits_for_its_time_then_runs() {
+    let mut core = HaCore::new(me());
+    lead(&mut core, at(100));
+    // 4 s ahead: wait, and wake up exactly then (before the next cycle would).
+    let out = observe_schedule(&mut core, Countdown::In(4 * S), at(101));
+    assert!(
+        !actions(&out)
+            .iter()
+            .any(|a| matches!(a, Action::ProbePeers { .. })),
+        "{out:?}"
+    );
+    assert!(
+        core.message().starts_with("Awaiting switchover at"),
+        "{}",
+        core.message()
+    );
+    assert_eq!(core.next_wakeup(), at(105));
+    // Its time: the switchover starts (the candidate is probed).
+    let out = observe_schedule(&mut core, Countdown::Passed(Duration::ZERO), at(105));
+    assert!(
+        actions(&out)
+            .iter()
+            .any(|a| matches!(a, Action::ProbePeers { .. })),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_stale_or_unreadable_scheduled_switchover_is_not_run() {
+    let mut core = HaCore::new(me());
+    lead(&mut core, at(100));
+    // 1.5 × loop_wait late (15 s) still runs; later is stale and cleared.
+    let out = observe_schedule(&mut core, Countdown::Passed(16 * S), at(101));
+    assert_eq!(
+        actions(&out),
+        vec![Action::ClearFailover {
+            version: Some(Version("7".into()))
+        }]
+    );
+    complete(&mut core, out[0].0, Outcome::Ok, at(101));
+    let out = observe_schedule(&mut core, Countdown::Unreadable, at(102));
+    assert!(out.is_empty(), "never acted on: {out:?}");
+    assert!(
+        core.message().contains("unreadable time"),
+        "{}",
+        core.message()
     );
 }

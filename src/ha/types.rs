@@ -166,6 +166,20 @@ pub enum WatchdogState {
     Unusable(String),
 }
 
+/// How far a wall-clock time written in the store (a scheduled switchover's `scheduled_at`)
+/// is from this member's wall clock at the observation: the shell compares, the core decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Countdown {
+    /// Nothing is scheduled.
+    Unscheduled,
+    /// Due in this long.
+    In(Duration),
+    /// Due this long ago.
+    Passed(Duration),
+    /// A time that cannot be read: never acted on.
+    Unreadable,
+}
+
 /// One observation: everything the core decides on.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Observation {
@@ -177,6 +191,8 @@ pub struct Observation {
     pub policy: Policy,
     /// The watchdog device.
     pub watchdog: WatchdogState,
+    /// The failover key's `scheduled_at`, against the wall clock.
+    pub switchover_at: Countdown,
 }
 
 /// Results of probing peers: name → facts, or `None` when the peer did not answer.

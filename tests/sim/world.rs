@@ -9,8 +9,8 @@ use std::time::Duration;
 use pgwarden::dcs::mem::{LeaseId, MemStore};
 use pgwarden::dcs::{Failover, Member, Status};
 use pgwarden::ha::{
-    Action, ActionId, DataDir, HaCore, Identity, Input, MonoTime, Observation, Outcome, PeerFacts,
-    Policy, Request, RequestId, WatchdogState,
+    Action, ActionId, Countdown, DataDir, HaCore, Identity, Input, MonoTime, Observation, Outcome,
+    PeerFacts, Policy, Request, RequestId, WatchdogState,
 };
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -18,6 +18,13 @@ use rand::{RngExt, SeedableRng};
 use crate::fake_pg::{FakePg, Run};
 
 const MS: Duration = Duration::from_millis(1);
+
+/// The wall clock at simulated time `t` (every member's, as if synchronised by NTP).
+fn wall_clock(t: Duration) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::UNIX_EPOCH
+        + chrono::Duration::from_std(t).expect("in range")
+        + chrono::Duration::days(20_000)
+}
 /// The longest an immediate stop takes in the simulation.
 const STOP_MAX: Duration = Duration::from_millis(300);
 /// The longest a member's agent may stall (scheduler lateness). Longer freezes need a
@@ -54,6 +61,8 @@ pub enum Fault {
     },
     Switchover {
         to: usize,
+        /// Scheduled this long after the request (`scheduled_at` on the wall clock).
+        after: Option<Duration>,
     },
     /// `PATCH /config` of the timings: members learn it when they next read the store.
     ChangeTimings {
@@ -259,7 +268,14 @@ impl Params {
                     who,
                     request: Request::Reinitialize,
                 },
-                _ => Fault::Switchover { to: who },
+                8 => Fault::Switchover {
+                    to: who,
+                    after: Some(d),
+                },
+                _ => Fault::Switchover {
+                    to: who,
+                    after: None,
+                },
             };
             faults.push((at, f));
         }
@@ -301,6 +317,8 @@ pub struct World {
     params: Params,
     pub trace: Vec<String>,
     pub verbose: bool,
+    /// A broken invariant found while carrying out an action (reported after the event).
+    violation: Option<String>,
     /// Quiet phase: no loss, no spikes, no faults.
     quiet: bool,
     pub steps: u64,
@@ -361,6 +379,7 @@ impl World {
             params,
             trace: Vec::new(),
             verbose: false,
+            violation: None,
             quiet: false,
             steps: 0,
         };
@@ -496,7 +515,32 @@ impl World {
         s
     }
 
+    /// A leader's graceful stop is a switchover's: never before the time it was scheduled for.
+    fn check_not_early(&mut self, who: usize) {
+        let name = &self.members[who].name;
+        if self.store.get("leader", self.now).as_deref() != Some(name.as_str()) {
+            return;
+        }
+        let at = self
+            .store
+            .view(self.now)
+            .failover
+            .and_then(|f| f.value.scheduled_at);
+        if let Some(at) = at
+            && let Countdown::In(d) = pgwarden::agent::countdown(Some(&at), wall_clock(self.now))
+            && !d.is_zero()
+        {
+            self.violation = Some(format!(
+                "{name} hands over at {:?}, {d:?} before the switchover scheduled at {at}",
+                self.now
+            ));
+        }
+    }
+
     fn check_safety(&mut self) -> Result<(), String> {
+        if let Some(v) = self.violation.take() {
+            return Err(v);
+        }
         let writable: Vec<usize> = (0..self.members.len())
             .filter(|&i| self.members[i].pg.writable())
             .collect();
@@ -894,12 +938,12 @@ impl World {
                     self.schedule(at, Ev::Wake(who, inc));
                 }
             }
-            Fault::Switchover { to } => {
+            Fault::Switchover { to, after } => {
                 if let Some(leader) = self.store.get("leader", now) {
                     let f = Failover {
                         leader: Some(leader),
                         member: Some(format!("m{to}")),
-                        scheduled_at: None,
+                        scheduled_at: after.map(|a| wall_clock(now + a).to_rfc3339()),
                     };
                     self.store.put("failover", &f.to_json(), None, now);
                     self.notify_watchers();
@@ -956,11 +1000,20 @@ impl World {
         if m.paused && m.watchdog_broken > 0 {
             m.watchdog_broken_since = Some(self.now);
         }
+        let scheduled_at = view
+            .as_ref()
+            .and_then(|v| v.failover.as_ref())
+            .and_then(|f| f.value.scheduled_at.clone());
         let obs = Observation {
             dcs: view,
             pg: self.members[who].pg.facts(),
             policy: self.policy(who),
             watchdog: self.watchdog_state(who),
+            // The shell's own conversion, on the simulated wall clock.
+            switchover_at: pgwarden::agent::countdown(
+                scheduled_at.as_deref(),
+                wall_clock(self.now),
+            ),
         };
         let actions = self.members[who]
             .core
@@ -1257,6 +1310,7 @@ impl World {
                 );
             }
             Action::StopGraceful => {
+                self.check_not_early(who);
                 let pg = &mut self.members[who].pg;
                 if pg.run == Run::Down {
                     return self.complete_task(who, inc, id, true);
