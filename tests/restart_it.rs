@@ -50,6 +50,13 @@ async fn restart_keeps_the_leader_and_reinitialize_clones_a_replica_afresh() {
     c.sql(l, "CREATE TABLE r (i int); INSERT INTO r VALUES (1)")
         .await
         .expect("write on the leader");
+    // use_slots: the leader keeps a slot for the replica, which streams through it.
+    let active = "SELECT slot_name::text FROM pg_replication_slots WHERE active";
+    c.wait_for("the replica's slot in use", long, || async {
+        let slots = c.sql(l, active).await.ok()?;
+        (slots == [replica.clone()]).then_some(())
+    })
+    .await;
 
     // The leader restarts in place: same leader, same timeline, a new postmaster.
     let before = started_at(&c, l).await.expect("start time");
@@ -100,4 +107,10 @@ async fn restart_keeps_the_leader_and_reinitialize_clones_a_replica_afresh() {
     })
     .await;
     assert_eq!(c.leader().await, Some(leader), "the leader never changed");
+    let slots = c.sql(l, active).await.expect("slots");
+    assert_eq!(
+        slots,
+        [replica],
+        "the new copy streams through the same slot"
+    );
 }

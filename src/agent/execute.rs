@@ -140,6 +140,18 @@ impl Agent {
                     false => Outcome::Ok,
                 })
             }
+            Action::EnsureSlots { members } => {
+                // No task holds PostgreSQL (the core asks between tasks, as the leader).
+                let slots: Vec<String> = members.iter().map(|m| slot_name(m)).collect();
+                let pg = self.pg.lock().await;
+                Some(match pg.ensure_replication_slots(&slots).await {
+                    Ok(()) => Outcome::Ok,
+                    Err(e) => {
+                        tracing::warn!("could not create replication slots: {e}");
+                        Outcome::Failed(e.to_string())
+                    }
+                })
+            }
             Action::Answer { id, result } => {
                 self.answer(id, result);
                 Some(Outcome::Ok)
@@ -199,18 +211,6 @@ impl Agent {
             .as_ref()
             .and_then(|v| v.history.clone())
             .unwrap_or_default();
-        let others: Vec<String> = self
-            .view
-            .as_ref()
-            .map(|v| {
-                v.members
-                    .keys()
-                    .filter(|n| **n != name)
-                    .map(|n| slot_name(n))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let use_slots = self.dynamic.use_slots;
         let post_bootstrap = self
             .cfg
             .bootstrap
@@ -270,9 +270,7 @@ impl Agent {
                             r = run_post_bootstrap(&script, &pg).await;
                         }
                     }
-                    if r.is_ok() && use_slots {
-                        let _ = pg.ensure_replication_slots(&others).await;
-                    }
+                    // (Slots for the replicas: the core's `EnsureSlots`, in the cycle right after.)
                     r.map(|_| TaskNote::Started { upstream: None })
                 }
                 Action::StartReplica { .. } => pg
@@ -300,9 +298,6 @@ impl Agent {
                             // pg_control, which is what pg_rewind on the old primary reads.
                             if let Err(e) = pg.query_one_shot("CHECKPOINT").await {
                                 tracing::warn!("checkpoint after promote failed: {e}");
-                            }
-                            if use_slots {
-                                let _ = pg.ensure_replication_slots(&others).await;
                             }
                             let after = pg.status().await.ok();
                             if let (Some(b), Some(a)) = (before, after) {

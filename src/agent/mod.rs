@@ -68,7 +68,6 @@ pub struct Agent {
     last_member_shape: Option<String>,
     last_member_write: Option<Instant>,
     last_message: String,
-    slots_for: Vec<String>,
     /// API requests handed to the core and not answered yet, and the last id given.
     replies: std::collections::BTreeMap<crate::ha::RequestId, crate::api::Reply>,
     last_request: u64,
@@ -238,7 +237,6 @@ pub async fn run(
         last_member_shape: None,
         last_member_write: None,
         last_message: String::new(),
-        slots_for: Vec::new(),
         replies: std::collections::BTreeMap::new(),
         last_request: 0,
     };
@@ -453,34 +451,7 @@ impl Agent {
         if self.view.is_some() {
             self.publish_member().await;
         }
-        self.ensure_member_slots().await;
         self.publish_snapshot();
-    }
-
-    /// A leader keeps a physical slot for every other member (use_slots).
-    async fn ensure_member_slots(&mut self) {
-        if !self.dynamic.use_slots || !self.core.holds_lock(self.mono_now()) {
-            // Slots are checked afresh whenever this member next becomes the leader: its
-            // data directory may have come from elsewhere in between (clone, rewind).
-            self.slots_for.clear();
-            return;
-        }
-        let Some(v) = &self.view else { return };
-        let wanted: Vec<String> = v
-            .members
-            .keys()
-            .filter(|n| **n != self.cfg.name)
-            .map(|n| crate::dcs::model::slot_name(n))
-            .collect();
-        if wanted == self.slots_for || self.seen.status.as_ref().is_none_or(|s| s.in_recovery) {
-            return;
-        }
-        if let Ok(pg) = self.pg.try_lock() {
-            match pg.ensure_replication_slots(&wanted).await {
-                Ok(()) => self.slots_for = wanted,
-                Err(e) => tracing::warn!("could not create replication slots: {e}"),
-            }
-        }
     }
 
     /// Applies a changed `config` key: new timings, new PostgreSQL parameters (reloaded).

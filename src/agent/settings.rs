@@ -34,6 +34,7 @@ pub fn policy(cfg: &Config, dynamic: &DynamicConfig) -> Policy {
             .remove_data_directory_on_rewind_failure
             || cfg.postgresql.remove_data_directory_on_diverged_timelines,
         pause: dynamic.pause,
+        use_slots: dynamic.use_slots,
         safety_margin: Policy::default_margin(dynamic.ttl),
     }
 }

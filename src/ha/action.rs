@@ -97,6 +97,12 @@ pub enum Action {
         /// The `config` key's version.
         version: Version,
     },
+    /// On the primary: keep a physical replication slot for each of `members` (Patroni's
+    /// names) and drop inactive physical slots of nobody listed (inline).
+    EnsureSlots {
+        /// The other members.
+        members: Vec<String>,
+    },
     /// Answer an API request (inline).
     Answer {
         /// The request.

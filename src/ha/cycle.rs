@@ -424,6 +424,7 @@ impl HaCore {
             self.emit(Action::Promote, Purpose::Task, now, out);
             return;
         }
+        self.ensure_slots(obs, view, now, out);
         if let Some(f) = &view.failover {
             if !self.switchover_due(obs, f, now, out) {
                 return;
@@ -439,6 +440,29 @@ impl HaCore {
             "no action. I am ({}), the leader with the lock",
             self.me.name
         );
+    }
+
+    /// A primary leader with `use_slots` keeps a slot for every other member, made again when
+    /// the membership changes and at every new leadership.
+    fn ensure_slots(
+        &mut self,
+        obs: &Observation,
+        view: &ClusterView,
+        now: MonoTime,
+        out: &mut Vec<(super::ActionId, Action)>,
+    ) {
+        if !obs.policy.use_slots || obs.pg.in_recovery != Some(false) {
+            return;
+        }
+        let members: Vec<String> = view
+            .members
+            .keys()
+            .filter(|n| **n != self.me.name)
+            .cloned()
+            .collect();
+        if self.slots_for.as_ref() != Some(&members) {
+            self.emit(Action::EnsureSlots { members }, Purpose::Other, now, out);
+        }
     }
 
     /// Whether the failover key is for now. A scheduled one waits for its time (a wake-up is

@@ -102,6 +102,8 @@ pub struct HaCore {
     watchdog_wait_since: Option<MonoTime>,
     /// A leader waits for a scheduled switchover: wake up at its time.
     scheduled_wake: Option<MonoTime>,
+    /// The members this leader has made replication slots for, since it took the lock.
+    slots_for: Option<Vec<String>>,
     /// The version of the `config` key last applied to PostgreSQL.
     config_applied: Option<crate::dcs::Version>,
     /// API requests waiting for the task that carries them out.
@@ -146,6 +148,7 @@ impl HaCore {
             watchdog_wait_since: None,
             requests: BTreeMap::new(),
             config_applied: None,
+            slots_for: None,
             scheduled_wake: None,
             leaderless_since: None,
             not_streaming_since: None,
@@ -254,6 +257,9 @@ impl HaCore {
     fn drop_lease(&mut self) {
         self.lease_deadline = None;
         self.lock_seen = false;
+        // Checked afresh at the next leadership: the data directory may come from elsewhere
+        // by then (a clone, a rewind).
+        self.slots_for = None;
     }
 
     fn expire_lease(&mut self, now: MonoTime, out: &mut Vec<(ActionId, Action)>) {
@@ -313,8 +319,14 @@ impl HaCore {
         if self.task.as_ref().is_some_and(|(tid, _, _)| *tid == id) {
             self.task = None;
         }
-        if let (Action::ApplyConfig { version }, Outcome::Ok) = (&action, &outcome) {
-            self.config_applied = Some(version.clone());
+        match (&action, &outcome) {
+            (Action::ApplyConfig { version }, Outcome::Ok) => {
+                self.config_applied = Some(version.clone());
+            }
+            (Action::EnsureSlots { members }, Outcome::Ok) if self.lease_deadline.is_some() => {
+                self.slots_for = Some(members.clone());
+            }
+            _ => {}
         }
         if let Some(request) = self.requests.remove(&id) {
             self.answer(request, &action, &outcome, now, out);

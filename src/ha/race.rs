@@ -230,6 +230,7 @@ mod tests {
             use_pg_rewind: true,
             remove_data_directory_on_rewind_failure: false,
             pause: false,
+            use_slots: false,
             safety_margin: Duration::from_secs(3),
         }
     }

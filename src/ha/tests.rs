@@ -27,6 +27,7 @@ fn policy() -> Policy {
         use_pg_rewind: true,
         remove_data_directory_on_rewind_failure: false,
         pause: false,
+        use_slots: false,
         safety_margin: 3 * S,
     }
 }
@@ -978,4 +979,55 @@ fn a_stale_or_unreadable_scheduled_switchover_is_not_run() {
         "{}",
         core.message()
     );
+}
+
+#[test]
+fn a_primary_leader_keeps_a_slot_for_every_other_member() {
+    let slots = Policy {
+        use_slots: true,
+        ..policy()
+    };
+    let mut core = HaCore::new(me());
+    lead(&mut core, at(100));
+    let out = observe_with(
+        &mut core,
+        Some(view(Some("a"))),
+        primary(),
+        slots.clone(),
+        at(101),
+    );
+    let ensure = Action::EnsureSlots {
+        members: vec!["b".into(), "c".into()],
+    };
+    assert_eq!(actions(&out), vec![ensure.clone()]);
+    complete(&mut core, out[0].0, Outcome::Ok, at(101));
+    let out = observe_with(
+        &mut core,
+        Some(view(Some("a"))),
+        primary(),
+        slots.clone(),
+        at(102),
+    );
+    assert!(out.is_empty(), "made already: {out:?}");
+    // A member joins: made again.
+    let mut v = view(Some("a"));
+    v.members.insert("d".into(), Member::default());
+    let out = observe_with(&mut core, Some(v), primary(), slots.clone(), at(103));
+    assert_eq!(
+        actions(&out),
+        vec![Action::EnsureSlots {
+            members: vec!["b".into(), "c".into(), "d".into()]
+        }]
+    );
+    // A replica holder (promotion pending) makes none; nor does use_slots: false.
+    let mut core = HaCore::new(me());
+    lead(&mut core, at(100));
+    let out = observe_with(
+        &mut core,
+        Some(view(Some("a"))),
+        primary(),
+        policy(),
+        at(101),
+    );
+    assert!(!actions(&out).contains(&ensure), "{out:?}");
 }

@@ -65,6 +65,8 @@ pub struct Policy {
     pub remove_data_directory_on_rewind_failure: bool,
     /// Maintenance mode: never start, stop, promote or demote on our own.
     pub pause: bool,
+    /// The leader keeps a physical replication slot for every other member.
+    pub use_slots: bool,
     /// How much earlier than the lock could expire the leader stops writing (ha-safety rule 2):
     /// the time an immediate stop takes, clock-rate drift and scheduler lateness.
     pub safety_margin: Duration,

@@ -406,6 +406,7 @@ impl World {
             use_pg_rewind: true,
             remove_data_directory_on_rewind_failure: false,
             pause: m.paused,
+            use_slots: true,
             safety_margin: Policy::default_margin(m.timings.ttl),
         }
     }
@@ -1336,7 +1337,9 @@ impl World {
                     },
                 );
             }
-            Action::ApplyConfig { .. } => self.complete_inline(who, id, Outcome::Ok),
+            Action::ApplyConfig { .. } | Action::EnsureSlots { .. } => {
+                self.complete_inline(who, id, Outcome::Ok)
+            }
             Action::Answer { result, .. } => {
                 self.log(format!("m{who} answers: {result:?}"));
                 self.complete_inline(who, id, Outcome::Ok);
