@@ -142,6 +142,22 @@ fn peer_at(wal_position: u64) -> PeerFacts {
     }
 }
 
+/// `pg`, stopped.
+fn down(pg: PgFacts) -> PgFacts {
+    PgFacts {
+        up: false,
+        in_recovery: None,
+        ..pg
+    }
+}
+
+/// The release of the lock instance `view` shows.
+fn release_1() -> Action {
+    Action::ReleaseLock {
+        version: Some(Version("1".into())),
+    }
+}
+
 fn actions(v: &[(ActionId, Action)]) -> Vec<Action> {
     v.iter().map(|(_, a)| a.clone()).collect()
 }
@@ -232,18 +248,9 @@ fn a_failed_promotion_releases_the_lock_only_once_postgres_is_down() {
     let out = observe(&mut core, Some(view(Some("a"))), replica(None), at(7));
     assert_eq!(actions(&out), vec![Action::StopNow]);
     complete(&mut core, out[0].0, Outcome::Ok, at(7));
-    let down = PgFacts {
-        up: false,
-        in_recovery: None,
-        ..replica(None)
-    };
+    let down = down(replica(None));
     let out = observe(&mut core, Some(view(Some("a"))), down, at(8));
-    assert_eq!(
-        actions(&out),
-        vec![Action::ReleaseLock {
-            version: Some(Version("1".into()))
-        }]
-    );
+    assert_eq!(actions(&out), vec![release_1()]);
 }
 
 #[test]
@@ -272,12 +279,7 @@ fn a_switchover_stops_gracefully_then_hands_the_lock_over() {
     let (stop, a) = out[0].clone();
     assert_eq!(a, Action::StopGraceful);
     let out = complete(&mut core, stop, Outcome::Ok, at(11));
-    assert_eq!(
-        actions(&out),
-        vec![Action::ReleaseLock {
-            version: Some(Version("1".into()))
-        }]
-    );
+    assert_eq!(actions(&out), vec![release_1()]);
     assert_eq!(core.lease_deadline(), None);
 }
 
@@ -309,11 +311,7 @@ fn a_member_of_another_cluster_refuses_to_run() {
     let mut core = HaCore::new(me());
     let mut v = view(Some("b"));
     v.initialize = Some("777".into());
-    let down = PgFacts {
-        up: false,
-        in_recovery: None,
-        ..replica(None)
-    };
+    let down = down(replica(None));
     let out = observe(&mut core, Some(v), down, at(0));
     assert!(
         matches!(actions(&out).as_slice(), [Action::Fatal { .. }]),
@@ -325,11 +323,7 @@ fn a_member_of_another_cluster_refuses_to_run() {
 fn a_former_primary_rewinds_once_the_new_leader_has_checkpointed() {
     let mut core = HaCore::new(me());
     let mut v = view(Some("b"));
-    let down = PgFacts {
-        up: false,
-        in_recovery: None,
-        ..primary()
-    };
+    let down = down(primary());
     if let Some(m) = v.members.get_mut("b") {
         m.checkpoint_after_promote = Some(false);
     }
@@ -478,11 +472,7 @@ fn an_unsupervised_replica_is_restarted_under_pgwarden_before_it_races() {
     let (id, _) = out[0].clone();
     let out = complete(&mut core, id, Outcome::Ok, at(2));
     assert!(out.is_empty(), "a restart, not a hand-over: {out:?}");
-    let down = PgFacts {
-        up: false,
-        in_recovery: None,
-        ..replica(None)
-    };
+    let down = down(replica(None));
     let out = observe(&mut core, Some(view(None)), down, at(3));
     assert_eq!(actions(&out), vec![Action::StartReplica { upstream: None }]);
 }
@@ -614,12 +604,7 @@ fn a_required_watchdog_that_cannot_be_activated_gives_the_lock_back_and_backs_of
         unusable(),
         at(50),
     );
-    assert_eq!(
-        actions(&out),
-        vec![Action::ReleaseLock {
-            version: Some(Version("1".into()))
-        }]
-    );
+    assert_eq!(actions(&out), vec![release_1()]);
     assert!(
         core.message()
             .contains("not promoting self because the watchdog")
@@ -677,18 +662,9 @@ fn a_primary_whose_required_watchdog_fails_is_demoted() {
             .contains("demoting self because the watchdog")
     );
     complete(&mut core, out[0].0, Outcome::Ok, at(102));
-    let down = PgFacts {
-        up: false,
-        in_recovery: None,
-        ..primary()
-    };
+    let down = down(primary());
     let out = observe_wd(&mut core, Some(view(Some("a"))), down, unusable(), at(103));
-    assert_eq!(
-        actions(&out),
-        vec![Action::ReleaseLock {
-            version: Some(Version("1".into()))
-        }]
-    );
+    assert_eq!(actions(&out), vec![release_1()]);
 }
 
 #[test]
@@ -769,11 +745,7 @@ fn a_leader_keeps_renewing_through_its_own_restart() {
         }
     );
     // While it runs the loop goes on: renewals are sent, a second request is refused.
-    let down = PgFacts {
-        up: false,
-        in_recovery: None,
-        ..primary()
-    };
+    let down = down(primary());
     let out = observe(&mut core, Some(view(Some("a"))), down.clone(), at(110));
     assert!(
         matches!(actions(&out)[..], [Action::RenewLock { .. }]),

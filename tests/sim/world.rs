@@ -1162,36 +1162,7 @@ impl World {
         };
         match action {
             Action::StopNow => {
-                let pg = &mut self.members[who].pg;
-                let killing = matches!(pg.run, Run::Stopping { .. })
-                    && pg.killed_by.is_some_and(|t| t >= now);
-                if pg.run != Run::Down && !killing {
-                    let writable =
-                        pg.writable() || matches!(pg.run, Run::Starting { as_primary: true });
-                    let was_replica = pg.run == Run::Replica
-                        || matches!(pg.run, Run::Starting { as_primary: false });
-                    pg.epoch += 1;
-                    pg.run = Run::Stopping {
-                        writable,
-                        was_replica,
-                    };
-                    let epoch = pg.epoch;
-                    let at = now
-                        + Duration::from_millis(
-                            self.rng.random_range(1..=STOP_MAX.as_millis() as u64),
-                        );
-                    self.members[who].pg.killed_by = Some(at);
-                    self.schedule(
-                        at,
-                        Ev::PgDone {
-                            who,
-                            epoch,
-                            to: Run::Down,
-                            task: None,
-                            inc,
-                        },
-                    );
-                }
+                self.kill_pg(who);
                 self.complete_inline(who, id, Outcome::Ok);
             }
             Action::AcquireLock
@@ -1373,34 +1344,8 @@ impl World {
             }
             Action::Reinitialize => {
                 // An immediate stop, then the data directory emptied.
-                let pg = &mut self.members[who].pg;
-                let mut at = now;
-                if pg.run != Run::Down {
-                    let writable =
-                        pg.writable() || matches!(pg.run, Run::Starting { as_primary: true });
-                    let was_replica = !writable;
-                    pg.epoch += 1;
-                    pg.run = Run::Stopping {
-                        writable,
-                        was_replica,
-                    };
-                    let epoch = pg.epoch;
-                    at = r(self, 1, STOP_MAX.as_millis() as u64);
-                    self.members[who].pg.killed_by = Some(at);
-                    let to = Run::Down;
-                    let task = None;
-                    self.schedule(
-                        at,
-                        Ev::PgDone {
-                            who,
-                            epoch,
-                            to,
-                            task,
-                            inc,
-                        },
-                    );
-                }
-                let done = at + Duration::from_millis(self.rng.random_range(10..100));
+                let down = self.kill_pg(who);
+                let done = down + Duration::from_millis(self.rng.random_range(10..100));
                 self.task_done_at(done, who, inc, id, TaskEffect::RemoveData);
             }
             Action::Fatal { reason } => {
@@ -1409,6 +1354,45 @@ impl World {
                 self.members[who].pg.crash();
             }
         }
+    }
+
+    /// An immediate stop: every process killed, down within `STOP_MAX` (a kill under way is
+    /// not delayed by another). When PostgreSQL is down.
+    fn kill_pg(&mut self, who: usize) -> Duration {
+        let (now, inc) = (self.now, self.members[who].inc);
+        let pg = &mut self.members[who].pg;
+        if pg.run == Run::Down {
+            return now;
+        }
+        if let Some(t) = pg.killed_by.filter(|t| *t >= now)
+            && matches!(pg.run, Run::Stopping { .. })
+        {
+            return t;
+        }
+        let writable = pg.writable() || matches!(pg.run, Run::Starting { as_primary: true });
+        let was_replica =
+            pg.run == Run::Replica || matches!(pg.run, Run::Starting { as_primary: false });
+        pg.epoch += 1;
+        pg.run = Run::Stopping {
+            writable,
+            was_replica,
+        };
+        let epoch = pg.epoch;
+        let at =
+            now + Duration::from_millis(self.rng.random_range(1..=STOP_MAX.as_millis() as u64));
+        self.members[who].pg.killed_by = Some(at);
+        let (to, task) = (Run::Down, None);
+        self.schedule(
+            at,
+            Ev::PgDone {
+                who,
+                epoch,
+                to,
+                task,
+                inc,
+            },
+        );
+        at
     }
 
     /// A task that succeeds at `at` with `effect`.
