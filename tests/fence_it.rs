@@ -576,13 +576,19 @@ async fn a_required_watchdog_that_fails_demotes_the_primary_and_blocks_promotion
             .then_some(())
     })
     .await;
-    // While the device cannot be opened (a FIFO without a reader): never a primary again,
-    // though the member tries (it takes the lock after its back-off, then gives it back).
+    // While the device cannot be opened (a FIFO without a reader): PostgreSQL is never
+    // writable again, though the member tries (it takes the lock after its back-off, then
+    // gives it back; `/primary` answers 200 for those moments, as Patroni's does for a lock
+    // holder, so PostgreSQL itself is asked).
     let until = Instant::now() + Duration::from_secs(3 * T.ttl);
     while Instant::now() < until {
-        let (code, body) = c.api(0, reqwest::Method::GET, "/primary", None).await;
-        assert_ne!(code, 200, "a primary without its required watchdog: {body}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let recovery = c.sql(0, "SELECT pg_is_in_recovery()::text").await;
+        assert_ne!(
+            recovery.as_deref().ok(),
+            Some(&["false".to_string()][..]),
+            "a writable primary without its required watchdog"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(
         log().contains("not promoting self because the watchdog could not be activated"),

@@ -215,6 +215,8 @@ pub struct Params {
     /// The longest ttl and loop_wait of the run (timings change mid-run).
     pub max_ttl: Duration,
     pub max_loop_wait: Duration,
+    /// The longest retry_timeout of the run: what an inline store call may take.
+    pub max_retry_timeout: Duration,
     pub loss: f64,
     pub spike: f64,
     pub fault_phase: Duration,
@@ -232,6 +234,7 @@ impl Params {
             retry_timeout,
         } = Timings::random(rng);
         let (mut max_ttl, mut max_loop_wait) = (ttl, loop_wait);
+        let mut max_retry_timeout = retry_timeout;
         let members = rng.random_range(2..=4);
         let fault_phase = Duration::from_secs(rng.random_range(30..150));
         let nfaults = rng.random_range(0..10);
@@ -255,6 +258,7 @@ impl Params {
                     let timings = Timings::random(rng);
                     max_ttl = max_ttl.max(timings.ttl);
                     max_loop_wait = max_loop_wait.max(timings.loop_wait);
+                    max_retry_timeout = max_retry_timeout.max(timings.retry_timeout);
                     Fault::ChangeTimings { timings }
                 }
                 10 => Fault::DeleteLock,
@@ -286,6 +290,7 @@ impl Params {
             retry_timeout,
             max_ttl,
             max_loop_wait,
+            max_retry_timeout,
             loss: [0.0, 0.02, 0.1][rng.random_range(0..3)],
             spike: [0.0, 0.02][rng.random_range(0..2)],
             fault_phase,
@@ -580,12 +585,16 @@ impl World {
                 }
             }
             // A required watchdog that broke: demoted within the fence's keepalive interval (1 s),
-            // an inline store call the shell may be in (retry_timeout), a stall and the stop.
+            // an inline store call the shell may be in (bounded by the retry_timeout in force
+            // when it was sent: the run's longest), a stall and the stop.
             let m = &self.members[w];
             if m.watchdog_required
                 && let Some(t) = m.watchdog_broken_since
                 && self.now
-                    > t + Duration::from_secs(1) + m.timings.retry_timeout + STALL_MAX + STOP_MAX
+                    > t + Duration::from_secs(1)
+                        + self.params.max_retry_timeout
+                        + STALL_MAX
+                        + STOP_MAX
             {
                 let (name, now) = (m.name.clone(), self.now);
                 return Err(format!(
