@@ -270,16 +270,13 @@ fn spawn_helper(
         .arg(data_dir)
         .stdin(std::process::Stdio::piped())
         .stderr(log_writer);
-    // Its stdout carries the watchdog's status, one byte at each change.
-    let status_reader = if wd.mode != WatchdogMode::Off {
+    // With a watchdog, its stdout carries the device's status, one byte at each change.
+    let mut status_reader = None;
+    cmd.stdout(std::process::Stdio::null());
+    if wd.mode != WatchdogMode::Off {
         let (reader, writer) = std::io::pipe()?;
         cmd.stdout(writer);
-        Some(reader)
-    } else {
-        cmd.stdout(std::process::Stdio::null());
-        None
-    };
-    if wd.mode != WatchdogMode::Off {
+        status_reader = Some(reader);
         cmd.arg("--watchdog-mode")
             .arg(wd.mode.as_str())
             .arg("--watchdog-device")
