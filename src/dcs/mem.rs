@@ -318,6 +318,19 @@ impl MemDcs {
         self.handles.epoch.elapsed()
     }
 
+    /// Edits the store directly, on its clock, as an operator or a fault would (a key written
+    /// or deleted by hand, leases run out), waking the watchers when anything changed.
+    pub fn edit<T>(&self, f: impl FnOnce(&mut MemStore, Duration) -> T) -> T {
+        let now = self.clock();
+        let mut store = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        let before = store.revision();
+        let r = f(&mut store, now);
+        if store.revision() != before {
+            self.handles.changes.send_modify(|c| *c += 1);
+        }
+        r
+    }
+
     fn with<T>(
         &self,
         f: impl FnOnce(&mut MemStore, Duration, LeaseId) -> T,
