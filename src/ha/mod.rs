@@ -3,7 +3,8 @@
 //! [`HaCore`] holds what must be remembered between cycles (the lease deadline, the task in
 //! flight, the leader race in progress) and turns inputs into [`Action`]s. It performs no I/O,
 //! reads no clock and draws no random numbers: time arrives as [`MonoTime`] with every input.
-//! That is what lets `tests/sim.rs` run thousands of failure schedules in simulated time.
+//! That is what lets the simulation (`tests/sim/`) run thousands of failure schedules, through
+//! the real shell, in simulated time.
 //!
 //! # Calling order
 //! 1. Observe (DCS view, PostgreSQL facts, policy) and call `step(Input::Observed(obs), now)`.
@@ -120,6 +121,12 @@ pub struct HaCore {
     released: Option<crate::dcs::Version>,
     /// Shutdown requested.
     shutting_down: bool,
+    /// A task started PostgreSQL since the last observation (which says it is down): a
+    /// shutdown must stop it before releasing the lock.
+    pg_started: bool,
+    /// A task made PostgreSQL writable since the last observation (which says it is not): a
+    /// lapsed or lost lease must stop it all the same.
+    made_writable: bool,
     /// Shutdown complete: the shell may exit.
     finished: bool,
     /// The last cycle's log message.
@@ -155,6 +162,8 @@ impl HaCore {
             needs_rewind: false,
             released: None,
             shutting_down: false,
+            pg_started: false,
+            made_writable: false,
             finished: false,
             message: String::new(),
         }
@@ -221,6 +230,8 @@ impl HaCore {
                 // (after a resume, the others may take a lock that lapsed during the pause).
                 let writable_unleased = obs.pg.maybe_writable() && !self.holds_lock(now);
                 self.last = Some(*obs);
+                self.pg_started = false;
+                self.made_writable = false;
                 let stopping = out.iter().any(|(_, a)| *a == Action::StopNow);
                 if writable_unleased && !stopping {
                     self.message = "demoting: PostgreSQL runs as a primary without the lock".into();
@@ -253,6 +264,11 @@ impl HaCore {
         }
     }
 
+    /// PostgreSQL may accept writes: the last observation says so, or a task since made it.
+    fn maybe_writable(&self) -> bool {
+        self.made_writable || self.last.as_ref().is_some_and(|o| o.pg.maybe_writable())
+    }
+
     /// We no longer hold a lease. (`lease_sent_at` stays: an older answer never re-arms it.)
     fn drop_lease(&mut self) {
         self.lease_deadline = None;
@@ -267,7 +283,7 @@ impl HaCore {
             && now >= d
         {
             self.drop_lease();
-            let writable = self.last.as_ref().is_some_and(|o| o.pg.maybe_writable());
+            let writable = self.maybe_writable();
             // A start or promotion in flight would make it writable soon: stop that too.
             let becoming_writable = self.task_in_flight().is_some_and(Action::makes_writable);
             // Pause does not suspend this: the lock may be taken by another member once it lapses.
@@ -367,7 +383,7 @@ impl HaCore {
                     // The store says the lock is not ours: stop writing at once, paused or not.
                     self.drop_lease();
                     self.bootstrapping = false;
-                    if self.last.as_ref().is_some_and(|o| o.pg.maybe_writable()) {
+                    if self.maybe_writable() {
                         self.message = "lost the leader lock: stopping PostgreSQL now".into();
                         self.emit(Action::StopNow, Purpose::Other, now, out);
                     }
@@ -447,6 +463,23 @@ impl HaCore {
         out: &mut Vec<(ActionId, Action)>,
     ) {
         let ok = outcome == Outcome::Ok;
+        if ok {
+            match action {
+                Action::StartPrimary
+                | Action::StartReplica { .. }
+                | Action::Restart { .. }
+                | Action::Follow { .. }
+                | Action::Promote => {
+                    self.pg_started = true;
+                    self.made_writable |= action.makes_writable();
+                }
+                Action::StopGraceful | Action::Reinitialize => {
+                    self.pg_started = false;
+                    self.made_writable = false;
+                }
+                _ => {}
+            }
+        }
         match action {
             Action::Bootstrap => {
                 if ok {
@@ -572,7 +605,7 @@ impl HaCore {
         if self.task.is_some() || self.finished {
             return;
         }
-        let up = self.last.as_ref().is_some_and(|o| o.pg.up);
+        let up = self.pg_started || self.last.as_ref().is_some_and(|o| o.pg.up);
         if up {
             // Completion of the stop comes back through `task_done`, which releases the lock.
             self.emit(Action::StopGraceful, Purpose::Task, now, out);

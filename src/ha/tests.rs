@@ -254,6 +254,34 @@ fn a_failed_promotion_releases_the_lock_only_once_postgres_is_down() {
 }
 
 #[test]
+fn a_shutdown_stops_a_server_started_since_the_last_observation() {
+    let mut core = HaCore::new(me());
+    let out = observe(&mut core, Some(view(Some("b"))), down(replica(None)), at(1));
+    let (id, a) = out.last().cloned().expect("start");
+    assert!(matches!(a, Action::StartReplica { .. }), "{a:?}");
+    assert!(complete(&mut core, id, Outcome::Ok, at(2)).is_empty());
+    // The last observation says it is down; the start since says otherwise.
+    let out = core.step(Input::Shutdown, at(3));
+    assert_eq!(actions(&out), vec![Action::StopGraceful]);
+    assert!(!core.is_finished());
+}
+
+#[test]
+fn a_promotion_not_yet_observed_is_stopped_when_the_lease_lapses_during_shutdown() {
+    let mut core = HaCore::new(me());
+    lead(&mut core, at(0));
+    let out = observe(&mut core, Some(view(Some("a"))), replica(None), at(3));
+    let (id, a) = out.last().cloned().expect("promote");
+    assert_eq!(a, Action::Promote);
+    assert!(complete(&mut core, id, Outcome::Ok, at(4)).is_empty());
+    // Asked to stop before any observation shows it writable: the fast stop hangs.
+    let out = core.step(Input::Shutdown, at(5));
+    assert_eq!(actions(&out), vec![Action::StopGraceful]);
+    let out = core.step(Input::Tick, at(27));
+    assert_eq!(actions(&out), vec![Action::StopNow]);
+}
+
+#[test]
 fn a_switchover_stops_gracefully_then_hands_the_lock_over() {
     let mut core = HaCore::new(me());
     lead(&mut core, at(0));
