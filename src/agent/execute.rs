@@ -22,13 +22,35 @@ impl Agent {
         while let Some((id, action)) = queue.pop_front() {
             tracing::debug!(?id, ?action, "action");
             if let Some(outcome) = self.execute_one(id, action).await {
+                tracing::debug!(?id, ?outcome, "done");
                 let more = self
                     .core
                     .step(crate::ha::Input::Completed { id, outcome }, self.mono_now());
-                queue.extend(more);
+                // At once, not after the whole batch: a renewed deadline reaches the fence
+                // before the next action (a peer probe, a slow store call) can outlast the old.
+                self.arm_fence();
+                for (id, action) in more {
+                    // A stop the outcome calls for (the lease lapsed while this call ran) goes
+                    // before what is still queued from the batch (a peer probe, a store call).
+                    if action == Action::StopNow {
+                        queue.push_front((id, action));
+                    } else {
+                        queue.push_back((id, action));
+                    }
+                }
             }
         }
+        self.arm_fence();
+    }
+
+    /// Tells the fence the core's lease deadline (or that there is none), and the tasks.
+    pub(crate) fn arm_fence(&self) {
         let ttl = self.dynamic.ttl;
+        let until = self.core.lease_deadline().map(|d| self.boottime_of(d));
+        self.lease_until.store(
+            until.map_or(0, |d| d.as_nanos() as u64),
+            std::sync::atomic::Ordering::SeqCst,
+        );
         self.fence
             .set(self.core.lease_deadline().map(|d| super::fence::Armed {
                 deadline: self.boottime_of(d),
@@ -39,15 +61,11 @@ impl Agent {
     /// One action; `None` when it runs as a background task.
     async fn execute_one(&mut self, id: ActionId, action: Action) -> Option<Outcome> {
         let retry = self.policy().retry_timeout;
-        let until = self.store_call_bound();
+        let until = self.call_bound();
         let dcs = self.dcs.clone();
         match action {
             Action::StopNow => {
-                // Kill first, log after (confirm_down): every process of the data directory,
-                // backends included (they are session leaders of their own).
-                let data_dir = &self.cfg.postgresql.data_dir;
-                let killed = crate::postgres::kill_data_dir_processes(data_dir);
-                super::fence::confirm_down(data_dir.clone(), killed);
+                self.processes.kill_all();
                 self.upstream = None;
                 Some(Outcome::Ok)
             }
@@ -130,7 +148,12 @@ impl Agent {
                 let mut pg = self.pg.lock().await;
                 pg.update_settings(settings);
                 Some(match pg.is_running() {
-                    true => match pg.reload().await {
+                    true => match timeout_at(until, pg.reload()).await.unwrap_or(Err(
+                        crate::postgres::PgError::Timeout {
+                            what: "reload".into(),
+                            after: retry,
+                        },
+                    )) {
                         Ok(()) => Outcome::Ok,
                         Err(e) => {
                             tracing::warn!("reload after a configuration change failed: {e}");
@@ -144,13 +167,19 @@ impl Agent {
                 // No task holds PostgreSQL (the core asks between tasks, as the leader).
                 let slots: Vec<String> = members.iter().map(|m| slot_name(m)).collect();
                 let pg = self.pg.lock().await;
-                Some(match pg.ensure_replication_slots(&slots).await {
-                    Ok(()) => Outcome::Ok,
-                    Err(e) => {
-                        tracing::warn!("could not create replication slots: {e}");
-                        Outcome::Failed(e.to_string())
-                    }
-                })
+                let r = timeout_at(until, pg.ensure_replication_slots(&slots)).await;
+                Some(
+                    match r.unwrap_or(Err(crate::postgres::PgError::Timeout {
+                        what: "creating replication slots".into(),
+                        after: retry,
+                    })) {
+                        Ok(()) => Outcome::Ok,
+                        Err(e) => {
+                            tracing::warn!("could not create replication slots: {e}");
+                            Outcome::Failed(e.to_string())
+                        }
+                    },
+                )
             }
             Action::Answer { id, result } => {
                 self.answer(id, result);
@@ -211,6 +240,12 @@ impl Agent {
             .as_ref()
             .and_then(|v| v.history.clone())
             .unwrap_or_default();
+        let clock = self.clock.clone();
+        let leased = Leased {
+            until: self.lease_until.clone(),
+            clock: self.clock.clone(),
+        };
+        let retry = self.policy().retry_timeout;
         let post_bootstrap = self
             .cfg
             .bootstrap
@@ -263,12 +298,12 @@ impl Agent {
                     .map(|_| TaskNote::None)
                     .map_err(|e| e.to_string()),
                 Action::StartPrimary => {
-                    let mut r = pg.start(StartAs::Primary).await.map_err(|e| e.to_string());
+                    let mut r = match leased.holds() {
+                        true => pg.start(StartAs::Primary).await.map_err(|e| e.to_string()),
+                        false => Err(LEASE_PASSED.into()),
+                    };
                     if r.is_ok() && bootstrapped {
-                        r = pg.post_bootstrap().await.map_err(|e| e.to_string());
-                        if let (Ok(()), Some(script)) = (&r, post_bootstrap) {
-                            r = run_post_bootstrap(&script, &pg).await;
-                        }
+                        r = pg.post_bootstrap(post_bootstrap.as_deref()).await;
                     }
                     // (Slots for the replicas: the core's `EnsureSlots`, in the cycle right after.)
                     r.map(|_| TaskNote::Started { upstream: None })
@@ -292,26 +327,37 @@ impl Agent {
                     .map_err(|e| e.to_string()),
                 Action::Promote => {
                     let before = pg.status().await.ok();
-                    match pg.promote().await {
+                    let promoted = match leased.holds() {
+                        true => pg.promote().await.map_err(|e| e.to_string()),
+                        false => Err(LEASE_PASSED.into()),
+                    };
+                    match promoted {
                         Ok(()) => {
                             // The post-promote checkpoint puts the new timeline into
                             // pg_control, which is what pg_rewind on the old primary reads.
-                            if let Err(e) = pg.query_one_shot("CHECKPOINT").await {
+                            if let Err(e) = pg.checkpoint().await {
                                 tracing::warn!("checkpoint after promote failed: {e}");
                             }
                             let after = pg.status().await.ok();
                             if let (Some(b), Some(a)) = (before, after) {
-                                write_history(dcs.as_ref(), history, &b, a.timeline, &name).await;
+                                let ts = clock.wall();
+                                let write =
+                                    write_history(dcs.as_ref(), history, &b, a.timeline, &name, ts);
+                                // The task ends (and the loop learns of the promotion) whatever
+                                // the store does.
+                                if timeout(retry, write).await.is_err() {
+                                    tracing::warn!("could not write history: timed out");
+                                }
                             }
                             Ok(TaskNote::Started { upstream: None })
                         }
-                        Err(e) => Err(e.to_string()),
+                        Err(e) => Err(e),
                     }
                 }
                 Action::StopGraceful => {
                     // A checkpoint first makes the shutdown checkpoint short, so the write
                     // gap of a switchover is the time of a fast stop.
-                    let _ = timeout(Duration::from_secs(30), pg.query_one_shot("CHECKPOINT")).await;
+                    let _ = timeout(Duration::from_secs(30), pg.checkpoint()).await;
                     pg.stop(StopMode::Fast, stop_timeout)
                         .await
                         .map(|_| TaskNote::Stopped)
@@ -327,15 +373,17 @@ impl Agent {
                         }
                     };
                     let restarted = async {
-                        pg.stop(StopMode::Fast, stop_timeout).await?;
-                        pg.start(how).await
+                        pg.stop(StopMode::Fast, stop_timeout)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        if *primary && !leased.holds() {
+                            return Err(LEASE_PASSED.to_owned());
+                        }
+                        pg.start(how).await.map_err(|e| e.to_string())
                     };
-                    restarted
-                        .await
-                        .map(|_| TaskNote::Started {
-                            upstream: upstream_name,
-                        })
-                        .map_err(|e| e.to_string())
+                    restarted.await.map(|_| TaskNote::Started {
+                        upstream: upstream_name,
+                    })
                 }
                 Action::Reinitialize => {
                     let wiped = async {
@@ -365,6 +413,24 @@ impl Agent {
                 note: result.unwrap_or(TaskNote::None),
             });
         });
+    }
+}
+
+const LEASE_PASSED: &str =
+    "the leader lock's deadline passed before PostgreSQL could become writable";
+
+/// The lease as the fence has it, for a task to check right before PostgreSQL becomes
+/// writable: a start or a promotion that was under way when the deadline passed (StopNow
+/// killed whatever was running then) must not make a primary after it.
+struct Leased {
+    until: Arc<std::sync::atomic::AtomicU64>,
+    clock: Arc<dyn super::io::Clock>,
+}
+
+impl Leased {
+    fn holds(&self) -> bool {
+        let until = self.until.load(std::sync::atomic::Ordering::SeqCst);
+        (self.clock.boottime().as_nanos() as u64) < until
     }
 }
 
@@ -425,10 +491,9 @@ async fn write_history(
     before: &crate::postgres::PgStatus,
     new_timeline: u64,
     me: &str,
+    now: chrono::DateTime<chrono::Utc>,
 ) {
-    let ts = chrono::Utc::now()
-        .format("%Y-%m-%dT%H:%M:%S%.6f+00:00")
-        .to_string();
+    let ts = now.format("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string();
     let lsn = before.replay_lsn.unwrap_or(before.wal_position);
     let ended = new_timeline.saturating_sub(1).max(1);
     lines.push(HistoryLine::new(
@@ -440,40 +505,5 @@ async fn write_history(
     ));
     if let Err(e) = dcs.set_history(&lines).await {
         tracing::warn!("could not write history: {e}");
-    }
-}
-
-/// `bootstrap.post_bootstrap`: a script run with the superuser connection URL.
-async fn run_post_bootstrap(script: &str, pg: &crate::postgres::Postgres) -> Result<(), String> {
-    let s = pg.settings();
-    let host = if s.listen_host.is_empty() || s.listen_host == "0.0.0.0" || s.listen_host == "*" {
-        "127.0.0.1".to_owned()
-    } else {
-        s.listen_host
-            .split(',')
-            .next()
-            .unwrap_or("127.0.0.1")
-            .trim()
-            .to_owned()
-    };
-    let url = format!(
-        "postgres://{}@{}:{}/postgres",
-        s.superuser.username, host, s.port
-    );
-    let mut parts = script.split_whitespace();
-    let Some(cmd) = parts.next() else {
-        return Ok(());
-    };
-    let status = tokio::process::Command::new(cmd)
-        .args(parts)
-        .arg(&url)
-        .env("PGPASSFILE", &s.pgpass)
-        .status()
-        .await
-        .map_err(|e| format!("post_bootstrap {script}: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("post_bootstrap {script} exited with {status}"))
     }
 }

@@ -6,6 +6,7 @@ pub mod clock;
 mod commands;
 mod execute;
 mod fence;
+pub mod io;
 mod observe;
 mod publish;
 pub mod settings;
@@ -30,9 +31,11 @@ use crate::postgres::Postgres;
 
 use execute::TaskNote;
 use fence::Fence;
-pub use fence::{FenceHelperArgs, fence_helper_main};
+pub use fence::{Armed, FenceHelperArgs, fence_helper_main};
+use io::{Clock, Endpoints, Fencing, PeerProbe, PgControl, PgProcesses};
 use observe::PgSeen;
-pub use observe::countdown;
+pub use observe::{countdown, peer_facts};
+pub use watchdog::DeviceStatus;
 
 /// A finished PostgreSQL task.
 pub(crate) struct TaskDone {
@@ -48,7 +51,8 @@ pub struct Agent {
     dynamic_version: Option<crate::dcs::Version>,
     core: HaCore,
     dcs: Arc<dyn Dcs>,
-    pg: Arc<Mutex<Postgres>>,
+    pg: Arc<Mutex<Box<dyn PgControl>>>,
+    processes: Arc<dyn PgProcesses>,
     seen: PgSeen,
     /// The member PostgreSQL streams from, as configured by the last start or follow.
     upstream: Option<String>,
@@ -56,13 +60,16 @@ pub struct Agent {
     view_read_at: Option<Instant>,
     dcs_last_seen: Option<i64>,
     api: ApiState,
-    fence: Fence,
-    http: PeerClient,
+    fence: Arc<dyn Fencing>,
+    /// The lease deadline the fence was last given (boot time, ns; 0: none), for tasks.
+    lease_until: Arc<std::sync::atomic::AtomicU64>,
+    peers: Arc<dyn PeerProbe>,
+    clock: Arc<dyn Clock>,
     tasks_tx: mpsc::UnboundedSender<TaskDone>,
     tasks_rx: mpsc::UnboundedReceiver<TaskDone>,
     bootstrap_pending: bool,
     fatal: Option<String>,
-    /// Boot time ([`clock::boottime_now`]) at start: `MonoTime` zero.
+    /// Boot time ([`Clock::boottime`]) at start: `MonoTime` zero.
     start: Duration,
     last_member: Option<Member>,
     last_member_shape: Option<String>,
@@ -168,15 +175,7 @@ pub async fn run(
     let dcs = connect_dcs(&cfg, &dynamic).await?;
 
     // Patroni's start-up rule: wait for the store, and refuse a name that is already running.
-    let view = loop {
-        match dcs.load(true).await {
-            Ok(v) => break v,
-            Err(e) => {
-                tracing::warn!("waiting for the DCS: {e}");
-                tokio::time::sleep(Duration::from_secs(5)).await;
-            }
-        }
-    };
+    let view = wait_for_store(dcs.as_ref()).await;
     if let Some(m) = view.members.get(&cfg.name)
         && let Some(url) = &m.api_url
     {
@@ -192,11 +191,10 @@ pub async fn run(
         }
     }
     let dynamic = dynamic_from(&cfg, Some(&view));
-    dcs.set_ttl(dynamic.ttl);
     let pg = Postgres::new(settings::pg_settings(&cfg, &dynamic));
-    let (tasks_tx, tasks_rx) = mpsc::unbounded_channel();
+    let fence = Fence::spawn(cfg.postgresql.data_dir.clone(), cfg.watchdog.as_ref())?;
     let api_state = ApiState::new(Snapshot::new(cfg.scope.clone(), cfg.name.clone()));
-    let (cmd_tx, mut cmd_rx) = mpsc::channel::<ApiCommand>(16);
+    let (cmd_tx, cmd_rx) = mpsc::channel::<ApiCommand>(16);
     let (api_stop_tx, api_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let ctx = ApiContext {
         state: api_state.clone(),
@@ -213,26 +211,62 @@ pub async fn run(
     let api_task = tokio::spawn(api::serve_with(api_listener, ctx, opts, async move {
         let _ = api_stop_rx.await;
     }));
+    let endpoints = Endpoints::local(dcs, pg, fence, http);
+    let result = supervise(cfg, endpoints, view, api_state, cmd_rx, shutdown).await;
+    let _ = api_stop_tx.send(());
+    let _ = api_task.await;
+    result
+}
+
+/// Reads the cluster until the store answers (each read bounded by 10 s, retried 5 s apart).
+pub async fn wait_for_store(dcs: &dyn Dcs) -> ClusterView {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), dcs.load(true)).await {
+            Ok(Ok(v)) => return v,
+            Ok(Err(e)) => tracing::warn!("waiting for the DCS: {e}"),
+            Err(_) => tracing::warn!("waiting for the DCS: no answer in 10s"),
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
+/// The HA loop of one member, on `endpoints`, from the store's first `view`, publishing to
+/// `api` and taking `cmds`, until `shutdown` resolves or a fatal condition. What [`run`]
+/// runs, and what the simulation runs on simulated endpoints.
+pub async fn supervise(
+    cfg: Config,
+    endpoints: Endpoints,
+    view: ClusterView,
+    api: ApiState,
+    mut cmds: mpsc::Receiver<ApiCommand>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let dynamic = dynamic_from(&cfg, Some(&view));
+    endpoints.dcs.set_ttl(dynamic.ttl);
+    let (tasks_tx, tasks_rx) = mpsc::unbounded_channel();
     let mut agent = Agent {
         core: HaCore::new(settings::identity(&cfg)),
-        fence: Fence::spawn(cfg.postgresql.data_dir.clone(), cfg.watchdog.as_ref())?,
         dynamic_version: view.config.as_ref().map(|c| c.version.clone()),
         view: Some(view),
         view_read_at: Some(Instant::now()),
-        dcs_last_seen: Some(chrono::Utc::now().timestamp()),
+        dcs_last_seen: Some(endpoints.clock.wall().timestamp()),
         cfg,
         dynamic,
-        dcs,
-        pg: Arc::new(Mutex::new(pg)),
+        dcs: endpoints.dcs,
+        pg: Arc::new(Mutex::new(endpoints.pg)),
+        processes: endpoints.processes,
         seen: PgSeen::default(),
         upstream: None,
-        api: api_state,
-        http,
+        api,
+        fence: endpoints.fence,
+        lease_until: Arc::default(),
+        peers: endpoints.peers,
+        start: endpoints.clock.boottime(),
+        clock: endpoints.clock,
         tasks_tx,
         tasks_rx,
         bootstrap_pending: false,
         fatal: None,
-        start: clock::boottime_now(),
         last_member: None,
         last_member_shape: None,
         last_member_write: None,
@@ -240,10 +274,7 @@ pub async fn run(
         replies: std::collections::BTreeMap::new(),
         last_request: 0,
     };
-    let result = agent.main_loop(&mut cmd_rx, shutdown).await;
-    let _ = api_stop_tx.send(());
-    let _ = api_task.await;
-    result
+    agent.main_loop(&mut cmds, shutdown).await
 }
 
 impl Agent {
@@ -254,7 +285,7 @@ impl Agent {
     /// The core's clock: boot time since start, so that time spent suspended counts and a
     /// leader resumed after a suspend finds its deadline passed.
     fn mono_now(&self) -> MonoTime {
-        MonoTime(clock::boottime_now().saturating_sub(self.start))
+        MonoTime(self.clock.boottime().saturating_sub(self.start))
     }
 
     /// `t` as a tokio `Instant` (for sleeps and timeouts), measured from now.
@@ -268,13 +299,19 @@ impl Agent {
         }
     }
 
-    /// When a store call started now must give up: after `retry_timeout` and, while we hold the
-    /// lock, at its deadline, so the loop is back in time to stop PostgreSQL itself.
-    fn store_call_bound(&self) -> Instant {
-        let retry = Instant::now() + self.policy().retry_timeout;
+    /// When a call the loop waits for, started now, must give up: after `retry_timeout` and,
+    /// while we hold the lock, at its deadline, so the loop is back in time to stop PostgreSQL
+    /// itself. Every wait of the loop (the store, PostgreSQL, peers) is bounded by it.
+    fn call_bound(&self) -> Instant {
+        self.bound_within(self.policy().retry_timeout)
+    }
+
+    /// [`Self::call_bound`] for a call with its own, shorter limit.
+    fn bound_within(&self, limit: Duration) -> Instant {
+        let at = Instant::now() + limit;
         match self.core.lease_deadline() {
-            Some(d) => self.instant_of(d).min(retry),
-            None => retry,
+            Some(d) => self.instant_of(d).min(at),
+            None => at,
         }
     }
 
@@ -301,20 +338,29 @@ impl Agent {
                 bail!(reason);
             }
             let wake = self.instant_of(self.core.next_wakeup());
+            // Biased, in this order: the same inputs are taken in the same order every time
+            // (the simulation replays a schedule exactly), and a due deadline is never starved
+            // by a stream of store changes.
             run_cycle = tokio::select! {
+                biased;
+                _ = &mut shutdown => {
+                    tracing::info!("shutting down");
+                    return self.shutdown(cmds).await;
+                }
                 _ = tokio::time::sleep_until(wake) => true,
-                r = changes.changed() => {
-                    if r.is_err() {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                    self.relevant_change().await
+                Some(done) = self.tasks_rx.recv() => {
+                    self.task_finished(done).await;
+                    true
                 }
                 Some(cmd) = cmds.recv() => {
                     match cmd {
                         ApiCommand::Wake => true,
                         ApiCommand::Reload => {
+                            // Not while a task holds PostgreSQL, and bounded like every
+                            // wait of the loop.
+                            let until = self.call_bound();
                             if let Ok(pg) = self.pg.try_lock() {
-                                let _ = pg.reload().await;
+                                let _ = tokio::time::timeout_at(until, pg.reload()).await;
                             }
                             false
                         }
@@ -328,15 +374,13 @@ impl Agent {
                         }
                     }
                 }
-                Some(done) = self.tasks_rx.recv() => {
-                    self.task_finished(done).await;
-                    true
-                }
                 // A required watchdog became active (a promotion waits for it) or failed.
                 Ok(()) = watchdog_changes.changed() => true,
-                _ = &mut shutdown => {
-                    tracing::info!("shutting down");
-                    return self.shutdown(cmds).await;
+                r = changes.changed() => {
+                    if r.is_err() {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    self.relevant_change().await
                 }
             };
         }
@@ -346,7 +390,7 @@ impl Agent {
     /// failover request, the configuration, the cluster's identity or membership. Our own
     /// member and status writes do not.
     async fn relevant_change(&mut self) -> bool {
-        let until = self.store_call_bound();
+        let until = self.call_bound();
         let Ok(Ok(v)) = tokio::time::timeout_at(until, self.dcs.load(false)).await else {
             return true;
         };
@@ -401,10 +445,10 @@ impl Agent {
         // The deadline first (ha-safety rule 2): before any slow call.
         let actions = self.core.step(Input::Tick, now);
         self.execute(actions).await;
-        let bound = self.store_call_bound();
+        let bound = self.call_bound();
         let view = match tokio::time::timeout_at(bound, self.dcs.load(false)).await {
             Ok(Ok(v)) => {
-                self.dcs_last_seen = Some(chrono::Utc::now().timestamp());
+                self.dcs_last_seen = Some(self.clock.wall().timestamp());
                 self.view_read_at = Some(Instant::now());
                 Some(v)
             }
@@ -429,7 +473,7 @@ impl Agent {
             .as_ref()
             .and_then(|v| v.failover.as_ref())
             .and_then(|f| f.value.scheduled_at.as_deref());
-        let switchover_at = observe::countdown(scheduled_at, chrono::Utc::now());
+        let switchover_at = observe::countdown(scheduled_at, self.clock.wall());
         let obs = Observation {
             dcs: view,
             pg,
@@ -470,7 +514,7 @@ impl Agent {
     }
 
     async fn stop_postgres_now(&mut self) {
-        crate::postgres::kill_data_dir_processes(&self.cfg.postgresql.data_dir);
+        self.processes.kill_all();
         let mut pg = self.pg.lock().await;
         let _ = pg
             .stop(
@@ -486,8 +530,19 @@ impl Agent {
         self.execute(actions).await;
         let give_up = Instant::now() + self.cfg.postgresql.pg_ctl_timeout + Duration::from_secs(10);
         while !self.core.is_finished() {
-            match tokio::time::timeout_at(give_up, self.tasks_rx.recv()).await {
+            // The lease deadline still holds while we stop: a stop that hangs (a postmaster
+            // ignoring the fast-stop signal) must not keep a primary writable past it.
+            // (At least 10 ms apart: the core's next wake-up may be due already.)
+            let wake = self
+                .instant_of(self.core.next_wakeup())
+                .max(Instant::now() + Duration::from_millis(10))
+                .min(give_up);
+            match tokio::time::timeout_at(wake, self.tasks_rx.recv()).await {
                 Ok(Some(done)) => self.task_finished(done).await,
+                Err(_) if Instant::now() < give_up => {
+                    let actions = self.core.step(Input::Tick, self.mono_now());
+                    self.execute(actions).await;
+                }
                 _ => {
                     tracing::warn!(
                         "shutdown did not finish in time: stopping PostgreSQL immediately"

@@ -24,8 +24,7 @@ impl Agent {
     /// PostgreSQL's facts, without ever waiting on a task: while a task holds the handle, the
     /// facts come from files (postmaster.pid, standby.signal) and the last look.
     pub(crate) async fn observe_pg(&mut self) -> PgFacts {
-        let data_dir = self.cfg.postgresql.data_dir.clone();
-        let standby_signal = data_dir.join("standby.signal").exists();
+        let standby_signal = self.processes.has_file("standby.signal");
         // With no task in flight the handle is free (or about to be: a task reports its end
         // just before letting go of it), so wait for it: the core must not decide on stale
         // facts. With a task in flight, never wait.
@@ -47,13 +46,13 @@ impl Agent {
                         was_primary: matches!(
                             cd.cluster_state.as_str(),
                             "in production" | "shut down"
-                        ) && !data_dir.join("backup_label").exists(),
+                        ) && !self.processes.has_file("backup_label"),
                     },
                 };
                 let up = pg.is_running();
-                let foreign = up && pg.foreign_postmaster().is_some();
+                let foreign = up && pg.is_foreign();
                 let status = if up {
-                    tokio::time::timeout(Duration::from_secs(2), pg.status())
+                    tokio::time::timeout_at(self.bound_within(Duration::from_secs(2)), pg.status())
                         .await
                         .ok()
                         .and_then(Result::ok)
@@ -68,7 +67,7 @@ impl Agent {
                 };
             }
             Err(_) => {
-                self.seen.up = crate::postgres::postmaster_pid_file_alive(&data_dir).is_some();
+                self.seen.up = self.processes.postmaster_alive();
                 self.seen.status = None;
             }
         }
@@ -115,7 +114,7 @@ impl Agent {
                 (name.clone(), url)
             })
             .collect();
-        probe_all(&self.http, targets).await
+        self.peers.probe(targets).await
     }
 }
 
@@ -169,7 +168,7 @@ pub fn countdown(scheduled_at: Option<&str>, now: chrono::DateTime<chrono::Utc>)
 }
 
 /// Reads a peer's status document (Patroni's or ours).
-pub(crate) fn peer_facts(v: &serde_json::Value) -> PeerFacts {
+pub fn peer_facts(v: &serde_json::Value) -> PeerFacts {
     let role = v.get("role").and_then(|r| r.as_str()).unwrap_or("");
     let state = v.get("state").and_then(|r| r.as_str()).unwrap_or("");
     let xlog = v.get("xlog");

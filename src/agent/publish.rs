@@ -118,8 +118,9 @@ impl Agent {
             Some(old) if Some(&shape) == self.last_member_shape.as_ref() && !due => old.clone(),
             _ => fresh,
         };
-        let retry = self.policy().retry_timeout;
-        match tokio::time::timeout(retry, self.dcs.touch_member(&m)).await {
+        // Bounded like every wait of the loop: a leader's by its deadline too.
+        let until = self.call_bound();
+        match tokio::time::timeout_at(until, self.dcs.touch_member(&m)).await {
             Ok(Ok(())) => {
                 if self.last_member.as_ref() != Some(&m) {
                     self.last_member_write = Some(Instant::now());
