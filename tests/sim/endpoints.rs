@@ -1,0 +1,697 @@
+//! The simulated endpoints the real shell (`pgwarden::agent::supervise`) runs on: the store
+//! behind a network that delays, loses and partitions, a simulated PostgreSQL, the fence and
+//! its watchdog, peers' REST APIs and drifting clocks. Each belongs to one incarnation of one
+//! member's agent: once that agent has died, every call of it stops where it is.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pgwarden::agent::io::{Clock, Fencing, PeerProbe, PgControl, PgProcesses};
+use pgwarden::agent::{Armed, DeviceStatus};
+use pgwarden::dcs::mem::MemDcs;
+use pgwarden::dcs::{
+    ClusterView, Dcs, DcsError, Failover, HistoryLine, Member, Status, SyncState, Version,
+};
+use pgwarden::ha::{DataDir, PeerReport, WatchdogState};
+use pgwarden::postgres::{DataDirState, PgError, PgSettings, PgStatus, StartAs, StopMode};
+use tokio::sync::watch;
+
+use crate::fake_pg::Run;
+use crate::params::{PG_CTL_TIMEOUT, STOP_MAX};
+use crate::world::Shared;
+
+/// One incarnation of one member's agent.
+#[derive(Clone)]
+pub struct Me {
+    pub w: Shared,
+    pub who: usize,
+    pub inc: u64,
+}
+
+impl Me {
+    /// Where the agent's every step passes: it waits out a stall, and an agent that has died
+    /// goes no further.
+    async fn gate(&self) {
+        loop {
+            let wait = {
+                let w = self.w.lock().unwrap();
+                if w.members[self.who].inc != self.inc {
+                    None
+                } else {
+                    Some(w.members[self.who].frozen_until.saturating_sub(w.now()))
+                }
+            };
+            match wait {
+                None => std::future::pending::<()>().await,
+                Some(d) if d.is_zero() => return,
+                Some(d) => tokio::time::sleep(d).await,
+            }
+        }
+    }
+
+    /// Sleeps `d`, then passes the gate again.
+    async fn after(&self, d: Duration) {
+        tokio::time::sleep(d).await;
+        self.gate().await;
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut crate::world::World, usize) -> T) -> T {
+        let mut w = self.w.lock().unwrap();
+        f(&mut w, self.who)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The store, behind the network.
+
+pub struct SimDcs {
+    me: Me,
+    inner: MemDcs,
+}
+
+impl SimDcs {
+    /// A new session on the store (a new lease). Change notifications reach the member as
+    /// `World::notify` delivers them.
+    pub fn new(me: Me, inner: MemDcs) -> SimDcs {
+        SimDcs { me, inner }
+    }
+
+    /// One request: it may never arrive (a cut, a lost message), its effect lands when it
+    /// arrives, and the answer may be lost or late. As every backend, it gives up after
+    /// `retry_timeout`; the shell's own, tighter bounds may give up sooner.
+    async fn call<R, F, Fut>(&self, op: F) -> Result<R, DcsError>
+    where
+        F: FnOnce(MemDcs) -> Fut,
+        Fut: std::future::Future<Output = Result<R, DcsError>>,
+    {
+        let retry = self.me.with(|w, _| w.timings.retry_timeout);
+        match tokio::time::timeout(retry, self.exchange(op)).await {
+            Ok(r) => r,
+            Err(_) => Err(DcsError::Unreachable("timed out".into())),
+        }
+    }
+
+    async fn exchange<T, F, Fut>(&self, op: F) -> T
+    where
+        F: FnOnce(MemDcs) -> Fut,
+        Fut: std::future::Future<Output = T>,
+    {
+        self.me.gate().await;
+        let there = self.me.with(|w, who| {
+            if w.reaches_store(who) {
+                w.latency()
+            } else {
+                None
+            }
+        });
+        let Some(there) = there else {
+            return std::future::pending().await;
+        };
+        tokio::time::sleep(there).await;
+        // A request in flight lands even if its sender died or was cut meanwhile.
+        if self.me.with(|w, _| w.store_down > 0) {
+            return std::future::pending().await;
+        }
+        let r = op(self.inner.clone()).await;
+        let back = self.me.with(|w, who| {
+            w.check();
+            if w.reaches_store(who) {
+                w.latency()
+            } else {
+                None
+            }
+        });
+        let Some(back) = back else {
+            return std::future::pending().await;
+        };
+        self.me.after(back).await;
+        r
+    }
+}
+
+#[async_trait]
+impl Dcs for SimDcs {
+    async fn load(&self, fresh: bool) -> Result<ClusterView, DcsError> {
+        self.call(|d| async move { d.load(fresh).await }).await
+    }
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.me
+            .with(|w, who| w.members[who].store_changes.subscribe())
+    }
+    fn set_ttl(&self, ttl: Duration) {
+        self.inner.set_ttl(ttl)
+    }
+    async fn touch_member(&self, member: &Member) -> Result<(), DcsError> {
+        let member = member.clone();
+        self.call(|d| async move { d.touch_member(&member).await })
+            .await
+    }
+    async fn acquire_leader(&self) -> Result<bool, DcsError> {
+        self.call(|d| async move { d.acquire_leader().await }).await
+    }
+    async fn update_leader(&self, status: Option<&Status>) -> Result<bool, DcsError> {
+        let status = status.cloned();
+        self.call(|d| async move { d.update_leader(status.as_ref()).await })
+            .await
+    }
+    async fn release_leader(
+        &self,
+        status: Option<&Status>,
+        expected: Option<&Version>,
+    ) -> Result<bool, DcsError> {
+        let (status, expected) = (status.cloned(), expected.cloned());
+        self.call(|d| async move { d.release_leader(status.as_ref(), expected.as_ref()).await })
+            .await
+    }
+    async fn initialize(&self, create_new: bool, sysid: &str) -> Result<bool, DcsError> {
+        let sysid = sysid.to_owned();
+        self.call(|d| async move { d.initialize(create_new, &sysid).await })
+            .await
+    }
+    async fn cancel_initialization(&self) -> Result<(), DcsError> {
+        self.call(|d| async move { d.cancel_initialization().await })
+            .await
+    }
+    async fn set_config(&self, json: &str, expected: Option<&Version>) -> Result<bool, DcsError> {
+        let (json, expected) = (json.to_owned(), expected.cloned());
+        self.call(|d| async move { d.set_config(&json, expected.as_ref()).await })
+            .await
+    }
+    async fn set_failover(
+        &self,
+        value: &Failover,
+        expected: Option<&Version>,
+    ) -> Result<bool, DcsError> {
+        let (value, expected) = (value.clone(), expected.cloned());
+        self.call(|d| async move { d.set_failover(&value, expected.as_ref()).await })
+            .await
+    }
+    async fn set_history(&self, lines: &[HistoryLine]) -> Result<(), DcsError> {
+        let lines = lines.to_vec();
+        self.call(|d| async move { d.set_history(&lines).await })
+            .await
+    }
+    async fn set_sync(
+        &self,
+        value: &SyncState,
+        expected: Option<&Version>,
+    ) -> Result<bool, DcsError> {
+        let (value, expected) = (value.clone(), expected.cloned());
+        self.call(|d| async move { d.set_sync(&value, expected.as_ref()).await })
+            .await
+    }
+    async fn delete_cluster(&self) -> Result<(), DcsError> {
+        self.call(|d| async move { d.delete_cluster().await }).await
+    }
+    async fn delete_member(&self) -> Result<(), DcsError> {
+        self.call(|d| async move { d.delete_member().await }).await
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// PostgreSQL.
+
+pub struct SimPg {
+    pub me: Me,
+}
+
+fn failed(what: &str) -> PgError {
+    PgError::Query {
+        what: what.into(),
+        message: "simulated failure".into(),
+    }
+}
+
+/// The member a conninfo (`host=m1 port=5432 ...`) points at.
+fn host_of(conninfo: &str) -> Option<String> {
+    conninfo
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("host="))
+        .map(|h| h.trim_matches('\'').to_owned())
+}
+
+impl SimPg {
+    /// Starts the server as `to` (primary or replica): up after a while, unless something
+    /// else happened to it meanwhile.
+    async fn boot(&self, as_primary: bool) -> Result<(), PgError> {
+        let epoch = self.me.with(|w, who| {
+            let pg = &mut w.members[who].pg;
+            if pg.alive() || pg.data == DataDir::Empty {
+                return None;
+            }
+            pg.set(Run::Starting { as_primary });
+            pg.standby_signal = !as_primary;
+            let epoch = pg.epoch;
+            w.check();
+            Some(epoch)
+        });
+        let Some(epoch) = epoch else {
+            return Err(PgError::AlreadyRunning { pid: 1 });
+        };
+        let d = self.me.with(|w, _| w.millis(100, 1500));
+        self.me.after(d).await;
+        self.me.with(|w, who| {
+            let name = w.members[who].name.clone();
+            let pg = &mut w.members[who].pg;
+            if pg.epoch != epoch {
+                return Err(failed("start"));
+            }
+            pg.set(if as_primary {
+                Run::Primary
+            } else {
+                Run::Replica
+            });
+            if as_primary && let DataDir::Ready { sysid, .. } = &pg.data {
+                pg.data = DataDir::Ready {
+                    sysid: sysid.clone(),
+                    was_primary: true,
+                };
+            }
+            w.log(format!(
+                "{name} postgres up as {}",
+                if as_primary { "primary" } else { "replica" }
+            ));
+            w.check();
+            Ok(())
+        })
+    }
+
+    /// A stop in `mode`: down after a while (a fast stop of a stubborn postmaster fails after
+    /// `pg_ctl_timeout`, the server still up).
+    async fn halt(&self, mode: StopMode) -> Result<(), PgError> {
+        let started = self.me.with(|w, who| {
+            if mode == StopMode::Fast {
+                w.check_not_early(who);
+            }
+            let now = w.now();
+            let pg = &mut w.members[who].pg;
+            if !pg.alive() {
+                return Ok(None);
+            }
+            if mode != StopMode::Immediate && pg.stubborn_until > now {
+                return Err(());
+            }
+            let s = pg.stopping();
+            pg.set(s);
+            let epoch = pg.epoch;
+            w.check();
+            Ok(Some(epoch))
+        });
+        let epoch = match started {
+            Ok(None) => return Ok(()),
+            Ok(Some(e)) => e,
+            Err(()) => {
+                self.me.after(PG_CTL_TIMEOUT).await;
+                return Err(PgError::Timeout {
+                    what: "stop".into(),
+                    after: PG_CTL_TIMEOUT,
+                });
+            }
+        };
+        let d = self.me.with(|w, _| match mode {
+            StopMode::Immediate => w.millis(1, STOP_MAX.as_millis() as u64),
+            _ => w.millis(50, 500),
+        });
+        self.me.after(d).await;
+        self.me.with(|w, who| {
+            let name = w.members[who].name.clone();
+            let pg = &mut w.members[who].pg;
+            if pg.epoch == epoch {
+                pg.set(Run::Down);
+                w.log(format!("{name} postgres stopped"));
+            }
+            w.check();
+        });
+        Ok(())
+    }
+
+    /// A copy from `conninfo`'s member (a base backup, or a rewind onto its timeline).
+    async fn copy_from(&self, conninfo: &str, what: &str) -> Result<(), PgError> {
+        let from = host_of(conninfo);
+        let d = self.me.with(|w, _| w.millis(200, 3000));
+        self.me.after(d).await;
+        self.me.with(|w, who| {
+            let j = from.as_deref().and_then(|f| w.index_of(f));
+            let Some(j) = j else {
+                return Err(failed(what));
+            };
+            if !w.members[j].pg.running() || !w.peers_linked(who, j) || w.members[who].pg.alive() {
+                return Err(failed(what));
+            }
+            let src = w.members[j].pg.clone();
+            let Some(sysid) = src.sysid().map(str::to_owned) else {
+                return Err(failed(what));
+            };
+            let pg = &mut w.members[who].pg;
+            pg.data = DataDir::Ready {
+                sysid,
+                was_primary: false,
+            };
+            pg.wal = src.wal;
+            pg.timeline = src.timeline;
+            pg.epoch += 1;
+            Ok(())
+        })
+    }
+
+    fn wipe(&self) -> Result<(), PgError> {
+        self.me.with(|w, who| {
+            let pg = &mut w.members[who].pg;
+            // Never under a running server.
+            if pg.alive() {
+                return Err(PgError::AlreadyRunning { pid: 1 });
+            }
+            pg.data = DataDir::Empty;
+            pg.wal = 0;
+            pg.timeline = 1;
+            pg.standby_signal = false;
+            Ok(())
+        })
+    }
+}
+
+#[async_trait]
+impl PgControl for SimPg {
+    async fn data_dir_state(&self) -> DataDirState {
+        self.me.gate().await;
+        self.me.with(|w, who| w.members[who].pg.data_dir_state())
+    }
+    fn is_running(&mut self) -> bool {
+        self.me.with(|w, who| w.members[who].pg.alive())
+    }
+    fn is_foreign(&self) -> bool {
+        false
+    }
+    async fn status(&self) -> Result<PgStatus, PgError> {
+        self.me.gate().await;
+        let d = self.me.with(|w, _| w.millis(1, 5));
+        self.me.after(d).await;
+        self.me
+            .with(|w, who| w.members[who].pg.status())
+            .ok_or(PgError::NotRunning)
+    }
+    async fn initdb(&self) -> Result<(), PgError> {
+        self.me.gate().await;
+        let d = self.me.with(|w, _| w.millis(500, 1500));
+        self.me.after(d).await;
+        self.me.with(|w, who| {
+            let m = &mut w.members[who];
+            if m.pg.alive() || m.pg.data != DataDir::Empty {
+                return Err(failed("initdb"));
+            }
+            m.initdbs += 1;
+            // Every initdb makes a new system identifier.
+            m.pg.data = DataDir::Ready {
+                sysid: format!("7{}{:03}", who + 1, m.initdbs),
+                was_primary: true,
+            };
+            // As a real initdb, the new cluster's WAL does not start at zero (a peer without
+            // data reports zero).
+            m.pg.wal = 1_000;
+            m.pg.timeline = 1;
+            Ok(())
+        })
+    }
+    async fn post_bootstrap(&self, _script: Option<&str>) -> Result<(), String> {
+        self.me.gate().await;
+        Ok(())
+    }
+    async fn basebackup(&self, conninfo: &str) -> Result<(), PgError> {
+        self.me.gate().await;
+        self.copy_from(conninfo, "pg_basebackup").await
+    }
+    async fn rewind(&self, conninfo: &str) -> Result<(), PgError> {
+        self.me.gate().await;
+        self.copy_from(conninfo, "pg_rewind").await
+    }
+    fn remove_data_dir(&self) -> Result<(), PgError> {
+        self.wipe()
+    }
+    fn wipe_data_dir(&self) -> Result<(), PgError> {
+        self.wipe()
+    }
+    async fn start(&mut self, how: StartAs) -> Result<(), PgError> {
+        self.me.gate().await;
+        let as_primary = match how {
+            StartAs::Primary => true,
+            StartAs::Replica {
+                primary_conninfo, ..
+            } => {
+                let up = primary_conninfo.as_deref().and_then(host_of);
+                self.me.with(|w, who| w.members[who].pg.upstream = up);
+                false
+            }
+        };
+        self.boot(as_primary).await
+    }
+    async fn stop(&mut self, mode: StopMode, _timeout: Duration) -> Result<(), PgError> {
+        self.me.gate().await;
+        self.halt(mode).await
+    }
+    async fn promote(&mut self) -> Result<(), PgError> {
+        self.me.gate().await;
+        let epoch = self.me.with(|w, who| {
+            let pg = &mut w.members[who].pg;
+            (pg.run == Run::Replica).then_some(pg.epoch)
+        });
+        let Some(epoch) = epoch else {
+            return Err(PgError::Promote("not a running replica".into()));
+        };
+        let d = self.me.with(|w, _| w.millis(50, 800));
+        self.me.after(d).await;
+        self.me.with(|w, who| {
+            let name = w.members[who].name.clone();
+            let pg = &mut w.members[who].pg;
+            if pg.epoch != epoch {
+                return Err(PgError::Promote("the server went away".into()));
+            }
+            pg.set(Run::Primary);
+            pg.timeline += 1;
+            pg.upstream = None;
+            pg.standby_signal = false;
+            if let DataDir::Ready { sysid, .. } = &pg.data {
+                pg.data = DataDir::Ready {
+                    sysid: sysid.clone(),
+                    was_primary: true,
+                };
+            }
+            w.log(format!("{name} promoted"));
+            w.check();
+            Ok(())
+        })
+    }
+    async fn follow(
+        &mut self,
+        conninfo: Option<String>,
+        _slot: Option<String>,
+    ) -> Result<(), PgError> {
+        self.me.gate().await;
+        let up = conninfo.as_deref().and_then(host_of);
+        let run = self.me.with(|w, who| {
+            let pg = &mut w.members[who].pg;
+            pg.upstream = up;
+            pg.standby_signal = true;
+            pg.run
+        });
+        // A running primary is restarted as a replica; a replica reloads; a stopped server
+        // only gets the new configuration.
+        if run == Run::Primary {
+            self.halt(StopMode::Fast).await?;
+            return self.boot(false).await;
+        }
+        let d = self.me.with(|w, _| w.millis(1, 50));
+        self.me.after(d).await;
+        Ok(())
+    }
+    async fn reload(&self) -> Result<(), PgError> {
+        self.me.gate().await;
+        match self.me.with(|w, who| w.members[who].pg.alive()) {
+            true => Ok(()),
+            false => Err(PgError::NotRunning),
+        }
+    }
+    async fn checkpoint(&self) -> Result<(), PgError> {
+        self.me.gate().await;
+        let d = self.me.with(|w, _| w.millis(1, 100));
+        self.me.after(d).await;
+        match self.me.with(|w, who| w.members[who].pg.running()) {
+            true => Ok(()),
+            false => Err(PgError::NotRunning),
+        }
+    }
+    async fn ensure_replication_slots(&self, _names: &[String]) -> Result<(), PgError> {
+        self.me.gate().await;
+        match self.me.with(|w, who| w.members[who].pg.run == Run::Primary) {
+            true => Ok(()),
+            false => Err(failed("slots")),
+        }
+    }
+    fn update_settings(&mut self, _settings: PgSettings) {}
+}
+
+/// The processes and files of a member's data directory.
+pub struct SimProcesses {
+    pub me: Me,
+}
+
+impl PgProcesses for SimProcesses {
+    /// SIGKILL: down within `STOP_MAX` (a kill under way is not delayed by another). A stalled
+    /// agent kills when it resumes.
+    fn kill_all(&self) {
+        let me = self.me.clone();
+        let (at, epoch) = {
+            let mut w = me.w.lock().unwrap();
+            if w.members[me.who].inc != me.inc {
+                return;
+            }
+            let now = w.now();
+            let resume = w.members[me.who].frozen_until.saturating_sub(now);
+            let kill_in = resume + w.millis(1, STOP_MAX.as_millis() as u64);
+            let name = w.members[me.who].name.clone();
+            let pg = &mut w.members[me.who].pg;
+            if !pg.alive() {
+                return;
+            }
+            if pg.killed_by.is_some_and(|t| t >= now) && matches!(pg.run, Run::Stopping { .. }) {
+                return;
+            }
+            let s = pg.stopping();
+            pg.set(s);
+            pg.killed_by = Some(now + kill_in);
+            let epoch = pg.epoch;
+            w.log(format!("{name} postgres killed"));
+            w.check();
+            (kill_in, epoch)
+        };
+        tokio::spawn(async move {
+            tokio::time::sleep(at).await;
+            let mut w = me.w.lock().unwrap();
+            let pg = &mut w.members[me.who].pg;
+            if pg.epoch == epoch {
+                pg.set(Run::Down);
+            }
+            w.check();
+        });
+    }
+    fn postmaster_alive(&self) -> bool {
+        self.me.with(|w, who| w.members[who].pg.alive())
+    }
+    fn has_file(&self, name: &str) -> bool {
+        match name {
+            "standby.signal" => self.me.with(|w, who| w.members[who].pg.standby_signal),
+            _ => false,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fence, peers and the clock.
+
+pub struct SimFence {
+    pub me: Me,
+}
+
+impl Fencing for SimFence {
+    /// Records the deadline (for the invariants) and, for a required watchdog, opens or
+    /// closes the device. The kill at the deadline is not simulated: the invariants judge the
+    /// HA loop's own stop.
+    fn set(&self, armed: Option<Armed>) {
+        let mut w = self.me.w.lock().unwrap();
+        let who = self.me.who;
+        if w.members[who].inc != self.me.inc {
+            return;
+        }
+        if let Some(a) = armed {
+            let real = w.real_of(who, a.deadline);
+            if w.members[who].deadline_real != Some(real) && w.verbose {
+                let name = w.members[who].name.clone();
+                w.log(format!("{name} fence armed until {real:?}"));
+            }
+            w.members[who].deadline_real = Some(real);
+        }
+        w.members[who].fence_armed = armed.is_some();
+        w.report_device(who);
+    }
+    fn watchdog_state(&self) -> WatchdogState {
+        self.me.with(|w, who| w.watchdog_state(who))
+    }
+    fn watchdog_changes(&self) -> watch::Receiver<DeviceStatus> {
+        self.me
+            .with(|w, who| w.members[who].watchdog_tx.subscribe())
+    }
+}
+
+pub struct SimPeers {
+    pub me: Me,
+}
+
+#[async_trait]
+impl PeerProbe for SimPeers {
+    /// Each peer's `/patroni` document, rendered from the snapshot its shell published, as
+    /// the real API would; a peer that is down, stalled or cut off does not answer in the
+    /// probe's two seconds.
+    async fn probe(&self, targets: Vec<(String, Option<String>)>) -> PeerReport {
+        self.me.gate().await;
+        let (report, slowest) = self.me.with(|w, who| {
+            let now = w.now();
+            let mut slowest = Duration::ZERO;
+            let mut report = PeerReport::new();
+            for (name, url) in targets {
+                let j = url
+                    .as_deref()
+                    .and_then(|u| u.strip_prefix("http://"))
+                    .and_then(|u| u.split(':').next())
+                    .and_then(|h| w.index_of(h));
+                let answers = j.filter(|&j| {
+                    let p = &w.members[j];
+                    p.alive && p.frozen_until <= now && w.peers_linked(who, j)
+                });
+                let facts = answers.map(|j| {
+                    let doc = pgwarden::api::status::status_document(
+                        &w.members[j].api.snapshot(),
+                        tokio::time::Instant::now(),
+                    );
+                    let v = serde_json::to_value(&doc).expect("a JSON document");
+                    pgwarden::agent::peer_facts(&v)
+                });
+                slowest = slowest.max(match facts {
+                    Some(_) => w.millis(1, 30),
+                    None => Duration::from_secs(2),
+                });
+                report.insert(name, facts);
+            }
+            (report, slowest)
+        });
+        self.me.after(slowest).await;
+        report
+    }
+}
+
+pub struct SimClock {
+    pub me: Me,
+}
+
+impl Clock for SimClock {
+    fn boottime(&self) -> Duration {
+        self.me.with(|w, who| {
+            let now = w.now();
+            w.boottime_at(who, now)
+        })
+    }
+    fn wall(&self) -> chrono::DateTime<chrono::Utc> {
+        self.me.with(|w, _| crate::world::wall_clock(w.now()))
+    }
+}
+
+/// The endpoints of one incarnation.
+pub fn endpoints(me: Me, store: MemDcs) -> pgwarden::agent::io::Endpoints {
+    pgwarden::agent::io::Endpoints {
+        dcs: Arc::new(SimDcs::new(me.clone(), store)),
+        pg: Box::new(SimPg { me: me.clone() }),
+        processes: Arc::new(SimProcesses { me: me.clone() }),
+        fence: Arc::new(SimFence { me: me.clone() }),
+        peers: Arc::new(SimPeers { me: me.clone() }),
+        clock: Arc::new(SimClock { me }),
+    }
+}
