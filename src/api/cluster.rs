@@ -10,7 +10,7 @@ use chrono::{DateTime, FixedOffset, NaiveDateTime};
 use serde_json::Value;
 
 use super::json::{Node, Obj};
-use super::state::{config_paused, is_standby_cluster, sync_mode};
+use super::state::{config_paused, is_standby_cluster};
 use crate::config::SyncMode;
 use crate::dcs::model::{ClusterView, Member};
 use crate::postgres::format_lsn;
@@ -159,7 +159,7 @@ fn member_json(name: &str, m: &Member, role: &str, leader: bool, cluster_lsn: u6
 /// The `/cluster` document of a view (members sorted by name).
 pub fn cluster_json(view: &ClusterView) -> Obj {
     let config = view.config.as_ref().map(|c| &c.value);
-    let mode = sync_mode(config);
+    let mode = SyncMode::of(config);
     let leader = view.leader.as_ref().map(|l| l.name.as_str());
     let cluster_lsn = view.status.as_ref().map_or(0, |s| s.optime);
     let sync_members: Vec<&str> = view

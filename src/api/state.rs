@@ -163,7 +163,7 @@ impl Snapshot {
         let Some(c) = self.valid_cluster(now) else {
             return (false, false);
         };
-        let mode = sync_mode(c.config.as_ref().map(|v| &v.value));
+        let mode = SyncMode::of(c.config.as_ref().map(|v| &v.value));
         let listed = c
             .sync
             .as_ref()
@@ -195,17 +195,6 @@ impl Snapshot {
         self.pg
             .replica()
             .map_or(0, |s| s.receive_lsn.unwrap_or(s.wal_position))
-    }
-}
-
-/// `synchronous_mode` of a dynamic configuration as stored, read leniently (a value
-/// [`DynamicConfig`](crate::config::DynamicConfig) would reject counts as off): the API answers
-/// from whatever another agent wrote, as Patroni does.
-pub fn sync_mode(config: Option<&Map<String, Value>>) -> SyncMode {
-    match config.and_then(|c| c.get("synchronous_mode")) {
-        Some(Value::String(s)) if s.eq_ignore_ascii_case("quorum") => SyncMode::Quorum,
-        Some(v) if truthy(v) => SyncMode::On,
-        _ => SyncMode::Off,
     }
 }
 

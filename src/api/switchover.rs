@@ -12,8 +12,7 @@ use tokio::task::JoinSet;
 
 use super::cluster::{Schedule, isoformat, parse_schedule};
 use super::peer_client::PeerClient;
-use super::state::{ApiCommand, ApiContext, config_paused, sync_mode};
-use crate::config::SyncMode;
+use super::state::{ApiCommand, ApiContext, config_paused};
 use crate::dcs::model::{ClusterView, Failover, Member, tags_nofailover};
 
 /// Which endpoint was called (a failover naming a leader becomes a switchover).
@@ -174,57 +173,26 @@ pub fn validate(
     Ok(plan)
 }
 
-/// Patroni's `is_failover_possible` up to the peer probes: the members worth probing.
+/// Patroni's `is_failover_possible` up to the peer probes: the members worth probing (the
+/// core's rule, [`crate::ha::switchover::candidates`]).
 fn feasible_members(plan: &Plan, view: &ClusterView) -> Result<Vec<(String, Member)>, String> {
-    let act = plan.action.name();
     let current = plan.current_leader.as_deref();
     if let Some(l) = &plan.leader
         && current != Some(l.as_str())
     {
         return Err("leader name does not match".into());
     }
-    let mode = sync_mode(view.config.as_ref().map(|c| &c.value));
-    let sync: Vec<&str> = view
-        .sync
-        .as_ref()
-        .map(|s| s.value.members())
-        .unwrap_or_default();
-    let members: Vec<(String, Member)> = if let Some(c) = &plan.candidate {
-        if plan.action == Action::Switchover && mode == SyncMode::On && !sync.contains(&c.as_str())
-        {
-            return Err("candidate name does not match with sync_standby".into());
-        }
-        let m: Vec<_> = view.members.iter().filter(|(n, _)| *n == c).collect();
-        if m.is_empty() {
-            return Err("candidate does not exists".into());
-        }
-        m.into_iter().map(|(n, m)| (n.clone(), m.clone())).collect()
-    } else if mode == SyncMode::On {
-        let m: Vec<_> = view
-            .members
-            .iter()
-            .filter(|(n, _)| sync.contains(&n.as_str()))
-            .collect();
-        if m.is_empty() {
-            return Err(format!("{act} is not possible: can not find sync_standby"));
-        }
-        m.into_iter().map(|(n, m)| (n.clone(), m.clone())).collect()
-    } else {
-        let m: Vec<_> = view
-            .members
-            .iter()
-            .filter(|(n, m)| {
-                current.is_none() || (Some(n.as_str()) != current && m.api_url.is_some())
-            })
-            .collect();
-        if m.is_empty() {
-            return Err(format!(
-                "{act} is not possible: cluster does not have members except leader"
-            ));
-        }
-        m.into_iter().map(|(n, m)| (n.clone(), m.clone())).collect()
-    };
-    Ok(members)
+    let names = crate::ha::switchover::candidates(
+        view,
+        current,
+        plan.candidate.as_deref(),
+        plan.action == Action::Switchover,
+    )
+    .map_err(|e| e.message(plan.action.name()))?;
+    Ok(names
+        .into_iter()
+        .filter_map(|n| Some((n.to_owned(), view.members.get(n)?.clone())))
+        .collect())
 }
 
 /// Probes one member: reachable (any JSON object answer), not `nofailover` (member key or

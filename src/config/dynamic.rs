@@ -17,6 +17,19 @@ pub enum SyncMode {
     Quorum,
 }
 
+impl SyncMode {
+    /// `synchronous_mode` of a dynamic configuration as stored, read leniently (a value
+    /// [`DynamicConfig`] would reject counts as off): the API and the core act on whatever
+    /// another agent wrote, as Patroni does.
+    pub fn of(config: Option<&Map<String, Value>>) -> SyncMode {
+        match config.and_then(|c| c.get("synchronous_mode")) {
+            Some(Value::String(s)) if s.eq_ignore_ascii_case("quorum") => SyncMode::Quorum,
+            Some(v) if crate::dcs::model::truthy(v) => SyncMode::On,
+            _ => SyncMode::Off,
+        }
+    }
+}
+
 /// The dynamic configuration, typed, with Patroni's defaults (see the reference, §0).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DynamicConfig {
