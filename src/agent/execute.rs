@@ -38,6 +38,13 @@ impl Agent {
                         queue.push_back((id, action));
                     }
                 }
+                // The watchdog failed while this call ran: what the core makes of it (a stop)
+                // goes first.
+                if self.watchdog_rx.has_changed().unwrap_or(false) {
+                    for a in self.watchdog_input().into_iter().rev() {
+                        queue.push_front(a);
+                    }
+                }
             }
         }
         self.arm_fence();
@@ -269,6 +276,8 @@ impl Agent {
             _ => None,
         };
         tracing::info!(?task, "starting task");
+        // Peers asking from now on see the task (a start as the primary counts as a primary).
+        self.publish_snapshot();
         tokio::spawn(async move {
             let mut pg = pg.lock().await;
             let result: Result<TaskNote, String> = match &task {

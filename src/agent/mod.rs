@@ -61,6 +61,9 @@ pub struct Agent {
     dcs_last_seen: Option<i64>,
     api: ApiState,
     fence: Arc<dyn Fencing>,
+    /// The fence's reports of the watchdog device: a change reaches the core between any two
+    /// steps of the loop (a failed required device must not wait behind a slow store call).
+    watchdog_rx: tokio::sync::watch::Receiver<watchdog::DeviceStatus>,
     /// The lease deadline the fence was last given (boot time, ns; 0: none), for tasks.
     lease_until: Arc<std::sync::atomic::AtomicU64>,
     peers: Arc<dyn PeerProbe>,
@@ -258,6 +261,7 @@ pub async fn supervise(
         seen: PgSeen::default(),
         upstream: None,
         api,
+        watchdog_rx: endpoints.fence.watchdog_changes(),
         fence: endpoints.fence,
         lease_until: Arc::default(),
         peers: endpoints.peers,
@@ -315,6 +319,14 @@ impl Agent {
         }
     }
 
+    /// The watchdog's new state, fed to the core (once per change the fence reported).
+    fn watchdog_input(&mut self) -> Vec<(crate::ha::ActionId, crate::ha::Action)> {
+        self.watchdog_rx.borrow_and_update();
+        let state = self.fence.watchdog_state();
+        tracing::debug!(?state, "the watchdog changed");
+        self.core.step(Input::Watchdog(state), self.mono_now())
+    }
+
     /// `t` on the boot-time clock (what the fence process compares).
     fn boottime_of(&self, t: MonoTime) -> Duration {
         self.start + t.0
@@ -326,7 +338,6 @@ impl Agent {
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
         let mut changes = self.dcs.changes();
-        let mut watchdog_changes = self.fence.watchdog_changes();
         let mut shutdown = std::pin::pin!(shutdown);
         let mut run_cycle = true;
         loop {
@@ -339,13 +350,21 @@ impl Agent {
             }
             let wake = self.instant_of(self.core.next_wakeup());
             // Biased, in this order: the same inputs are taken in the same order every time
-            // (the simulation replays a schedule exactly), and a due deadline is never starved
-            // by a stream of store changes.
+            // (the simulation replays a schedule exactly), a due deadline is never starved by a
+            // stream of store changes, and a failed watchdog never by a due deadline.
             run_cycle = tokio::select! {
                 biased;
                 _ = &mut shutdown => {
                     tracing::info!("shutting down");
                     return self.shutdown(cmds).await;
+                }
+                // Before the deadline's wake-up, which a slow store can keep due: a required
+                // watchdog became active (a promotion waits for it) or failed (a
+                // primary stops before the store is read).
+                Ok(()) = self.watchdog_rx.changed() => {
+                    let actions = self.watchdog_input();
+                    self.execute(actions).await;
+                    true
                 }
                 _ = tokio::time::sleep_until(wake) => true,
                 Some(done) = self.tasks_rx.recv() => {
@@ -374,8 +393,6 @@ impl Agent {
                         }
                     }
                 }
-                // A required watchdog became active (a promotion waits for it) or failed.
-                Ok(()) = watchdog_changes.changed() => true,
                 r = changes.changed() => {
                     if r.is_err() {
                         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -492,10 +509,11 @@ impl Agent {
         } else {
             tracing::debug!("{msg}");
         }
+        // The REST API first: it is instant, the member key may wait for the store.
+        self.publish_snapshot();
         if self.view.is_some() {
             self.publish_member().await;
         }
-        self.publish_snapshot();
     }
 
     /// Applies a changed `config` key: new timings, new PostgreSQL parameters (reloaded).

@@ -25,13 +25,13 @@ fn pg_state(agent: &Agent) -> &'static str {
 }
 
 fn pg_role(agent: &Agent) -> &'static str {
-    // Patroni's role while `pg_ctl promote` runs: peers must count it as a primary already, or a
-    // racer could take a lock this member is about to write under.
-    if matches!(
-        agent.core.task_in_flight(),
-        Some(crate::ha::Action::Promote)
-    ) {
-        return "promoted";
+    // Patroni's role while `pg_ctl promote` runs, and while PostgreSQL starts as the primary:
+    // peers must count it as a primary already, or a racer (after the lock was deleted by hand)
+    // could take a lock this member is about to write under.
+    match agent.core.task_in_flight() {
+        Some(crate::ha::Action::Promote) => return "promoted",
+        Some(a) if a.makes_writable() => return "primary",
+        _ => {}
     }
     match (&agent.seen.status, &agent.seen.data) {
         (Some(s), _) if agent.seen.up => {

@@ -2,7 +2,7 @@
 
 use crate::dcs::Version;
 
-use super::types::{MonoTime, Observation, PeerReport};
+use super::types::{MonoTime, Observation, PeerReport, WatchdogState};
 
 /// Identifies one action, so its outcome can be matched to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -203,4 +203,8 @@ pub enum Input {
     },
     /// The member is shutting down.
     Shutdown,
+    /// The fence reported a new state of the watchdog: a required one that failed demotes a
+    /// primary at once, without waiting for the next observation (whose store read may take up
+    /// to `retry_timeout`).
+    Watchdog(WatchdogState),
 }

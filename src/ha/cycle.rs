@@ -51,6 +51,9 @@ impl HaCore {
             }
             return;
         }
+        if holder && self.watchdog_demotes(now, out) {
+            return;
+        }
         if let Some((_, task, _)) = &self.task {
             let what = task_name(task);
             if holder {
@@ -517,21 +520,22 @@ impl HaCore {
         now: MonoTime,
         out: &mut Vec<(super::ActionId, Action)>,
     ) {
-        let candidates: Vec<String> = match &f.member {
-            Some(c) => vec![c.clone()],
-            None => view
-                .members
-                .iter()
-                .filter(|(n, m)| *n != &self.me.name && m.api_url.is_some() && !m.nofailover())
-                .map(|(n, _)| n.clone())
-                .collect(),
+        // The API's rule (a request it accepted may have become impossible since).
+        let switchover = f.leader.is_some();
+        let candidates = match super::switchover::candidates(
+            view,
+            Some(&self.me.name),
+            f.member.as_deref(),
+            switchover,
+        ) {
+            Ok(names) => names.into_iter().map(str::to_owned).collect(),
+            Err(e) => {
+                self.message = format!("{}; clearing the request", e.message("switchover"));
+                let version = view.failover.as_ref().map(|f| f.version.clone());
+                self.emit(Action::ClearFailover { version }, Purpose::Other, now, out);
+                return;
+            }
         };
-        if candidates.is_empty() {
-            self.message = "switchover: no candidates; clearing the request".into();
-            let version = view.failover.as_ref().map(|f| f.version.clone());
-            self.emit(Action::ClearFailover { version }, Purpose::Other, now, out);
-            return;
-        }
         self.message = "switchover requested: checking the candidate".into();
         let candidate = f.member.clone().unwrap_or_default();
         self.emit(

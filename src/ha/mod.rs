@@ -25,6 +25,7 @@ mod action;
 mod cycle;
 pub mod race;
 mod requests;
+pub mod switchover;
 mod types;
 mod watchdog;
 
@@ -245,10 +246,19 @@ impl HaCore {
             Input::Completed { id, outcome } => self.completed(id, outcome, now, &mut out),
             Input::Tick => {}
             Input::Requested { id, request } => self.requested(id, request, now, &mut out),
+            Input::Watchdog(state) => self.watchdog_changed(state, now, &mut out),
             Input::Shutdown => {
                 self.shutting_down = true;
                 self.shutdown_step(now, &mut out);
             }
+        }
+        // The calling order's promise: a stop comes before anything else of its batch (a store
+        // call ahead of it could keep PostgreSQL writable for up to retry_timeout).
+        if let Some(i) = out.iter().position(|(_, a)| *a == Action::StopNow)
+            && i > 0
+        {
+            let stop = out.remove(i);
+            out.insert(0, stop);
         }
         out
     }
@@ -480,9 +490,30 @@ impl HaCore {
                 _ => {}
             }
         }
+        if ok && action.makes_writable() && !self.holds_lock(now) {
+            // It became writable after the lease lapsed or was given up (a stop sent while the
+            // start or promotion ran may have come too early to stop it).
+            self.message = "PostgreSQL became writable without the lock: stopping it now".into();
+            self.emit(Action::StopNow, Purpose::Other, now, out);
+        }
         match action {
             Action::Bootstrap => {
-                if ok {
+                // The lock is taken at once only on a view that shows nobody may still write:
+                // with the store unread, or another member's lock vanished meanwhile (it may
+                // still be writable), it is raced for as any other, which waits for that.
+                let view = self.last.as_ref().and_then(|o| o.dcs.as_ref());
+                let vanished = view
+                    .and_then(|v| v.vanished_leader.clone())
+                    .filter(|gone| *gone != self.me.name);
+                if ok && (view.is_none() || vanished.is_some()) {
+                    self.message = match vanished {
+                        Some(gone) => format!(
+                            "bootstrapped, but the leader lock of {gone} vanished while {gone} \
+                             may still be writable"
+                        ),
+                        None => "bootstrapped; the DCS is not accessible".into(),
+                    };
+                } else if ok {
                     self.emit(Action::AcquireLock, self.lock_purpose(true), now, out);
                 } else {
                     self.bootstrapping = false;

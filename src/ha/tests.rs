@@ -1031,3 +1031,62 @@ fn a_primary_leader_keeps_a_slot_for_every_other_member() {
     );
     assert!(!actions(&out).contains(&ensure), "{out:?}");
 }
+
+#[test]
+fn a_failed_watchdog_stops_a_primary_without_waiting_for_the_next_observation() {
+    let mut core = HaCore::new(me());
+    lead(&mut core, at(100));
+    let out = observe_wd(
+        &mut core,
+        Some(view(Some("a"))),
+        primary(),
+        WatchdogState::Active,
+        at(101),
+    );
+    assert!(
+        !actions(&out).contains(&Action::StopNow),
+        "a healthy primary keeps running: {out:?}"
+    );
+    let out = core.step(Input::Watchdog(unusable()), at(102));
+    assert_eq!(actions(&out), vec![Action::StopNow]);
+    assert_eq!(core.lease_deadline(), None);
+    // A replica holder is left to the next cycle (which gives the lock back).
+    let mut core = HaCore::new(me());
+    lead(&mut core, at(100));
+    assert!(core.step(Input::Watchdog(unusable()), at(101)).is_empty());
+}
+
+#[test]
+fn a_start_as_primary_that_ends_after_the_lease_is_stopped() {
+    let mut core = HaCore::new(me());
+    lead(&mut core, at(0));
+    let out = observe(&mut core, Some(view(Some("a"))), replica(None), at(3));
+    let (id, a) = out.last().cloned().expect("promote");
+    assert_eq!(a, Action::Promote);
+    // The lease lapses while the promotion runs (its stop came before the server was up).
+    let out = core.step(Input::Tick, at(27));
+    assert_eq!(actions(&out), vec![Action::StopNow]);
+    let out = complete(&mut core, id, Outcome::Ok, at(28));
+    assert_eq!(actions(&out), vec![Action::StopNow]);
+}
+
+#[test]
+fn a_primary_whose_watchdog_failed_stops_before_renewing() {
+    let mut core = HaCore::new(me());
+    lead(&mut core, at(100));
+    // A renewal is due (loop_wait passed); the stop must not wait behind it.
+    let out = observe_wd(
+        &mut core,
+        Some(view(Some("a"))),
+        primary(),
+        unusable(),
+        at(115),
+    );
+    assert_eq!(actions(&out).first(), Some(&Action::StopNow), "{out:?}");
+    assert!(
+        !actions(&out)
+            .iter()
+            .any(|a| matches!(a, Action::RenewLock { .. })),
+        "{out:?}"
+    );
+}

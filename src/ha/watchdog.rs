@@ -56,6 +56,49 @@ impl HaCore {
         }
     }
 
+    /// The fence says the watchdog's state changed: see [`Self::watchdog_demotes`].
+    pub(super) fn watchdog_changed(
+        &mut self,
+        state: WatchdogState,
+        now: MonoTime,
+        out: &mut Vec<(ActionId, Action)>,
+    ) {
+        if let Some(last) = self.last.as_mut() {
+            last.watchdog = state;
+            self.watchdog_demotes(now, out);
+        }
+    }
+
+    /// A lock holder that is (or is becoming) a primary and whose required device failed
+    /// stops at once: before a renewal, which may wait for the store for up to
+    /// `retry_timeout`, and whatever task runs. Everything else is left to the cycle.
+    pub(super) fn watchdog_demotes(
+        &mut self,
+        now: MonoTime,
+        out: &mut Vec<(ActionId, Action)>,
+    ) -> bool {
+        let Some(last) = self.last.as_ref() else {
+            return false;
+        };
+        let (paused, ttl) = (last.policy.pause, last.policy.ttl);
+        let WatchdogState::Unusable(why) = &last.watchdog else {
+            return false;
+        };
+        let why = why.clone();
+        if paused || self.shutting_down || !self.holds_lock(now) {
+            return false;
+        }
+        let writable =
+            self.maybe_writable() || self.task_in_flight().is_some_and(Action::makes_writable);
+        if !writable {
+            return false;
+        }
+        self.message = format!("demoting self because the watchdog failed: {why}");
+        self.watchdog_backoff_until = Some(now + ttl);
+        self.give_up(now, out);
+        true
+    }
+
     /// The holder's required watchdog cannot be activated: a writable PostgreSQL is stopped at
     /// once and the lock goes once it is down; a replica keeps running and the lock goes now.
     pub(super) fn watchdog_refused(
