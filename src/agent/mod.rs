@@ -327,6 +327,15 @@ impl Agent {
         self.core.step(Input::Watchdog(state), self.mono_now())
     }
 
+    /// A change of the watchdog the fence reported since it was last fed to the core, carried
+    /// out now.
+    async fn take_watchdog_change(&mut self) {
+        if self.watchdog_rx.has_changed().unwrap_or(false) {
+            let actions = self.watchdog_input();
+            self.execute(actions).await;
+        }
+    }
+
     /// `t` on the boot-time clock (what the fence process compares).
     fn boottime_of(&self, t: MonoTime) -> Duration {
         self.start + t.0
@@ -511,8 +520,11 @@ impl Agent {
         }
         // The REST API first: it is instant, the member key may wait for the store.
         self.publish_snapshot();
+        // A watchdog that failed while the store was read acts before the next wait.
+        self.take_watchdog_change().await;
         if self.view.is_some() {
             self.publish_member().await;
+            self.take_watchdog_change().await;
         }
     }
 

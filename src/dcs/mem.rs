@@ -121,6 +121,14 @@ impl MemStore {
         self.keys.get(key).map(|e| e.value.clone())
     }
 
+    /// A key's value and version (what [`Self::compare_and_put`] compares).
+    pub fn get_versioned(&mut self, key: &str, now: Duration) -> Option<(String, Version)> {
+        self.expire(now);
+        self.keys
+            .get(key)
+            .map(|e| (e.value.clone(), Version(e.mod_revision.to_string())))
+    }
+
     /// Unconditional write.
     pub fn put(&mut self, key: &str, value: &str, lease: Option<LeaseId>, now: Duration) {
         self.expire(now);

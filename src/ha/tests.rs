@@ -665,8 +665,8 @@ fn a_required_watchdog_that_cannot_be_activated_gives_the_lock_back_and_backs_of
     );
 }
 
-#[test]
-fn a_primary_whose_required_watchdog_fails_is_demoted() {
+/// A leader at 100 whose primary runs with an active watchdog (observed at 101).
+fn watched_primary() -> HaCore {
     let mut core = HaCore::new(me());
     lead(&mut core, at(100));
     let out = observe_wd(
@@ -677,6 +677,12 @@ fn a_primary_whose_required_watchdog_fails_is_demoted() {
         at(101),
     );
     assert!(!actions(&out).contains(&Action::StopNow), "{out:?}");
+    core
+}
+
+#[test]
+fn a_primary_whose_required_watchdog_fails_is_demoted() {
+    let mut core = watched_primary();
     let out = observe_wd(
         &mut core,
         Some(view(Some("a"))),
@@ -1034,19 +1040,7 @@ fn a_primary_leader_keeps_a_slot_for_every_other_member() {
 
 #[test]
 fn a_failed_watchdog_stops_a_primary_without_waiting_for_the_next_observation() {
-    let mut core = HaCore::new(me());
-    lead(&mut core, at(100));
-    let out = observe_wd(
-        &mut core,
-        Some(view(Some("a"))),
-        primary(),
-        WatchdogState::Active,
-        at(101),
-    );
-    assert!(
-        !actions(&out).contains(&Action::StopNow),
-        "a healthy primary keeps running: {out:?}"
-    );
+    let mut core = watched_primary();
     let out = core.step(Input::Watchdog(unusable()), at(102));
     assert_eq!(actions(&out), vec![Action::StopNow]);
     assert_eq!(core.lease_deadline(), None);

@@ -9,7 +9,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pgwarden::agent::io::{Clock, Fencing, PeerProbe, PgControl, PgProcesses};
 use pgwarden::agent::{Armed, DeviceStatus};
-use pgwarden::dcs::mem::MemDcs;
 use pgwarden::dcs::{
     ClusterView, Dcs, DcsError, Failover, HistoryLine, Member, Status, SyncState, Version,
 };
@@ -67,13 +66,14 @@ impl Me {
 
 pub struct SimDcs {
     me: Me,
-    inner: MemDcs,
+    /// The in-memory store, with etcd's lock semantics or Kubernetes' (`lease.rs`).
+    inner: Arc<dyn Dcs>,
 }
 
 impl SimDcs {
     /// A new session on the store (a new lease). Change notifications reach the member as
     /// `World::notify` delivers them.
-    pub fn new(me: Me, inner: MemDcs) -> SimDcs {
+    pub fn new(me: Me, inner: Arc<dyn Dcs>) -> SimDcs {
         SimDcs { me, inner }
     }
 
@@ -82,7 +82,7 @@ impl SimDcs {
     /// `retry_timeout`; the shell's own, tighter bounds may give up sooner.
     async fn call<R, F, Fut>(&self, op: F) -> Result<R, DcsError>
     where
-        F: FnOnce(MemDcs) -> Fut,
+        F: FnOnce(Arc<dyn Dcs>) -> Fut,
         Fut: std::future::Future<Output = Result<R, DcsError>>,
     {
         let retry = self.me.with(|w, _| w.timings.retry_timeout);
@@ -94,7 +94,7 @@ impl SimDcs {
 
     async fn exchange<T, F, Fut>(&self, op: F) -> T
     where
-        F: FnOnce(MemDcs) -> Fut,
+        F: FnOnce(Arc<dyn Dcs>) -> Fut,
         Fut: std::future::Future<Output = T>,
     {
         self.me.gate().await;
@@ -314,16 +314,31 @@ impl SimPg {
             _ => w.millis(50, 500),
         });
         self.me.after(d).await;
-        self.me.with(|w, who| {
-            let name = w.members[who].name.clone();
-            let pg = &mut w.members[who].pg;
-            if pg.epoch == epoch {
-                pg.set(Run::Down);
-                w.log(format!("{name} postgres stopped"));
+        let since = self.me.with(|w, _| w.now());
+        loop {
+            // Down now, unless something else (a kill, a start) took over the server since:
+            // then, as pg_ctl, done once no postmaster is left.
+            let down = self.me.with(|w, who| {
+                let name = w.members[who].name.clone();
+                let pg = &mut w.members[who].pg;
+                if pg.epoch == epoch {
+                    pg.set(Run::Down);
+                    w.log(format!("{name} postgres stopped"));
+                    w.check();
+                }
+                !w.members[who].pg.alive()
+            });
+            if down {
+                return Ok(());
             }
-            w.check();
-        });
-        Ok(())
+            if self.me.with(|w, _| w.now()) >= since + PG_CTL_TIMEOUT {
+                return Err(PgError::Timeout {
+                    what: "stop".into(),
+                    after: PG_CTL_TIMEOUT,
+                });
+            }
+            self.me.after(Duration::from_millis(10)).await;
+        }
     }
 
     /// A copy from `conninfo`'s member (a base backup, or a rewind onto its timeline).
@@ -680,12 +695,12 @@ impl Clock for SimClock {
         })
     }
     fn wall(&self) -> chrono::DateTime<chrono::Utc> {
-        self.me.with(|w, _| crate::world::wall_clock(w.now()))
+        self.me.with(|w, who| w.wall_of(who, w.now()))
     }
 }
 
 /// The endpoints of one incarnation.
-pub fn endpoints(me: Me, store: MemDcs) -> pgwarden::agent::io::Endpoints {
+pub fn endpoints(me: Me, store: Arc<dyn Dcs>) -> pgwarden::agent::io::Endpoints {
     pgwarden::agent::io::Endpoints {
         dcs: Arc::new(SimDcs::new(me.clone(), store)),
         pg: Box::new(SimPg { me: me.clone() }),

@@ -1,16 +1,18 @@
 //! Deterministic simulation of the whole agent: every member runs the real shell
 //! (`pgwarden::agent::supervise`, the binary's observe/execute/publish code and the HA core)
 //! on simulated endpoints (`endpoints.rs`: the in-memory store behind a lossy network, a
-//! simulated PostgreSQL, fence, peers and clocks), on tokio's paused clock. Thousands of
-//! random failure schedules (crashes, shutdowns, restarts, partitions, lost and delayed
-//! messages, store outages, stalls, clock drift, switchovers, config changes, pauses, deleted
-//! locks, broken watchdogs, restart and reinitialize requests, stubborn stops), each checked
-//! at every change against the invariants of ha-safety.md:
+//! simulated PostgreSQL, fence, peers and clocks), on tokio's paused clock, with the lock on
+//! etcd's semantics or on those of a Kubernetes Lease (`lease.rs`). Thousands of random
+//! failure schedules (crashes, shutdowns, restarts, partitions, lost and delayed messages,
+//! store outages, stalls, clock drift, clocks that jump ahead, wall clocks stepped either way,
+//! switchovers, config changes, pauses, deleted locks, broken watchdogs, restart and
+//! reinitialize requests, stubborn stops), each checked at every change against the
+//! invariants of ha-safety.md:
 //! - no two members accept writes at the same instant;
 //! - a member accepts writes only while the store says it holds the lock;
 //! - PostgreSQL is never writable past its member's lease deadline (plus a stall and the
 //!   stop), nor long past a break of its required watchdog;
-//! - a switchover scheduled for later never hands over early;
+//! - a switchover scheduled for later never hands over early (by the leader's wall clock);
 //! - once every fault is healed, a writable leader exists within ttl + loop_wait (+ the time
 //!   promotion and probing take).
 //!
@@ -19,6 +21,7 @@
 
 mod endpoints;
 mod fake_pg;
+mod lease;
 mod params;
 mod run;
 mod world;

@@ -79,6 +79,19 @@ pub enum Fault {
         who: usize,
         for_: Duration,
     },
+    /// The member's clocks (boot time and wall clock) jump ahead, as a machine's do when it
+    /// resumes: its timers already set do not move, so its loop is late on its own clock (a
+    /// deadline passed is still met by the instant it was planned for).
+    ClockJump {
+        who: usize,
+        by: Duration,
+    },
+    /// The member's wall clock alone steps (NTP), either way: only what is scheduled by the
+    /// wall clock (a switchover) moves with it; leases do not.
+    WallStep {
+        who: usize,
+        by_ms: i64,
+    },
 }
 
 /// The cluster's timings (dynamic configuration).
@@ -127,6 +140,9 @@ pub struct Params {
     /// Which members run with `watchdog.mode: required`.
     pub watchdog_required: Vec<bool>,
     pub tags: Vec<Tags>,
+    /// The lock has Kubernetes' Lease semantics (observer-local expiry, compare-and-set on
+    /// the version seen) instead of etcd's (a key bound to a session the store expires).
+    pub lease_lock: bool,
 }
 
 impl Params {
@@ -143,7 +159,7 @@ impl Params {
             let who = rng.random_range(0..members);
             let d =
                 Duration::from_millis(rng.random_range(200..(timings.ttl.as_millis() as u64 * 3)));
-            let f = match rng.random_range(0..17) {
+            let f = match rng.random_range(0..19) {
                 0 => Fault::CrashMember { who, down_for: d },
                 1 => Fault::CrashPg { who },
                 2 => Fault::CutFromStore { who, for_: d },
@@ -174,6 +190,11 @@ impl Params {
                 },
                 15 => Fault::Shutdown { who, down_for: d },
                 16 => Fault::StubbornStop { who, for_: d },
+                17 => Fault::ClockJump { who, by: d },
+                18 => Fault::WallStep {
+                    who,
+                    by_ms: rng.random_range(-120_000..120_000),
+                },
                 8 => Fault::Switchover {
                     to: who,
                     after: Some(d),
@@ -215,6 +236,7 @@ impl Params {
             quiet_phase: max_ttl * 2 + max_loop_wait + Duration::from_secs(30),
             watchdog_required: (0..members).map(|_| rng.random_bool(0.3)).collect(),
             tags,
+            lease_lock: rng.random_bool(0.5),
         }
     }
 }

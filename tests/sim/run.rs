@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::endpoints::{Me, endpoints};
 use crate::fake_pg::Run;
+use crate::lease::LeaseDcs;
 use crate::params::{Fault, PG_CTL_TIMEOUT, Params};
 use crate::world::{Shared, World, wall_clock};
 
@@ -43,7 +44,16 @@ pub fn run_seed(seed: u64, verbose: bool) -> Outcome {
         let max_loop_wait = params.max_loop_wait;
         let faults = params.faults.clone();
         let w: Shared = Arc::new(Mutex::new(World::new(seed, params, operator)));
-        w.lock().unwrap().verbose = verbose;
+        {
+            let mut g = w.lock().unwrap();
+            g.verbose = verbose;
+            let lock = match g.params.lease_lock {
+                true => "a Kubernetes Lease",
+                false => "an etcd key",
+            };
+            let (n, t) = (g.params.members, g.params.timings);
+            g.log(format!("{n} members, the lock {lock}, {t:?}"));
+        }
         let n = w.lock().unwrap().members.len();
         {
             // The store's one watcher: it hands every change on to the members.
@@ -99,13 +109,15 @@ pub fn run_seed(seed: u64, verbose: bool) -> Outcome {
             Some(v) => Err(v),
             None => {
                 // Liveness: with everything healed and connected, a leader that takes writes
-                // exists within ttl + loop_wait (plus promotion and probing peers).
+                // exists within ttl + loop_wait (plus promotion and probing peers) of the heal,
+                // or of the last agent start after it.
                 let bound = max_ttl + max_loop_wait + Duration::from_secs(5);
+                let healed = heal_at.max(g.last_agent_start);
                 match g.leader_seen_after_heal {
-                    Some(t) if t <= heal_at + bound => Ok(()),
+                    Some(t) if t <= healed + bound => Ok(()),
                     Some(t) => Err(format!(
                         "liveness: a writable leader only {:.1}s after healing (bound {:.1}s)",
-                        (t - heal_at).as_secs_f64(),
+                        t.saturating_sub(healed).as_secs_f64(),
                         bound.as_secs_f64()
                     )),
                     None => Err(format!(
@@ -182,6 +194,7 @@ fn start_member(w: &Shared, raw: &Arc<Mutex<MemStore>>, who: usize) {
     }
     let cfg = config_of(&g, who);
     let ttl = g.timings.ttl;
+    let lease_lock = g.params.lease_lock;
     let m = &mut g.members[who];
     m.inc += 1;
     m.alive = true;
@@ -202,8 +215,18 @@ fn start_member(w: &Shared, raw: &Arc<Mutex<MemStore>>, who: usize) {
     };
     let name = m.name.clone();
     g.log(format!("{name} agent starts"));
+    g.last_agent_start = g.now();
     drop(g);
     let store = MemDcs::new(raw.clone(), &name, ttl);
+    let store: Arc<dyn Dcs> = match lease_lock {
+        true => {
+            let lease = Arc::new(LeaseDcs::new(store, &name, ttl));
+            let watcher = lease.clone();
+            w.lock().unwrap().members[who].watch = Some(Arc::new(move || watcher.observe_now()));
+            lease
+        }
+        false => Arc::new(store),
+    };
     let ends = endpoints(me.clone(), store);
     let (w2, raw2) = (w.clone(), raw.clone());
     let task = tokio::spawn(async move {
@@ -334,7 +357,10 @@ fn inject(w: &Shared, raw: &Arc<Mutex<MemStore>>, f: Fault) {
             m.frozen_until = m.frozen_until.max(now + for_);
         }
         Fault::Switchover { to, after } => {
-            if let Some(leader) = g.holder() {
+            // One request at a time: a new one while the last is still being carried out
+            // would move the goalposts of the invariant that judges it.
+            let pending = g.store.edit(|s, now| s.get("failover", now)).is_some();
+            if let Some(leader) = g.holder().filter(|_| !pending) {
                 let f = Failover {
                     leader: Some(leader),
                     member: Some(format!("m{to}")),
@@ -394,5 +420,7 @@ fn inject(w: &Shared, raw: &Arc<Mutex<MemStore>>, f: Fault) {
         Fault::StubbornStop { who, for_ } => {
             g.members[who].pg.stubborn_until = now + for_;
         }
+        Fault::ClockJump { who, by } => g.members[who].clock_jump += by,
+        Fault::WallStep { who, by_ms } => g.members[who].wall_step_ms += by_ms,
     }
 }

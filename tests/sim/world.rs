@@ -35,6 +35,10 @@ pub struct SimMember {
     pub pg: FakePg,
     /// Local clock rate (drift).
     pub rate: f64,
+    /// How far its clocks jumped ahead (as after a suspend), and its wall clock's own steps
+    /// (NTP), in ms either way.
+    pub clock_jump: Duration,
+    pub wall_step_ms: i64,
     /// Incarnation of the agent: bumped when it dies, which turns every endpoint of the old
     /// one inert (its leftover tasks stop at their next step).
     pub inc: u64,
@@ -57,6 +61,9 @@ pub struct SimMember {
     /// it missed while cut off (delivered when it is connected again).
     pub store_changes: watch::Sender<u64>,
     pub missed_change: bool,
+    /// What its store handle does with a change it is told of before its loop hears of it
+    /// (a Kubernetes Lease observer records the new version then, as its watch would).
+    pub watch: Option<Arc<dyn Fn() + Send + Sync>>,
     /// The REST API snapshot its shell publishes (peers' probes read it).
     pub api: ApiState,
     pub cmds: Option<mpsc::Sender<ApiCommand>>,
@@ -87,6 +94,9 @@ pub struct World {
     /// Quiet phase: no loss, no spikes, no faults.
     pub quiet: bool,
     pub leader_seen_after_heal: Option<Duration>,
+    /// When an agent last started (one the schedule keeps down past the heal, perhaps the only
+    /// member with data, delays the leader it is waited for).
+    pub last_agent_start: Duration,
     pub checks: u64,
 }
 
@@ -101,6 +111,8 @@ impl World {
                     name,
                     pg: FakePg::new(),
                     rate: 1.0 + rng.random_range(-0.005..0.005),
+                    clock_jump: Duration::ZERO,
+                    wall_step_ms: 0,
                     inc: 0,
                     alive: false,
                     store_cut: 0,
@@ -114,6 +126,7 @@ impl World {
                     watchdog_tx: watch::channel(DeviceStatus::Closed).0,
                     store_changes: watch::channel(0).0,
                     missed_change: false,
+                    watch: None,
                     cmds: None,
                     shutdown: None,
                     task: None,
@@ -136,6 +149,7 @@ impl World {
             violation: None,
             quiet: false,
             leader_seen_after_heal: None,
+            last_agent_start: Duration::ZERO,
             checks: 0,
         }
     }
@@ -182,13 +196,22 @@ impl World {
 
     /// The member's boot time at store time `t`.
     pub fn boottime_at(&self, who: usize, t: Duration) -> Duration {
-        BOOT_OFFSET + t.mul_f64(self.members[who].rate)
+        let m = &self.members[who];
+        BOOT_OFFSET + t.mul_f64(m.rate) + m.clock_jump
     }
 
     /// Store time at the member's boot time `b`.
     pub fn real_of(&self, who: usize, b: Duration) -> Duration {
-        b.saturating_sub(BOOT_OFFSET)
-            .div_f64(self.members[who].rate)
+        let m = &self.members[who];
+        b.saturating_sub(BOOT_OFFSET + m.clock_jump).div_f64(m.rate)
+    }
+
+    /// The member's wall clock at store time `t`.
+    pub fn wall_of(&self, who: usize, t: Duration) -> chrono::DateTime<chrono::Utc> {
+        let m = &self.members[who];
+        wall_clock(t)
+            + chrono::Duration::from_std(m.clock_jump).expect("in range")
+            + chrono::Duration::milliseconds(m.wall_step_ms)
     }
 
     /// What the fence process reports of a member's watchdog: it opens a required device
@@ -235,8 +258,13 @@ impl World {
         self.store.edit(|s, now| s.put("config", &json, None, now));
     }
 
+    /// The holder the store's lock record names (expired or not, on either backend's
+    /// semantics).
     pub fn holder(&self) -> Option<String> {
-        self.store.edit(|s, now| s.get("leader", now))
+        self.store
+            .edit(|s, now| s.get("leader", now))
+            .as_deref()
+            .and_then(crate::lease::holder_of)
     }
 
     pub fn describe(&self) -> String {
@@ -254,8 +282,8 @@ impl World {
         s
     }
 
-    /// A leader's fast stop is a switchover's: never before the time it was scheduled for
-    /// (unless a restart or a shutdown was asked of it).
+    /// A leader's fast stop is a switchover's: never before the time it was scheduled for, on
+    /// its own wall clock (unless a restart or a shutdown was asked of it).
     pub fn check_not_early(&mut self, who: usize) {
         let now = self.now();
         let name = self.members[who].name.clone();
@@ -277,7 +305,7 @@ impl World {
             .failover
             .and_then(|f| f.value.scheduled_at);
         if let Some(at) = at
-            && let Countdown::In(d) = pgwarden::agent::countdown(Some(&at), wall_clock(now))
+            && let Countdown::In(d) = pgwarden::agent::countdown(Some(&at), self.wall_of(who, now))
             && !d.is_zero()
         {
             self.fail(format!(
@@ -369,8 +397,12 @@ impl World {
             self.members[who].missed_change = false;
             let d = self.millis(1, 10);
             let tx = self.members[who].store_changes.clone();
+            let watch = self.members[who].watch.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(d).await;
+                if let Some(w) = watch {
+                    w();
+                }
                 tx.send_modify(|c| *c += 1);
             });
         }
@@ -417,6 +449,10 @@ impl World {
         for who in 0..self.members.len() {
             if self.members[who].missed_change && self.reaches_store(who) {
                 self.members[who].missed_change = false;
+                // A relist: only the current version is seen.
+                if let Some(w) = self.members[who].watch.clone() {
+                    w();
+                }
                 self.members[who].store_changes.send_modify(|c| *c += 1);
             }
         }
