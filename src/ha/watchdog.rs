@@ -93,7 +93,7 @@ impl HaCore {
         if !writable {
             return false;
         }
-        self.message = format!("demoting self because the watchdog failed: {why}");
+        self.message = format!("demoting self because the watchdog could not be activated: {why}");
         self.watchdog_backoff_until = Some(now + ttl);
         self.give_up(now, out);
         true
