@@ -233,14 +233,20 @@ fn a_replica_races_after_probing_and_promotes_after_the_lock() {
     assert_eq!(core.task_in_flight(), Some(&Action::Promote));
 }
 
-#[test]
-fn a_failed_promotion_releases_the_lock_only_once_postgres_is_down() {
-    let mut core = HaCore::new(me());
-    lead(&mut core, at(0));
-    let out = observe(&mut core, Some(view(Some("a"))), replica(None), at(3));
+/// A leader since 0 whose replica is being promoted (observed at 3): the promotion's id.
+fn promoting(core: &mut HaCore) -> ActionId {
+    lead(core, at(0));
+    let out = observe(core, Some(view(Some("a"))), replica(None), at(3));
     let (id, a) = out.last().cloned().expect("promote");
     assert_eq!(out.len(), 1, "no renewal due yet: {out:?}");
     assert_eq!(a, Action::Promote);
+    id
+}
+
+#[test]
+fn a_failed_promotion_releases_the_lock_only_once_postgres_is_down() {
+    let mut core = HaCore::new(me());
+    let id = promoting(&mut core);
     let out = complete(&mut core, id, Outcome::Failed("boom".into()), at(6));
     assert_eq!(actions(&out), vec![Action::StopNow]);
     complete(&mut core, out[0].0, Outcome::Ok, at(6));
@@ -269,10 +275,7 @@ fn a_shutdown_stops_a_server_started_since_the_last_observation() {
 #[test]
 fn a_promotion_not_yet_observed_is_stopped_when_the_lease_lapses_during_shutdown() {
     let mut core = HaCore::new(me());
-    lead(&mut core, at(0));
-    let out = observe(&mut core, Some(view(Some("a"))), replica(None), at(3));
-    let (id, a) = out.last().cloned().expect("promote");
-    assert_eq!(a, Action::Promote);
+    let id = promoting(&mut core);
     assert!(complete(&mut core, id, Outcome::Ok, at(4)).is_empty());
     // Asked to stop before any observation shows it writable: the fast stop hangs.
     let out = core.step(Input::Shutdown, at(5));
@@ -1053,10 +1056,7 @@ fn a_failed_watchdog_stops_a_primary_without_waiting_for_the_next_observation() 
 #[test]
 fn a_start_as_primary_that_ends_after_the_lease_is_stopped() {
     let mut core = HaCore::new(me());
-    lead(&mut core, at(0));
-    let out = observe(&mut core, Some(view(Some("a"))), replica(None), at(3));
-    let (id, a) = out.last().cloned().expect("promote");
-    assert_eq!(a, Action::Promote);
+    let id = promoting(&mut core);
     // The lease lapses while the promotion runs (its stop came before the server was up).
     let out = core.step(Input::Tick, at(27));
     assert_eq!(actions(&out), vec![Action::StopNow]);
