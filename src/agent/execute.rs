@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::{Instant, timeout, timeout_at};
+use tracing::Instrument;
 
 use crate::dcs::{Dcs, Failover, HistoryLine, Status, model::slot_name};
 use crate::ha::{Action, ActionId, MonoTime, Outcome};
@@ -98,7 +99,7 @@ impl Agent {
                 let r = timeout_at(until, dcs.initialize(true, "")).await;
                 Some(match r {
                     Ok(Ok(true)) => Outcome::Ok,
-                    Ok(Ok(false)) => Outcome::Failed("another member is bootstrapping".into()),
+                    Ok(Ok(false)) => Outcome::Declined,
                     Ok(Err(e)) => Outcome::Failed(e.to_string()),
                     Err(_) => Outcome::Failed("timeout".into()),
                 })
@@ -258,7 +259,6 @@ impl Agent {
             .bootstrap
             .as_ref()
             .and_then(|b| b.post_bootstrap.clone().or_else(|| b.post_init.clone()));
-        let bootstrapped = self.bootstrap_pending;
         let upstream_conninfo = match &task {
             Action::Clone { from } | Action::Rewind { from } => self.conninfo_of(from),
             Action::StartReplica { upstream: Some(u) }
@@ -278,13 +278,13 @@ impl Agent {
         tracing::info!(?task, "starting task");
         // Peers asking from now on see the task (a start as the primary counts as a primary).
         self.publish_snapshot();
-        tokio::spawn(async move {
+        let task_run = async move {
             let mut pg = pg.lock().await;
             let result: Result<TaskNote, String> = match &task {
                 Action::Bootstrap => pg
                     .initdb()
                     .await
-                    .map(|_| TaskNote::Bootstrapped)
+                    .map(|_| TaskNote::None)
                     .map_err(|e| e.to_string()),
                 Action::Clone { .. } => match upstream_conninfo {
                     Some(c) => pg
@@ -306,12 +306,12 @@ impl Agent {
                     .remove_data_dir()
                     .map(|_| TaskNote::None)
                     .map_err(|e| e.to_string()),
-                Action::StartPrimary => {
+                Action::StartPrimary { bootstrapped } => {
                     let mut r = match leased.holds() {
                         true => pg.start(StartAs::Primary).await.map_err(|e| e.to_string()),
                         false => Err(LEASE_PASSED.into()),
                     };
-                    if r.is_ok() && bootstrapped {
+                    if r.is_ok() && *bootstrapped {
                         r = pg.post_bootstrap(post_bootstrap.as_deref()).await;
                     }
                     // (Slots for the replicas: the core's `EnsureSlots`, in the cycle right after.)
@@ -421,7 +421,9 @@ impl Agent {
                 outcome,
                 note: result.unwrap_or(TaskNote::None),
             });
-        });
+        };
+        // The task logs in the agent's span (in the simulation, its member's name).
+        tokio::spawn(task_run.in_current_span());
     }
 }
 
@@ -447,7 +449,6 @@ impl Leased {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum TaskNote {
     None,
-    Bootstrapped,
     Started { upstream: Option<String> },
     Stopped,
 }

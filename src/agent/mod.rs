@@ -70,7 +70,6 @@ pub struct Agent {
     clock: Arc<dyn Clock>,
     tasks_tx: mpsc::UnboundedSender<TaskDone>,
     tasks_rx: mpsc::UnboundedReceiver<TaskDone>,
-    bootstrap_pending: bool,
     fatal: Option<String>,
     /// Boot time ([`Clock::boottime`]) at start: `MonoTime` zero.
     start: Duration,
@@ -269,7 +268,6 @@ pub async fn supervise(
         clock: endpoints.clock,
         tasks_tx,
         tasks_rx,
-        bootstrap_pending: false,
         fatal: None,
         last_member: None,
         last_member_shape: None,
@@ -327,12 +325,20 @@ impl Agent {
         self.core.step(Input::Watchdog(state), self.mono_now())
     }
 
-    /// A change of the watchdog the fence reported since it was last fed to the core, carried
-    /// out now.
-    async fn take_watchdog_change(&mut self) {
-        if self.watchdog_rx.has_changed().unwrap_or(false) {
-            let actions = self.watchdog_input();
-            self.execute(actions).await;
+    /// Waits for a store call until `until`; `None` when it timed out. A watchdog change
+    /// reported meanwhile is fed to the core at once: a required watchdog that fails stops
+    /// PostgreSQL now, not once a store that lost the request has been given up on.
+    async fn wait_store<T>(&mut self, until: Instant, call: impl Future<Output = T>) -> Option<T> {
+        let mut call = std::pin::pin!(tokio::time::timeout_at(until, call));
+        loop {
+            tokio::select! {
+                biased;
+                Ok(()) = self.watchdog_rx.changed() => {
+                    let actions = self.watchdog_input();
+                    self.execute(actions).await;
+                }
+                r = &mut call => return r.ok(),
+            }
         }
     }
 
@@ -417,7 +423,11 @@ impl Agent {
     /// member and status writes do not.
     async fn relevant_change(&mut self) -> bool {
         let until = self.call_bound();
-        let Ok(Ok(v)) = tokio::time::timeout_at(until, self.dcs.load(false)).await else {
+        let dcs = self.dcs.clone();
+        let Some(Ok(v)) = self
+            .wait_store(until, async move { dcs.load(false).await })
+            .await
+        else {
             return true;
         };
         let Some(old) = &self.view else { return true };
@@ -438,13 +448,7 @@ impl Agent {
 
     async fn task_finished(&mut self, done: TaskDone) {
         match &done.note {
-            TaskNote::Bootstrapped => self.bootstrap_pending = true,
-            TaskNote::Started { upstream } => {
-                self.upstream = upstream.clone();
-                if done.outcome == Outcome::Ok {
-                    self.bootstrap_pending = false;
-                }
-            }
+            TaskNote::Started { upstream } => self.upstream = upstream.clone(),
             TaskNote::Stopped => {
                 self.upstream = None;
                 // Say so on the REST API before the lock can be released: the next leader
@@ -472,17 +476,21 @@ impl Agent {
         let actions = self.core.step(Input::Tick, now);
         self.execute(actions).await;
         let bound = self.call_bound();
-        let view = match tokio::time::timeout_at(bound, self.dcs.load(false)).await {
-            Ok(Ok(v)) => {
+        let dcs = self.dcs.clone();
+        let view = match self
+            .wait_store(bound, async move { dcs.load(false).await })
+            .await
+        {
+            Some(Ok(v)) => {
                 self.dcs_last_seen = Some(self.clock.wall().timestamp());
                 self.view_read_at = Some(Instant::now());
                 Some(v)
             }
-            Ok(Err(e)) => {
+            Some(Err(e)) => {
                 tracing::warn!("{e}");
                 None
             }
-            Err(_) => {
+            None => {
                 tracing::warn!("DCS is not accessible: read timed out");
                 None
             }
@@ -520,11 +528,8 @@ impl Agent {
         }
         // The REST API first: it is instant, the member key may wait for the store.
         self.publish_snapshot();
-        // A watchdog that failed while the store was read acts before the next wait.
-        self.take_watchdog_change().await;
         if self.view.is_some() {
             self.publish_member().await;
-            self.take_watchdog_change().await;
         }
     }
 

@@ -16,7 +16,7 @@ fn pg_state(agent: &Agent) -> &'static str {
     match agent.core.task_in_flight() {
         Some(Action::Bootstrap) => "initializing new cluster",
         Some(Action::Clone { .. }) | Some(Action::RemoveDataDir) => "creating replica",
-        Some(Action::StartPrimary) | Some(Action::StartReplica { .. }) => "starting",
+        Some(Action::StartPrimary { .. }) | Some(Action::StartReplica { .. }) => "starting",
         Some(Action::StopGraceful) => "stopping",
         _ if agent.seen.up && agent.seen.status.is_some() => "running",
         _ if agent.seen.up => "starting",
@@ -120,16 +120,18 @@ impl Agent {
         };
         // Bounded like every wait of the loop: a leader's by its deadline too.
         let until = self.call_bound();
-        match tokio::time::timeout_at(until, self.dcs.touch_member(&m)).await {
-            Ok(Ok(())) => {
+        let (dcs, value) = (self.dcs.clone(), m.clone());
+        let write = async move { dcs.touch_member(&value).await };
+        match self.wait_store(until, write).await {
+            Some(Ok(())) => {
                 if self.last_member.as_ref() != Some(&m) {
                     self.last_member_write = Some(Instant::now());
                 }
                 self.last_member_shape = Some(shape);
                 self.last_member = Some(m);
             }
-            Ok(Err(e)) => tracing::warn!("could not write the member key: {e}"),
-            Err(_) => tracing::warn!("writing the member key timed out"),
+            Some(Err(e)) => tracing::warn!("could not write the member key: {e}"),
+            None => tracing::warn!("writing the member key timed out"),
         }
     }
 

@@ -65,7 +65,11 @@ pub enum Action {
     RemoveDataDir,
     /// *Task*: start PostgreSQL as a primary (we hold the lock; crash recovery on the same
     /// timeline).
-    StartPrimary,
+    StartPrimary {
+        /// The first start of a cluster this member has just created: then create the
+        /// bootstrap users and run `bootstrap.post_bootstrap`.
+        bootstrapped: bool,
+    },
     /// *Task*: start PostgreSQL as a replica of `upstream` (or of nobody yet).
     StartReplica {
         /// The member to stream from.
@@ -127,7 +131,7 @@ impl Action {
                 | Action::Clone { .. }
                 | Action::Rewind { .. }
                 | Action::RemoveDataDir
-                | Action::StartPrimary
+                | Action::StartPrimary { .. }
                 | Action::StartReplica { .. }
                 | Action::Follow { .. }
                 | Action::Promote
@@ -141,7 +145,7 @@ impl Action {
     pub fn makes_writable(&self) -> bool {
         matches!(
             self,
-            Action::StartPrimary | Action::Promote | Action::Restart { primary: true, .. }
+            Action::StartPrimary { .. } | Action::Promote | Action::Restart { primary: true, .. }
         )
     }
 }
@@ -164,8 +168,11 @@ pub enum Request {
 pub enum Outcome {
     /// Done.
     Ok,
-    /// Not done (an error, a lost race, a timeout); the text says why.
+    /// Not done (an error, a timeout); the text says why.
     Failed(String),
+    /// The store answered and said no: a compare-and-set or create-if-absent found another
+    /// member's value (a lost race).
+    Declined,
     /// A lock operation: `held` is true when we now hold it. `sent_at` is when the request
     /// left, which is what the lease deadline counts from (ha-safety rule 1).
     Lock {

@@ -121,6 +121,7 @@ impl HaCore {
                 if holder
                     && view.initialize.as_deref() != Some(sysid.as_str())
                     && self.holds_lock(now)
+                    && (!self.bootstrapping || self.claim_confirmed)
                 {
                     // Heal a wiped store, or finish a bootstrap.
                     self.bootstrapping = false;
@@ -224,7 +225,7 @@ impl HaCore {
                         Gate::Go => {
                             self.message =
                                 "starting PostgreSQL as the primary (crash recovery)".into();
-                            self.emit(Action::StartPrimary, Purpose::Task, now, out);
+                            self.start_primary(now, out);
                         }
                         Gate::Wait => {
                             self.message =
@@ -617,7 +618,7 @@ fn task_name(a: &Action) -> &'static str {
         Action::Clone { .. } => "clone",
         Action::Rewind { .. } => "rewind",
         Action::RemoveDataDir => "removing data directory",
-        Action::StartPrimary | Action::StartReplica { .. } => "start",
+        Action::StartPrimary { .. } | Action::StartReplica { .. } => "start",
         Action::Follow { .. } => "follow",
         Action::Promote => "promote",
         Action::StopGraceful => "stop",

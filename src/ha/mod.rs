@@ -55,6 +55,9 @@ enum Purpose {
     SwitchoverProbe { candidate: String },
     /// The `initialize` race.
     ClaimInitialize,
+    /// A bootstrapped member claiming `initialize` again before its first start as the
+    /// primary: the claim may have expired, and been taken by another member, while initdb ran.
+    ConfirmClaim,
     /// A long task.
     Task,
     /// Anything whose outcome needs no reaction.
@@ -92,6 +95,9 @@ pub struct HaCore {
     last_cycle: Option<MonoTime>,
     /// This member created the cluster and has not finished the post-bootstrap steps.
     bootstrapping: bool,
+    /// While bootstrapping: the store has confirmed, since initdb, that the `initialize` claim
+    /// is still ours.
+    claim_confirmed: bool,
     /// pg_rewind failed against this leader; retry no sooner than the instant given.
     rewind_failed: Option<(String, MonoTime)>,
     /// The lock must be handed back once PostgreSQL is down (a failed start or promotion).
@@ -150,6 +156,7 @@ impl HaCore {
             last: None,
             last_cycle: None,
             bootstrapping: false,
+            claim_confirmed: false,
             rewind_failed: None,
             give_up_lock: false,
             watchdog_backoff_until: None,
@@ -428,8 +435,31 @@ impl HaCore {
             }
             (Purpose::ClaimInitialize, Outcome::Ok) => {
                 self.bootstrapping = true;
+                self.claim_confirmed = false;
                 self.message = "initializing a new cluster".into();
                 self.emit(Action::Bootstrap, Purpose::Task, now, out);
+            }
+            (Purpose::ConfirmClaim, Outcome::Ok) => {
+                self.claim_confirmed = true;
+                let go = self
+                    .last
+                    .clone()
+                    .is_some_and(|o| matches!(self.watchdog_gate(&o, now), watchdog::Gate::Go));
+                if self.bootstrapping && self.task.is_none() && self.holds_lock(now) && go {
+                    self.start_primary(now, out);
+                }
+            }
+            (Purpose::ConfirmClaim, Outcome::Declined) if self.bootstrapping => {
+                // Our claim expired while initdb ran and another member is creating the
+                // cluster now: ours must never start, nor write its identifier.
+                self.bootstrapping = false;
+                self.message = "another member took over the bootstrap while ours ran (our \
+                                claim on initialize expired): discarding our new data directory"
+                    .into();
+                if self.lease_deadline.is_some() || self.dcs_says_holder() {
+                    self.release(now, out);
+                }
+                self.emit(Action::RemoveDataDir, Purpose::Task, now, out);
             }
             (Purpose::Task, outcome) => self.task_done(action, outcome, now, out),
             _ => {}
@@ -458,11 +488,30 @@ impl HaCore {
             watchdog::Gate::Refuse(why) => return self.watchdog_refused(&obs, &why, now, out),
         }
         if self.bootstrapping {
-            self.emit(Action::StartPrimary, Purpose::Task, now, out);
+            self.start_primary(now, out);
         } else if obs.pg.is_replica() {
             self.message = "promoted self to leader by acquiring session lock".into();
             self.emit(Action::Promote, Purpose::Task, now, out);
         }
+    }
+
+    /// Starts PostgreSQL as the primary (we hold the lock). A member that has just
+    /// bootstrapped first has the store confirm that its `initialize` claim still stands: the
+    /// claim is bound to its session, and a claimant cut off from the store for longer than
+    /// ttl while initdb ran may have lost it to another member, bootstrapping a second cluster.
+    fn start_primary(&mut self, now: MonoTime, out: &mut Vec<(ActionId, Action)>) {
+        if self.bootstrapping && !self.claim_confirmed {
+            self.message = "bootstrapped: confirming our claim on initialize".into();
+            self.emit(Action::ClaimInitialize, Purpose::ConfirmClaim, now, out);
+            return;
+        }
+        let bootstrapped = self.bootstrapping;
+        self.emit(
+            Action::StartPrimary { bootstrapped },
+            Purpose::Task,
+            now,
+            out,
+        );
     }
 
     fn task_done(
@@ -475,7 +524,7 @@ impl HaCore {
         let ok = outcome == Outcome::Ok;
         if ok {
             match action {
-                Action::StartPrimary
+                Action::StartPrimary { .. }
                 | Action::StartReplica { .. }
                 | Action::Restart { .. }
                 | Action::Follow { .. }
@@ -528,7 +577,7 @@ impl HaCore {
                     );
                 }
             }
-            Action::StartPrimary if !ok => {
+            Action::StartPrimary { .. } if !ok => {
                 // A holder whose PostgreSQL cannot start gives the lock to somebody else,
                 // once PostgreSQL is certainly down (rule 6).
                 self.message = "PostgreSQL failed to start as primary: giving up the lock".into();

@@ -334,7 +334,62 @@ fn a_fresh_member_bootstraps_only_after_winning_initialize() {
     let (lock, a) = out[0].clone();
     assert_eq!(a, Action::AcquireLock);
     let out = complete(&mut core, lock, answered(true, at(2)), at(2));
-    assert_eq!(actions(&out), vec![Action::StartPrimary]);
+    // The claim is confirmed before the first start (it may have expired during initdb).
+    let (confirm, a) = out[0].clone();
+    assert_eq!(a, Action::ClaimInitialize);
+    let out = complete(&mut core, confirm, Outcome::Ok, at(2));
+    assert_eq!(
+        actions(&out),
+        vec![Action::StartPrimary { bootstrapped: true }]
+    );
+}
+
+#[test]
+fn a_bootstrap_whose_claim_was_taken_meanwhile_is_discarded() {
+    let mut core = HaCore::new(me());
+    let empty = PgFacts {
+        data: DataDir::Empty,
+        up: false,
+        in_recovery: None,
+        ..primary()
+    };
+    let out = observe(&mut core, Some(ClusterView::default()), empty, at(0));
+    let out = complete(&mut core, out[0].0, Outcome::Ok, at(0));
+    let out = complete(&mut core, out[0].0, Outcome::Ok, at(40));
+    let out = complete(&mut core, out[0].0, answered(true, at(40)), at(40));
+    let (confirm, a) = out[0].clone();
+    assert_eq!(a, Action::ClaimInitialize);
+    // Cut off from the store while initdb ran: our claim expired and another member claimed.
+    let out = complete(&mut core, confirm, Outcome::Declined, at(40));
+    let acts = actions(&out);
+    assert!(
+        matches!(
+            acts.as_slice(),
+            [Action::ReleaseLock { .. }, Action::RemoveDataDir]
+        ),
+        "{acts:?}"
+    );
+    assert_eq!(core.lease_deadline(), None);
+    // Nothing of ours is ever written as the cluster's identity, nor started as a primary.
+    let mut v = view(None);
+    v.initialize = Some(String::new());
+    let fresh = PgFacts {
+        data: DataDir::Ready {
+            sysid: "1".into(),
+            was_primary: false,
+        },
+        up: false,
+        in_recovery: None,
+        ..primary()
+    };
+    let out = observe(&mut core, Some(v), fresh, at(41));
+    assert!(
+        !actions(&out).iter().any(|a| matches!(
+            a,
+            Action::WriteInitialize { .. } | Action::StartPrimary { .. }
+        )),
+        "{out:?}"
+    );
 }
 
 #[test]

@@ -289,6 +289,11 @@ impl SimPg {
             if !pg.alive() {
                 return Ok(None);
             }
+            // A SIGKILL under way takes the server down whatever pg_ctl asks: wait for it
+            // (no epoch of ours to complete).
+            if pg.killed_by.is_some() {
+                return Ok(Some(None));
+            }
             if mode != StopMode::Immediate && pg.stubborn_until > now {
                 return Err(());
             }
@@ -296,7 +301,7 @@ impl SimPg {
             pg.set(s);
             let epoch = pg.epoch;
             w.check();
-            Ok(Some(epoch))
+            Ok(Some(Some(epoch)))
         });
         let epoch = match started {
             Ok(None) => return Ok(()),
@@ -321,7 +326,7 @@ impl SimPg {
             let down = self.me.with(|w, who| {
                 let name = w.members[who].name.clone();
                 let pg = &mut w.members[who].pg;
-                if pg.epoch == epoch {
+                if Some(pg.epoch) == epoch {
                     pg.set(Run::Down);
                     w.log(format!("{name} postgres stopped"));
                     w.check();

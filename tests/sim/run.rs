@@ -13,6 +13,7 @@ use pgwarden::ha::Request;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tokio::sync::{mpsc, oneshot, watch};
+use tracing::Instrument;
 
 use crate::endpoints::{Me, endpoints};
 use crate::fake_pg::Run;
@@ -234,6 +235,8 @@ fn start_member(w: &Shared, raw: &Arc<Mutex<MemStore>>, who: usize) {
         let r = pgwarden::agent::supervise(cfg, ends, view, api, cmd_rx, async move {
             let _ = stop_rx.await;
         })
+        // Every line the agent logs names its member.
+        .instrument(tracing::info_span!("agent", member = %name))
         .await;
         // The agent exited: PostgreSQL, its child, dies with it.
         let restart = {

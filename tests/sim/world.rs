@@ -441,8 +441,9 @@ impl World {
         for i in 0..self.members.len() {
             let m = &mut self.members[i];
             // While paused the watchdog holds nothing back (as in Patroni): a break counts
-            // from the end of the pause.
-            if self.pause > 0 && m.watchdog_broken > 0 {
+            // from the end of the pause, as the member knows it (a member cut from the store
+            // does not learn that the pause ended).
+            if (self.pause > 0 || m.api.snapshot().pause) && m.watchdog_broken > 0 {
                 m.watchdog_broken_since = Some(now);
             }
         }
