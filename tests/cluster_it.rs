@@ -2,12 +2,10 @@
 
 #[path = "support/cluster.rs"]
 mod cluster;
-#[path = "support/etcd.rs"]
-mod etcd_support;
 
 use std::time::Duration;
 
-use cluster::{Cluster, Timings};
+use cluster::{Backend, Cluster, Timings};
 use reqwest::Method;
 
 const T: Timings = Timings {
@@ -16,16 +14,9 @@ const T: Timings = Timings {
     retry_timeout: 2,
 };
 
-/// The member's key says it runs as a replica streaming on `timeline`.
-async fn streaming_on(c: &Cluster, name: &str, timeline: u64) -> bool {
-    c.view()
-        .await
-        .is_some_and(|v| cluster::member_io::streaming_on(&v, name, timeline))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_members_fail_over_switch_over_and_restart() {
-    let Some(mut c) = Cluster::start("itcore", 3, T).await else {
+    let Some(mut c) = Cluster::start(Backend::Etcd, "itcore", 3, T).await else {
         return;
     };
     let long = Duration::from_secs(90);
@@ -37,7 +28,7 @@ async fn three_members_fail_over_switch_over_and_restart() {
     for m in ["m0", "m1", "m2"] {
         if m != leader {
             c.wait_for(&format!("{m} streaming"), long, || async {
-                streaming_on(&c, m, 1).await.then_some(())
+                c.streaming_on(m, 1).await.then_some(())
             })
             .await;
         }
@@ -82,7 +73,7 @@ async fn three_members_fail_over_switch_over_and_restart() {
     // The old primary comes back and rejoins as a replica through pg_rewind.
     c.spawn(l);
     c.wait_for("the old primary streaming on timeline 2", long, || async {
-        streaming_on(&c, &leader, 2).await.then_some(())
+        c.streaming_on(&leader, 2).await.then_some(())
     })
     .await;
     let log = std::fs::read_to_string(c.log_path(l)).unwrap_or_default();
@@ -108,7 +99,7 @@ async fn three_members_fail_over_switch_over_and_restart() {
     })
     .await;
     c.wait_for("the former leader streaming again", long, || async {
-        streaming_on(&c, &new_leader, 3).await.then_some(())
+        c.streaming_on(&new_leader, 3).await.then_some(())
     })
     .await;
 
@@ -163,7 +154,7 @@ async fn three_members_fail_over_switch_over_and_restart() {
 /// when the store comes back the cluster has exactly one primary again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_cut_off_from_the_store_stops_writing_then_recovers() {
-    let Some(mut c) = Cluster::start("itstore", 3, T).await else {
+    let Some(mut c) = Cluster::start(Backend::Etcd, "itstore", 3, T).await else {
         return;
     };
     let long = Duration::from_secs(90);
@@ -178,7 +169,7 @@ async fn leader_cut_off_from_the_store_stops_writing_then_recovers() {
     })
     .await;
     let stopped = std::time::Instant::now();
-    c.etcd.stop();
+    c.etcd_mut().stop();
     // Writes must stop by the leader's own deadline (ttl minus a margin after its last
     // renewal); the bound here is generous, the figure is printed.
     let refused = c
@@ -206,7 +197,7 @@ async fn leader_cut_off_from_the_store_stops_writing_then_recovers() {
             "member {i} must not be a primary: {r:?}"
         );
     }
-    c.etcd.start().await;
+    c.etcd_mut().start().await;
     c.wait_for("a leader after the store returned", long, || async {
         c.leader().await
     })
@@ -234,6 +225,7 @@ async fn leader_cut_off_from_the_store_stops_writing_then_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crashed_postmaster_is_recovered_in_place() {
     let Some(c) = Cluster::start(
+        Backend::Etcd,
         "itcrash",
         2,
         Timings {

@@ -3,43 +3,18 @@
 
 #[path = "support/cluster.rs"]
 mod cluster;
-#[path = "support/etcd.rs"]
-mod etcd_support;
 #[path = "support/proxy.rs"]
 mod proxy;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use cluster::{Cluster, Timings};
+use cluster::{Backend, Cluster, Timings};
 use pgwarden::postgres::postmaster_pid_file_alive;
 use proxy::Proxy;
 use reqwest::Method;
 
 const LONG: Duration = Duration::from_secs(90);
-
-async fn streaming(c: &Cluster, name: &str) -> bool {
-    c.view()
-        .await
-        .is_some_and(|v| cluster::member_io::streaming_on(&v, name, v.timeline()))
-}
-
-/// A healthy cluster: (leader index, replica indexes), every replica streaming.
-async fn healthy(c: &Cluster) -> (usize, Vec<usize>) {
-    let leader = c
-        .wait_for("a leader", LONG, || async { c.leader().await })
-        .await;
-    let l = c.index(&leader);
-    let others: Vec<usize> = (0..c.members.len()).filter(|i| *i != l).collect();
-    for &i in &others {
-        let name = c.members[i].name.clone();
-        c.wait_for(&format!("{name} streaming"), LONG, || async {
-            streaming(c, &name).await.then_some(())
-        })
-        .await;
-    }
-    (l, others)
-}
 
 /// Whether the PostgreSQL at `port` accepts a write right now (bounded by a second).
 async fn accepts_write(port: u16) -> bool {
@@ -55,7 +30,7 @@ async fn accepts_write(port: u16) -> bool {
 /// its PostgreSQL port (which the test's write probes use).
 async fn behind_proxies(c: &mut Cluster) -> Vec<(Proxy, Proxy)> {
     let etcd: SocketAddr = c
-        .etcd
+        .etcd()
         .endpoint()
         .trim_start_matches("http://")
         .parse()
@@ -92,10 +67,10 @@ async fn a_lowered_ttl_shortens_a_partitioned_leaders_deadline() {
         loop_wait: 2,
         retry_timeout: 3,
     };
-    let Some(mut c) = Cluster::start("itttl", 2, t).await else {
+    let Some(mut c) = Cluster::start(Backend::Etcd, "itttl", 2, t).await else {
         return;
     };
-    let (l, _) = healthy(&c).await;
+    let (l, _) = c.healthy(LONG).await;
     c.sql(l, "CREATE TABLE probe (x int)")
         .await
         .expect("create the probe table");
@@ -107,7 +82,7 @@ async fn a_lowered_ttl_shortens_a_partitioned_leaders_deadline() {
     for i in 0..2 {
         c.spawn(i);
     }
-    let (l, others) = healthy(&c).await;
+    let (l, others) = c.healthy(LONG).await;
     let r = others[0];
     let (code, body) = c
         .api(
@@ -163,7 +138,7 @@ async fn a_lowered_ttl_shortens_a_partitioned_leaders_deadline() {
     proxies[l].1.heal();
     let name = c.members[l].name.clone();
     c.wait_for("the old leader streaming again", LONG, || async {
-        streaming(&c, &name).await.then_some(())
+        c.streaming(&name).await.then_some(())
     })
     .await;
 }
@@ -178,16 +153,16 @@ async fn a_leader_whose_lock_is_deleted_stops_writing() {
         loop_wait: 2,
         retry_timeout: 3,
     };
-    let Some(c) = Cluster::start("itdel", 2, t).await else {
+    let Some(c) = Cluster::start(Backend::Etcd, "itdel", 2, t).await else {
         return;
     };
-    let (l, _) = healthy(&c).await;
+    let (l, _) = c.healthy(LONG).await;
     c.sql(l, "CREATE TABLE probe (x int)")
         .await
         .expect("create the probe table");
     let port = c.members[l].pg_port;
     assert!(accepts_write(port).await);
-    let mut etcd = etcd_client::Client::connect([c.etcd.endpoint()], None)
+    let mut etcd = etcd_client::Client::connect([c.etcd().endpoint()], None)
         .await
         .expect("etcd client");
     let deleted = Instant::now();
@@ -256,10 +231,10 @@ async fn a_postmaster_pgwarden_did_not_start_is_restarted_under_it() {
         loop_wait: 1,
         retry_timeout: 2,
     };
-    let Some(mut c) = Cluster::start("itadopt", 2, t).await else {
+    let Some(mut c) = Cluster::start(Backend::Etcd, "itadopt", 2, t).await else {
         return;
     };
-    let (_, others) = healthy(&c).await;
+    let (_, others) = c.healthy(LONG).await;
     let r = others[0];
     let data = c.dir.join(&c.members[r].name).join("data");
     let pm = postmaster_pid_file_alive(&data).expect("the replica's postmaster");
@@ -302,7 +277,7 @@ async fn a_postmaster_pgwarden_did_not_start_is_restarted_under_it() {
     );
     let name = c.members[r].name.clone();
     c.wait_for("the replica streaming again", LONG, || async {
-        streaming(&c, &name).await.then_some(())
+        c.streaming(&name).await.then_some(())
     })
     .await;
 }
