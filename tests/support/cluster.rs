@@ -56,9 +56,6 @@ pub struct Timings {
 }
 
 pub struct Cluster {
-    /// Matched on by scenarios that check what only one store shows; tests of one backend
-    /// use [`Cluster::etcd`] or [`Cluster::kubernetes`].
-    pub store: Store,
     pub dir: PathBuf,
     pub scope: String,
     pub members: Vec<MemberProc>,
@@ -67,6 +64,10 @@ pub struct Cluster {
     run_as: Option<(u32, u32)>,
     observer: Box<dyn Dcs>,
     http: reqwest::Client,
+    /// Matched on by scenarios that check what only one store shows; tests of one backend
+    /// use [`Cluster::etcd`] or [`Cluster::kubernetes`]. Declared last: the store goes after
+    /// the observer watching it.
+    pub store: Store,
 }
 
 /// `n` different free loopback ports: all listeners are held until every port is chosen, so
@@ -126,7 +127,6 @@ impl Cluster {
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
         let observer = store.observer(scope, &t).await;
         let mut c = Cluster {
-            store,
             dir,
             scope: scope.into(),
             members: Vec::new(),
@@ -135,6 +135,7 @@ impl Cluster {
             run_as: processes::member_user(),
             observer,
             http: reqwest::Client::builder().no_proxy().build().unwrap(),
+            store,
         };
         let mut ports = distinct_ports(2 * n).into_iter();
         for _ in 0..n {

@@ -3,7 +3,7 @@
 //! configuration, the member's environment, the test's own observer, a member's Pod, and the
 //! leader lock deleted by hand.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use pgwarden::dcs::Dcs;
@@ -27,8 +27,9 @@ pub enum ControlPlane {
     /// The one the tests share (`support/k8s.rs`: `PGWARDEN_TEST_KUBECONFIG`, or started on
     /// first use).
     Shared,
-    /// A test's own, reached through this admin kubeconfig: for a test that pauses it.
-    Own(PathBuf),
+    /// One of the cluster's own, started with it and stopped when it is dropped: for a test
+    /// that pauses it.
+    Own,
 }
 
 impl Backend {
@@ -53,13 +54,14 @@ impl Store {
     pub(super) async fn start(backend: Backend, scope: &str, dir: &Path) -> Option<Store> {
         match backend {
             Backend::Etcd => EtcdServer::start_or_skip(scope).await.map(Store::Etcd),
-            Backend::Kubernetes(plane) => {
-                let admin = match plane {
-                    ControlPlane::Shared => k8s::kubeconfig(),
-                    ControlPlane::Own(kubeconfig) => kubeconfig,
-                };
+            Backend::Kubernetes(ControlPlane::Shared) => Some(Store::Kubernetes(
+                KubeNamespace::create(&k8s::kubeconfig(), None, scope, dir).await,
+            )),
+            Backend::Kubernetes(ControlPlane::Own) => {
+                let own = k8s::OwnControlPlane::start(scope);
+                let admin = own.kubeconfig();
                 Some(Store::Kubernetes(
-                    KubeNamespace::create(&admin, scope, dir).await,
+                    KubeNamespace::create(&admin, Some(own), scope, dir).await,
                 ))
             }
         }

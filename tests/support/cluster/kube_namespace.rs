@@ -27,12 +27,20 @@ pub struct KubeNamespace {
     dir: PathBuf,
     scope: String,
     pods: Vec<String>,
+    /// Declared last: stopped after everything above is dropped.
+    own_control_plane: Option<k8s::OwnControlPlane>,
 }
 
 impl KubeNamespace {
-    /// A fresh namespace on the control plane of `admin_kubeconfig`; the members use the
-    /// admin's credentials until [`KubeNamespace::use_token`].
-    pub(super) async fn create(admin_kubeconfig: &Path, scope: &str, dir: &Path) -> KubeNamespace {
+    /// A fresh namespace on the control plane of `admin_kubeconfig` (`own`, when it is the
+    /// cluster's own); the members use the admin's credentials until
+    /// [`KubeNamespace::use_token`].
+    pub(super) async fn create(
+        admin_kubeconfig: &Path,
+        own: Option<k8s::OwnControlPlane>,
+        scope: &str,
+        dir: &Path,
+    ) -> KubeNamespace {
         let client = k8s::client_from(admin_kubeconfig).await;
         let ns = k8s::fresh_namespace(&client, scope).await;
         KubeNamespace {
@@ -43,7 +51,15 @@ impl KubeNamespace {
             dir: dir.to_owned(),
             scope: scope.into(),
             pods: Vec::new(),
+            own_control_plane: own,
         }
+    }
+
+    /// The control plane of a cluster created with `ControlPlane::Own`, to pause it.
+    pub fn own_control_plane(&self) -> &k8s::OwnControlPlane {
+        self.own_control_plane.as_ref().expect(
+            "a control plane of the cluster's own (pausing the shared one stops every test)",
+        )
     }
 
     /// Replaces the kubeconfig members use (e.g. with a ServiceAccount token); members
