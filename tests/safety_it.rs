@@ -1,5 +1,6 @@
 //! Split-brain paths around the HA core, on real PostgreSQL 15 and etcd: a ttl lowered before a
-//! partition, a leader lock deleted by hand, a postmaster pgwarden did not start.
+//! partition, a leader lock deleted by hand (also on a real kube-apiserver: the Lease), a
+//! postmaster pgwarden did not start.
 
 #[path = "support/cluster.rs"]
 mod cluster;
@@ -9,12 +10,12 @@ mod proxy;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use cluster::{Backend, Cluster, Timings};
+use cluster::{Backend, Cluster, ControlPlane, Timings};
 use pgwarden::postgres::postmaster_pid_file_alive;
 use proxy::Proxy;
 use reqwest::Method;
 
-const LONG: Duration = Duration::from_secs(90);
+const LONG: Duration = Duration::from_secs(120);
 
 /// Whether the PostgreSQL at `port` accepts a write right now (bounded by a second).
 async fn accepts_write(port: u16) -> bool {
@@ -143,40 +144,34 @@ async fn a_lowered_ttl_shortens_a_partitioned_leaders_deadline() {
     .await;
 }
 
-/// The leader key deleted by hand: the holder stops writing at once (before the fix its next
-/// renewal re-created the key and it went on as if nothing happened), and the cluster elects
-/// a leader again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_leader_whose_lock_is_deleted_stops_writing() {
+/// The leader lock deleted by hand (etcd's leader key, or `kubectl delete lease`): the holder
+/// stops writing at once, well before its deadline, and the cluster elects a leader again.
+/// Before the fix, on etcd its next renewal re-created the key and it went on as if nothing
+/// happened; on Kubernetes it carried on until a renewal answered 404, which it counted as a
+/// store error that keeps the old deadline.
+async fn a_leader_whose_lock_is_deleted_stops_writing(backend: Backend) {
     let t = Timings {
         ttl: 30,
         loop_wait: 2,
         retry_timeout: 3,
     };
-    let Some(c) = Cluster::start(Backend::Etcd, "itdel", 2, t).await else {
+    let Some(c) = Cluster::start(backend, "itdel", 2, t).await else {
         return;
     };
     let (l, _) = c.healthy(LONG).await;
     c.sql(l, "CREATE TABLE probe (x int)")
         .await
         .expect("create the probe table");
-    let port = c.members[l].pg_port;
-    assert!(accepts_write(port).await);
-    let mut etcd = etcd_client::Client::connect([c.etcd().endpoint()], None)
-        .await
-        .expect("etcd client");
+    assert!(accepts_write(c.members[l].pg_port).await);
     let deleted = Instant::now();
-    let r = etcd
-        .delete(format!("/service/{}/leader", c.scope), None)
-        .await
-        .expect("delete the leader key");
-    assert_eq!(r.deleted(), 1);
+    c.delete_leader_lock().await;
     // Well before the lease deadline (ttl 30): its next renewal (every loop_wait / 2) finds the
-    // key gone.
+    // lock gone. Refusals are asked of `writable`, which waits out a slow write instead of
+    // counting it as refused.
     c.wait_for(
         "the old leader to refuse writes",
         Duration::from_secs(20),
-        || async { (!accepts_write(port).await).then_some(()) },
+        || async { (!c.writable(l).await).then_some(()) },
     )
     .await;
     eprintln!(
@@ -195,11 +190,21 @@ async fn a_leader_whose_lock_is_deleted_stops_writing() {
     for i in 0..2 {
         if i != n {
             assert!(
-                !accepts_write(c.members[i].pg_port).await,
+                !c.writable(i).await,
                 "member {i} is writable beside the leader {leader}"
             );
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_lock_is_deleted_stops_writing_on_etcd() {
+    a_leader_whose_lock_is_deleted_stops_writing(Backend::Etcd).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_lock_is_deleted_stops_writing_on_kubernetes() {
+    a_leader_whose_lock_is_deleted_stops_writing(Backend::Kubernetes(ControlPlane::Shared)).await;
 }
 
 /// The hand-started postmaster, killed when the test ends whatever happened.
