@@ -6,12 +6,10 @@
 
 #[path = "support/cluster.rs"]
 mod cluster;
-#[path = "support/etcd.rs"]
-mod etcd_support;
 
 use std::time::Duration;
 
-use cluster::{Cluster, Timings};
+use cluster::{Backend, Cluster, Timings};
 use reqwest::Method;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -220,7 +218,7 @@ const GETS: &[&str] = &[
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_answers_match_the_openapi_spec() {
     let root = spec();
-    let Some(c) = Cluster::start("openapi", 2, T).await else {
+    let Some(c) = Cluster::start(Backend::Etcd, "openapi", 2, T).await else {
         return;
     };
     let long = Duration::from_secs(120);

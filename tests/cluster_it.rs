@@ -1,13 +1,13 @@
-//! pgwarden end to end: real PostgreSQL 15, real etcd, three `pgwarden run` processes.
+//! pgwarden end to end: `pgwarden run` processes on real PostgreSQL 15. The failover scenario
+//! runs on both stores, real etcd and a real kube-apiserver (each member paired with a Pod
+//! object); the store outage and the crashed postmaster on etcd.
 
 #[path = "support/cluster.rs"]
 mod cluster;
-#[path = "support/etcd.rs"]
-mod etcd_support;
 
 use std::time::Duration;
 
-use cluster::{Cluster, Timings};
+use cluster::{Backend, Cluster, ControlPlane, Store, Timings};
 use reqwest::Method;
 
 const T: Timings = Timings {
@@ -16,32 +16,73 @@ const T: Timings = Timings {
     retry_timeout: 2,
 };
 
-/// The member's key says it runs as a replica streaming on `timeline`.
-async fn streaming_on(c: &Cluster, name: &str, timeline: u64) -> bool {
-    c.view()
-        .await
-        .is_some_and(|v| cluster::member_io::streaming_on(&v, name, timeline))
+/// The failover scenario's, on either store: the API server answers more slowly than etcd.
+const FAILOVER: Timings = Timings {
+    ttl: 8,
+    loop_wait: 1,
+    retry_timeout: 3,
+};
+
+const LONG: Duration = Duration::from_secs(120);
+
+/// On Kubernetes, the Lease's holder is `leader`; its `leaseTransitions`. `None` on etcd, whose
+/// leader key keeps no count.
+async fn lease_held_by(c: &Cluster, leader: &str) -> Option<i32> {
+    let Store::Kubernetes(k8s) = &c.store else {
+        return None;
+    };
+    let (holder, transitions) = k8s.lease_state().await.expect("the Lease exists");
+    assert_eq!(holder.as_deref(), Some(leader));
+    Some(transitions)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_members_fail_over_switch_over_and_restart() {
-    let Some(mut c) = Cluster::start("itcore", 3, T).await else {
+/// On Kubernetes, waits for the Pods' role labels to say `primary` is the primary, each of
+/// `replicas` a replica, and `dead` (a killed member), if any, neither. Etcd has no labels.
+async fn labels_follow(
+    c: &Cluster,
+    what: &str,
+    primary: &str,
+    replicas: &[&str],
+    dead: Option<&str>,
+) {
+    let Store::Kubernetes(k8s) = &c.store else {
         return;
     };
-    let long = Duration::from_secs(90);
+    c.wait_for(what, LONG, || async {
+        let unlabelled = match dead {
+            Some(d) => k8s.role_labels().await[d].is_none(),
+            None => true,
+        };
+        (k8s.labels_are(primary, replicas).await && unlabelled).then_some(())
+    })
+    .await;
+}
+
+/// Three members: bootstrap, the primary's agent and postmaster killed with -9 and a failover,
+/// the old primary rejoining through pg_rewind, a switchover back through REST, a restart of
+/// the whole cluster keeping the data, a second member under a running member's name refused.
+/// On Kubernetes the Lease (holder, one transition per change of holder) and the Pods' role
+/// labels follow every change of leader.
+async fn three_members_fail_over_switch_over_and_restart(backend: Backend) {
+    let Some(mut c) = Cluster::start(backend, "itcore", 3, FAILOVER).await else {
+        return;
+    };
+    let names = ["m0", "m1", "m2"];
+    let all_but = |m: &str| -> Vec<&str> { names.into_iter().filter(|n| *n != m).collect() };
 
     // Bootstrap: one leader, two streaming replicas.
     let leader = c
-        .wait_for("a leader", long, || async { c.leader().await })
+        .wait_for("a leader", LONG, || async { c.leader().await })
         .await;
-    for m in ["m0", "m1", "m2"] {
-        if m != leader {
-            c.wait_for(&format!("{m} streaming"), long, || async {
-                streaming_on(&c, m, 1).await.then_some(())
-            })
-            .await;
-        }
+    let others = all_but(&leader);
+    for m in &others {
+        c.wait_for(&format!("{m} streaming"), LONG, || async {
+            c.streaming_on(m, 1).await.then_some(())
+        })
+        .await;
     }
+    let transitions = lease_held_by(&c, &leader).await;
+    labels_follow(&c, "role labels", &leader, &others, None).await;
     let l = c.index(&leader);
     c.sql(
         l,
@@ -49,6 +90,16 @@ async fn three_members_fail_over_switch_over_and_restart() {
     )
     .await
     .expect("write on the leader");
+    if let Store::Kubernetes(k8s) = &c.store {
+        let lease = k8s.lease().await.unwrap();
+        let spec = lease.spec.as_ref().unwrap();
+        assert_eq!(spec.lease_duration_seconds, Some(FAILOVER.ttl as i32));
+        let ann = lease.metadata.annotations.clone().unwrap_or_default();
+        assert!(
+            ann.get("optime").is_some_and(|o| o.parse::<u64>().is_ok()),
+            "optime annotation: {ann:?}"
+        );
+    }
     let (code, body) = c.api(l, Method::GET, "/primary", None).await;
     assert_eq!(code, 200, "{body}");
     let (code, _) = c.api(l, Method::GET, "/replica", None).await;
@@ -61,28 +112,47 @@ async fn three_members_fail_over_switch_over_and_restart() {
     c.kill9(l);
     let old_port = c.members[l].pg_port;
     let new_leader = c
-        .wait_for("a new leader", long, || async {
+        .wait_for("a new leader", LONG, || async {
             c.leader().await.filter(|n| *n != leader)
         })
         .await;
     let n = c.index(&new_leader);
-    c.wait_for("writes on the new leader", long, || async {
+    c.wait_for("writes on the new leader", LONG, || async {
         c.sql(n, "INSERT INTO t VALUES (2)").await.ok()
     })
+    .await;
+    let after_failover = lease_held_by(&c, &new_leader).await;
+    assert_eq!(
+        after_failover,
+        transitions.map(|t| t + 1),
+        "leaseTransitions +1 on failover"
+    );
+    let survivor: Vec<&str> = others
+        .iter()
+        .copied()
+        .filter(|m| *m != new_leader)
+        .collect();
+    labels_follow(
+        &c,
+        "labels follow the failover",
+        &new_leader,
+        &survivor,
+        Some(&leader),
+    )
     .await;
     assert!(
         std::net::TcpStream::connect(("127.0.0.1", old_port)).is_err(),
         "the killed agent's PostgreSQL must have died with it"
     );
-    c.wait_for("history to record the promotion", long, || async {
+    c.wait_for("history to record the promotion", LONG, || async {
         c.view().await.filter(|v| v.timeline() == 2).map(|_| ())
     })
     .await;
 
     // The old primary comes back and rejoins as a replica through pg_rewind.
     c.spawn(l);
-    c.wait_for("the old primary streaming on timeline 2", long, || async {
-        streaming_on(&c, &leader, 2).await.then_some(())
+    c.wait_for("the old primary streaming on timeline 2", LONG, || async {
+        c.streaming_on(&leader, 2).await.then_some(())
     })
     .await;
     let log = std::fs::read_to_string(c.log_path(l)).unwrap_or_default();
@@ -90,12 +160,20 @@ async fn three_members_fail_over_switch_over_and_restart() {
         log.contains("pg_rewind"),
         "the old primary rejoined through pg_rewind"
     );
-    c.wait_for("row 2 replicated to the old primary", long, || async {
+    c.wait_for("row 2 replicated to the old primary", LONG, || async {
         c.sql(l, "SELECT count(*) FROM t")
             .await
             .ok()
             .filter(|r| r == &vec!["2".to_string()])
     })
+    .await;
+    labels_follow(
+        &c,
+        "labels after the rejoin",
+        &new_leader,
+        &all_but(&new_leader),
+        None,
+    )
     .await;
 
     // A switchover through REST back to the old primary.
@@ -103,12 +181,15 @@ async fn three_members_fail_over_switch_over_and_restart() {
     let (code, text) = c.api(n, Method::POST, "/switchover", Some(&body)).await;
     assert_eq!(code, 200, "{text}");
     assert_eq!(text, format!("Successfully switched over to \"{leader}\""));
-    c.wait_for("writes after the switchover", long, || async {
+    c.wait_for("writes after the switchover", LONG, || async {
         c.sql(l, "INSERT INTO t VALUES (3)").await.ok()
     })
     .await;
-    c.wait_for("the former leader streaming again", long, || async {
-        streaming_on(&c, &new_leader, 3).await.then_some(())
+    let after_switchover = lease_held_by(&c, &leader).await;
+    assert_eq!(after_switchover, after_failover.map(|t| t + 1));
+    labels_follow(&c, "labels after the switchover", &leader, &others, None).await;
+    c.wait_for("the former leader streaming again", LONG, || async {
+        c.streaming_on(&new_leader, 3).await.then_some(())
     })
     .await;
 
@@ -117,17 +198,15 @@ async fn three_members_fail_over_switch_over_and_restart() {
         let st = c.terminate(i).expect("member was running");
         assert!(st.success(), "clean shutdown of member {i}: {st:?}");
     }
-    for i in 0..3 {
-        c.spawn(i);
-    }
+    c.spawn_all();
     let after = c
-        .wait_for("a leader after the restart", long, || async {
+        .wait_for("a leader after the restart", LONG, || async {
             c.leader().await
         })
         .await;
     let a = c.index(&after);
     let rows = c
-        .wait_for("the data after the restart", long, || async {
+        .wait_for("the data after the restart", LONG, || async {
             c.sql(a, "SELECT count(*) FROM t").await.ok()
         })
         .await;
@@ -159,11 +238,22 @@ async fn three_members_fail_over_switch_over_and_restart() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_members_fail_over_switch_over_and_restart_on_etcd() {
+    three_members_fail_over_switch_over_and_restart(Backend::Etcd).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_members_fail_over_switch_over_and_restart_on_kubernetes() {
+    three_members_fail_over_switch_over_and_restart(Backend::Kubernetes(ControlPlane::Shared))
+        .await;
+}
+
 /// Cut off from the store, the leader stops taking writes on its own (it cannot renew), and
 /// when the store comes back the cluster has exactly one primary again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_cut_off_from_the_store_stops_writing_then_recovers() {
-    let Some(mut c) = Cluster::start("itstore", 3, T).await else {
+    let Some(mut c) = Cluster::start(Backend::Etcd, "itstore", 3, T).await else {
         return;
     };
     let long = Duration::from_secs(90);
@@ -178,7 +268,7 @@ async fn leader_cut_off_from_the_store_stops_writing_then_recovers() {
     })
     .await;
     let stopped = std::time::Instant::now();
-    c.etcd.stop();
+    c.etcd_mut().stop();
     // Writes must stop by the leader's own deadline (ttl minus a margin after its last
     // renewal); the bound here is generous, the figure is printed.
     let refused = c
@@ -206,7 +296,7 @@ async fn leader_cut_off_from_the_store_stops_writing_then_recovers() {
             "member {i} must not be a primary: {r:?}"
         );
     }
-    c.etcd.start().await;
+    c.etcd_mut().start().await;
     c.wait_for("a leader after the store returned", long, || async {
         c.leader().await
     })
@@ -234,6 +324,7 @@ async fn leader_cut_off_from_the_store_stops_writing_then_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crashed_postmaster_is_recovered_in_place() {
     let Some(c) = Cluster::start(
+        Backend::Etcd,
         "itcrash",
         2,
         Timings {

@@ -7,8 +7,6 @@
 
 #[path = "support/cluster.rs"]
 mod cluster;
-#[path = "support/etcd.rs"]
-mod etcd_support;
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -17,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use cluster::{Cluster, Timings, distinct_ports};
+use cluster::{Backend, Cluster, Timings, distinct_ports};
 
 const T: Timings = Timings {
     ttl: 10,
@@ -276,7 +274,7 @@ async fn haproxy_and_pgbouncer_follow_the_leader() {
         eprintln!("SKIPPED: {p} is missing");
         return;
     }
-    let Some(mut c) = Cluster::start("haproxy", 3, T).await else {
+    let Some(mut c) = Cluster::start(Backend::Etcd, "haproxy", 3, T).await else {
         return;
     };
     let long = Duration::from_secs(120);

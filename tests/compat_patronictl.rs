@@ -5,14 +5,12 @@
 
 #[path = "support/cluster.rs"]
 mod cluster;
-#[path = "support/etcd.rs"]
-mod etcd_support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use cluster::{Cluster, Timings};
+use cluster::{Backend, Cluster, Timings};
 
 const T: Timings = Timings {
     ttl: 10,
@@ -51,7 +49,7 @@ fn ctl(program: &Path, config: &Path, args: &[&str]) -> (i32, String) {
 
 fn write_ctl_config(c: &Cluster) -> PathBuf {
     let path = c.dir.join("patronictl.yaml");
-    let etcd = c.etcd.endpoint().trim_start_matches("http://").to_owned();
+    let etcd = c.etcd().endpoint().trim_start_matches("http://").to_owned();
     std::fs::write(
         &path,
         format!(
@@ -81,7 +79,7 @@ async fn debian_patronictl_drives_a_pgwarden_cluster() {
         eprintln!("SKIPPED: {PATRONICTL} is missing");
         return;
     }
-    let Some(c) = Cluster::start("ctlcompat", 3, T).await else {
+    let Some(c) = Cluster::start(Backend::Etcd, "ctlcompat", 3, T).await else {
         return;
     };
     let long = Duration::from_secs(120);

@@ -7,13 +7,11 @@
 
 #[path = "support/cluster.rs"]
 mod cluster;
-#[path = "support/etcd.rs"]
-mod etcd_support;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cluster::{Cluster, Timings};
+use cluster::{Backend, Cluster, Timings};
 
 const T: Timings = Timings {
     ttl: 10,
@@ -89,7 +87,7 @@ async fn schemathesis_finds_no_server_error() {
         eprintln!("SKIPPED: schemathesis (st) is missing");
         return;
     };
-    let Some(c) = Cluster::start("schemathesis", 1, T).await else {
+    let Some(c) = Cluster::start(Backend::Etcd, "schemathesis", 1, T).await else {
         return;
     };
     let long = Duration::from_secs(120);

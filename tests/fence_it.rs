@@ -4,8 +4,6 @@
 
 #[path = "support/cluster.rs"]
 mod cluster;
-#[path = "support/etcd.rs"]
-mod etcd_support;
 #[path = "support/pg.rs"]
 mod pg;
 
@@ -15,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cluster::{Cluster, MemberProc, Timings};
+use cluster::{Backend, Cluster, Timings};
 use pgwarden::postgres::{
     PgSettings, Postgres, StartAs, kill_data_dir_processes, postgres_processes_in,
 };
@@ -305,7 +303,7 @@ fn signal(pid: u32, sig: libc::c_int) {
 /// every PostgreSQL process by the lease deadline; after SIGCONT the agent recovers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frozen_agent_is_fenced_by_its_fence_process() {
-    let Some(c) = Cluster::start("fencefrozen", 1, T).await else {
+    let Some(c) = Cluster::start(Backend::Etcd, "fencefrozen", 1, T).await else {
         return;
     };
     let long = Duration::from_secs(90);
@@ -389,35 +387,6 @@ async fn frozen_agent_is_fenced_by_its_fence_process() {
     assert_eq!(code, 200, "{body}");
 }
 
-/// A member `m0` of `c` whose configuration ends with `extra` YAML; spawned.
-fn add_member(c: &mut Cluster, extra: &str) {
-    let ports = cluster::distinct_ports(2);
-    let (pg_port, api_port) = (ports[0], ports[1]);
-    let mdir = c.dir.join("m0");
-    std::fs::create_dir_all(&mdir).unwrap();
-    if let Some(u) = postgres_user() {
-        nix::unistd::chown(&mdir, Some(u.uid), Some(u.gid)).unwrap();
-    }
-    let config = c.dir.join("m0.yml");
-    let yaml = c.member_yaml("m0", pg_port, api_port, &T) + extra;
-    std::fs::write(&config, yaml).unwrap();
-    c.members.push(MemberProc {
-        name: "m0".into(),
-        config,
-        pg_port,
-        api_port,
-        child: None,
-    });
-    c.spawn(0);
-}
-
-fn postgres_user() -> Option<nix::unistd::User> {
-    if !nix::unistd::geteuid().is_root() {
-        return None;
-    }
-    nix::unistd::User::from_name("postgres").ok().flatten()
-}
-
 /// A FIFO standing in for the watchdog device, writable by the member, opened for reading.
 fn fake_watchdog(dir: &Path) -> (PathBuf, std::fs::File) {
     use std::os::unix::ffi::OsStrExt;
@@ -452,17 +421,16 @@ fn drain(reader: &mut std::fs::File, into: &mut Vec<u8>) {
 /// at every renewal and the magic close `V` when the member stops.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watchdog_gets_keepalives_and_the_magic_close() {
-    let Some(mut c) = Cluster::start("fencewd", 0, T).await else {
+    let Some(mut c) = Cluster::start(Backend::Etcd, "fencewd", 0, T).await else {
         return;
     };
     let (device, mut reader) = fake_watchdog(&c.dir);
-    add_member(
-        &mut c,
-        &format!(
-            "watchdog:\n  mode: automatic\n  device: {}\n  safety_margin: 2\n",
-            device.display()
-        ),
-    );
+    c.add_member(&format!(
+        "watchdog:\n  mode: automatic\n  device: {}\n  safety_margin: 2\n",
+        device.display()
+    ))
+    .await;
+    c.spawn(0);
     let long = Duration::from_secs(90);
     c.wait_for("m0 to lead", long, || async {
         c.leader().await.filter(|l| l == "m0")
@@ -504,17 +472,16 @@ async fn watchdog_gets_keepalives_and_the_magic_close() {
 /// with one line naming `watchdog.device`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn required_watchdog_without_a_device_refuses_to_start() {
-    let Some(mut c) = Cluster::start("fencewdreq", 0, T).await else {
+    let Some(mut c) = Cluster::start(Backend::Etcd, "fencewdreq", 0, T).await else {
         return;
     };
     let missing = c.dir.join("no-such-watchdog");
-    add_member(
-        &mut c,
-        &format!(
-            "watchdog:\n  mode: required\n  device: {}\n",
-            missing.display()
-        ),
-    );
+    c.add_member(&format!(
+        "watchdog:\n  mode: required\n  device: {}\n",
+        missing.display()
+    ))
+    .await;
+    c.spawn(0);
     let child = c.members[0].child.as_mut().unwrap();
     let mut status = None;
     let exited = within(Duration::from_secs(60), || {
@@ -544,17 +511,16 @@ async fn required_watchdog_without_a_device_refuses_to_start() {
 /// now and then but never promotes. With a reader again, it leads again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_required_watchdog_that_fails_demotes_the_primary_and_blocks_promotion() {
-    let Some(mut c) = Cluster::start("fencewdfail", 0, T).await else {
+    let Some(mut c) = Cluster::start(Backend::Etcd, "fencewdfail", 0, T).await else {
         return;
     };
     let (device, reader) = fake_watchdog(&c.dir);
-    add_member(
-        &mut c,
-        &format!(
-            "watchdog:\n  mode: required\n  device: {}\n  safety_margin: 2\n",
-            device.display()
-        ),
-    );
+    c.add_member(&format!(
+        "watchdog:\n  mode: required\n  device: {}\n  safety_margin: 2\n",
+        device.display()
+    ))
+    .await;
+    c.spawn(0);
     let long = Duration::from_secs(90);
     c.wait_for("m0 to lead with its watchdog", long, || async {
         let (code, _) = c.api(0, reqwest::Method::GET, "/primary", None).await;

@@ -3,14 +3,12 @@
 //! is back there is exactly one primary again. Runs on a control plane of its own, since it
 //! pauses it.
 
-#[path = "k8s/harness.rs"]
-mod harness;
-#[path = "support/k8s.rs"]
-mod k8s;
+#[path = "support/cluster.rs"]
+mod cluster;
 
 use std::time::{Duration, Instant};
 
-use harness::{K8sCluster, Timings};
+use cluster::{Backend, Cluster, ControlPlane, Timings};
 
 const T: Timings = Timings {
     ttl: 10,
@@ -20,14 +18,11 @@ const T: Timings = Timings {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_server_outage_demotes_in_time_and_recovers() {
-    if !harness::pg_available() {
+    let own = Backend::Kubernetes(ControlPlane::Own);
+    let Some(c) = Cluster::start(own, "k8sout", 3, T).await else {
         return;
-    }
-    let cp = k8s::OwnControlPlane::start("outage");
-    let client = k8s::client_from(&cp.kubeconfig()).await;
-    let ns = k8s::fresh_namespace(&client, "outage").await;
-    let mut c = K8sCluster::new("k8sout", 3, &T, &cp.kubeconfig(), ns).await;
-    c.spawn_all();
+    };
+    let cp = c.kubernetes().own_control_plane();
     let long = Duration::from_secs(120);
     let l = c.writable_leader(long).await;
     let leader = c.members[l].name.clone();
@@ -88,7 +83,7 @@ async fn api_server_outage_demotes_in_time_and_recovers() {
                 }
                 w
             };
-            let (holder, _) = c.lease_state().await?;
+            let (holder, _) = c.kubernetes().lease_state().await?;
             let holder = holder?;
             (writable.len() == 1 && c.members[writable[0]].name == holder).then_some(holder)
         })
@@ -98,7 +93,10 @@ async fn api_server_outage_demotes_in_time_and_recovers() {
         .filter(|m| *m != holder)
         .collect();
     c.wait_for("labels after the outage", long, || async {
-        c.labels_are(&holder, &others).await.then_some(())
+        c.kubernetes()
+            .labels_are(&holder, &others)
+            .await
+            .then_some(())
     })
     .await;
 }

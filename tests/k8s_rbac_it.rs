@@ -1,14 +1,12 @@
 //! pgwarden under a ServiceAccount token bound to exactly the Role documented in
 //! docs/kubernetes.md: bootstrap, labels, and a switchover (which releases the Lease) work.
 
-#[path = "k8s/harness.rs"]
-mod harness;
-#[path = "support/k8s.rs"]
-mod k8s;
+#[path = "support/cluster.rs"]
+mod cluster;
 
 use std::time::Duration;
 
-use harness::{K8sCluster, Timings};
+use cluster::{Backend, Cluster, ControlPlane, Timings, k8s};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding, RoleRef, Subject};
@@ -39,11 +37,11 @@ fn documented_role() -> Role {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_under_the_documented_role() {
-    if !harness::pg_available() {
+    let shared = Backend::Kubernetes(ControlPlane::Shared);
+    let Some(mut c) = Cluster::prepare(shared, "k8srbac", 3, T).await else {
         return;
-    }
-    let admin = k8s::admin().await;
-    let ns = k8s::fresh_namespace(&admin, "rbac").await;
+    };
+    let (admin, ns) = (c.kubernetes().client.clone(), c.kubernetes().ns.clone());
     let pp = PostParams::default();
     let role = documented_role();
     Api::<Role>::namespaced(admin.clone(), &ns)
@@ -96,10 +94,9 @@ async fn runs_under_the_documented_role() {
         .token
         .expect("token");
 
-    let mut c = K8sCluster::new("k8srbac", 3, &T, &k8s::kubeconfig(), ns.clone()).await;
-    c.use_token(&token);
+    c.kubernetes_mut().use_token(&token);
     // The token really is that narrow: it cannot read Secrets.
-    let sa_client = k8s::client_from(&c.kubeconfig).await;
+    let sa_client = k8s::client_from(&c.kubernetes().kubeconfig).await;
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(sa_client, &ns);
     assert!(
         secrets.list(&Default::default()).await.is_err(),
@@ -116,7 +113,10 @@ async fn runs_under_the_documented_role() {
         .filter(|m| *m != leader)
         .collect();
     c.wait_for("role labels", long, || async {
-        c.labels_are(&leader, &others).await.then_some(())
+        c.kubernetes()
+            .labels_are(&leader, &others)
+            .await
+            .then_some(())
     })
     .await;
     for m in &others {

@@ -5,13 +5,11 @@
 
 #[path = "support/cluster.rs"]
 mod cluster;
-#[path = "support/etcd.rs"]
-mod etcd_support;
 
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use cluster::{Cluster, Timings};
+use cluster::{Backend, Cluster, Timings};
 
 const T: Timings = Timings {
     ttl: 6,
@@ -81,7 +79,7 @@ async fn fenced(c: &Cluster) -> Option<&'static str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn member_with_stuck_stdout_keeps_answering_and_fences() {
-    let Some(mut c) = Cluster::prepare("itlog", 1, T).await else {
+    let Some(mut c) = Cluster::prepare(Backend::Etcd, "itlog", 1, T).await else {
         return;
     };
     let pipe = c.spawn_unread_pipe(0, "debug");
@@ -127,7 +125,7 @@ async fn member_with_stuck_stdout_keeps_answering_and_fences() {
 
     // The store goes away: by its lease deadline (ttl − margin after the last renewal) the
     // leader's PostgreSQL must stop accepting writes. Generous bound: ttl plus a minute.
-    c.etcd.stop();
+    c.etcd_mut().stop();
     let how = c
         .wait_for(
             "the leader's PostgreSQL to be fenced without the store",
@@ -146,7 +144,7 @@ async fn member_with_stuck_stdout_keeps_answering_and_fences() {
     );
 
     // The store returns: the member leads again and its PostgreSQL takes writes.
-    c.etcd.start().await;
+    c.etcd_mut().start().await;
     c.wait_for("the member to lead again", long, || async {
         c.leader().await
     })

@@ -7,12 +7,10 @@
 
 #[path = "support/cluster.rs"]
 mod cluster;
-#[path = "support/etcd.rs"]
-mod etcd_support;
 
 use std::time::Duration;
 
-use cluster::{Cluster, Timings};
+use cluster::{Backend, Cluster, Timings};
 use reqwest::Method;
 
 const T: Timings = Timings {
@@ -21,7 +19,8 @@ const T: Timings = Timings {
     retry_timeout: 2,
 };
 
-/// Waits for a leader and for `replicas` streaming from it on timeline 1; the leader's index.
+/// Waits for a leader and for the other members streaming from it on timeline 1; the
+/// leader's index.
 async fn healthy(c: &Cluster) -> usize {
     let long = Duration::from_secs(90);
     let leader = c
@@ -30,7 +29,7 @@ async fn healthy(c: &Cluster) -> usize {
     for m in &c.members {
         if m.name != leader {
             c.wait_for(&format!("{} streaming", m.name), long, || async {
-                streaming(c, &m.name).await.then_some(())
+                c.streaming_on(&m.name, 1).await.then_some(())
             })
             .await;
         }
@@ -47,15 +46,9 @@ async fn first_row(c: &Cluster, i: usize, sql: &str) -> Option<String> {
 
 const STARTED: &str = "SELECT pg_postmaster_start_time()::text";
 
-async fn streaming(c: &Cluster, name: &str) -> bool {
-    c.view()
-        .await
-        .is_some_and(|v| cluster::member_io::streaming_on(&v, name, 1))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_keeps_the_leader_and_reinitialize_clones_a_replica_afresh() {
-    let Some(c) = Cluster::start("itrestart", 2, T).await else {
+    let Some(c) = Cluster::start(Backend::Etcd, "itrestart", 2, T).await else {
         return;
     };
     let long = Duration::from_secs(90);
@@ -94,7 +87,7 @@ async fn restart_keeps_the_leader_and_reinitialize_clones_a_replica_afresh() {
     let (code, body) = c.api(r, Method::POST, "/restart", Some("{}")).await;
     assert_eq!((code, body.as_str()), (200, "restarted successfully"));
     c.wait_for("the replica streaming again", long, || async {
-        streaming(&c, &replica).await.then_some(())
+        c.streaming_on(&replica, 1).await.then_some(())
     })
     .await;
 
@@ -114,7 +107,7 @@ async fn restart_keeps_the_leader_and_reinitialize_clones_a_replica_afresh() {
     let (code, body) = c.api(r, Method::POST, "/reinitialize", Some("{}")).await;
     assert_eq!((code, body.as_str()), (200, "reinitialize started"));
     c.wait_for("the replica cloned and streaming", long, || async {
-        (streaming(&c, &replica).await && !marker.exists()).then_some(())
+        (c.streaming_on(&replica, 1).await && !marker.exists()).then_some(())
     })
     .await;
     c.wait_for("both rows on the new copy", long, || async {
@@ -133,7 +126,7 @@ async fn restart_keeps_the_leader_and_reinitialize_clones_a_replica_afresh() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scheduled_switchover_runs_at_its_time() {
-    let Some(c) = Cluster::start("itsched", 2, T).await else {
+    let Some(c) = Cluster::start(Backend::Etcd, "itsched", 2, T).await else {
         return;
     };
     let long = Duration::from_secs(90);
@@ -167,7 +160,7 @@ async fn a_scheduled_switchover_runs_at_its_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_patched_parameter_is_reloaded_on_every_member() {
-    let Some(c) = Cluster::start("itconfig", 2, T).await else {
+    let Some(c) = Cluster::start(Backend::Etcd, "itconfig", 2, T).await else {
         return;
     };
     let long = Duration::from_secs(90);

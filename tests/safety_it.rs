@@ -1,45 +1,21 @@
 //! Split-brain paths around the HA core, on real PostgreSQL 15 and etcd: a ttl lowered before a
-//! partition, a leader lock deleted by hand, a postmaster pgwarden did not start.
+//! partition, a leader lock deleted by hand (also on a real kube-apiserver: the Lease), a
+//! postmaster pgwarden did not start.
 
 #[path = "support/cluster.rs"]
 mod cluster;
-#[path = "support/etcd.rs"]
-mod etcd_support;
 #[path = "support/proxy.rs"]
 mod proxy;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use cluster::{Cluster, Timings};
+use cluster::{Backend, Cluster, ControlPlane, Timings};
 use pgwarden::postgres::postmaster_pid_file_alive;
 use proxy::Proxy;
 use reqwest::Method;
 
-const LONG: Duration = Duration::from_secs(90);
-
-async fn streaming(c: &Cluster, name: &str) -> bool {
-    c.view()
-        .await
-        .is_some_and(|v| cluster::member_io::streaming_on(&v, name, v.timeline()))
-}
-
-/// A healthy cluster: (leader index, replica indexes), every replica streaming.
-async fn healthy(c: &Cluster) -> (usize, Vec<usize>) {
-    let leader = c
-        .wait_for("a leader", LONG, || async { c.leader().await })
-        .await;
-    let l = c.index(&leader);
-    let others: Vec<usize> = (0..c.members.len()).filter(|i| *i != l).collect();
-    for &i in &others {
-        let name = c.members[i].name.clone();
-        c.wait_for(&format!("{name} streaming"), LONG, || async {
-            streaming(c, &name).await.then_some(())
-        })
-        .await;
-    }
-    (l, others)
-}
+const LONG: Duration = Duration::from_secs(120);
 
 /// Whether the PostgreSQL at `port` accepts a write right now (bounded by a second).
 async fn accepts_write(port: u16) -> bool {
@@ -55,7 +31,7 @@ async fn accepts_write(port: u16) -> bool {
 /// its PostgreSQL port (which the test's write probes use).
 async fn behind_proxies(c: &mut Cluster) -> Vec<(Proxy, Proxy)> {
     let etcd: SocketAddr = c
-        .etcd
+        .etcd()
         .endpoint()
         .trim_start_matches("http://")
         .parse()
@@ -92,10 +68,10 @@ async fn a_lowered_ttl_shortens_a_partitioned_leaders_deadline() {
         loop_wait: 2,
         retry_timeout: 3,
     };
-    let Some(mut c) = Cluster::start("itttl", 2, t).await else {
+    let Some(mut c) = Cluster::start(Backend::Etcd, "itttl", 2, t).await else {
         return;
     };
-    let (l, _) = healthy(&c).await;
+    let (l, _) = c.healthy(LONG).await;
     c.sql(l, "CREATE TABLE probe (x int)")
         .await
         .expect("create the probe table");
@@ -107,7 +83,7 @@ async fn a_lowered_ttl_shortens_a_partitioned_leaders_deadline() {
     for i in 0..2 {
         c.spawn(i);
     }
-    let (l, others) = healthy(&c).await;
+    let (l, others) = c.healthy(LONG).await;
     let r = others[0];
     let (code, body) = c
         .api(
@@ -163,45 +139,39 @@ async fn a_lowered_ttl_shortens_a_partitioned_leaders_deadline() {
     proxies[l].1.heal();
     let name = c.members[l].name.clone();
     c.wait_for("the old leader streaming again", LONG, || async {
-        streaming(&c, &name).await.then_some(())
+        c.streaming(&name).await.then_some(())
     })
     .await;
 }
 
-/// The leader key deleted by hand: the holder stops writing at once (before the fix its next
-/// renewal re-created the key and it went on as if nothing happened), and the cluster elects
-/// a leader again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_leader_whose_lock_is_deleted_stops_writing() {
+/// The leader lock deleted by hand (etcd's leader key, or `kubectl delete lease`): the holder
+/// stops writing at once, well before its deadline, and the cluster elects a leader again.
+/// Before the fix, on etcd its next renewal re-created the key and it went on as if nothing
+/// happened; on Kubernetes it carried on until a renewal answered 404, which it counted as a
+/// store error that keeps the old deadline.
+async fn a_leader_whose_lock_is_deleted_stops_writing(backend: Backend) {
     let t = Timings {
         ttl: 30,
         loop_wait: 2,
         retry_timeout: 3,
     };
-    let Some(c) = Cluster::start("itdel", 2, t).await else {
+    let Some(c) = Cluster::start(backend, "itdel", 2, t).await else {
         return;
     };
-    let (l, _) = healthy(&c).await;
+    let (l, _) = c.healthy(LONG).await;
     c.sql(l, "CREATE TABLE probe (x int)")
         .await
         .expect("create the probe table");
-    let port = c.members[l].pg_port;
-    assert!(accepts_write(port).await);
-    let mut etcd = etcd_client::Client::connect([c.etcd.endpoint()], None)
-        .await
-        .expect("etcd client");
+    assert!(accepts_write(c.members[l].pg_port).await);
     let deleted = Instant::now();
-    let r = etcd
-        .delete(format!("/service/{}/leader", c.scope), None)
-        .await
-        .expect("delete the leader key");
-    assert_eq!(r.deleted(), 1);
+    c.delete_leader_lock().await;
     // Well before the lease deadline (ttl 30): its next renewal (every loop_wait / 2) finds the
-    // key gone.
+    // lock gone. Refusals are asked of `writable`, which waits out a slow write instead of
+    // counting it as refused.
     c.wait_for(
         "the old leader to refuse writes",
         Duration::from_secs(20),
-        || async { (!accepts_write(port).await).then_some(()) },
+        || async { (!c.writable(l).await).then_some(()) },
     )
     .await;
     eprintln!(
@@ -220,11 +190,21 @@ async fn a_leader_whose_lock_is_deleted_stops_writing() {
     for i in 0..2 {
         if i != n {
             assert!(
-                !accepts_write(c.members[i].pg_port).await,
+                !c.writable(i).await,
                 "member {i} is writable beside the leader {leader}"
             );
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_lock_is_deleted_stops_writing_on_etcd() {
+    a_leader_whose_lock_is_deleted_stops_writing(Backend::Etcd).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_lock_is_deleted_stops_writing_on_kubernetes() {
+    a_leader_whose_lock_is_deleted_stops_writing(Backend::Kubernetes(ControlPlane::Shared)).await;
 }
 
 /// The hand-started postmaster, killed when the test ends whatever happened.
@@ -256,10 +236,10 @@ async fn a_postmaster_pgwarden_did_not_start_is_restarted_under_it() {
         loop_wait: 1,
         retry_timeout: 2,
     };
-    let Some(mut c) = Cluster::start("itadopt", 2, t).await else {
+    let Some(mut c) = Cluster::start(Backend::Etcd, "itadopt", 2, t).await else {
         return;
     };
-    let (_, others) = healthy(&c).await;
+    let (_, others) = c.healthy(LONG).await;
     let r = others[0];
     let data = c.dir.join(&c.members[r].name).join("data");
     let pm = postmaster_pid_file_alive(&data).expect("the replica's postmaster");
@@ -302,7 +282,7 @@ async fn a_postmaster_pgwarden_did_not_start_is_restarted_under_it() {
     );
     let name = c.members[r].name.clone();
     c.wait_for("the replica streaming again", LONG, || async {
-        streaming(&c, &name).await.then_some(())
+        c.streaming(&name).await.then_some(())
     })
     .await;
 }

@@ -11,13 +11,11 @@
 
 #[path = "../support/cluster.rs"]
 mod cluster;
-#[path = "../support/etcd.rs"]
-mod etcd_support;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cluster::{Cluster, Timings};
+use cluster::{Backend, Cluster, Timings};
 use reqwest::Method;
 
 /// Instants of committed writes.
@@ -160,7 +158,7 @@ fn main() {
             loop_wait: 1,
             retry_timeout: 2,
         };
-        let Some(mut c) = Cluster::start("bench", 3, t).await else {
+        let Some(mut c) = Cluster::start(Backend::Etcd, "bench", 3, t).await else {
             eprintln!("components missing");
             return;
         };

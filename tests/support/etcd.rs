@@ -1,5 +1,6 @@
 //! A throwaway etcd server for tests: free loopback ports, a temporary data directory, killed and
-//! removed on drop. Include it with `#[path = "support/etcd.rs"] mod etcd_support;`.
+//! removed on drop. Include it with `#[path = "support/etcd.rs"] mod etcd_support;` (the cluster
+//! harness, `cluster.rs`, includes it itself).
 //!
 //! When no etcd binary exists, [`EtcdServer::start_or_skip`] fails the test under `CI=true` and
 //! otherwise prints a skip note and returns `None`.

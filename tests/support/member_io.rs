@@ -1,5 +1,6 @@
 //! Talking to a test member from outside: SQL on its PostgreSQL, requests to its REST API, its
-//! log. Shared by the etcd and the Kubernetes harnesses.
+//! log. Used through the cluster harness (`cluster.rs`), and directly by tests that probe a
+//! member's port on their own terms.
 #![allow(dead_code)]
 
 use std::path::Path;

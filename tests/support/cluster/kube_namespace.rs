@@ -1,0 +1,164 @@
+//! A test cluster's namespace on a real kube-apiserver: a Pod object per member (nothing runs
+//! it: the member is a process on loopback that reports itself in it), the kubeconfig the
+//! members use, and what only this store shows: the Lease and the Pods' role labels.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams};
+use pgwarden::config::Kubernetes;
+use pgwarden::dcs::kubernetes::{KubernetesDcs, KubernetesSettings};
+
+use super::Timings;
+use super::k8s;
+
+pub struct KubeNamespace {
+    /// The control plane's admin.
+    pub client: kube::Client,
+    pub ns: String,
+    /// What the members use (see [`KubeNamespace::use_token`]).
+    pub kubeconfig: PathBuf,
+    admin_kubeconfig: PathBuf,
+    /// Where the members' kubeconfigs are written (the cluster's directory).
+    dir: PathBuf,
+    scope: String,
+    pods: Vec<String>,
+    /// Declared last: stopped after everything above is dropped.
+    own_control_plane: Option<k8s::OwnControlPlane>,
+}
+
+impl KubeNamespace {
+    /// A fresh namespace on the control plane of `admin_kubeconfig` (`own`, when it is the
+    /// cluster's own); the members use the admin's credentials until
+    /// [`KubeNamespace::use_token`].
+    pub(super) async fn create(
+        admin_kubeconfig: &Path,
+        own: Option<k8s::OwnControlPlane>,
+        scope: &str,
+        dir: &Path,
+    ) -> KubeNamespace {
+        let client = k8s::client_from(admin_kubeconfig).await;
+        let ns = k8s::fresh_namespace(&client, scope).await;
+        KubeNamespace {
+            client,
+            ns,
+            kubeconfig: k8s::member_kubeconfig(dir, admin_kubeconfig, None),
+            admin_kubeconfig: admin_kubeconfig.to_owned(),
+            dir: dir.to_owned(),
+            scope: scope.into(),
+            pods: Vec::new(),
+            own_control_plane: own,
+        }
+    }
+
+    /// The control plane of a cluster created with `ControlPlane::Own`, to pause it.
+    pub fn own_control_plane(&self) -> &k8s::OwnControlPlane {
+        self.own_control_plane.as_ref().expect(
+            "a control plane of the cluster's own (pausing the shared one stops every test)",
+        )
+    }
+
+    /// Replaces the kubeconfig members use (e.g. with a ServiceAccount token); members
+    /// spawned afterwards use it.
+    pub fn use_token(&mut self, token: &str) {
+        self.kubeconfig = k8s::member_kubeconfig(&self.dir, &self.admin_kubeconfig, Some(token));
+    }
+
+    /// The Pod of the `index`th member, `name`, with an address of its own: the members
+    /// themselves are reached on loopback (`pod_ip` in their configuration).
+    pub(super) async fn add_pod(&mut self, name: &str, index: usize) {
+        let labels: BTreeMap<String, String> = [
+            ("cluster-name".to_owned(), self.scope.clone()),
+            ("application".to_owned(), "pgwarden-it".to_owned()),
+        ]
+        .into();
+        let ip = format!("10.9.0.{}", index + 1);
+        k8s::create_pod(&self.client, &self.ns, name, labels, &ip).await;
+        self.pods.push(name.into());
+    }
+
+    pub(super) fn dcs_section(&self, pg_port: u16) -> String {
+        format!(
+            "kubernetes:\n  namespace: {ns}\n  labels:\n    application: pgwarden-it\n  pod_ip: 127.0.0.1\n  ports:\n  - name: postgresql\n    port: {pg_port}\n",
+            ns = self.ns
+        )
+    }
+
+    /// The members' kubeconfig. Without `KUBERNETES_SERVICE_HOST`: were the tests run in a
+    /// Pod, a member would take that Pod's in-cluster credentials instead (as Patroni decides).
+    pub(super) fn member_env(&self, cmd: &mut Command) {
+        cmd.env("KUBECONFIG", &self.kubeconfig)
+            .env_remove("KUBERNETES_SERVICE_HOST");
+    }
+
+    pub(super) fn observer(&self, scope: &str, t: &Timings) -> KubernetesDcs {
+        KubernetesDcs::with_client(
+            self.client.clone(),
+            KubernetesSettings {
+                k8s: Kubernetes {
+                    namespace: self.ns.clone(),
+                    ..Kubernetes::default()
+                },
+                scope: scope.into(),
+                name: "test-observer".into(),
+                ttl: Duration::from_secs(t.ttl),
+                retry_timeout: Duration::from_secs(5),
+            },
+        )
+        .expect("observer")
+    }
+
+    fn lease_name(&self) -> String {
+        format!("{}-leader", self.scope)
+    }
+
+    pub(super) async fn delete_lease(&self) {
+        Api::<Lease>::namespaced(self.client.clone(), &self.ns)
+            .delete(&self.lease_name(), &DeleteParams::default())
+            .await
+            .expect("delete the Lease");
+    }
+
+    pub async fn lease(&self) -> Option<Lease> {
+        Api::<Lease>::namespaced(self.client.clone(), &self.ns)
+            .get_opt(&self.lease_name())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// `(holder, leaseTransitions)` of the Lease.
+    pub async fn lease_state(&self) -> Option<(Option<String>, i32)> {
+        let s = self.lease().await?.spec?;
+        Some((s.holder_identity, s.lease_transitions.unwrap_or(0)))
+    }
+
+    /// Role labels of all member pods.
+    pub async fn role_labels(&self) -> BTreeMap<String, Option<String>> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.ns);
+        let mut out = BTreeMap::new();
+        for name in &self.pods {
+            let l = pods
+                .get(name)
+                .await
+                .ok()
+                .and_then(|p| p.metadata.labels)
+                .and_then(|l| l.get("role").cloned());
+            out.insert(name.clone(), l);
+        }
+        out
+    }
+
+    /// Labels say `leader` is the primary and every member in `replicas` a replica.
+    pub async fn labels_are(&self, leader: &str, replicas: &[&str]) -> bool {
+        let l = self.role_labels().await;
+        l.get(leader).cloned().flatten().as_deref() == Some("primary")
+            && replicas
+                .iter()
+                .all(|r| l.get(*r).cloned().flatten().as_deref() == Some("replica"))
+    }
+}
