@@ -314,16 +314,20 @@ fn a_switchover_stops_gracefully_then_hands_the_lock_over() {
     assert_eq!(core.lease_deadline(), None);
 }
 
-#[test]
-fn a_fresh_member_bootstraps_only_after_winning_initialize() {
-    let mut core = HaCore::new(me());
-    let empty = PgFacts {
+/// A new member's PostgreSQL: no data directory yet.
+fn empty_dir() -> PgFacts {
+    PgFacts {
         data: DataDir::Empty,
         up: false,
         in_recovery: None,
         ..primary()
-    };
-    let out = observe(&mut core, Some(ClusterView::default()), empty, at(0));
+    }
+}
+
+#[test]
+fn a_fresh_member_bootstraps_only_after_winning_initialize() {
+    let mut core = HaCore::new(me());
+    let out = observe(&mut core, Some(ClusterView::default()), empty_dir(), at(0));
     let (claim, a) = out[0].clone();
     assert_eq!(a, Action::ClaimInitialize);
     let out = complete(&mut core, claim, Outcome::Ok, at(0));
@@ -347,13 +351,7 @@ fn a_fresh_member_bootstraps_only_after_winning_initialize() {
 #[test]
 fn a_bootstrap_whose_claim_was_taken_meanwhile_is_discarded() {
     let mut core = HaCore::new(me());
-    let empty = PgFacts {
-        data: DataDir::Empty,
-        up: false,
-        in_recovery: None,
-        ..primary()
-    };
-    let out = observe(&mut core, Some(ClusterView::default()), empty, at(0));
+    let out = observe(&mut core, Some(ClusterView::default()), empty_dir(), at(0));
     let out = complete(&mut core, out[0].0, Outcome::Ok, at(0));
     let out = complete(&mut core, out[0].0, Outcome::Ok, at(40));
     let out = complete(&mut core, out[0].0, answered(true, at(40)), at(40));
