@@ -118,6 +118,11 @@ impl HaCore {
                     self.emit(Action::Fatal { reason }, Purpose::Other, now, out);
                     return;
                 }
+                if self.bootstrapping && view.initialize.as_deref() == Some(sysid.as_str()) {
+                    // The cluster's identifier is this data directory's: the bootstrap is
+                    // over, there is no claim left to confirm (and none to lose).
+                    self.bootstrapping = false;
+                }
                 if holder
                     && view.initialize.as_deref() != Some(sysid.as_str())
                     && self.holds_lock(now)
@@ -128,7 +133,9 @@ impl HaCore {
                     let sysid = sysid.clone();
                     self.emit(Action::WriteInitialize { sysid }, Purpose::Other, now, out);
                 } else if view.initialize.is_none() && view.leader.is_none() && obs.pg.up {
-                    // An existing cluster adopted by pgwarden.
+                    // An existing cluster adopted by pgwarden (or our own new one, whose claim
+                    // expired while the store was away: nobody else claims it now).
+                    self.bootstrapping = false;
                     let sysid = sysid.clone();
                     self.emit(Action::WriteInitialize { sysid }, Purpose::Other, now, out);
                 }
@@ -287,6 +294,12 @@ impl HaCore {
                     );
                 }
             }
+            None if self.bootstrapping => {
+                // Our new cluster starts as the primary or not at all: started read-only, the
+                // race could promote it before the store confirmed our claim on initialize.
+                self.message = "bootstrapped: taking the leader lock".into();
+                self.emit(Action::AcquireLock, self.lock_purpose(true), now, out);
+            }
             None => {
                 // Start read-only; the race happens once PostgreSQL reports its position.
                 self.message = "starting as a secondary (no leader yet)".into();
@@ -425,7 +438,7 @@ impl HaCore {
         }
         if obs.pg.is_replica() {
             self.message = "promoting: this member holds the lock".into();
-            self.emit(Action::Promote, Purpose::Task, now, out);
+            self.start_primary(now, out);
             return;
         }
         self.ensure_slots(obs, view, now, out);

@@ -449,6 +449,10 @@ impl HaCore {
                     self.start_primary(now, out);
                 }
             }
+            (Purpose::ConfirmClaim, Outcome::Declined) if self.initialize_is_ours() => {
+                // Declined because the claim became the identifier it was for: nothing to lose.
+                self.bootstrapping = false;
+            }
             (Purpose::ConfirmClaim, Outcome::Declined) if self.bootstrapping => {
                 // Our claim expired while initdb ran and another member is creating the
                 // cluster now: ours must never start, nor write its identifier.
@@ -487,22 +491,27 @@ impl HaCore {
             }
             watchdog::Gate::Refuse(why) => return self.watchdog_refused(&obs, &why, now, out),
         }
-        if self.bootstrapping {
-            self.start_primary(now, out);
-        } else if obs.pg.is_replica() {
+        if !self.bootstrapping && obs.pg.is_replica() {
             self.message = "promoted self to leader by acquiring session lock".into();
-            self.emit(Action::Promote, Purpose::Task, now, out);
+        }
+        if self.bootstrapping || obs.pg.is_replica() {
+            self.start_primary(now, out);
         }
     }
 
-    /// Starts PostgreSQL as the primary (we hold the lock). A member that has just
-    /// bootstrapped first has the store confirm that its `initialize` claim still stands: the
-    /// claim is bound to its session, and a claimant cut off from the store for longer than
-    /// ttl while initdb ran may have lost it to another member, bootstrapping a second cluster.
+    /// Makes PostgreSQL the primary (we hold the lock): promotes a running replica, starts a
+    /// stopped server. A member that has just bootstrapped first has the store confirm that
+    /// its `initialize` claim still stands: the claim is bound to its session, and a claimant
+    /// cut off from the store for longer than ttl while initdb ran may have lost it to another
+    /// member, bootstrapping a second cluster.
     fn start_primary(&mut self, now: MonoTime, out: &mut Vec<(ActionId, Action)>) {
         if self.bootstrapping && !self.claim_confirmed {
             self.message = "bootstrapped: confirming our claim on initialize".into();
             self.emit(Action::ClaimInitialize, Purpose::ConfirmClaim, now, out);
+            return;
+        }
+        if self.last.as_ref().is_some_and(|o| o.pg.is_replica()) {
+            self.emit(Action::Promote, Purpose::Task, now, out);
             return;
         }
         let bootstrapped = self.bootstrapping;
@@ -512,6 +521,14 @@ impl HaCore {
             now,
             out,
         );
+    }
+
+    /// The cluster's `initialize` key, as last seen, names this data directory's identifier.
+    fn initialize_is_ours(&self) -> bool {
+        self.last.as_ref().is_some_and(|o| {
+            let init = o.dcs.as_ref().and_then(|v| v.initialize.as_deref());
+            matches!(&o.pg.data, DataDir::Ready { sysid, .. } if Some(sysid.as_str()) == init)
+        })
     }
 
     fn task_done(

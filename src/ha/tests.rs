@@ -391,6 +391,72 @@ fn a_bootstrap_whose_claim_was_taken_meanwhile_is_discarded() {
 }
 
 #[test]
+fn a_bootstrap_that_ends_with_the_store_away_starts_as_the_primary_or_not_at_all() {
+    let mut core = HaCore::new(me());
+    let out = observe(&mut core, Some(ClusterView::default()), empty_dir(), at(0));
+    let out = complete(&mut core, out[0].0, Outcome::Ok, at(0));
+    let (bootstrap, _) = out[0].clone();
+    let fresh = PgFacts {
+        data: DataDir::Ready {
+            sysid: "1".into(),
+            was_primary: false,
+        },
+        up: false,
+        in_recovery: None,
+        ..primary()
+    };
+    assert!(observe(&mut core, None, fresh.clone(), at(30)).is_empty());
+    assert!(complete(&mut core, bootstrap, Outcome::Ok, at(40)).is_empty());
+    // The store is back; our claim expired meanwhile and nobody else claimed. The new cluster
+    // is never started read-only (the race could promote it unconfirmed), nor adopted.
+    let mut v = view(None);
+    v.initialize = None;
+    let out = observe(&mut core, Some(v), fresh, at(50));
+    let acts = actions(&out);
+    assert!(matches!(acts.as_slice(), [Action::AcquireLock]), "{acts:?}");
+    let out = complete(&mut core, out[0].0, answered(true, at(50)), at(50));
+    let (confirm, a) = out[0].clone();
+    assert_eq!(a, Action::ClaimInitialize);
+    let out = complete(&mut core, confirm, Outcome::Ok, at(50));
+    assert_eq!(
+        actions(&out),
+        vec![Action::StartPrimary { bootstrapped: true }]
+    );
+}
+
+#[test]
+fn a_declined_claim_for_the_cluster_that_bears_our_identifier_discards_nothing() {
+    let mut core = HaCore::new(me());
+    let out = observe(&mut core, Some(ClusterView::default()), empty_dir(), at(0));
+    let out = complete(&mut core, out[0].0, Outcome::Ok, at(0));
+    let out = complete(&mut core, out[0].0, Outcome::Ok, at(40));
+    let out = complete(&mut core, out[0].0, answered(true, at(40)), at(40));
+    let (confirm, a) = out[0].clone();
+    assert_eq!(a, Action::ClaimInitialize);
+    // Meanwhile the store shows our identifier as the cluster's (we adopted our own cluster
+    // after the claim expired): the claim is declined because there is nothing left to claim.
+    let mut v = view(Some("a"));
+    v.initialize = Some("1".into());
+    let ours = PgFacts {
+        data: DataDir::Ready {
+            sysid: "1".into(),
+            was_primary: false,
+        },
+        up: false,
+        in_recovery: None,
+        ..primary()
+    };
+    observe(&mut core, Some(v), ours, at(41));
+    let out = complete(&mut core, confirm, Outcome::Declined, at(41));
+    assert!(
+        !actions(&out)
+            .iter()
+            .any(|a| matches!(a, Action::ReleaseLock { .. } | Action::RemoveDataDir)),
+        "{out:?}"
+    );
+}
+
+#[test]
 fn a_member_of_another_cluster_refuses_to_run() {
     let mut core = HaCore::new(me());
     let mut v = view(Some("b"));
