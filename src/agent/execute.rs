@@ -8,9 +8,9 @@ use std::time::Duration;
 use tokio::time::{Instant, timeout, timeout_at};
 use tracing::Instrument;
 
-use crate::dcs::{Dcs, Failover, HistoryLine, Status, model::slot_name};
+use crate::dcs::{Failover, HistoryLine, Status, model::slot_name};
 use crate::ha::{Action, ActionId, MonoTime, Outcome};
-use crate::postgres::{StartAs, StopMode, conf};
+use crate::postgres::{StartAs, StopMode, TimelineSwitch, conf};
 
 use super::settings::conn_url_host_port;
 use super::{Agent, TaskDone};
@@ -106,21 +106,44 @@ impl Agent {
             }
             Action::WriteInitialize { sysid } => {
                 let r = timeout_at(until, dcs.initialize(false, &sysid)).await;
-                // A holder also seeds a missing `config` from bootstrap.dcs (heals a wiped store).
-                let missing_config = self.view.as_ref().is_some_and(|v| v.config.is_none());
-                if missing_config {
-                    let seed = self
-                        .cfg
-                        .bootstrap
-                        .as_ref()
-                        .map(|b| b.dcs.clone())
-                        .unwrap_or_default();
-                    let json = serde_json::to_string(&seed).unwrap_or_else(|_| "{}".into());
-                    if let Ok(Err(e)) = timeout_at(until, dcs.set_config(&json, None)).await {
-                        tracing::warn!("could not write the initial configuration: {e}");
-                    }
+                Some(dcs_outcome(r.map(|r| r.map(|_| ()))))
+            }
+            Action::SeedConfig => {
+                let seed = self
+                    .cfg
+                    .bootstrap
+                    .as_ref()
+                    .map(|b| b.dcs.clone())
+                    .unwrap_or_default();
+                let json = serde_json::to_string(&seed).unwrap_or_else(|_| "{}".into());
+                let r = timeout_at(until, dcs.set_config(&json, None)).await;
+                if let Ok(Err(e)) = &r {
+                    tracing::warn!("could not write the initial configuration: {e}");
                 }
                 Some(dcs_outcome(r.map(|r| r.map(|_| ()))))
+            }
+            Action::WriteHistory { timeline } => {
+                // No task holds PostgreSQL (the core asks between tasks, as the leader).
+                let switches = self.pg.lock().await.timeline_history(timeline);
+                let switches = match switches {
+                    Ok(switches) => switches,
+                    Err(e) => {
+                        tracing::warn!("could not write history: {e}");
+                        return Some(Outcome::Failed(e.to_string()));
+                    }
+                };
+                let known = self.view.as_ref().and_then(|v| v.history.clone());
+                let lines = history_lines(
+                    known.unwrap_or_default(),
+                    &switches,
+                    &self.cfg.name,
+                    self.clock.wall(),
+                );
+                let r = timeout_at(until, dcs.set_history(&lines)).await;
+                if let Ok(Err(e)) = &r {
+                    tracing::warn!("could not write history: {e}");
+                }
+                Some(dcs_outcome(r))
             }
             Action::CancelInitialize => {
                 let r = timeout_at(until, dcs.cancel_initialization()).await;
@@ -239,21 +262,12 @@ impl Agent {
     fn spawn_task(&mut self, id: ActionId, task: Action) {
         let pg = self.pg.clone();
         let tx = self.tasks_tx.clone();
-        let dcs: Arc<dyn Dcs> = self.dcs.clone();
         let stop_timeout = self.cfg.postgresql.pg_ctl_timeout;
-        let name = self.cfg.name.clone();
         let slot = self.my_slot();
-        let history = self
-            .view
-            .as_ref()
-            .and_then(|v| v.history.clone())
-            .unwrap_or_default();
-        let clock = self.clock.clone();
         let leased = Leased {
             until: self.lease_until.clone(),
             clock: self.clock.clone(),
         };
-        let retry = self.policy().retry_timeout;
         let post_bootstrap = self
             .cfg
             .bootstrap
@@ -335,7 +349,6 @@ impl Agent {
                     })
                     .map_err(|e| e.to_string()),
                 Action::Promote => {
-                    let before = pg.status().await.ok();
                     let promoted = match leased.holds() {
                         true => pg.promote().await.map_err(|e| e.to_string()),
                         false => Err(LEASE_PASSED.into()),
@@ -346,17 +359,6 @@ impl Agent {
                             // pg_control, which is what pg_rewind on the old primary reads.
                             if let Err(e) = pg.checkpoint().await {
                                 tracing::warn!("checkpoint after promote failed: {e}");
-                            }
-                            let after = pg.status().await.ok();
-                            if let (Some(b), Some(a)) = (before, after) {
-                                let ts = clock.wall();
-                                let write =
-                                    write_history(dcs.as_ref(), history, &b, a.timeline, &name, ts);
-                                // The task ends (and the loop learns of the promotion) whatever
-                                // the store does.
-                                if timeout(retry, write).await.is_err() {
-                                    tracing::warn!("could not write history: timed out");
-                                }
                             }
                             Ok(TaskNote::Started { upstream: None })
                         }
@@ -492,28 +494,56 @@ fn dcs_outcome(
     }
 }
 
-/// Appends the promotion to `history`: the timeline that ended, where it ended, why and who.
-/// The timeline that ended is the one before the new one: a replica's own report of its
-/// timeline can lag behind what it replays.
-async fn write_history(
-    dcs: &dyn Dcs,
+/// The `history` key after a promotion: the lines it holds, then every switch of PostgreSQL's
+/// timeline history it lacks, the newest naming us as the new leader (older ones we did not
+/// witness are written short, as Patroni's own old lines are).
+fn history_lines(
     mut lines: Vec<HistoryLine>,
-    before: &crate::postgres::PgStatus,
-    new_timeline: u64,
+    switches: &[TimelineSwitch],
     me: &str,
     now: chrono::DateTime<chrono::Utc>,
-) {
+) -> Vec<HistoryLine> {
     let ts = now.format("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string();
-    let lsn = before.replay_lsn.unwrap_or(before.wal_position);
-    let ended = new_timeline.saturating_sub(1).max(1);
-    lines.push(HistoryLine::new(
-        ended,
-        lsn,
-        "no recovery target specified",
-        &ts,
-        me,
-    ));
-    if let Err(e) = dcs.set_history(&lines).await {
-        tracing::warn!("could not write history: {e}");
+    let recorded = lines.last().and_then(HistoryLine::timeline).unwrap_or(0);
+    let newest = switches.last().map(|s| s.timeline);
+    for s in switches.iter().filter(|s| s.timeline > recorded) {
+        lines.push(match Some(s.timeline) == newest {
+            true => HistoryLine::new(s.timeline, s.lsn, &s.reason, &ts, me),
+            false => HistoryLine(vec![
+                s.timeline.into(),
+                s.lsn.into(),
+                s.reason.clone().into(),
+            ]),
+        });
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_keeps_its_lines_and_adds_the_missing_switches_the_newest_naming_us() {
+        let known = vec![HistoryLine::new(1, 100, "r1", "t1", "b")];
+        let switch = |timeline, lsn| TimelineSwitch {
+            timeline,
+            lsn,
+            reason: "no recovery target specified".into(),
+        };
+        let now = chrono::DateTime::from_timestamp(0, 0).unwrap();
+        let lines = history_lines(
+            known.clone(),
+            &[switch(1, 99), switch(2, 200), switch(3, 300)],
+            "a",
+            now,
+        );
+        let json = serde_json::to_string(&lines).unwrap();
+        assert_eq!(
+            json,
+            r#"[[1,100,"r1","t1","b"],[2,200,"no recovery target specified"],[3,300,"no recovery target specified","1970-01-01T00:00:00.000000+00:00","a"]]"#
+        );
+        // Nothing missing: unchanged.
+        assert_eq!(history_lines(known.clone(), &[switch(1, 99)], "a", now), known);
     }
 }

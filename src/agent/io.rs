@@ -16,7 +16,9 @@ use super::watchdog::DeviceStatus;
 use crate::api::peer_client::PeerClient;
 use crate::dcs::Dcs;
 use crate::ha::{PeerReport, WatchdogState};
-use crate::postgres::{DataDirState, PgError, PgSettings, PgStatus, Postgres, StartAs, StopMode};
+use crate::postgres::{
+    DataDirState, PgError, PgSettings, PgStatus, Postgres, StartAs, StopMode, TimelineSwitch,
+};
 
 /// PostgreSQL as the shell drives it, through the handle a task holds while it runs.
 #[async_trait]
@@ -45,6 +47,8 @@ pub trait PgControl: Send + Sync + 'static {
     async fn reload(&self) -> Result<(), PgError>;
     async fn checkpoint(&self) -> Result<(), PgError>;
     async fn ensure_replication_slots(&self, names: &[String]) -> Result<(), PgError>;
+    /// The timeline switches that led to `timeline`, oldest first (its history file).
+    fn timeline_history(&self, timeline: u64) -> Result<Vec<TimelineSwitch>, PgError>;
     fn update_settings(&mut self, settings: PgSettings);
 }
 
@@ -171,6 +175,9 @@ impl PgControl for Postgres {
     }
     async fn ensure_replication_slots(&self, names: &[String]) -> Result<(), PgError> {
         Postgres::ensure_replication_slots(self, names).await
+    }
+    fn timeline_history(&self, timeline: u64) -> Result<Vec<TimelineSwitch>, PgError> {
+        Postgres::timeline_history(self, timeline)
     }
     fn update_settings(&mut self, settings: PgSettings) {
         Postgres::update_settings(self, settings)

@@ -38,6 +38,16 @@ pub enum Action {
     },
     /// Delete `initialize` after a failed bootstrap.
     CancelInitialize,
+    /// Write `config` from `bootstrap.dcs`: the key is missing (a new cluster, or a wiped
+    /// store) and we lead.
+    SeedConfig,
+    /// Copy PostgreSQL's timeline history up to `timeline` (the one we run on) into the
+    /// `history` key: lines it already holds stay as they are, missing ones are added, the
+    /// newest naming us as the new leader.
+    WriteHistory {
+        /// Our current timeline.
+        timeline: u64,
+    },
     /// Clear the `failover` key (compare-and-set on the version seen).
     ClearFailover {
         /// Version of the key when it was seen.
@@ -80,7 +90,7 @@ pub enum Action {
         /// The member to stream from.
         upstream: String,
     },
-    /// *Task*: promote to primary, then record the timeline change in `history`.
+    /// *Task*: promote to primary (the cycles after it record the new timeline in `history`).
     Promote,
     /// *Task*: planned demotion: CHECKPOINT, fast stop, so the candidate has every WAL record.
     StopGraceful,

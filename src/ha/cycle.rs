@@ -130,14 +130,12 @@ impl HaCore {
                 {
                     // Heal a wiped store, or finish a bootstrap.
                     self.bootstrapping = false;
-                    let sysid = sysid.clone();
-                    self.emit(Action::WriteInitialize { sysid }, Purpose::Other, now, out);
+                    self.write_initialize(view, sysid, now, out);
                 } else if view.initialize.is_none() && view.leader.is_none() && obs.pg.up {
                     // An existing cluster adopted by pgwarden (or our own new one, whose claim
                     // expired while the store was away: nobody else claims it now).
                     self.bootstrapping = false;
-                    let sysid = sysid.clone();
-                    self.emit(Action::WriteInitialize { sysid }, Purpose::Other, now, out);
+                    self.write_initialize(view, sysid, now, out);
                 }
                 if view.leader.is_none() {
                     self.leaderless_since.get_or_insert(now);
@@ -442,6 +440,7 @@ impl HaCore {
             return;
         }
         self.ensure_slots(obs, view, now, out);
+        self.record_history(obs, view, now, out);
         if let Some(f) = &view.failover {
             if !self.switchover_due(obs, f, now, out) {
                 return;
@@ -480,6 +479,44 @@ impl HaCore {
         if self.slots_for.as_ref() != Some(&members) {
             self.emit(Action::EnsureSlots { members }, Purpose::Other, now, out);
         }
+    }
+
+    /// `initialize = sysid`, and with it a missing `config` from bootstrap.dcs (a new cluster,
+    /// or a wiped store; never over a value we cannot read).
+    fn write_initialize(
+        &mut self,
+        view: &ClusterView,
+        sysid: &str,
+        now: MonoTime,
+        out: &mut Vec<(super::ActionId, Action)>,
+    ) {
+        let sysid = sysid.to_owned();
+        self.emit(Action::WriteInitialize { sysid }, Purpose::Other, now, out);
+        if view.config.is_none() && !view.problems.iter().any(|p| p.key == "config") {
+            self.emit(Action::SeedConfig, Purpose::Other, now, out);
+        }
+    }
+
+    /// The leader's timeline switches belong in `history` (Patroni's leader copies them each
+    /// cycle): written after a promotion, and again on the cycles after one whose write failed
+    /// or whose store was wiped. Never over a value we cannot read.
+    fn record_history(
+        &mut self,
+        obs: &Observation,
+        view: &ClusterView,
+        now: MonoTime,
+        out: &mut Vec<(super::ActionId, Action)>,
+    ) {
+        let Some(timeline) = obs.pg.timeline else {
+            return;
+        };
+        if obs.pg.in_recovery != Some(false)
+            || view.timeline() >= timeline
+            || view.problems.iter().any(|p| p.key == "history")
+        {
+            return;
+        }
+        self.emit(Action::WriteHistory { timeline }, Purpose::Other, now, out);
     }
 
     /// Whether the failover key is for now. A scheduled one waits for its time (a wake-up is

@@ -1203,3 +1203,76 @@ fn a_primary_whose_watchdog_failed_stops_before_renewing() {
         "{out:?}"
     );
 }
+
+#[test]
+fn a_leader_copies_missing_timeline_switches_into_history_until_the_store_has_them() {
+    let mut core = HaCore::new(me());
+    lead(&mut core, at(100));
+    let on_tl3 = PgFacts {
+        timeline: Some(3),
+        ..primary()
+    };
+    // After a promotion (or a failed write, or a wiped store): written, and again next cycle
+    // while the store still lacks it.
+    let mut v = view(Some("a"));
+    v.history = Some(vec![crate::dcs::HistoryLine::new(1, 5, "r", "t", "b")]);
+    for t in [101, 111] {
+        let out = observe(&mut core, Some(v.clone()), on_tl3.clone(), at(t));
+        assert!(
+            actions(&out).contains(&Action::WriteHistory { timeline: 3 }),
+            "{out:?}"
+        );
+        complete(&mut core, out[0].0, Outcome::Failed("x".into()), at(t));
+    }
+    // Recorded: nothing more to write.
+    v.history
+        .as_mut()
+        .unwrap()
+        .push(crate::dcs::HistoryLine::new(2, 9, "r", "t", "a"));
+    let out = observe(&mut core, Some(v.clone()), on_tl3.clone(), at(121));
+    assert!(
+        !actions(&out)
+            .iter()
+            .any(|a| matches!(a, Action::WriteHistory { .. })),
+        "{out:?}"
+    );
+    // A history value nobody can read is never written over; a replica writes none.
+    v.history = None;
+    v.problems.push(crate::dcs::model::Problem {
+        key: "history".into(),
+        error: "not JSON".into(),
+    });
+    let out = observe(&mut core, Some(v), on_tl3, at(131));
+    assert!(
+        !actions(&out)
+            .iter()
+            .any(|a| matches!(a, Action::WriteHistory { .. })),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_holder_that_writes_initialize_seeds_a_missing_config_but_never_an_unreadable_one() {
+    let mut core = HaCore::new(me());
+    lead(&mut core, at(100));
+    // A wiped store: initialize and config gone, the leader still holds the lock.
+    let mut v = view(Some("a"));
+    v.initialize = None;
+    let out = observe(&mut core, Some(v.clone()), primary(), at(101));
+    let acts = actions(&out);
+    assert!(
+        acts.contains(&Action::WriteInitialize { sysid: "42".into() })
+            && acts.contains(&Action::SeedConfig),
+        "{acts:?}"
+    );
+    for (id, _) in out {
+        complete(&mut core, id, Outcome::Ok, at(101));
+    }
+    v.problems.push(crate::dcs::model::Problem {
+        key: "config".into(),
+        error: "config is not valid JSON".into(),
+    });
+    let out = observe(&mut core, Some(v), primary(), at(111));
+    let acts = actions(&out);
+    assert!(!acts.contains(&Action::SeedConfig), "{acts:?}");
+}

@@ -10,6 +10,7 @@
 //! - `lsn.rs`: LSN text, [`parse_lsn`] and [`format_lsn`].
 //! - `process.rs`: spawning and signalling the postmaster child.
 //! - `query.rs`: status and other bounded queries.
+//! - `timeline.rs`: timeline history files, [`TimelineSwitch`].
 //! - `bootstrap.rs`: `initdb`, users. `clone.rs`: `pg_basebackup`. `rewind.rs`: `pg_rewind`.
 
 mod bootstrap;
@@ -22,6 +23,7 @@ mod process;
 mod query;
 mod rewind;
 mod settings;
+mod timeline;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -34,6 +36,7 @@ pub use process::{
     postmaster_pid_file_alive,
 };
 pub use settings::{Credentials, PgSettings, PgStatus, ReplicationRow, StartAs, StopMode};
+pub use timeline::{TimelineSwitch, parse_timeline_history};
 
 use conf::{BASE_CONF, CONF, HBA, RecoveryConf, STANDBY_SIGNAL};
 use process::Postmaster;

@@ -13,7 +13,9 @@ use pgwarden::dcs::{
     ClusterView, Dcs, DcsError, Failover, HistoryLine, Member, Status, SyncState, Version,
 };
 use pgwarden::ha::{DataDir, PeerReport, WatchdogState};
-use pgwarden::postgres::{DataDirState, PgError, PgSettings, PgStatus, StartAs, StopMode};
+use pgwarden::postgres::{
+    DataDirState, PgError, PgSettings, PgStatus, StartAs, StopMode, TimelineSwitch,
+};
 use tokio::sync::watch;
 
 use crate::fake_pg::Run;
@@ -546,6 +548,16 @@ impl PgControl for SimPg {
             true => Ok(()),
             false => Err(failed("slots")),
         }
+    }
+    fn timeline_history(&self, timeline: u64) -> Result<Vec<TimelineSwitch>, PgError> {
+        // Where each timeline ended is not modelled: the core only decides when to copy it.
+        Ok((1..timeline)
+            .map(|timeline| TimelineSwitch {
+                timeline,
+                lsn: 0,
+                reason: "no recovery target specified".into(),
+            })
+            .collect())
     }
     fn update_settings(&mut self, _settings: PgSettings) {}
 }
