@@ -35,6 +35,7 @@ pub fn policy(cfg: &Config, dynamic: &DynamicConfig) -> Policy {
             || cfg.postgresql.remove_data_directory_on_diverged_timelines,
         pause: dynamic.pause,
         use_slots: dynamic.use_slots,
+        check_timeline: dynamic.check_timeline,
         safety_margin: Policy::default_margin(dynamic.ttl),
     }
 }

@@ -82,6 +82,16 @@ pub fn pre_race(
         }
         _ => {}
     }
+    if policy.check_timeline
+        && let Some(mine) = pg.timeline
+        && mine < view.timeline()
+    {
+        return Err(format!(
+            "not healthy enough for leader race: my timeline {mine} is behind last known \
+             cluster timeline {}",
+            view.timeline()
+        ));
+    }
     let lag_checked = matches!(manual, ManualFailover::None);
     if lag_checked && let Some(status) = &view.status {
         let lag = status.optime.saturating_sub(pg.wal_position);
@@ -231,6 +241,7 @@ mod tests {
             remove_data_directory_on_rewind_failure: false,
             pause: false,
             use_slots: false,
+            check_timeline: false,
             safety_margin: Duration::from_secs(3),
         }
     }
@@ -296,6 +307,25 @@ mod tests {
             pre_race(&me(), &pg(950), &view(), &policy()).unwrap(),
             vec!["b", "c"]
         );
+    }
+
+    #[test]
+    fn with_check_timeline_a_member_behind_the_clusters_timeline_may_not_race() {
+        let mut v = view();
+        v.history = Some(vec![crate::dcs::HistoryLine::new(1, 5, "r", "t", "b")]);
+        // Cluster timeline 2, ours 1: allowed without check_timeline, refused with it.
+        assert!(pre_race(&me(), &pg(995), &v, &policy()).is_ok());
+        let checked = Policy {
+            check_timeline: true,
+            ..policy()
+        };
+        let e = pre_race(&me(), &pg(995), &v, &checked).unwrap_err();
+        assert!(e.contains("timeline 1 is behind"), "{e}");
+        let on_tl2 = PgFacts {
+            timeline: Some(2),
+            ..pg(995)
+        };
+        assert!(pre_race(&me(), &on_tl2, &v, &checked).is_ok());
     }
 
     #[test]

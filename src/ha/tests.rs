@@ -28,6 +28,7 @@ fn policy() -> Policy {
         remove_data_directory_on_rewind_failure: false,
         pause: false,
         use_slots: false,
+        check_timeline: false,
         safety_margin: 3 * S,
     }
 }
@@ -348,15 +349,35 @@ fn a_fresh_member_bootstraps_only_after_winning_initialize() {
     );
 }
 
+/// A new member's bootstrap up to the second claim on initialize (claim, initdb at 40, lock):
+/// the id of that claim.
+fn bootstrap_until_the_second_claim(core: &mut HaCore) -> ActionId {
+    let out = observe(core, Some(ClusterView::default()), empty_dir(), at(0));
+    let out = complete(core, out[0].0, Outcome::Ok, at(0));
+    let out = complete(core, out[0].0, Outcome::Ok, at(40));
+    let out = complete(core, out[0].0, answered(true, at(40)), at(40));
+    let (confirm, a) = out[0].clone();
+    assert_eq!(a, Action::ClaimInitialize);
+    confirm
+}
+
+/// The data directory a bootstrap has just made (system identifier 1), PostgreSQL down.
+fn fresh_data_dir() -> PgFacts {
+    PgFacts {
+        data: DataDir::Ready {
+            sysid: "1".into(),
+            was_primary: false,
+        },
+        up: false,
+        in_recovery: None,
+        ..primary()
+    }
+}
+
 #[test]
 fn a_bootstrap_whose_claim_was_taken_meanwhile_is_discarded() {
     let mut core = HaCore::new(me());
-    let out = observe(&mut core, Some(ClusterView::default()), empty_dir(), at(0));
-    let out = complete(&mut core, out[0].0, Outcome::Ok, at(0));
-    let out = complete(&mut core, out[0].0, Outcome::Ok, at(40));
-    let out = complete(&mut core, out[0].0, answered(true, at(40)), at(40));
-    let (confirm, a) = out[0].clone();
-    assert_eq!(a, Action::ClaimInitialize);
+    let confirm = bootstrap_until_the_second_claim(&mut core);
     // Cut off from the store while initdb ran: our claim expired and another member claimed.
     let out = complete(&mut core, confirm, Outcome::Declined, at(40));
     let acts = actions(&out);
@@ -371,16 +392,7 @@ fn a_bootstrap_whose_claim_was_taken_meanwhile_is_discarded() {
     // Nothing of ours is ever written as the cluster's identity, nor started as a primary.
     let mut v = view(None);
     v.initialize = Some(String::new());
-    let fresh = PgFacts {
-        data: DataDir::Ready {
-            sysid: "1".into(),
-            was_primary: false,
-        },
-        up: false,
-        in_recovery: None,
-        ..primary()
-    };
-    let out = observe(&mut core, Some(v), fresh, at(41));
+    let out = observe(&mut core, Some(v), fresh_data_dir(), at(41));
     assert!(
         !actions(&out).iter().any(|a| matches!(
             a,
@@ -396,15 +408,7 @@ fn a_bootstrap_that_ends_with_the_store_away_starts_as_the_primary_or_not_at_all
     let out = observe(&mut core, Some(ClusterView::default()), empty_dir(), at(0));
     let out = complete(&mut core, out[0].0, Outcome::Ok, at(0));
     let (bootstrap, _) = out[0].clone();
-    let fresh = PgFacts {
-        data: DataDir::Ready {
-            sysid: "1".into(),
-            was_primary: false,
-        },
-        up: false,
-        in_recovery: None,
-        ..primary()
-    };
+    let fresh = fresh_data_dir();
     assert!(observe(&mut core, None, fresh.clone(), at(30)).is_empty());
     assert!(complete(&mut core, bootstrap, Outcome::Ok, at(40)).is_empty());
     // The store is back; our claim expired meanwhile and nobody else claimed. The new cluster
@@ -427,26 +431,12 @@ fn a_bootstrap_that_ends_with_the_store_away_starts_as_the_primary_or_not_at_all
 #[test]
 fn a_declined_claim_for_the_cluster_that_bears_our_identifier_discards_nothing() {
     let mut core = HaCore::new(me());
-    let out = observe(&mut core, Some(ClusterView::default()), empty_dir(), at(0));
-    let out = complete(&mut core, out[0].0, Outcome::Ok, at(0));
-    let out = complete(&mut core, out[0].0, Outcome::Ok, at(40));
-    let out = complete(&mut core, out[0].0, answered(true, at(40)), at(40));
-    let (confirm, a) = out[0].clone();
-    assert_eq!(a, Action::ClaimInitialize);
+    let confirm = bootstrap_until_the_second_claim(&mut core);
     // Meanwhile the store shows our identifier as the cluster's (we adopted our own cluster
     // after the claim expired): the claim is declined because there is nothing left to claim.
     let mut v = view(Some("a"));
     v.initialize = Some("1".into());
-    let ours = PgFacts {
-        data: DataDir::Ready {
-            sysid: "1".into(),
-            was_primary: false,
-        },
-        up: false,
-        in_recovery: None,
-        ..primary()
-    };
-    observe(&mut core, Some(v), ours, at(41));
+    observe(&mut core, Some(v), fresh_data_dir(), at(41));
     let out = complete(&mut core, confirm, Outcome::Declined, at(41));
     assert!(
         !actions(&out)

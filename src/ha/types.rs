@@ -67,6 +67,9 @@ pub struct Policy {
     pub pause: bool,
     /// The leader keeps a physical replication slot for every other member.
     pub use_slots: bool,
+    /// `check_timeline`: a member on a timeline older than the cluster's (the `history` key's)
+    /// never takes the lock.
+    pub check_timeline: bool,
     /// How much earlier than the lock could expire the leader stops writing (ha-safety rule 2):
     /// the time an immediate stop takes, clock-rate drift and scheduler lateness.
     pub safety_margin: Duration,
