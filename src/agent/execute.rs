@@ -136,8 +136,8 @@ impl Agent {
                 let lines = history_lines(
                     known.unwrap_or_default(),
                     &switches,
-                    &self.cfg.name,
-                    self.clock.wall(),
+                    (&self.cfg.name, self.clock.wall()),
+                    self.dynamic.max_timelines_history as usize,
                 );
                 let r = timeout_at(until, dcs.set_history(&lines)).await;
                 if let Ok(Err(e)) = &r {
@@ -496,12 +496,13 @@ fn dcs_outcome(
 
 /// The `history` key after a promotion: the lines it holds, then every switch of PostgreSQL's
 /// timeline history it lacks, the newest naming us as the new leader (older ones we did not
-/// witness are written short, as Patroni's own old lines are).
+/// witness are written short, as Patroni's own old lines are). With `keep` (Patroni's
+/// `max_timelines_history`, 0 = all) only that many of the newest lines stay.
 fn history_lines(
     mut lines: Vec<HistoryLine>,
     switches: &[TimelineSwitch],
-    me: &str,
-    now: chrono::DateTime<chrono::Utc>,
+    (me, now): (&str, chrono::DateTime<chrono::Utc>),
+    keep: usize,
 ) -> Vec<HistoryLine> {
     let ts = now.format("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string();
     let recorded = lines.last().and_then(HistoryLine::timeline).unwrap_or(0);
@@ -515,6 +516,9 @@ fn history_lines(
                 s.reason.clone().into(),
             ]),
         });
+    }
+    if keep > 0 && lines.len() > keep {
+        lines.drain(..lines.len() - keep);
     }
     lines
 }
@@ -532,18 +536,21 @@ mod tests {
             reason: "no recovery target specified".into(),
         };
         let now = chrono::DateTime::from_timestamp(0, 0).unwrap();
-        let lines = history_lines(
-            known.clone(),
-            &[switch(1, 99), switch(2, 200), switch(3, 300)],
-            "a",
-            now,
-        );
+        let all = [switch(1, 99), switch(2, 200), switch(3, 300)];
+        let lines = history_lines(known.clone(), &all, ("a", now), 0);
         let json = serde_json::to_string(&lines).unwrap();
         assert_eq!(
             json,
             r#"[[1,100,"r1","t1","b"],[2,200,"no recovery target specified"],[3,300,"no recovery target specified","1970-01-01T00:00:00.000000+00:00","a"]]"#
         );
         // Nothing missing: unchanged.
-        assert_eq!(history_lines(known.clone(), &[switch(1, 99)], "a", now), known);
+        assert_eq!(
+            history_lines(known.clone(), &[switch(1, 99)], ("a", now), 0),
+            known
+        );
+        // max_timelines_history: 2 keeps the newest two.
+        let kept = history_lines(known, &all, ("a", now), 2);
+        let tls: Vec<_> = kept.iter().filter_map(HistoryLine::timeline).collect();
+        assert_eq!(tls, vec![2, 3]);
     }
 }
