@@ -11,6 +11,7 @@
 //! - `process.rs`: spawning and signalling the postmaster child.
 //! - `query.rs`: status and other bounded queries.
 //! - `timeline.rs`: timeline history files, [`TimelineSwitch`].
+//! - `sync_names.rs`: `synchronous_standby_names` spelled as Patroni writes it.
 //! - `bootstrap.rs`: `initdb`, users. `clone.rs`: `pg_basebackup`. `rewind.rs`: `pg_rewind`.
 
 mod bootstrap;
@@ -23,6 +24,7 @@ mod process;
 mod query;
 mod rewind;
 mod settings;
+pub mod sync_names;
 mod timeline;
 
 use std::path::{Path, PathBuf};
