@@ -15,9 +15,7 @@ use super::types::{
     Postgresql, RestApi,
 };
 use super::value::{Obj, as_string};
-
-/// Patroni reserves this member name for the quorum-commit placeholder in `synchronous_standby_names`.
-const RESERVED_NAME: &str = "__patroni_strict_sync_replica_placeholder__";
+use crate::postgres::sync_names::STRICT_PLACEHOLDER;
 
 /// DCS sections Patroni knows but this agent does not implement.
 const UNSUPPORTED_DCS: [&str; 5] = ["etcd", "consul", "zookeeper", "exhibitor", "raft"];
@@ -111,10 +109,11 @@ pub(crate) fn parse_config(raw: Value) -> Result<Config, ConfigError> {
     }
     .filter(|n| !n.trim().is_empty())
     .ok_or_else(|| ConfigError::missing("name"))?;
-    if name == RESERVED_NAME {
+    // Patroni reserves this name for the strict-mode placeholder in synchronous_standby_names.
+    if name == STRICT_PLACEHOLDER {
         return Err(ConfigError::invalid(
             "name",
-            format!("'{RESERVED_NAME}' is reserved by Patroni"),
+            format!("'{STRICT_PLACEHOLDER}' is reserved by Patroni"),
         ));
     }
     let namespace = root

@@ -3,7 +3,7 @@
 //! file only spells the decision the way PostgreSQL and Patroni's peers read it.
 
 /// The name Patroni's strict mode lists when no standby qualifies: it matches no real standby,
-/// so commits wait instead of being accepted unreplicated. Refused as a member name.
+/// so commits wait instead of being accepted unreplicated. Refused as a member name (config).
 pub const STRICT_PLACEHOLDER: &str = "__patroni_strict_sync_replica_placeholder__";
 
 /// How the listed standbys acknowledge.
