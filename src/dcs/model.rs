@@ -364,6 +364,11 @@ impl ClusterView {
         }
     }
 
+    /// The key holds a value that did not parse (a [`Problem`]): never written over.
+    pub fn unreadable(&self, key: &str) -> bool {
+        self.problems.iter().any(|p| p.key == key)
+    }
+
     /// The leader's member entry.
     pub fn leader_member(&self) -> Option<(&str, &Member)> {
         let l = self.leader.as_ref()?;

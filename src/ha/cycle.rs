@@ -118,7 +118,7 @@ impl HaCore {
                     self.emit(Action::Fatal { reason }, Purpose::Other, now, out);
                     return;
                 }
-                if self.bootstrapping && view.initialize.as_deref() == Some(sysid.as_str()) {
+                if self.bootstrapping && self.initialize_is_ours() {
                     // The cluster's identifier is this data directory's: the bootstrap is
                     // over, there is no claim left to confirm (and none to lose).
                     self.bootstrapping = false;
@@ -492,7 +492,7 @@ impl HaCore {
     ) {
         let sysid = sysid.to_owned();
         self.emit(Action::WriteInitialize { sysid }, Purpose::Other, now, out);
-        if view.config.is_none() && !view.problems.iter().any(|p| p.key == "config") {
+        if view.config.is_none() && !view.unreadable("config") {
             self.emit(Action::SeedConfig, Purpose::Other, now, out);
         }
     }
@@ -512,7 +512,7 @@ impl HaCore {
         };
         if obs.pg.in_recovery != Some(false)
             || view.timeline() >= timeline
-            || view.problems.iter().any(|p| p.key == "history")
+            || view.unreadable("history")
         {
             return;
         }
