@@ -157,6 +157,30 @@ impl Agent {
                 .await;
                 Some(dcs_outcome(r.map(|r| r.map(|_| ()))))
             }
+            Action::WriteSync { value, version } => {
+                let r = timeout_at(until, dcs.set_sync(&value, version.as_ref())).await;
+                Some(match r {
+                    Ok(Ok(false)) => Outcome::Declined,
+                    r => dcs_outcome(r.map(|r| r.map(|_| ()))),
+                })
+            }
+            Action::SetSyncStandbyNames { value } => {
+                // No task holds PostgreSQL (the core sets it between tasks).
+                let mut pg = self.pg.lock().await;
+                let r = timeout_at(until, pg.set_sync_standby_names(value)).await;
+                Some(
+                    match r.unwrap_or(Err(crate::postgres::PgError::Timeout {
+                        what: "reload".into(),
+                        after: retry,
+                    })) {
+                        Ok(()) => Outcome::Ok,
+                        Err(e) => {
+                            tracing::warn!("could not set synchronous_standby_names: {e}");
+                            Outcome::Failed(e.to_string())
+                        }
+                    },
+                )
+            }
             Action::ProbePeers { names } => {
                 // Probes take up to 2 s; a leader's never outlast its deadline (no answer then
                 // reads as "no candidate").

@@ -45,6 +45,8 @@ pub trait PgControl: Send + Sync + 'static {
         slot: Option<String>,
     ) -> Result<(), PgError>;
     async fn reload(&self) -> Result<(), PgError>;
+    /// `synchronous_standby_names` over the settings' own (`None`: theirs again).
+    async fn set_sync_standby_names(&mut self, value: Option<String>) -> Result<(), PgError>;
     async fn checkpoint(&self) -> Result<(), PgError>;
     async fn ensure_replication_slots(&self, names: &[String]) -> Result<(), PgError>;
     /// The timeline switches that led to `timeline`, oldest first (its history file).
@@ -169,6 +171,9 @@ impl PgControl for Postgres {
     }
     async fn reload(&self) -> Result<(), PgError> {
         Postgres::reload(self).await
+    }
+    async fn set_sync_standby_names(&mut self, value: Option<String>) -> Result<(), PgError> {
+        Postgres::set_sync_standby_names(self, value).await
     }
     async fn checkpoint(&self) -> Result<(), PgError> {
         self.query_one_shot("CHECKPOINT").await

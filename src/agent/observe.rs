@@ -94,6 +94,8 @@ impl Agent {
                 None
             },
             streaming: status.and_then(|s| s.replication_state.as_deref()) == Some("streaming"),
+            synchronous_standby_names: status.and_then(|s| s.synchronous_standby_names.clone()),
+            replication: status.map(|s| s.replication.clone()).unwrap_or_default(),
             // While a task holds the handle, the last look decides (a task only ever starts
             // our own child).
             supervised: !(self.seen.up && self.seen.foreign),

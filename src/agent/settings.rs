@@ -36,6 +36,12 @@ pub fn policy(cfg: &Config, dynamic: &DynamicConfig) -> Policy {
         pause: dynamic.pause,
         use_slots: dynamic.use_slots,
         check_timeline: dynamic.check_timeline,
+        sync: crate::ha::sync::SyncPolicy {
+            mode: dynamic.synchronous_mode,
+            strict: dynamic.synchronous_mode_strict,
+            node_count: dynamic.synchronous_node_count,
+            maximum_lag_on_syncnode: dynamic.maximum_lag_on_syncnode,
+        },
         safety_margin: Policy::default_margin(dynamic.ttl),
     }
 }
@@ -68,7 +74,7 @@ pub fn pg_settings(cfg: &Config, dynamic: &DynamicConfig) -> PgSettings {
         socket_dir,
         name: cfg.name.clone(),
         scope: cfg.scope.clone(),
-        parameters: config::effective_parameters(cfg, dynamic),
+        parameters: with_sync_default(config::effective_parameters(cfg, dynamic), dynamic),
         pg_hba: config::effective_pg_hba(cfg, dynamic),
         superuser: credentials(&auth.superuser),
         replication: credentials(&auth.replication),
@@ -85,6 +91,23 @@ pub fn pg_settings(cfg: &Config, dynamic: &DynamicConfig) -> PgSettings {
         basebackup_args: basebackup_args(p.basebackup.as_ref()),
         pg_ctl_timeout: p.pg_ctl_timeout,
     }
+}
+
+/// In a synchronous mode the HA core owns `synchronous_standby_names`; until it sets the list
+/// (and on every replica) it is empty, or in strict mode the placeholder, so that a server
+/// promoted or restarted as the primary never acknowledges a commit no listed standby has.
+fn with_sync_default(
+    mut parameters: std::collections::BTreeMap<String, String>,
+    dynamic: &DynamicConfig,
+) -> std::collections::BTreeMap<String, String> {
+    if dynamic.synchronous_mode != config::SyncMode::Off {
+        let default = match dynamic.synchronous_mode_strict {
+            true => crate::postgres::sync_names::STRICT_PLACEHOLDER.to_owned(),
+            false => String::new(),
+        };
+        parameters.insert("synchronous_standby_names".into(), default);
+    }
+    parameters
 }
 
 /// `postgresql.basebackup` as command-line options: a map `{k: v}` or a list of `flag` and

@@ -169,6 +169,7 @@ pub(crate) mod tests {
                         state: "streaming".into(),
                         sync_state: "async".into(),
                         sync_priority: 0,
+                        ack_lsn: Some(67108960),
                     })
                     .collect(),
                 ..PgStatus::default()

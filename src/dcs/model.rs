@@ -112,6 +112,29 @@ impl Member {
         tags_failover_priority(self.tags.as_ref())
     }
 
+    /// `nosync` set (or `sync_priority` <= 0): never a synchronous standby.
+    pub fn nosync(&self) -> bool {
+        let Some(t) = self.tags.as_ref() else {
+            return false;
+        };
+        if let Some(v) = t.get("nosync") {
+            return truthy(v);
+        }
+        self.sync_priority() <= 0
+    }
+
+    /// `sync_priority` tag, default 1: the higher, the sooner chosen as a synchronous standby.
+    pub fn sync_priority(&self) -> i64 {
+        if self.tag("nosync").is_some_and(truthy) {
+            return 0;
+        }
+        match self.tag("sync_priority") {
+            Some(Value::Number(n)) => n.as_i64().unwrap_or(1),
+            Some(Value::String(s)) => s.trim().parse().unwrap_or(1),
+            _ => 1,
+        }
+    }
+
     /// The role says the member runs as a primary (`primary` or Patroni 3's `master`).
     pub fn is_primary_role(&self) -> bool {
         matches!(self.role.as_deref(), Some("primary") | Some("master"))

@@ -48,6 +48,21 @@ pub enum Action {
         /// Our current timeline.
         timeline: u64,
     },
+    /// Write the `sync` key: only if its version is still `version` (`None`: it is missing or
+    /// unreadable, write it anyway). Answer: [`Outcome::Declined`] when another write came first.
+    WriteSync {
+        /// The new value.
+        value: crate::dcs::SyncState,
+        /// The key's version when the step was decided.
+        version: Option<Version>,
+    },
+    /// Set `synchronous_standby_names` and reload a running server (inline); `None` gives it
+    /// back to the configuration (empty, or the strict placeholder in a strict synchronous
+    /// mode, or the user's value in asynchronous mode).
+    SetSyncStandbyNames {
+        /// The value.
+        value: Option<String>,
+    },
     /// Clear the `failover` key (compare-and-set on the version seen).
     ClearFailover {
         /// Version of the key when it was seen.

@@ -4,6 +4,7 @@
 //! carried out by the shell and answered through `HaCore::step`.
 
 use super::race;
+use super::sync;
 use super::watchdog::Gate;
 use super::{Action, Countdown, DataDir, HaCore, MonoTime, Observation, Purpose};
 use crate::dcs::{ClusterView, Failover};
@@ -72,6 +73,15 @@ impl HaCore {
             // No task holds PostgreSQL now: a change that came during one is applied here.
             let version = c.version.clone();
             self.emit(Action::ApplyConfig { version }, Purpose::Other, now, out);
+        }
+        if self.sync_overridden && !(holder && obs.pg.in_recovery == Some(false)) {
+            // Our list belonged to our time as the primary: the configuration's again.
+            self.emit(
+                Action::SetSyncStandbyNames { value: None },
+                Purpose::SyncNames,
+                now,
+                out,
+            );
         }
         let seen = view.leader.as_ref().map(|l| &l.version);
         if self.released.is_some() && seen != self.released.as_ref() {
@@ -441,6 +451,7 @@ impl HaCore {
         }
         self.ensure_slots(obs, view, now, out);
         self.record_history(obs, view, now, out);
+        let sync_note = self.steer_sync(obs, view, now, out);
         if let Some(f) = &view.failover {
             if !self.switchover_due(obs, f, now, out) {
                 return;
@@ -456,6 +467,9 @@ impl HaCore {
             "no action. I am ({}), the leader with the lock",
             self.me.name
         );
+        if let Some(note) = sync_note {
+            self.message = format!("{}; synchronous replication: {note}", self.message);
+        }
     }
 
     /// A primary leader with `use_slots` keeps a slot for every other member, made again when
@@ -479,6 +493,67 @@ impl HaCore {
         if self.slots_for.as_ref() != Some(&members) {
             self.emit(Action::EnsureSlots { members }, Purpose::Other, now, out);
         }
+    }
+
+    /// A primary leader's synchronous replication: one step of `sync::leader_step` per cycle,
+    /// the cycles after one coming soon (a change takes a few steps, and the list must have
+    /// settled before the key names anyone). Returns what it waits for, if anything.
+    fn steer_sync(
+        &mut self,
+        obs: &Observation,
+        view: &ClusterView,
+        now: MonoTime,
+        out: &mut Vec<(super::ActionId, Action)>,
+    ) -> Option<String> {
+        if obs.pg.in_recovery != Some(false) {
+            return None;
+        }
+        self.sync_mark =
+            sync::next_mark(self.sync_mark.take(), &obs.pg, self.sync_names_set_at, now);
+        let step = sync::leader_step(
+            &self.me.name,
+            &obs.policy.sync,
+            view,
+            &obs.pg,
+            self.sync_mark.as_ref(),
+            self.sync_overridden,
+            now,
+        );
+        let (soon, note) = match step {
+            sync::Step::Key(value) => {
+                let version = view.sync.as_ref().map(|s| s.version.clone());
+                self.emit(
+                    Action::WriteSync { value, version },
+                    Purpose::Other,
+                    now,
+                    out,
+                );
+                (true, None)
+            }
+            sync::Step::Names(value) => {
+                self.emit(
+                    Action::SetSyncStandbyNames { value },
+                    Purpose::SyncNames,
+                    now,
+                    out,
+                );
+                (true, None)
+            }
+            // Waiting for a standby to confirm: look again soon while the list is new.
+            sync::Step::Settled(note) => (
+                note.is_some()
+                    && self
+                        .sync_mark
+                        .as_ref()
+                        .is_none_or(|m| now.since(m.at) < 3 * sync::SETTLE),
+                note,
+            ),
+        };
+        if soon {
+            let at = now + sync::SETTLE;
+            self.scheduled_wake = Some(self.scheduled_wake.map_or(at, |w| w.min(at)));
+        }
+        note
     }
 
     /// `initialize = sysid`, and with it a missing `config` from bootstrap.dcs (a new cluster,

@@ -26,6 +26,7 @@ mod cycle;
 pub mod race;
 mod requests;
 pub mod switchover;
+pub mod sync;
 mod types;
 mod watchdog;
 
@@ -60,6 +61,10 @@ enum Purpose {
     ConfirmClaim,
     /// A long task.
     Task,
+    /// Setting `synchronous_standby_names`.
+    SyncNames,
+    /// The `sync` key written naming nobody, before this member becomes the primary.
+    SyncRevoke,
     /// Anything whose outcome needs no reaction.
     Other,
 }
@@ -126,6 +131,16 @@ pub struct HaCore {
     /// The lock instance this member released (or tried to): it never holds that instance
     /// again, and re-sends the release until it lands.
     released: Option<crate::dcs::Version>,
+    /// The primary's WAL position when the `synchronous_standby_names` in force was first
+    /// seen (see `sync`).
+    sync_mark: Option<sync::Mark>,
+    /// `synchronous_standby_names` is ours (set by a step), not the configuration's.
+    sync_overridden: bool,
+    /// When it was last set.
+    sync_names_set_at: Option<MonoTime>,
+    /// Since taking the lock, the `sync` key was written naming nobody: this member may
+    /// become the primary without a former synchronous standby taking over behind it.
+    sync_revoked: bool,
     /// Shutdown requested.
     shutting_down: bool,
     /// A task started PostgreSQL since the last observation (which says it is down): a
@@ -169,6 +184,10 @@ impl HaCore {
             not_streaming_since: None,
             needs_rewind: false,
             released: None,
+            sync_mark: None,
+            sync_overridden: false,
+            sync_names_set_at: None,
+            sync_revoked: false,
             shutting_down: false,
             pg_started: false,
             made_writable: false,
@@ -288,6 +307,7 @@ impl HaCore {
 
     /// We no longer hold a lease. (`lease_sent_at` stays: an older answer never re-arms it.)
     fn drop_lease(&mut self) {
+        self.sync_revoked = false;
         self.lease_deadline = None;
         self.lock_seen = false;
         // Checked afresh at the next leadership: the data directory may come from elsewhere
@@ -359,6 +379,11 @@ impl HaCore {
             (Action::EnsureSlots { members }, Outcome::Ok) if self.lease_deadline.is_some() => {
                 self.slots_for = Some(members.clone());
             }
+            (Action::SetSyncStandbyNames { value }, Outcome::Ok) => {
+                self.sync_overridden = value.is_some();
+                self.sync_names_set_at = Some(now);
+                self.sync_mark = None;
+            }
             _ => {}
         }
         if let Some(request) = self.requests.remove(&id) {
@@ -418,7 +443,14 @@ impl HaCore {
                     .leaderless_since
                     .map_or(Duration::ZERO, |t| now.since(t));
                 let wait_for_starting = waited < obs.policy.ttl;
-                match race::judge(&self.me, &obs.pg, view, &report, wait_for_starting) {
+                match race::judge(
+                    &self.me,
+                    &obs.pg,
+                    view,
+                    &report,
+                    wait_for_starting,
+                    obs.policy.sync.mode,
+                ) {
                     race::Verdict::Healthiest => {
                         self.message = "acquiring the leader lock as the healthiest member".into();
                         self.emit(Action::AcquireLock, self.lock_purpose(true), now, out);
@@ -465,6 +497,16 @@ impl HaCore {
                 }
                 self.emit(Action::RemoveDataDir, Purpose::Task, now, out);
             }
+            (Purpose::SyncRevoke, Outcome::Ok) => {
+                self.sync_revoked = true;
+                let go = self
+                    .last
+                    .clone()
+                    .is_some_and(|o| matches!(self.watchdog_gate(&o, now), watchdog::Gate::Go));
+                if self.task.is_none() && self.holds_lock(now) && go {
+                    self.start_primary(now, out);
+                }
+            }
             (Purpose::Task, outcome) => self.task_done(action, outcome, now, out),
             _ => {}
         }
@@ -510,7 +552,27 @@ impl HaCore {
             self.emit(Action::ClaimInitialize, Purpose::ConfirmClaim, now, out);
             return;
         }
-        if self.last.as_ref().is_some_and(|o| o.pg.is_replica()) {
+        let promoting = self.last.as_ref().is_some_and(|o| o.pg.is_replica());
+        if !self.sync_revoked
+            && (promoting || !self.sync_overridden)
+            && let Some(o) = &self.last
+            && let Some(view) = &o.dcs
+            && let Some(value) = sync::revocation(&self.me.name, &o.policy.sync, view)
+        {
+            // The standbys the key names hold every commit the former primary acknowledged,
+            // not those this one will: none of them may take over behind it. (A primary
+            // restarting with our own list in force keeps a key that list is true to.)
+            self.message = "revoking the synchronous standbys before becoming the primary".into();
+            let version = view.sync.as_ref().map(|s| s.version.clone());
+            self.emit(
+                Action::WriteSync { value, version },
+                Purpose::SyncRevoke,
+                now,
+                out,
+            );
+            return;
+        }
+        if promoting {
             self.emit(Action::Promote, Purpose::Task, now, out);
             return;
         }

@@ -1,6 +1,7 @@
 //! The leader race: may this member take the lock? Patroni's healthiest-node rules (§4.3),
 //! as pure functions over an observation and the peers' answers.
 
+use crate::config::SyncMode;
 use crate::dcs::{ClusterView, Failover};
 
 use super::types::{Identity, PeerReport, PgFacts, Policy};
@@ -48,6 +49,29 @@ pub fn manual_failover<'a>(me: &str, key: Option<&'a Failover>) -> ManualFailove
     }
 }
 
+/// In a synchronous mode, what the `sync` key says about who may take over (see `ha::sync`):
+/// a member that has heard from `quorum + 1` of the voters (itself included when it is one),
+/// none of them ahead of it; and the leader that wrote the key, which holds every commit it
+/// acknowledged itself (so it is out of scope; a former leader that is not a voter is not
+/// compared either).
+struct SyncScope<'a> {
+    voters: Vec<&'a str>,
+    quorum: usize,
+}
+
+/// The key's scope over this member's race; `None` when it has no say (asynchronous mode, no
+/// key, or this member wrote it).
+fn sync_scope<'a>(me: &str, view: &'a ClusterView, mode: SyncMode) -> Option<SyncScope<'a>> {
+    if mode == SyncMode::Off {
+        return None;
+    }
+    let s = &view.sync.as_ref()?.value;
+    (s.leader.as_deref() != Some(me)).then(|| SyncScope {
+        voters: s.members(),
+        quorum: s.quorum.unwrap_or(0) as usize,
+    })
+}
+
 /// Checks that need no peer: may this member race at all? `Ok(peers)` lists the members to
 /// ask before taking the lock.
 pub fn pre_race(
@@ -81,6 +105,25 @@ pub fn pre_race(
             // only if the candidate turns out unhealthy (handled in `judge`).
         }
         _ => {}
+    }
+    if policy.sync.mode != SyncMode::Off && view.unreadable("sync") {
+        return Err("not racing: the sync key cannot be read".into());
+    }
+    if let Some(scope) = sync_scope(&me.name, view, policy.sync.mode) {
+        if scope.quorum + 1 > scope.voters.len() {
+            return Err(
+                "not racing: no synchronous standby is known to hold every acknowledged commit"
+                    .into(),
+            );
+        }
+        if policy.sync.mode == SyncMode::On
+            && scope.quorum == 0
+            && !scope.voters.contains(&me.name.as_str())
+        {
+            return Err(
+                "following a different leader because I am not a synchronous standby".into(),
+            );
+        }
     }
     if policy.check_timeline
         && let Some(mine) = pg.timeline
@@ -126,6 +169,7 @@ pub fn judge(
     view: &ClusterView,
     peers: &PeerReport,
     wait_for_starting: bool,
+    mode: SyncMode,
 ) -> Verdict {
     let manual = manual_failover(&me.name, view.failover.as_ref().map(|f| &f.value));
     if let Some(gone) = view.vanished_leader.as_deref()
@@ -172,9 +216,19 @@ pub fn judge(
             return Verdict::NotHealthiest("stepping aside for a switchover".into());
         }
     }
+    let scope = sync_scope(&me.name, view, mode);
     for (name, peer) in peers {
         let Some(p) = peer else { continue };
         if Some(name.as_str()) == former_leader {
+            continue;
+        }
+        if let Some(scope) = &scope
+            && !scope.voters.contains(&name.as_str())
+        {
+            // Only the voters' positions say where the acknowledged commits are.
+            if p.is_primary && p.running {
+                return Verdict::NotHealthiest(format!("Primary ({name}) is still alive"));
+            }
             continue;
         }
         if p.starting && !p.nofailover && wait_for_starting {
@@ -195,6 +249,27 @@ pub fn judge(
                 "{name} has equally tolerable WAL position and priority {}, while this node has \
                  priority {}",
                 p.failover_priority, me.failover_priority
+            ));
+        }
+    }
+    if let Some(scope) = &scope {
+        let me_votes = usize::from(scope.voters.contains(&me.name.as_str()));
+        let votes = me_votes
+            + peers
+                .iter()
+                .filter(|(n, p)| {
+                    scope.voters.contains(&n.as_str())
+                        && p.as_ref().is_some_and(|p| {
+                            !p.is_primary && !p.starting && p.wal_position <= pg.wal_position
+                        })
+                })
+                .count();
+        if votes < scope.quorum + 1 {
+            return Verdict::NotHealthiest(format!(
+                "{votes} of the synchronous standbys {} answered and are not ahead of me; {} \
+                 needed to be sure of every acknowledged commit",
+                scope.voters.join(","),
+                scope.quorum + 1
             ));
         }
     }
@@ -228,6 +303,8 @@ mod tests {
             wal_position: pos,
             upstream: None,
             streaming: true,
+            synchronous_standby_names: None,
+            replication: Vec::new(),
             supervised: true,
         }
     }
@@ -242,6 +319,7 @@ mod tests {
             pause: false,
             use_slots: false,
             check_timeline: false,
+            sync: Default::default(),
             safety_margin: Duration::from_secs(3),
         }
     }
@@ -290,12 +368,12 @@ mod tests {
         let mut peers = PeerReport::new();
         peers.insert("b".into(), None);
         assert!(matches!(
-            judge(&me(), &pg(995), &v, &peers, true),
+            judge(&me(), &pg(995), &v, &peers, true, SyncMode::Off),
             Verdict::NotHealthiest(m) if m.contains("vanished")
         ));
         peers.insert("b".into(), peer(990, 1));
         assert_eq!(
-            judge(&me(), &pg(995), &v, &peers, true),
+            judge(&me(), &pg(995), &v, &peers, true, SyncMode::Off),
             Verdict::Healthiest
         );
     }
@@ -334,16 +412,18 @@ mod tests {
         peers.insert("b".into(), peer(990, 1));
         peers.insert("c".into(), None);
         assert_eq!(
-            judge(&me(), &pg(995), &view(), &peers, true),
+            judge(&me(), &pg(995), &view(), &peers, true, SyncMode::Off),
             Verdict::Healthiest
         );
         peers.insert("b".into(), peer(999, 1));
         assert!(matches!(
-            judge(&me(), &pg(995), &view(), &peers, true),
+            judge(&me(), &pg(995), &view(), &peers, true, SyncMode::Off),
             Verdict::NotHealthiest(_)
         ));
         peers.insert("b".into(), peer(995, 2));
-        let Verdict::NotHealthiest(msg) = judge(&me(), &pg(995), &view(), &peers, true) else {
+        let Verdict::NotHealthiest(msg) =
+            judge(&me(), &pg(995), &view(), &peers, true, SyncMode::Off)
+        else {
             panic!("priority must decide")
         };
         assert!(msg.contains("priority 2"), "{msg}");
@@ -353,7 +433,7 @@ mod tests {
         }
         peers.insert("b".into(), alive);
         assert_eq!(
-            judge(&me(), &pg(995), &view(), &peers, true),
+            judge(&me(), &pg(995), &view(), &peers, true, SyncMode::Off),
             Verdict::NotHealthiest("Primary (b) is still alive".into())
         );
     }
@@ -373,14 +453,14 @@ mod tests {
         peers.insert("b".into(), peer(10, 1));
         // The named candidate is healthy: wait for it, even though we are ahead.
         assert!(matches!(
-            judge(&me(), &pg(995), &v, &peers, true),
+            judge(&me(), &pg(995), &v, &peers, true, SyncMode::Off),
             Verdict::NotHealthiest(_)
         ));
         // The candidate is gone: race without it, and without the lag check.
         peers.insert("b".into(), None);
         assert!(pre_race(&me(), &pg(1), &v, &policy()).is_ok());
         assert_eq!(
-            judge(&me(), &pg(995), &v, &peers, true),
+            judge(&me(), &pg(995), &v, &peers, true, SyncMode::Off),
             Verdict::Healthiest
         );
         // The key names me.
@@ -403,11 +483,11 @@ mod tests {
         }
         peers.insert("b".into(), p);
         assert!(matches!(
-            judge(&me(), &pg(995), &view(), &peers, true),
+            judge(&me(), &pg(995), &view(), &peers, true, SyncMode::Off),
             Verdict::NotHealthiest(_)
         ));
         assert_eq!(
-            judge(&me(), &pg(995), &view(), &peers, false),
+            judge(&me(), &pg(995), &view(), &peers, false, SyncMode::Off),
             Verdict::Healthiest
         );
     }
@@ -417,5 +497,87 @@ mod tests {
         let mut id = me();
         id.nofailover = true;
         assert!(pre_race(&id, &pg(1000), &view(), &policy()).is_err());
+    }
+    fn with_sync(standby: Option<&str>, quorum: Option<u64>) -> ClusterView {
+        let mut v = view();
+        v.members.insert("old".into(), Member::default());
+        v.sync = Some(Versioned {
+            value: crate::dcs::SyncState {
+                leader: Some("old".into()),
+                sync_standby: standby.map(str::to_owned),
+                quorum,
+            },
+            version: Version("3".into()),
+        });
+        v
+    }
+
+    fn sync_policy(mode: SyncMode) -> Policy {
+        Policy {
+            sync: crate::ha::sync::SyncPolicy {
+                mode,
+                ..Default::default()
+            },
+            ..policy()
+        }
+    }
+
+    #[test]
+    fn on_only_a_listed_synchronous_standby_races() {
+        let on = sync_policy(SyncMode::On);
+        let listed = with_sync(Some("a"), None);
+        assert!(pre_race(&me(), &pg(995), &listed, &on).is_ok());
+        let other = with_sync(Some("b"), None);
+        assert!(pre_race(&me(), &pg(995), &other, &on).is_err());
+        let nobody = with_sync(None, None);
+        assert!(pre_race(&me(), &pg(995), &nobody, &on).is_err());
+        // Asynchronous mode ignores the key.
+        assert!(pre_race(&me(), &pg(995), &other, &policy()).is_ok());
+        // An asynchronous replica ahead does not stop the synchronous standby.
+        let peers: PeerReport = [("b".to_string(), peer(2000, 1)), ("c".to_string(), None)]
+            .into_iter()
+            .collect();
+        assert_eq!(
+            judge(&me(), &pg(995), &listed, &peers, true, SyncMode::On),
+            Verdict::Healthiest
+        );
+    }
+
+    #[test]
+    fn quorum_needs_enough_voters_not_ahead() {
+        // Voters a, b, c with quorum 1: two of them (a itself and one more) must agree.
+        let v = with_sync(Some("a,b,c"), Some(1));
+        let q = sync_policy(SyncMode::Quorum);
+        assert!(pre_race(&me(), &pg(995), &v, &q).is_ok());
+        let none: PeerReport = [("b".to_string(), None), ("c".to_string(), None)]
+            .into_iter()
+            .collect();
+        assert!(matches!(
+            judge(&me(), &pg(995), &v, &none, true, SyncMode::Quorum),
+            Verdict::NotHealthiest(_)
+        ));
+        let one: PeerReport = [("b".to_string(), peer(990, 1)), ("c".to_string(), None)]
+            .into_iter()
+            .collect();
+        assert_eq!(
+            judge(&me(), &pg(995), &v, &one, true, SyncMode::Quorum),
+            Verdict::Healthiest
+        );
+        // A non-voter needs two voters.
+        let v = with_sync(Some("b,c"), Some(1));
+        assert!(matches!(
+            judge(&me(), &pg(995), &v, &one, true, SyncMode::Quorum),
+            Verdict::NotHealthiest(_)
+        ));
+        let two: PeerReport = [
+            ("b".to_string(), peer(990, 1)),
+            ("c".to_string(), peer(995, 1)),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(
+            judge(&me(), &pg(995), &v, &two, true, SyncMode::Quorum),
+            Verdict::Healthiest
+        );
     }
 }

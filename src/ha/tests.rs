@@ -29,6 +29,7 @@ fn policy() -> Policy {
         pause: false,
         use_slots: false,
         check_timeline: false,
+        sync: Default::default(),
         safety_margin: 3 * S,
     }
 }
@@ -49,6 +50,8 @@ fn primary() -> PgFacts {
         wal_position: 1000,
         upstream: None,
         streaming: false,
+        synchronous_standby_names: None,
+        replication: Vec::new(),
         supervised: true,
     }
 }

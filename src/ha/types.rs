@@ -70,6 +70,8 @@ pub struct Policy {
     /// `check_timeline`: a member on a timeline older than the cluster's (the `history` key's)
     /// never takes the lock.
     pub check_timeline: bool,
+    /// Synchronous replication.
+    pub sync: super::sync::SyncPolicy,
     /// How much earlier than the lock could expire the leader stops writing (ha-safety rule 2):
     /// the time an immediate stop takes, clock-rate drift and scheduler lateness.
     pub safety_margin: Duration,
@@ -118,6 +120,10 @@ pub struct PgFacts {
     pub upstream: Option<String>,
     /// A replica's WAL receiver is streaming.
     pub streaming: bool,
+    /// A primary's `synchronous_standby_names` in force; `None` when not known.
+    pub synchronous_standby_names: Option<String>,
+    /// A primary's WAL senders (`pg_stat_replication`).
+    pub replication: Vec<crate::postgres::ReplicationRow>,
     /// The running postmaster is pgwarden's own child, tied to it by a parent-death signal.
     /// `false` for one found running that pgwarden did not start (left by an earlier agent,
     /// by Patroni, or by hand): it would outlive a `kill -9` of the agent, so it is never

@@ -50,6 +50,8 @@ pub struct Postgres {
     postmaster: Option<Postmaster>,
     /// What our config file currently says: `None` primary, `Some` replica.
     recovery: Option<RecoveryConf>,
+    /// `synchronous_standby_names` set by the HA core, over the settings' own.
+    sync_names: Option<String>,
 }
 
 impl Postgres {
@@ -63,6 +65,7 @@ impl Postgres {
             settings,
             postmaster: None,
             recovery,
+            sync_names: None,
         }
     }
 
@@ -331,6 +334,16 @@ impl Postgres {
         Ok(false)
     }
 
+    /// Sets `synchronous_standby_names` (`None`: the settings' own again); a running server
+    /// reloads, a stopped one starts with it.
+    pub async fn set_sync_standby_names(&mut self, value: Option<String>) -> Result<(), PgError> {
+        self.sync_names = value;
+        match self.child_alive() || self.foreign_postmaster().is_some() {
+            true => self.reload().await,
+            false => Ok(()),
+        }
+    }
+
     /// Renders the config files from the current settings and sends SIGHUP.
     pub async fn reload(&self) -> Result<(), PgError> {
         let pid = match (&self.postmaster, self.foreign_postmaster()) {
@@ -386,9 +399,18 @@ impl Postgres {
                 write_file(&base, "")?;
             }
         }
+        let settings = match &self.sync_names {
+            Some(names) => {
+                let mut s = self.settings.clone();
+                s.parameters
+                    .insert("synchronous_standby_names".into(), names.clone());
+                std::borrow::Cow::Owned(s)
+            }
+            None => std::borrow::Cow::Borrowed(&self.settings),
+        };
         write_file(
             &conf_path,
-            &conf::render_postgresql_conf(&self.settings, recovery),
+            &conf::render_postgresql_conf(&settings, recovery),
         )?;
         self.write_hba()?;
         let signal = d.join(STANDBY_SIGNAL);

@@ -124,12 +124,14 @@ pub async fn status(s: &PgSettings) -> Result<PgStatus, PgError> {
             let row = c
                 .query_one(
                     "SELECT pg_catalog.pg_current_wal_flush_lsn(), \
-                            ('x' || pg_catalog.substr(pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn()), 1, 8))::bit(32)::int::bigint",
+                            ('x' || pg_catalog.substr(pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn()), 1, 8))::bit(32)::int::bigint, \
+                            pg_catalog.current_setting('synchronous_standby_names')",
                     &[],
                 )
                 .await?;
             st.wal_position = row.get::<_, PgLsn>(0).into();
             st.timeline = row.get::<_, i64>(1) as u64;
+            st.synchronous_standby_names = Some(row.get(2));
         } else {
             let q = format!(
                 "SELECT pg_catalog.pg_last_wal_receive_lsn(), pg_catalog.pg_last_wal_replay_lsn(), \
@@ -163,7 +165,10 @@ pub async fn status(s: &PgSettings) -> Result<PgStatus, PgError> {
         let rows = c
             .query(
                 "SELECT COALESCE(usename::text, ''), COALESCE(application_name, ''), host(client_addr), \
-                        COALESCE(state, ''), COALESCE(sync_state, ''), COALESCE(sync_priority, 0) \
+                        COALESCE(state, ''), COALESCE(sync_state, ''), COALESCE(sync_priority, 0), \
+                        CASE pg_catalog.current_setting('synchronous_commit') \
+                          WHEN 'remote_apply' THEN replay_lsn WHEN 'remote_write' THEN write_lsn \
+                          ELSE flush_lsn END \
                  FROM pg_catalog.pg_stat_replication ORDER BY application_name",
                 &[],
             )
@@ -177,6 +182,7 @@ pub async fn status(s: &PgSettings) -> Result<PgStatus, PgError> {
                 state: r.get(3),
                 sync_state: r.get(4),
                 sync_priority: r.get(5),
+                ack_lsn: lsn(r.get(6)),
             })
             .collect();
         Ok(st)

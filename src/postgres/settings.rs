@@ -103,6 +103,10 @@ pub struct ReplicationRow {
     /// `sync`, `async`, `quorum` or `potential`.
     pub sync_state: String,
     pub sync_priority: i32,
+    /// The position up to which this standby acknowledges commits under the primary's
+    /// `synchronous_commit` (write, flush or replay LSN); not in the status document.
+    #[serde(skip)]
+    pub ack_lsn: Option<u64>,
 }
 
 /// One bounded query round: everything the status document and the HA engine need.
@@ -126,6 +130,8 @@ pub struct PgStatus {
     pub replication_state: Option<String>,
     pub received_timeline: Option<u64>,
     pub replication: Vec<ReplicationRow>,
+    /// Primary: `synchronous_standby_names` in force.
+    pub synchronous_standby_names: Option<String>,
     pub pending_restart: bool,
     pub sysid: String,
 }

@@ -39,6 +39,94 @@ pub fn render(rule: SyncRule, num: usize, names: &[String], strict: bool) -> Str
     }
 }
 
+/// A `synchronous_standby_names` value as PostgreSQL reads it: commits wait for `num` of
+/// `names`. PostgreSQL's priority form (`FIRST n (...)`, `n (...)`, `a, b`) picks the first
+/// `num` connected ones in list order, but which ones those are changes as standbys come and
+/// go, so for what a commit's acknowledgement proves both forms read as "some `num` of them".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parsed {
+    /// How many must acknowledge (0: asynchronous).
+    pub num: usize,
+    /// The standby names, unquoted, sorted.
+    pub names: Vec<String>,
+}
+
+/// Reads a value; `None` for one whose standbys cannot be known: `*` (any standby) or text
+/// that is not PostgreSQL's syntax.
+pub fn parse(value: &str) -> Option<Parsed> {
+    let v = value.trim();
+    if v.is_empty() {
+        return Some(Parsed {
+            num: 0,
+            names: Vec::new(),
+        });
+    }
+    let (head, list) = match v.find('(') {
+        Some(open) => {
+            let list = v[open + 1..].trim_end().strip_suffix(')')?;
+            (v[..open].trim(), list)
+        }
+        None => ("", v),
+    };
+    let mut words = head.split_whitespace();
+    let num = match (words.next(), words.next(), words.next()) {
+        (None, ..) => None,
+        (Some(n), None, _) => Some(n),
+        (Some(kw), Some(n), None)
+            if kw.eq_ignore_ascii_case("first") || kw.eq_ignore_ascii_case("any") =>
+        {
+            Some(n)
+        }
+        _ => return None,
+    };
+    let mut names = split_names(list)?;
+    if names.iter().any(|n| n == "*") {
+        return None;
+    }
+    let num = match num {
+        Some(n) => n.parse::<usize>().ok().filter(|n| *n >= 1)?,
+        // The old form `a, b` means the first one connected.
+        None => 1,
+    };
+    names.sort_unstable();
+    names.dedup();
+    Some(Parsed { num, names })
+}
+
+/// The comma-separated names of a list, double quotes removed (`""` inside is one quote).
+/// Case is kept: PostgreSQL matches standby names case-insensitively, quoted or not.
+fn split_names(list: &str) -> Option<Vec<String>> {
+    let mut names = Vec::new();
+    let mut chars = list.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut name = String::new();
+        if chars.next_if_eq(&'"').is_some() {
+            loop {
+                match chars.next()? {
+                    '"' if chars.next_if_eq(&'"').is_some() => name.push('"'),
+                    '"' => break,
+                    c => name.push(c),
+                }
+            }
+        } else {
+            while let Some(c) = chars.next_if(|c| *c != ',' && !c.is_whitespace()) {
+                name.push(c);
+            }
+        }
+        if name.is_empty() {
+            return None;
+        }
+        names.push(name);
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        match chars.next() {
+            None => return Some(names),
+            Some(',') => continue,
+            Some(_) => return None,
+        }
+    }
+}
+
 /// A standby name as it must appear in the list: bare when it is a plain identifier (and not
 /// one of the list's keywords), double-quoted otherwise (`"postgres-1"`), quotes doubled.
 fn quote(name: &str) -> String {
@@ -109,5 +197,59 @@ mod tests {
             render(Rule::Quorum, 1, &[], true),
             format!("ANY 1 ({STRICT_PLACEHOLDER})")
         );
+    }
+    #[test]
+    fn what_is_written_reads_back() {
+        let cases: [(&[&str], usize, Rule); 4] = [
+            (&["m2"], 1, Rule::Priority),
+            (&["b", "postgres-1"], 2, Rule::Priority),
+            (&["first", "say\"hi"], 1, Rule::Quorum),
+            (&["a", "b", "c"], 2, Rule::Quorum),
+        ];
+        for (n, num, rule) in cases {
+            let written = render(rule, num, &names(n), false);
+            let mut want = names(n);
+            want.sort();
+            assert_eq!(
+                parse(&written),
+                Some(Parsed { num, names: want }),
+                "{written}"
+            );
+        }
+        assert_eq!(
+            parse(&render(Rule::Quorum, 1, &[], true)).unwrap().names,
+            vec![STRICT_PLACEHOLDER.to_string()]
+        );
+    }
+
+    #[test]
+    fn postgresql_forms_and_unknowable_values() {
+        assert_eq!(parse("").unwrap().num, 0);
+        assert_eq!(
+            parse("FIRST 2 (A, \"B\")"),
+            Some(Parsed {
+                num: 2,
+                names: names(&["A", "B"])
+            })
+        );
+        assert_eq!(
+            parse("m1, m2"),
+            Some(Parsed {
+                num: 1,
+                names: names(&["m1", "m2"])
+            })
+        );
+        for bad in [
+            "*",
+            "ANY 1 (*)",
+            "2 (a",
+            "ANY x (a)",
+            "ANY 0 (a)",
+            "a b",
+            "(,)",
+            "\"open",
+        ] {
+            assert_eq!(parse(bad), None, "{bad}");
+        }
     }
 }

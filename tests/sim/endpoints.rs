@@ -533,6 +533,14 @@ impl PgControl for SimPg {
             false => Err(PgError::NotRunning),
         }
     }
+    async fn set_sync_standby_names(&mut self, value: Option<String>) -> Result<(), PgError> {
+        self.me.gate().await;
+        self.me.with(|w, who| {
+            let pg = &mut w.members[who].pg;
+            pg.sync_names = value.unwrap_or_default();
+            Ok(())
+        })
+    }
     async fn checkpoint(&self) -> Result<(), PgError> {
         self.me.gate().await;
         let d = self.me.with(|w, _| w.millis(1, 100));

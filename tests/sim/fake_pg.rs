@@ -41,6 +41,8 @@ pub struct FakePg {
     pub epoch: u64,
     /// Until then the postmaster ignores a fast stop (`Fault::StubbornStop`).
     pub stubborn_until: Duration,
+    /// `synchronous_standby_names` in its configuration.
+    pub sync_names: String,
 }
 
 impl FakePg {
@@ -56,6 +58,7 @@ impl FakePg {
             streaming: false,
             epoch: 0,
             stubborn_until: Duration::ZERO,
+            sync_names: String::new(),
         }
     }
 
@@ -128,6 +131,7 @@ impl FakePg {
                 }
             }),
             sysid: self.sysid().unwrap_or_default().into(),
+            synchronous_standby_names: (!in_recovery).then(|| self.sync_names.clone()),
             ..PgStatus::default()
         })
     }

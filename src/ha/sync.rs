@@ -1,0 +1,671 @@
+//! Synchronous replication, the leader's half (Patroni §4.10): which standbys must acknowledge
+//! a commit (`synchronous_standby_names`, "ssn") and which members the `sync` key names as
+//! voters for the next leader, changed one step at a time in an order that keeps the key true.
+//!
+//! # The rule every step keeps
+//! A commit is acknowledged once `k` of the standbys listed in ssn (`S`) have it (PostgreSQL's
+//! `FIRST k` picks which `k` by priority, but that choice moves as standbys come and go, so
+//! it proves no more than `ANY k`). The key names voters `V` and a quorum `q`: a member may take
+//! over only after `q + 1` voters (itself included when it is one) have answered and none of
+//! them is ahead of it (`race`). In `synchronous_mode: on` the key has no quorum (`q = 0`) and
+//! ssn needs every listed standby (`k = |S|`): any single voter will do. Every acknowledged
+//! commit is then on some voter of every such set of `q + 1` when both hold:
+//! * for commits acknowledged under the ssn in force: `q + k ≥ |V| + |S \ V|`
+//!   ([`compatible`]; in `on` it says `V ⊆ S`);
+//! * for earlier ones, which are at or before the primary's position when that ssn was first
+//!   seen in force (the [`Mark`]): at least `|V| − q` voters have reached the mark, or the key
+//!   only lost voters and did not lower its quorum ([`history_kept`]).
+//!
+//! So when a change of ssn would break the first rule, the key shrinks first (a member leaves
+//! the key before it leaves ssn); a member joins the key only once PostgreSQL reports it
+//! synchronous at or past the mark. While the key names nobody who may take over (`q + 1 >
+//! |V|`) both rules hold trivially: no member but the leader itself may be promoted.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use crate::config::SyncMode;
+use crate::dcs::{ClusterView, SyncState};
+use crate::postgres::ReplicationRow;
+use crate::postgres::sync_names::{self, Parsed, SyncRule};
+
+use super::types::{MonoTime, PgFacts};
+
+/// The synchronous replication settings in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncPolicy {
+    /// `synchronous_mode`.
+    pub mode: SyncMode,
+    /// `synchronous_mode_strict`: with no standby to wait for, commits wait anyway.
+    pub strict: bool,
+    /// `synchronous_node_count`: how many standbys acknowledge each commit.
+    pub node_count: u32,
+    /// `maximum_lag_on_syncnode`: a standby further behind than this is replaced (≤ 0: never).
+    pub maximum_lag_on_syncnode: i64,
+}
+
+impl Default for SyncPolicy {
+    fn default() -> Self {
+        SyncPolicy {
+            mode: SyncMode::Off,
+            strict: false,
+            node_count: 1,
+            maximum_lag_on_syncnode: -1,
+        }
+    }
+}
+
+/// How long after setting ssn the leader waits before taking its mark: a server reload
+/// reaches every process within milliseconds, and until then a WAL sender still on the old
+/// list may acknowledge a commit for the standbys that list names.
+pub const SETTLE: Duration = Duration::from_secs(1);
+
+/// The primary's WAL position when the ssn in force was first seen (once settled): every
+/// commit acknowledged under an earlier list is at or before it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mark {
+    /// The ssn value.
+    pub names: String,
+    /// The primary's flush position then.
+    pub lsn: u64,
+    /// When it was taken.
+    pub at: MonoTime,
+}
+
+/// The next change, one at a time.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Write the `sync` key.
+    Key(SyncState),
+    /// Set ssn; `None` gives it back to the configuration.
+    Names(Option<String>),
+    /// Nothing to change now; the text says what it waits for, if anything.
+    Settled(Option<String>),
+}
+
+/// Voters and quorum, as the key says them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Voters {
+    names: BTreeSet<String>,
+    quorum: usize,
+}
+
+impl Voters {
+    fn none() -> Self {
+        Voters {
+            names: BTreeSet::new(),
+            quorum: 0,
+        }
+    }
+
+    fn of(key: &SyncState) -> Self {
+        Voters {
+            names: key.members().into_iter().map(str::to_owned).collect(),
+            quorum: key.quorum.unwrap_or(0) as usize,
+        }
+    }
+
+    /// No set of `quorum + 1` voters exists: nobody but the leader may take over.
+    fn blocks_takeover(&self) -> bool {
+        self.quorum + 1 > self.names.len()
+    }
+
+    fn key(&self, me: &str, quorum_mode: bool) -> SyncState {
+        SyncState {
+            leader: Some(me.to_owned()),
+            sync_standby: (!self.names.is_empty())
+                .then(|| self.names.iter().cloned().collect::<Vec<_>>().join(",")),
+            quorum: (quorum_mode || self.quorum > 0).then_some(self.quorum as u64),
+        }
+    }
+}
+
+/// Commits acknowledged under `ssn` are on one of every `quorum + 1` voters; `None` is a list
+/// whose standbys cannot be known.
+fn compatible(v: &Voters, ssn: Option<&Parsed>) -> bool {
+    if v.blocks_takeover() {
+        return true;
+    }
+    let Some(s) = ssn else { return false };
+    let outside = s.names.iter().filter(|n| !v.names.contains(*n)).count();
+    v.quorum + s.num >= v.names.len() + outside
+}
+
+/// The smallest quorum for `names` that keeps every list of `lists` [`compatible`].
+fn quorum_for(names: &BTreeSet<String>, lists: &[&Parsed]) -> usize {
+    lists
+        .iter()
+        .map(|s| {
+            let outside = s.names.iter().filter(|n| !names.contains(*n)).count();
+            (names.len() + outside).saturating_sub(s.num)
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Moving from `old` to `new` keeps the commits acknowledged before the mark on one of every
+/// `quorum + 1` new voters: `confirmed` have reached the mark.
+fn history_kept(new: &Voters, old: &Voters, confirmed: &BTreeSet<String>) -> bool {
+    new.blocks_takeover()
+        || (new.names.is_subset(&old.names) && new.quorum >= old.quorum)
+        || new.names.intersection(confirmed).count() + new.quorum >= new.names.len()
+}
+
+/// The leader's next step. `overridden`: ssn was set by an earlier step (not by the
+/// configuration).
+pub fn leader_step(
+    me: &str,
+    policy: &SyncPolicy,
+    view: &ClusterView,
+    pg: &PgFacts,
+    mark: Option<&Mark>,
+    overridden: bool,
+    now: MonoTime,
+) -> Step {
+    let ours = view
+        .sync
+        .as_ref()
+        .map(|s| &s.value)
+        .filter(|s| s.leader.as_deref() == Some(me));
+    let quorum_mode = policy.mode == SyncMode::Quorum;
+    if view.unreadable("sync") {
+        return Step::Settled(Some(
+            "the sync key cannot be read: synchronous replication left as it is".into(),
+        ));
+    }
+    if policy.mode == SyncMode::Off {
+        if ours.is_some_and(|k| !Voters::of(k).blocks_takeover()) {
+            return Step::Key(Voters::none().key(me, false));
+        }
+        return match overridden {
+            true => Step::Names(None),
+            false => Step::Settled(None),
+        };
+    }
+    let Some(observed) = pg.synchronous_standby_names.as_deref() else {
+        return Step::Settled(Some(
+            "synchronous_standby_names in force is not known".into(),
+        ));
+    };
+    let Some(key) = ours else {
+        // Ours from now on, naming nobody until a standby is confirmed.
+        return Step::Key(Voters::none().key(me, quorum_mode));
+    };
+    let current = Voters::of(key);
+    let in_force = sync_names::parse(observed);
+    let picked = candidates(me, policy, view, pg, &current.names);
+    let (rule, num) = match policy.mode {
+        SyncMode::Quorum => (
+            SyncRule::Quorum,
+            (policy.node_count as usize).min(picked.len()),
+        ),
+        _ => (SyncRule::Priority, picked.len()),
+    };
+    let desired = sync_names::render(rule, num, &picked, policy.strict);
+    let target = sync_names::parse(&desired).expect("rendered names parse");
+    let shrink = |lists: &[&Parsed]| {
+        let names: BTreeSet<String> = current
+            .names
+            .iter()
+            .filter(|n| lists.iter().all(|s| s.names.contains(*n)))
+            .cloned()
+            .collect();
+        let quorum = current.quorum.max(quorum_for(&names, lists));
+        Step::Key(Voters { names, quorum }.key(me, quorum_mode))
+    };
+    if !compatible(&current, in_force.as_ref()) {
+        return match &in_force {
+            Some(s) => shrink(&[s, &target]),
+            None => Step::Key(Voters::none().key(me, quorum_mode)),
+        };
+    }
+    if observed != desired {
+        if compatible(&current, Some(&target)) {
+            return Step::Names(Some(desired));
+        }
+        let s = in_force.as_ref().expect("compatible with a known list");
+        return shrink(&[s, &target]);
+    }
+    // ssn is what we want: let the key catch up with it.
+    let confirmed = confirmed(pg, observed, mark, now);
+    let grown = if picked.is_empty() {
+        Voters::none()
+    } else if quorum_mode {
+        Voters {
+            names: target.names.iter().cloned().collect(),
+            quorum: target.names.len() - target.num,
+        }
+    } else {
+        let keep = current.quorum == 0;
+        Voters {
+            names: target
+                .names
+                .iter()
+                .filter(|n| confirmed.contains(*n) || (keep && current.names.contains(*n)))
+                .cloned()
+                .collect(),
+            quorum: 0,
+        }
+    };
+    if grown == current {
+        let waiting: Vec<&String> = picked
+            .iter()
+            .filter(|n| !grown.names.contains(*n))
+            .collect();
+        return Step::Settled((!waiting.is_empty()).then(|| {
+            let names: Vec<&str> = waiting.iter().map(|n| n.as_str()).collect();
+            format!(
+                "waiting for {} to be reported synchronous and holding every acknowledged commit",
+                names.join(",")
+            )
+        }));
+    }
+    if !history_kept(&grown, &current, &confirmed) {
+        let wanted = grown.names.len() - grown.quorum;
+        return Step::Settled(Some(format!(
+            "waiting for {wanted} synchronous standbys to confirm they hold every acknowledged commit"
+        )));
+    }
+    Step::Key(grown.key(me, quorum_mode))
+}
+
+/// Standbys PostgreSQL reports synchronous under `names` and at or past the mark taken for
+/// them, seen in a later observation than the mark.
+fn confirmed(pg: &PgFacts, names: &str, mark: Option<&Mark>, now: MonoTime) -> BTreeSet<String> {
+    let Some(m) = mark.filter(|m| m.names == names && now > m.at) else {
+        return BTreeSet::new();
+    };
+    pg.replication
+        .iter()
+        .filter(|r| matches!(r.sync_state.as_str(), "sync" | "quorum"))
+        .filter(|r| r.ack_lsn.is_some_and(|l| l >= m.lsn))
+        .map(|r| r.application_name.clone())
+        .collect()
+}
+
+/// The standbys that should acknowledge commits, best first, at most `node_count` in `on`:
+/// members streaming from us, running, not `nosync`; by `sync_priority`, then the current
+/// voters, then how synchronous PostgreSQL reports them, then position; `nofailover` members
+/// last. `maximum_lag_on_syncnode` drops laggards.
+fn candidates(
+    me: &str,
+    policy: &SyncPolicy,
+    view: &ClusterView,
+    pg: &PgFacts,
+    voters: &BTreeSet<String>,
+) -> Vec<String> {
+    fn rank(r: &ReplicationRow) -> u8 {
+        match r.sync_state.as_str() {
+            "sync" => 3,
+            "quorum" => 2,
+            "potential" => 1,
+            _ => 0,
+        }
+    }
+    let mut seen = BTreeSet::new();
+    let mut c: Vec<(&ReplicationRow, i64, bool, u64)> = pg
+        .replication
+        .iter()
+        .filter_map(|r| {
+            let name = r.application_name.as_str();
+            let m = view.members.get(name)?;
+            let lsn = r.ack_lsn?;
+            let usable = name != me && m.state.as_deref() == Some("running") && !m.nosync();
+            (usable && seen.insert(name)).then_some((r, m.sync_priority(), m.nofailover(), lsn))
+        })
+        .collect();
+    c.sort_by(|a, b| {
+        let current = |r: &ReplicationRow| voters.contains(&r.application_name);
+        (b.1, current(b.0), rank(b.0), b.3)
+            .cmp(&(a.1, current(a.0), rank(a.0), a.3))
+            .then_with(|| a.0.application_name.cmp(&b.0.application_name))
+    });
+    c.sort_by_key(|x| x.2);
+    if policy.maximum_lag_on_syncnode > 0 {
+        let max = match c.len() {
+            0 | 1 => pg.wal_position,
+            _ => c.iter().map(|x| x.3).max().unwrap_or(0),
+        };
+        c.retain(|x| max.saturating_sub(x.3) <= policy.maximum_lag_on_syncnode as u64);
+    }
+    let take = match policy.mode {
+        SyncMode::Quorum => c.len(),
+        _ => policy.node_count.max(1) as usize,
+    };
+    c.into_iter()
+        .take(take)
+        .map(|x| x.0.application_name.clone())
+        .collect()
+}
+
+/// The mark to keep after this observation: the one we have while ssn is unchanged, a new
+/// one when it changed and has had [`SETTLE`] since we set it (`set_at`), none when unknown.
+pub fn next_mark(
+    mark: Option<Mark>,
+    pg: &PgFacts,
+    set_at: Option<MonoTime>,
+    now: MonoTime,
+) -> Option<Mark> {
+    let names = pg.synchronous_standby_names.as_ref()?;
+    if mark.as_ref().is_some_and(|m| &m.names == names) {
+        return mark;
+    }
+    if set_at.is_some_and(|t| now < t + SETTLE) {
+        return None;
+    }
+    Some(Mark {
+        names: names.clone(),
+        lsn: pg.wal_position,
+        at: now,
+    })
+}
+
+/// Before this member becomes the primary in a synchronous mode: the `sync` key naming nobody,
+/// unless it already does and is ours.
+pub fn revocation(me: &str, policy: &SyncPolicy, view: &ClusterView) -> Option<SyncState> {
+    if policy.mode == SyncMode::Off {
+        return None;
+    }
+    let done = view.sync.as_ref().is_some_and(|s| {
+        s.value.leader.as_deref() == Some(me) && Voters::of(&s.value).blocks_takeover()
+    });
+    (!done).then(|| Voters::none().key(me, policy.mode == SyncMode::Quorum))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dcs::{Member, Version, Versioned};
+    use crate::ha::types::DataDir;
+
+    const PH: &str = sync_names::STRICT_PLACEHOLDER;
+
+    fn policy(mode: SyncMode) -> SyncPolicy {
+        SyncPolicy {
+            mode,
+            ..SyncPolicy::default()
+        }
+    }
+
+    fn view(key: Option<(&str, Option<&str>, Option<u64>)>) -> ClusterView {
+        let mut v = ClusterView::default();
+        for n in ["a", "b", "c", "d"] {
+            let m = Member {
+                state: Some("running".into()),
+                ..Member::default()
+            };
+            v.members.insert(n.into(), m);
+        }
+        v.sync = key.map(|(leader, standby, quorum)| Versioned {
+            value: SyncState {
+                leader: Some(leader.into()),
+                sync_standby: standby.map(str::to_owned),
+                quorum,
+            },
+            version: Version("7".into()),
+        });
+        v
+    }
+
+    /// Primary `a` at 1000 with ssn `names` in force and these WAL senders.
+    fn pg(names: &str, rows: &[(&str, &str, u64)]) -> PgFacts {
+        PgFacts {
+            data: DataDir::Ready {
+                sysid: "1".into(),
+                was_primary: true,
+            },
+            up: true,
+            in_recovery: Some(false),
+            timeline: Some(1),
+            wal_position: 1000,
+            upstream: None,
+            streaming: false,
+            synchronous_standby_names: Some(names.into()),
+            replication: rows
+                .iter()
+                .map(|(n, state, lsn)| ReplicationRow {
+                    usename: "r".into(),
+                    application_name: (*n).into(),
+                    client_addr: None,
+                    state: "streaming".into(),
+                    sync_state: (*state).into(),
+                    sync_priority: 1,
+                    ack_lsn: Some(*lsn),
+                })
+                .collect(),
+            supervised: true,
+        }
+    }
+
+    fn key(standby: Option<&str>, quorum: Option<u64>) -> Step {
+        Step::Key(SyncState {
+            leader: Some("a".into()),
+            sync_standby: standby.map(str::to_owned),
+            quorum,
+        })
+    }
+
+    fn step(p: &SyncPolicy, v: &ClusterView, pg: &PgFacts, mark: Option<&Mark>) -> Step {
+        leader_step(
+            "a",
+            p,
+            v,
+            pg,
+            mark,
+            true,
+            MonoTime(Duration::from_secs(100)),
+        )
+    }
+
+    fn mark(names: &str, lsn: u64) -> Mark {
+        Mark {
+            names: names.into(),
+            lsn,
+            at: MonoTime(Duration::from_secs(90)),
+        }
+    }
+
+    #[test]
+    fn on_lists_a_standby_then_names_it_once_it_is_synchronous_at_the_mark() {
+        let p = policy(SyncMode::On);
+        // No key yet: take it, naming nobody.
+        assert_eq!(step(&p, &view(None), &pg("", &[]), None), key(None, None));
+        let v = view(Some(("a", None, None)));
+        let rows = [("b", "async", 1000), ("c", "async", 900)];
+        assert_eq!(
+            step(&p, &v, &pg("", &rows), None),
+            Step::Names(Some("b".into()))
+        );
+        // Listed, but not yet seen synchronous past the mark: the key waits.
+        let rows = [("b", "sync", 990), ("c", "async", 900)];
+        assert!(matches!(
+            step(&p, &v, &pg("b", &rows), Some(&mark("b", 1000))),
+            Step::Settled(Some(_))
+        ));
+        let rows = [("b", "sync", 1000), ("c", "async", 900)];
+        assert_eq!(
+            step(&p, &v, &pg("b", &rows), Some(&mark("b", 1000))),
+            key(Some("b"), None)
+        );
+        // A mark taken in this very observation proves nothing yet.
+        let fresh = Mark {
+            at: MonoTime(Duration::from_secs(100)),
+            ..mark("b", 1000)
+        };
+        assert!(matches!(
+            step(&p, &v, &pg("b", &rows), Some(&fresh)),
+            Step::Settled(Some(_))
+        ));
+    }
+
+    #[test]
+    fn a_standby_leaves_the_key_before_it_leaves_the_list() {
+        let p = policy(SyncMode::On);
+        let v = view(Some(("a", Some("b"), None)));
+        // b went away: the key first, then the list (empty, or the placeholder when strict).
+        assert_eq!(step(&p, &v, &pg("b", &[]), None), key(None, None));
+        let emptied = view(Some(("a", None, None)));
+        assert_eq!(
+            step(&p, &emptied, &pg("b", &[]), None),
+            Step::Names(Some(String::new()))
+        );
+        let strict = SyncPolicy {
+            strict: true,
+            ..p.clone()
+        };
+        assert_eq!(
+            step(&strict, &emptied, &pg("b", &[]), None),
+            Step::Names(Some(PH.into()))
+        );
+        // c preferred over b (sync_priority): b leaves the key, then the list changes.
+        let mut v = view(Some(("a", Some("b"), None)));
+        v.members.get_mut("c").unwrap().tags = Some(
+            serde_json::json!({"sync_priority": 5})
+                .as_object()
+                .unwrap()
+                .clone(),
+        );
+        let rows = [("b", "sync", 1000), ("c", "async", 1000)];
+        assert_eq!(step(&p, &v, &pg("b", &rows), None), key(None, None));
+    }
+
+    #[test]
+    fn nosync_members_and_laggards_are_never_chosen() {
+        let mut v = view(Some(("a", None, None)));
+        v.members.get_mut("b").unwrap().tags = Some(
+            serde_json::json!({"nosync": true})
+                .as_object()
+                .unwrap()
+                .clone(),
+        );
+        let p = SyncPolicy {
+            maximum_lag_on_syncnode: 50,
+            node_count: 2,
+            ..policy(SyncMode::On)
+        };
+        let rows = [
+            ("b", "async", 1000),
+            ("c", "async", 1000),
+            ("d", "async", 900),
+        ];
+        assert_eq!(
+            step(&p, &v, &pg("", &rows), None),
+            Step::Names(Some("c".into()))
+        );
+    }
+
+    #[test]
+    fn quorum_lists_every_standby_and_publishes_the_quorum_once_confirmed() {
+        let p = policy(SyncMode::Quorum);
+        let v = view(Some(("a", None, Some(0))));
+        let rows = [("b", "async", 1000), ("c", "async", 1000)];
+        assert_eq!(
+            step(&p, &v, &pg("", &rows), None),
+            Step::Names(Some("ANY 1 (b,c)".into()))
+        );
+        let rows = [("b", "quorum", 1000), ("c", "quorum", 800)];
+        assert_eq!(
+            step(
+                &p,
+                &v,
+                &pg("ANY 1 (b,c)", &rows),
+                Some(&mark("ANY 1 (b,c)", 1000))
+            ),
+            key(Some("b,c"), Some(1))
+        );
+        // A third standby: widening the list would let a commit be acknowledged by d alone
+        // while b and c could elect each other, so the key first needs all its voters.
+        let v = view(Some(("a", Some("b,c"), Some(1))));
+        let rows = [
+            ("b", "quorum", 1000),
+            ("c", "quorum", 1000),
+            ("d", "async", 1000),
+        ];
+        assert_eq!(
+            step(&p, &v, &pg("ANY 1 (b,c)", &rows), None),
+            key(Some("b,c"), Some(2))
+        );
+        let v = view(Some(("a", Some("b,c"), Some(2))));
+        assert_eq!(
+            step(&p, &v, &pg("ANY 1 (b,c)", &rows), None),
+            Step::Names(Some("ANY 1 (b,c,d)".into()))
+        );
+    }
+
+    #[test]
+    fn quorum_shrinks_the_list_before_lowering_the_quorum() {
+        let p = policy(SyncMode::Quorum);
+        let v = view(Some(("a", Some("b,c"), Some(1))));
+        // c went away: ANY 1 (b) is safe under the key as it is...
+        let rows = [("b", "quorum", 1000)];
+        assert_eq!(
+            step(&p, &v, &pg("ANY 1 (b,c)", &rows), None),
+            Step::Names(Some("ANY 1 (b)".into()))
+        );
+        // ...and the key lowers its quorum once b has everything up to the mark.
+        let m = mark("ANY 1 (b)", 1000);
+        assert_eq!(
+            step(&p, &v, &pg("ANY 1 (b)", &rows), Some(&m)),
+            key(Some("b"), Some(0))
+        );
+        let behind = [("b", "quorum", 999)];
+        assert!(matches!(
+            step(&p, &v, &pg("ANY 1 (b)", &behind), Some(&m)),
+            Step::Settled(Some(_))
+        ));
+    }
+
+    #[test]
+    fn an_unknown_list_empties_the_key_and_off_hands_the_list_back() {
+        let p = policy(SyncMode::On);
+        let v = view(Some(("a", Some("b"), None)));
+        assert_eq!(step(&p, &v, &pg("*", &[]), None), key(None, None));
+        let off = policy(SyncMode::Off);
+        assert_eq!(step(&off, &v, &pg("b", &[]), None), key(None, None));
+        let emptied = view(Some(("a", None, None)));
+        assert_eq!(step(&off, &emptied, &pg("b", &[]), None), Step::Names(None));
+        assert_eq!(
+            leader_step(
+                "a",
+                &off,
+                &emptied,
+                &pg("", &[]),
+                None,
+                false,
+                MonoTime::ZERO
+            ),
+            Step::Settled(None)
+        );
+    }
+
+    #[test]
+    fn a_new_primary_revokes_the_former_voters_first() {
+        let p = policy(SyncMode::On);
+        let v = view(Some(("b", Some("a"), None)));
+        assert_eq!(
+            revocation("a", &p, &v),
+            Some(SyncState {
+                leader: Some("a".into()),
+                sync_standby: None,
+                quorum: None,
+            })
+        );
+        assert_eq!(revocation("a", &p, &view(Some(("a", None, None)))), None);
+        assert_eq!(revocation("a", &policy(SyncMode::Off), &v), None);
+    }
+
+    #[test]
+    fn the_mark_waits_for_the_list_to_settle() {
+        let p = pg("b", &[]);
+        let t = |s| MonoTime(Duration::from_secs(s));
+        assert_eq!(next_mark(None, &p, Some(t(10)), t(10)), None);
+        let m = next_mark(None, &p, Some(t(10)), t(11)).unwrap();
+        assert_eq!((m.lsn, m.at), (1000, t(11)));
+        // Kept while the list is unchanged.
+        let later = PgFacts {
+            wal_position: 2000,
+            ..p.clone()
+        };
+        assert_eq!(next_mark(Some(m.clone()), &later, None, t(20)), Some(m));
+    }
+}
