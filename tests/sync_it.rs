@@ -1,0 +1,256 @@
+//! Synchronous replication end to end, on real PostgreSQL 15 and both stores: the leader's
+//! `synchronous_standby_names` and the `sync` key as Patroni writes them, strict mode keeping
+//! every acknowledged row through a failover after `kill -9` of the primary, and commits
+//! waiting, not accepted unreplicated, while no synchronous standby is left.
+
+#[path = "support/cluster.rs"]
+mod cluster;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use cluster::{Backend, Cluster, ControlPlane, Timings};
+use reqwest::Method;
+
+const T: Timings = Timings {
+    ttl: 8,
+    loop_wait: 1,
+    retry_timeout: 3,
+};
+
+const LONG: Duration = Duration::from_secs(120);
+
+/// The sync key's (leader, sync_standby, quorum), as the store holds it.
+async fn sync_key(c: &Cluster) -> Option<(Option<String>, Option<String>, Option<u64>)> {
+    let s = c.view().await?.sync?.value;
+    Some((s.leader, s.sync_standby, s.quorum))
+}
+
+async fn show_ssn(c: &Cluster, i: usize) -> Option<String> {
+    c.sql(i, "SHOW synchronous_standby_names")
+        .await
+        .ok()?
+        .into_iter()
+        .next()
+}
+
+/// A client inserting unique rows on member `i` over one connection, for `d`: the ids whose
+/// commit was acknowledged.
+async fn insert_for(c: &Cluster, i: usize, d: Duration, from: u64) -> BTreeSet<u64> {
+    let conn = format!(
+        "host=127.0.0.1 port={} user=postgres password=postgres dbname=postgres connect_timeout=3",
+        c.members[i].pg_port
+    );
+    let mut acked = BTreeSet::new();
+    let Ok((client, connection)) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await
+    else {
+        return acked;
+    };
+    tokio::spawn(connection);
+    let end = tokio::time::Instant::now() + d;
+    let mut id = from;
+    while tokio::time::Instant::now() < end {
+        let q = format!("INSERT INTO acked VALUES ({id})");
+        match tokio::time::timeout(Duration::from_secs(5), client.simple_query(&q)).await {
+            Ok(Ok(_)) => {
+                acked.insert(id);
+            }
+            _ => break,
+        }
+        id += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    acked
+}
+
+async fn rows_on(c: &Cluster, i: usize) -> BTreeSet<u64> {
+    c.sql(i, "SELECT id FROM acked")
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
+async fn synchronous_modes(backend: Backend) {
+    let Some(mut c) = Cluster::start(backend, "itsync", 3, T).await else {
+        return;
+    };
+    let l = c.writable_leader(LONG).await;
+    let leader = c.members[l].name.clone();
+    for i in (0..3).filter(|i| *i != l) {
+        let m = c.members[i].name.clone();
+        c.wait_for(&format!("{m} streaming"), LONG, || async {
+            c.streaming_on(&m, 1).await.then_some(())
+        })
+        .await;
+    }
+    c.sql(l, "CREATE TABLE acked (id bigint primary key)")
+        .await
+        .expect("table");
+
+    // synchronous_mode on: one standby in synchronous_standby_names, then in the key.
+    let (code, body) = c
+        .api(
+            l,
+            Method::PATCH,
+            "/config",
+            Some(r#"{"synchronous_mode": true}"#),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let standby = c
+        .wait_for("a synchronous standby in the sync key", LONG, || async {
+            match sync_key(&c).await? {
+                (Some(k), Some(s), None) if k == leader => Some(s),
+                _ => None,
+            }
+        })
+        .await;
+    assert!(
+        ["m0", "m1", "m2"].contains(&standby.as_str()) && standby != leader,
+        "{standby}"
+    );
+    assert_eq!(show_ssn(&c, l).await.as_deref(), Some(standby.as_str()));
+    let s = c.index(&standby);
+    let state = c
+        .sql(
+            l,
+            "SELECT application_name || ':' || sync_state FROM pg_stat_replication ORDER BY 1",
+        )
+        .await
+        .unwrap();
+    assert!(state.contains(&format!("{standby}:sync")), "{state:?}");
+    let (code, body) = c.api(l, Method::GET, "/cluster", None).await;
+    assert_eq!(code, 200);
+    assert!(
+        body.contains(&format!(
+            "\"name\": \"{standby}\", \"role\": \"sync_standby\""
+        )),
+        "{body}"
+    );
+    // Members learn of the key at their next cycle.
+    c.wait_for("/sync 200 on the synchronous standby", LONG, || async {
+        (c.api(s, Method::GET, "/sync", None).await.0 == 200).then_some(())
+    })
+    .await;
+    let other = (0..3).find(|i| *i != l && *i != s).unwrap();
+    let (code, _) = c.api(other, Method::GET, "/sync", None).await;
+    assert_eq!(code, 503);
+
+    // Strict: the primary killed with -9 while a client writes; only the synchronous standby
+    // may take over, and it has every acknowledged row.
+    let (code, body) = c
+        .api(
+            l,
+            Method::PATCH,
+            "/config",
+            Some(r#"{"synchronous_mode_strict": true}"#),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let acked = insert_for(&c, l, Duration::from_secs(3), 1).await;
+    assert!(acked.len() > 20, "only {} rows acknowledged", acked.len());
+    let writer = {
+        let conn_port = c.members[l].pg_port;
+        tokio::spawn(async move {
+            let conn = format!(
+                "host=127.0.0.1 port={conn_port} user=postgres password=postgres dbname=postgres"
+            );
+            let mut acked = BTreeSet::new();
+            let Ok((client, connection)) =
+                tokio_postgres::connect(&conn, tokio_postgres::NoTls).await
+            else {
+                return acked;
+            };
+            tokio::spawn(connection);
+            for id in 100_000u64.. {
+                let q = format!("INSERT INTO acked VALUES ({id})");
+                match client.simple_query(&q).await {
+                    Ok(_) => {
+                        acked.insert(id);
+                    }
+                    Err(_) => break,
+                }
+            }
+            acked
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.kill9(l);
+    let during = writer.await.unwrap();
+    let new_leader = c
+        .wait_for("a new leader", LONG, || async {
+            c.leader().await.filter(|n| *n != leader)
+        })
+        .await;
+    assert_eq!(new_leader, standby, "only the synchronous standby may take over");
+    c.wait_for("writes on the new leader", LONG, || async {
+        c.writable(s).await.then_some(())
+    })
+    .await;
+    let on_new = rows_on(&c, s).await;
+    let lost: Vec<&u64> = acked.union(&during).filter(|i| !on_new.contains(i)).collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged rows missing on the new primary: {lost:?}"
+    );
+
+    // Strict with no synchronous standby left: a commit waits, and goes through once a standby
+    // is back.
+    c.wait_for("the other replica listed", LONG, || async {
+        let name = c.members[other].name.clone();
+        (show_ssn(&c, s).await.as_deref() == Some(name.as_str())).then_some(())
+    })
+    .await;
+    c.kill9(other);
+    let placeholder = pgwarden::postgres::sync_names::STRICT_PLACEHOLDER;
+    c.wait_for("the strict placeholder", LONG, || async {
+        (show_ssn(&c, s).await.as_deref() == Some(placeholder)).then_some(())
+    })
+    .await;
+    let blocked = {
+        let port = c.members[s].pg_port;
+        tokio::spawn(async move {
+            let conn = format!(
+                "host=127.0.0.1 port={port} user=postgres password=postgres dbname=postgres"
+            );
+            let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::spawn(connection);
+            client
+                .simple_query("INSERT INTO acked VALUES (999999999)")
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        !blocked.is_finished(),
+        "a commit was acknowledged with no synchronous standby in strict mode"
+    );
+    c.spawn(other);
+    let r = tokio::time::timeout(LONG, blocked).await;
+    assert!(
+        matches!(r, Ok(Ok(Ok(_)))),
+        "the waiting commit goes through once a standby is back: {r:?}"
+    );
+    // The old primary rejoins as a replica.
+    c.spawn(l);
+    c.wait_for(&format!("{leader} streaming"), LONG, || async {
+        c.streaming(&leader).await.then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synchronous_modes_on_etcd() {
+    synchronous_modes(Backend::Etcd).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synchronous_modes_on_kubernetes() {
+    synchronous_modes(Backend::Kubernetes(ControlPlane::Shared)).await;
+}
