@@ -184,13 +184,19 @@ async fn synchronous_modes(backend: Backend) {
             c.leader().await.filter(|n| *n != leader)
         })
         .await;
-    assert_eq!(new_leader, standby, "only the synchronous standby may take over");
+    assert_eq!(
+        new_leader, standby,
+        "only the synchronous standby may take over"
+    );
     c.wait_for("writes on the new leader", LONG, || async {
         c.writable(s).await.then_some(())
     })
     .await;
     let on_new = rows_on(&c, s).await;
-    let lost: Vec<&u64> = acked.union(&during).filter(|i| !on_new.contains(i)).collect();
+    let lost: Vec<&u64> = acked
+        .union(&during)
+        .filter(|i| !on_new.contains(i))
+        .collect();
     assert!(
         lost.is_empty(),
         "acknowledged rows missing on the new primary: {lost:?}"

@@ -61,6 +61,13 @@ struct SyncScope<'a> {
 
 /// The key's scope over this member's race; `None` when it has no say (asynchronous mode, no
 /// key, or this member wrote it).
+///
+/// A member the key allows to take over holds every acknowledged commit: a voter by the key's
+/// rule, the member that wrote it because it was the primary (or, having revoked the voters
+/// before a promotion that did not happen, because it was allowed to take over then). Others'
+/// WAL beyond its own was never acknowledged, so neither their positions nor the lag behind
+/// the last leader's hold it back: an old primary ahead of a synchronous standby is not a
+/// better candidate, only one that would have to be rewound.
 fn sync_scope<'a>(me: &str, view: &'a ClusterView, mode: SyncMode) -> Option<SyncScope<'a>> {
     if mode == SyncMode::Off {
         return None;
@@ -135,7 +142,8 @@ pub fn pre_race(
             view.timeline()
         ));
     }
-    let lag_checked = matches!(manual, ManualFailover::None);
+    let sync_eligible = policy.sync.mode != SyncMode::Off && view.sync.is_some();
+    let lag_checked = matches!(manual, ManualFailover::None) && !sync_eligible;
     if lag_checked && let Some(status) = &view.status {
         let lag = status.optime.saturating_sub(pg.wal_position);
         if lag > policy.maximum_lag_on_failover {
@@ -217,6 +225,7 @@ pub fn judge(
         }
     }
     let scope = sync_scope(&me.name, view, mode);
+    let key_writer = mode != SyncMode::Off && scope.is_none() && view.sync.is_some();
     for (name, peer) in peers {
         let Some(p) = peer else { continue };
         if Some(name.as_str()) == former_leader {
@@ -229,6 +238,9 @@ pub fn judge(
             if p.is_primary && p.running {
                 return Verdict::NotHealthiest(format!("Primary ({name}) is still alive"));
             }
+            continue;
+        }
+        if key_writer && !(p.is_primary && p.running) {
             continue;
         }
         if p.starting && !p.nofailover && wait_for_starting {

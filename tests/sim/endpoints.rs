@@ -216,6 +216,9 @@ impl Dcs for SimDcs {
 
 pub struct SimPg {
     pub me: Me,
+    /// `synchronous_standby_names` set by the core (this incarnation's), over the
+    /// configuration's.
+    pub names: Option<String>,
 }
 
 fn failed(what: &str) -> PgError {
@@ -244,6 +247,13 @@ impl SimPg {
             }
             pg.set(Run::Starting { as_primary });
             pg.standby_signal = !as_primary;
+            // The agent renders the configuration file as it starts the server.
+            let names = self
+                .names
+                .clone()
+                .unwrap_or_else(|| w.params.sync.default_names());
+            w.members[who].pg.sync_names = names;
+            let pg = &mut w.members[who].pg;
             let epoch = pg.epoch;
             w.check();
             Some(epoch)
@@ -372,6 +382,7 @@ impl SimPg {
             };
             pg.wal = src.wal;
             pg.timeline = src.timeline;
+            pg.branch = src.branch;
             pg.epoch += 1;
             Ok(())
         })
@@ -410,7 +421,14 @@ impl PgControl for SimPg {
         let d = self.me.with(|w, _| w.millis(1, 5));
         self.me.after(d).await;
         self.me
-            .with(|w, who| w.members[who].pg.status())
+            .with(|w, who| {
+                let mut st = w.members[who].pg.status()?;
+                if !st.in_recovery {
+                    let names = &w.members[who].pg.sync_names;
+                    st.replication = crate::replication::rows(names, &w.standbys_of(who));
+                }
+                Some(st)
+            })
             .ok_or(PgError::NotRunning)
     }
     async fn initdb(&self) -> Result<(), PgError> {
@@ -432,6 +450,8 @@ impl PgControl for SimPg {
             // data reports zero).
             m.pg.wal = 1_000;
             m.pg.timeline = 1;
+            let branch = w.repl.root();
+            w.members[who].pg.branch = branch;
             Ok(())
         })
     }
@@ -490,6 +510,10 @@ impl PgControl for SimPg {
             }
             pg.set(Run::Primary);
             pg.timeline += 1;
+            let (from, at) = (pg.branch, pg.wal);
+            let branch = w.repl.fork(from, at);
+            let pg = &mut w.members[who].pg;
+            pg.branch = branch;
             pg.upstream = None;
             pg.standby_signal = false;
             if let DataDir::Ready { sysid, .. } = &pg.data {
@@ -535,9 +559,12 @@ impl PgControl for SimPg {
     }
     async fn set_sync_standby_names(&mut self, value: Option<String>) -> Result<(), PgError> {
         self.me.gate().await;
+        self.names = value.clone();
         self.me.with(|w, who| {
-            let pg = &mut w.members[who].pg;
-            pg.sync_names = value.unwrap_or_default();
+            let names = value
+                .clone()
+                .unwrap_or_else(|| w.params.sync.default_names());
+            w.members[who].pg.sync_names = names;
             Ok(())
         })
     }
@@ -728,7 +755,10 @@ impl Clock for SimClock {
 pub fn endpoints(me: Me, store: Arc<dyn Dcs>) -> pgwarden::agent::io::Endpoints {
     pgwarden::agent::io::Endpoints {
         dcs: Arc::new(SimDcs::new(me.clone(), store)),
-        pg: Box::new(SimPg { me: me.clone() }),
+        pg: Box::new(SimPg {
+            me: me.clone(),
+            names: None,
+        }),
         processes: Arc::new(SimProcesses { me: me.clone() }),
         fence: Arc::new(SimFence { me: me.clone() }),
         peers: Arc::new(SimPeers { me: me.clone() }),

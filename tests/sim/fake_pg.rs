@@ -43,6 +43,8 @@ pub struct FakePg {
     pub stubborn_until: Duration,
     /// `synchronous_standby_names` in its configuration.
     pub sync_names: String,
+    /// The WAL branch its position is on (see `replication`).
+    pub branch: usize,
 }
 
 impl FakePg {
@@ -59,6 +61,7 @@ impl FakePg {
             epoch: 0,
             stubborn_until: Duration::ZERO,
             sync_names: String::new(),
+            branch: 0,
         }
     }
 
@@ -109,7 +112,8 @@ impl FakePg {
         }
     }
 
-    /// The status query's answer; `None` while the server refuses connections.
+    /// The status query's answer; `None` while the server refuses connections. A primary's
+    /// WAL senders are the world's to say (`World::standbys_of`).
     pub fn status(&self) -> Option<PgStatus> {
         let in_recovery = match self.run {
             Run::Primary => false,

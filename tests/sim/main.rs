@@ -23,6 +23,7 @@ mod endpoints;
 mod fake_pg;
 mod lease;
 mod params;
+mod replication;
 mod run;
 mod world;
 

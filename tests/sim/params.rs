@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use pgwarden::config::SyncMode;
 use pgwarden::ha::Request;
 use rand::RngExt;
 use rand::rngs::StdRng;
@@ -117,6 +118,59 @@ impl Timings {
     }
 }
 
+/// Synchronous replication (the dynamic configuration's).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sync {
+    pub mode: SyncMode,
+    pub strict: bool,
+    pub node_count: u32,
+}
+
+impl Sync {
+    fn random(rng: &mut StdRng) -> Sync {
+        Sync {
+            mode: [SyncMode::Off, SyncMode::Off, SyncMode::On, SyncMode::Quorum]
+                [rng.random_range(0..4)],
+            strict: rng.random_bool(0.5),
+            node_count: rng.random_range(1..=2),
+        }
+    }
+
+    /// `synchronous_standby_names` as the configuration renders it (until the core sets it).
+    pub fn default_names(&self) -> String {
+        match (self.mode, self.strict) {
+            (SyncMode::Off, _) | (_, false) => String::new(),
+            (_, true) => pgwarden::postgres::sync_names::STRICT_PLACEHOLDER.into(),
+        }
+    }
+
+    /// The `config` key's fields, each followed by a comma.
+    pub fn json(&self) -> String {
+        let mode = match self.mode {
+            SyncMode::Off => "false",
+            SyncMode::On => "true",
+            SyncMode::Quorum => "\"quorum\"",
+        };
+        format!(
+            r#""synchronous_mode": {mode}, "synchronous_mode_strict": {}, "synchronous_node_count": {}, "#,
+            self.strict, self.node_count
+        )
+    }
+
+    /// The bootstrap.dcs lines.
+    pub fn yaml(&self) -> String {
+        let mode = match self.mode {
+            SyncMode::Off => "false",
+            SyncMode::On => "true",
+            SyncMode::Quorum => "quorum",
+        };
+        format!(
+            "    synchronous_mode: {mode}\n    synchronous_mode_strict: {}\n    synchronous_node_count: {}\n",
+            self.strict, self.node_count
+        )
+    }
+}
+
 /// One member's tags.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Tags {
@@ -143,6 +197,7 @@ pub struct Params {
     /// The lock has Kubernetes' Lease semantics (observer-local expiry, compare-and-set on
     /// the version seen) instead of etcd's (a key bound to a session the store expires).
     pub lease_lock: bool,
+    pub sync: Sync,
 }
 
 impl Params {
@@ -237,6 +292,7 @@ impl Params {
             watchdog_required: (0..members).map(|_| rng.random_bool(0.3)).collect(),
             tags,
             lease_lock: rng.random_bool(0.5),
+            sync: Sync::random(rng),
         }
     }
 }

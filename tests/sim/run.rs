@@ -53,7 +53,8 @@ pub fn run_seed(seed: u64, verbose: bool) -> Outcome {
                 false => "an etcd key",
             };
             let (n, t) = (g.params.members, g.params.timings);
-            g.log(format!("{n} members, the lock {lock}, {t:?}"));
+            let sync = g.params.sync;
+            g.log(format!("{n} members, the lock {lock}, {t:?}, {sync:?}"));
         }
         let n = w.lock().unwrap().members.len();
         {
@@ -160,7 +161,7 @@ bootstrap:
     loop_wait: {loop_wait}
     retry_timeout: {retry}
     maximum_lag_on_failover: 1048576
-    postgresql:
+{sync}    postgresql:
       use_slots: true
       use_pg_rewind: true
 postgresql:
@@ -183,6 +184,7 @@ watchdog:
         pg_ctl = PG_CTL_TIMEOUT.as_secs(),
         nofailover = tags.nofailover,
         priority = tags.failover_priority,
+        sync = w.params.sync.yaml(),
     );
     pgwarden::config::load_from_str(&yaml).expect("the simulation's configuration is valid")
 }

@@ -98,6 +98,8 @@ pub struct World {
     /// member with data, delays the leader it is waited for).
     pub last_agent_start: Duration,
     pub checks: u64,
+    /// The WAL every member holds and the commits acknowledged to clients.
+    pub repl: crate::replication::Wal,
 }
 
 impl World {
@@ -151,6 +153,7 @@ impl World {
             leader_seen_after_heal: None,
             last_agent_start: Duration::ZERO,
             checks: 0,
+            repl: Default::default(),
         }
     }
 
@@ -249,11 +252,12 @@ impl World {
     pub fn write_config(&mut self) {
         let t = self.timings;
         let json = format!(
-            r#"{{"ttl": {}, "loop_wait": {}, "retry_timeout": {}, "maximum_lag_on_failover": 1048576, "pause": {}, "postgresql": {{"use_slots": true, "use_pg_rewind": true}}}}"#,
+            r#"{{"ttl": {}, "loop_wait": {}, "retry_timeout": {}, "maximum_lag_on_failover": 1048576, "pause": {}, {}"postgresql": {{"use_slots": true, "use_pg_rewind": true}}}}"#,
             t.ttl.as_secs(),
             t.loop_wait.as_secs(),
             t.retry_timeout.as_secs(),
-            self.pause > 0
+            self.pause > 0,
+            self.params.sync.json(),
         );
         self.store.edit(|s, now| s.put("config", &json, None, now));
     }
@@ -381,7 +385,15 @@ impl World {
         }
         let deleted = self.deleted_holder.as_deref() == Some(name.as_str());
         if holder.as_deref() != Some(name.as_str()) && !deleted {
-            self.fail(format!("{name} writable while the lock is {holder:?}"));
+            return self.fail(format!("{name} writable while the lock is {holder:?}"));
+        }
+        // In a synchronous mode, the leader holds every commit a client was told of.
+        if self.params.sync.mode != pgwarden::config::SyncMode::Off
+            && let Some((b, x)) = self.repl.missing_ack((m.pg.branch, m.pg.wal))
+        {
+            self.fail(format!(
+                "{name} leads without the acknowledged commit at {x} of WAL branch {b}"
+            ));
         }
     }
 
@@ -412,10 +424,10 @@ impl World {
     /// upstream; leases run out; missed notifications reach members connected again; the
     /// invariants are checked.
     pub fn tick(&mut self) {
-        let positions: Vec<(u64, u64, bool)> = self
+        let positions: Vec<(u64, u64, bool, usize)> = self
             .members
             .iter()
-            .map(|m| (m.pg.wal, m.pg.timeline, m.pg.running()))
+            .map(|m| (m.pg.wal, m.pg.timeline, m.pg.running(), m.pg.branch))
             .collect();
         for i in 0..self.members.len() {
             if self.members[i].pg.run == crate::fake_pg::Run::Primary {
@@ -430,13 +442,21 @@ impl World {
                 && self.peers_linked(i, j)
                 && self.members[j].pg.sysid() == self.members[i].pg.sysid()
             {
+                let up = (positions[j].3, positions[j].0);
+                let mine = (self.members[i].pg.branch, self.members[i].pg.wal);
+                // Behind on the upstream's line (or diverged: as after pg_rewind), it takes
+                // the upstream's line; ahead on it, it waits.
+                let ahead = self.repl.holds(mine, up.0, up.1) && mine.1 > up.1;
                 let pg = &mut self.members[i].pg;
-                pg.wal = pg.wal.max(positions[j].0);
+                if !ahead {
+                    (pg.branch, pg.wal) = up;
+                }
                 pg.timeline = pg.timeline.max(positions[j].1);
                 streaming = true;
             }
             self.members[i].pg.streaming = streaming;
         }
+        self.acknowledge();
         let now = self.now();
         for i in 0..self.members.len() {
             let m = &mut self.members[i];
@@ -459,5 +479,60 @@ impl World {
         }
         self.store.edit(|s, now| s.expire(now));
         self.check();
+    }
+
+    /// The standbys streaming from primary `p` (as `pg_stat_replication` lists them), with
+    /// how far each has its line.
+    pub fn standbys_of(&self, p: usize) -> Vec<crate::replication::Standby> {
+        let primary = &self.members[p];
+        (0..self.members.len())
+            .filter(|&i| i != p)
+            .filter(|&i| {
+                let m = &self.members[i];
+                m.pg.run == crate::fake_pg::Run::Replica
+                    && m.pg.streaming
+                    && m.pg.upstream.as_deref() == Some(primary.name.as_str())
+                    && self.peers_linked(i, p)
+            })
+            .map(|i| {
+                let m = &self.members[i];
+                let on_line =
+                    self.repl
+                        .holds((primary.pg.branch, primary.pg.wal), m.pg.branch, m.pg.wal);
+                crate::replication::Standby {
+                    name: m.name.clone(),
+                    pos: if on_line { m.pg.wal } else { 0 },
+                }
+            })
+            .collect()
+    }
+
+    /// In a synchronous mode, what each primary's clients have been told is committed.
+    fn acknowledge(&mut self) {
+        if self.params.sync.mode == pgwarden::config::SyncMode::Off {
+            return;
+        }
+        for p in 0..self.members.len() {
+            let pg = &self.members[p].pg;
+            if pg.run != crate::fake_pg::Run::Primary {
+                continue;
+            }
+            // Commits a new cluster's primary acknowledges before its identifier is in the
+            // store belong to a bootstrap another member may still win (the loser's data is
+            // discarded or rewound): not counted.
+            let registered = pg.sysid().is_some_and(|id| {
+                self.store
+                    .edit(|s, now| s.get("initialize", now))
+                    .is_some_and(|init| init == id)
+            });
+            if !registered {
+                continue;
+            }
+            let standbys = self.standbys_of(p);
+            if let Some(lsn) = crate::replication::acknowledged(&pg.sync_names, pg.wal, &standbys) {
+                let branch = pg.branch;
+                self.repl.ack(branch, lsn);
+            }
+        }
     }
 }
