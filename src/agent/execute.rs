@@ -149,6 +149,11 @@ impl Agent {
                 let r = timeout_at(until, dcs.cancel_initialization()).await;
                 Some(dcs_outcome(r))
             }
+            Action::ReleaseSync => {
+                // Published by the cycles that follow (the shutdown keeps cycling meanwhile).
+                self.sync_released = true;
+                Some(Outcome::Ok)
+            }
             Action::ClearFailover { version } => {
                 let r = timeout_at(
                     until,

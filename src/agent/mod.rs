@@ -71,6 +71,9 @@ pub struct Agent {
     tasks_tx: mpsc::UnboundedSender<TaskDone>,
     tasks_rx: mpsc::UnboundedReceiver<TaskDone>,
     fatal: Option<String>,
+    /// The core asked to be published as `nosync` (leaving the synchronous standbys before a
+    /// stop).
+    sync_released: bool,
     /// Boot time ([`Clock::boottime`]) at start: `MonoTime` zero.
     start: Duration,
     last_member: Option<Member>,
@@ -269,6 +272,7 @@ pub async fn supervise(
         tasks_tx,
         tasks_rx,
         fatal: None,
+        sync_released: false,
         last_member: None,
         last_member_shape: None,
         last_member_write: None,
@@ -565,6 +569,16 @@ impl Agent {
         self.execute(actions).await;
         let give_up = Instant::now() + self.cfg.postgresql.pg_ctl_timeout + Duration::from_secs(10);
         while !self.core.is_finished() {
+            if self.core.wants_observation() {
+                // Leaving the synchronous standbys: cycles go on (publishing, reading the
+                // store) until the core lets the stop begin.
+                self.cycle().await;
+                let wake = self.instant_of(self.core.next_wakeup()).min(give_up);
+                let pause = wake.min(Instant::now() + Duration::from_millis(250));
+                tokio::time::sleep_until(pause.max(Instant::now() + Duration::from_millis(10)))
+                    .await;
+                continue;
+            }
             // The lease deadline still holds while we stop: a stop that hangs (a postmaster
             // ignoring the fast-stop signal) must not keep a primary writable past it.
             // (At least 10 ms apart: the core's next wake-up may be due already.)

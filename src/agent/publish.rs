@@ -85,17 +85,19 @@ impl Agent {
         if matches!(self.core.task_in_flight(), Some(crate::ha::Action::Promote)) {
             m.checkpoint_after_promote = Some(false);
         }
-        if !self.cfg.tags.is_empty() {
-            let tags: serde_json::Map<String, Value> = self
-                .cfg
-                .tags
-                .iter()
-                .filter(|(_, v)| !matches!(v, Value::Bool(false) | Value::Null))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            if !tags.is_empty() {
-                m.tags = Some(tags);
-            }
+        let mut tags: serde_json::Map<String, Value> = self
+            .cfg
+            .tags
+            .iter()
+            .filter(|(_, v)| !matches!(v, Value::Bool(false) | Value::Null))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if self.sync_released {
+            // Patroni's release before a stop: the effective tags say nosync.
+            tags.insert("nosync".into(), Value::Bool(true));
+        }
+        if !tags.is_empty() {
+            m.tags = Some(tags);
         }
         m
     }

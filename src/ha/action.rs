@@ -63,6 +63,9 @@ pub enum Action {
         /// The value.
         value: Option<String>,
     },
+    /// Publish this member as `nosync` (its member key's tags), so that the leader takes it out
+    /// of the synchronous set before it stops (inline).
+    ReleaseSync,
     /// Clear the `failover` key (compare-and-set on the version seen).
     ClearFailover {
         /// Version of the key when it was seen.

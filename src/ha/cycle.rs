@@ -74,8 +74,10 @@ impl HaCore {
             let version = c.version.clone();
             self.emit(Action::ApplyConfig { version }, Purpose::Other, now, out);
         }
-        if self.sync_overridden && !(holder && obs.pg.in_recovery == Some(false)) {
-            // Our list belonged to our time as the primary: the configuration's again.
+        if self.sync_overridden && !holder {
+            // Our list belonged to our time as the leader: the configuration's again. (A
+            // leader whose server went down keeps it: it restarts as the primary under the list
+            // its key is true to.)
             self.emit(
                 Action::SetSyncStandbyNames { value: None },
                 Purpose::SyncNames,
@@ -505,7 +507,9 @@ impl HaCore {
         now: MonoTime,
         out: &mut Vec<(super::ActionId, Action)>,
     ) -> Option<String> {
-        if obs.pg.in_recovery != Some(false) {
+        // The key is the cluster's: written only by a leader whose data directory the store
+        // has registered (never by a bootstrap that may still be lost to another member's).
+        if obs.pg.in_recovery != Some(false) || !self.initialize_is_ours() {
             return None;
         }
         self.sync_mark =
@@ -565,6 +569,21 @@ impl HaCore {
         now: MonoTime,
         out: &mut Vec<(super::ActionId, Action)>,
     ) {
+        // In a synchronous mode the key is ours before the cluster is: from the moment the
+        // store names this data directory, its commits count, and no member may take over
+        // without the key's say.
+        if let Some(policy) = self.last.as_ref().map(|o| o.policy.sync.clone())
+            && let Some(value) = sync::ownership(&self.me.name, &policy, view)
+        {
+            let version = view.sync.as_ref().map(|s| s.version.clone());
+            self.emit(
+                Action::WriteSync { value, version },
+                Purpose::Other,
+                now,
+                out,
+            );
+            return;
+        }
         let sysid = sysid.to_owned();
         self.emit(Action::WriteInitialize { sysid }, Purpose::Other, now, out);
         if view.config.is_none() && !view.unreadable("config") {

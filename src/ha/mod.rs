@@ -141,6 +141,10 @@ pub struct HaCore {
     /// Since taking the lock, the `sync` key was written naming nobody: this member may
     /// become the primary without a former synchronous standby taking over behind it.
     sync_revoked: bool,
+    /// Shutting down as a synchronous standby: waiting (until then) for the leader to take it
+    /// out of the `sync` key before PostgreSQL stops, so commits neither wait for it nor lose
+    /// their synchronous copy unannounced.
+    sync_release_until: Option<MonoTime>,
     /// Shutdown requested.
     shutting_down: bool,
     /// A task started PostgreSQL since the last observation (which says it is down): a
@@ -188,6 +192,7 @@ impl HaCore {
             sync_overridden: false,
             sync_names_set_at: None,
             sync_revoked: false,
+            sync_release_until: None,
             shutting_down: false,
             pg_started: false,
             made_writable: false,
@@ -222,6 +227,11 @@ impl HaCore {
         self.task.as_ref().map(|(_, a, _)| a)
     }
 
+    /// Shutting down, the core waits for news from the store: the shell keeps observing.
+    pub fn wants_observation(&self) -> bool {
+        self.sync_release_until.is_some()
+    }
+
     /// After a shutdown: everything is stopped and released.
     pub fn is_finished(&self) -> bool {
         self.finished
@@ -238,10 +248,14 @@ impl HaCore {
             .last_cycle
             .map(|t| t + loop_wait)
             .unwrap_or(MonoTime::ZERO);
-        [self.lease_deadline, self.scheduled_wake]
-            .into_iter()
-            .flatten()
-            .fold(cycle, MonoTime::min)
+        [
+            self.lease_deadline,
+            self.scheduled_wake,
+            self.sync_release_until,
+        ]
+        .into_iter()
+        .flatten()
+        .fold(cycle, MonoTime::min)
     }
 
     /// Feeds one input; returns the actions to carry out, in order.
@@ -268,14 +282,25 @@ impl HaCore {
                 if !stopping {
                     self.cycle(now, &mut out);
                 }
+                self.sync_release_step(now, &mut out);
             }
             Input::Completed { id, outcome } => self.completed(id, outcome, now, &mut out),
-            Input::Tick => {}
+            Input::Tick => self.sync_release_step(now, &mut out),
             Input::Requested { id, request } => self.requested(id, request, now, &mut out),
             Input::Watchdog(state) => self.watchdog_changed(state, now, &mut out),
             Input::Shutdown => {
                 self.shutting_down = true;
-                self.shutdown_step(now, &mut out);
+                if self.is_sync_standby() {
+                    self.message = "shutting down: leaving the synchronous standbys first".into();
+                    let loop_wait = self
+                        .last
+                        .as_ref()
+                        .map_or(Duration::ZERO, |o| o.policy.loop_wait);
+                    self.sync_release_until = Some(now + 2 * loop_wait);
+                    self.emit(Action::ReleaseSync, Purpose::Other, now, &mut out);
+                } else {
+                    self.shutdown_step(now, &mut out);
+                }
             }
         }
         // The calling order's promise: a stop comes before anything else of its batch (a store
@@ -553,7 +578,10 @@ impl HaCore {
             return;
         }
         let promoting = self.last.as_ref().is_some_and(|o| o.pg.is_replica());
+        // A new cluster (a bootstrap) has no former voters: its key is written once it is
+        // registered (`steer_sync`).
         if !self.sync_revoked
+            && !self.bootstrapping
             && (promoting || !self.sync_overridden)
             && let Some(o) = &self.last
             && let Some(view) = &o.dcs
@@ -760,8 +788,37 @@ impl HaCore {
         self.emit(Action::ReleaseLock { version }, Purpose::Other, now, out);
     }
 
+    /// Running PostgreSQL as a replica that the leader's `sync` key lists as a voter (not
+    /// paused: then PostgreSQL is left running anyway).
+    fn is_sync_standby(&self) -> bool {
+        let Some(o) = &self.last else { return false };
+        let Some(view) = &o.dcs else { return false };
+        o.policy.sync.mode != crate::config::SyncMode::Off
+            && !o.policy.pause
+            && o.pg.is_replica()
+            && view.leader.as_ref().is_some_and(|l| l.name != self.me.name)
+            && view.sync.as_ref().is_some_and(|s| {
+                s.value.leader != Some(self.me.name.clone())
+                    && s.value.members().contains(&self.me.name.as_str())
+            })
+    }
+
+    /// While leaving the synchronous standbys before a stop: the stop goes on once the key no
+    /// longer lists us (or there is no leader to ask), or at the bound.
+    fn sync_release_step(&mut self, now: MonoTime, out: &mut Vec<(ActionId, Action)>) {
+        let Some(until) = self.sync_release_until else {
+            return;
+        };
+        let fresh = self.last.as_ref().is_some_and(|o| o.dcs.is_some());
+        if now < until && (!fresh || self.is_sync_standby()) {
+            return;
+        }
+        self.sync_release_until = None;
+        self.shutdown_step(now, out);
+    }
+
     fn shutdown_step(&mut self, now: MonoTime, out: &mut Vec<(ActionId, Action)>) {
-        if self.task.is_some() || self.finished {
+        if self.task.is_some() || self.finished || self.sync_release_until.is_some() {
             return;
         }
         let up = self.pg_started || self.last.as_ref().is_some_and(|o| o.pg.up);

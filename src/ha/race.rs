@@ -79,6 +79,27 @@ fn sync_scope<'a>(me: &str, view: &'a ClusterView, mode: SyncMode) -> Option<Syn
     })
 }
 
+/// Whether the `sync` key may let `name` take over (in a quorum, the votes decide at its own
+/// race): a candidate it cannot is not waited for.
+fn may_take_over(name: &str, view: &ClusterView, mode: SyncMode) -> bool {
+    match sync_scope(name, view, mode) {
+        None => true,
+        Some(s) if s.quorum + 1 > s.voters.len() => false,
+        Some(s) => mode == SyncMode::Quorum || s.quorum > 0 || s.voters.contains(&name),
+    }
+}
+
+/// A switchover (the key names the leader to move away from) in a synchronous mode: its
+/// candidate takes over only as the `sync` key allows, like any racer. A failover (no leader
+/// named) is the operator's call and goes to its candidate whatever the key says, as Patroni's.
+fn sync_switchover(view: &ClusterView, mode: SyncMode) -> bool {
+    mode != SyncMode::Off
+        && view
+            .failover
+            .as_ref()
+            .is_some_and(|f| f.value.leader.is_some())
+}
+
 /// Checks that need no peer: may this member race at all? `Ok(peers)` lists the members to
 /// ask before taking the lock.
 pub fn pre_race(
@@ -102,7 +123,7 @@ pub fn pre_race(
         .cloned()
         .collect();
     match manual {
-        ManualFailover::ToMe => return Ok(vanished),
+        ManualFailover::ToMe if !sync_switchover(view, policy.sync.mode) => return Ok(vanished),
         ManualFailover::AwayFrom(l)
         | ManualFailover::ToOther {
             former_leader: Some(l),
@@ -131,6 +152,22 @@ pub fn pre_race(
                 "following a different leader because I am not a synchronous standby".into(),
             );
         }
+        // The votes come from the voters' answers: only those that can be asked count.
+        let askable = scope
+            .voters
+            .iter()
+            .filter(|v| {
+                **v == me.name || view.members.get(**v).is_some_and(|m| m.api_url.is_some())
+            })
+            .count();
+        if askable < scope.quorum + 1 {
+            return Err(format!(
+                "not racing: {askable} of the synchronous standbys {} can be asked; {} needed to \
+                 be sure of every acknowledged commit",
+                scope.voters.join(","),
+                scope.quorum + 1
+            ));
+        }
     }
     if policy.check_timeline
         && let Some(mine) = pg.timeline
@@ -154,13 +191,19 @@ pub fn pre_race(
             ));
         }
     }
+    // Voters are asked whatever their tags: their answers are votes.
+    let voters: Vec<&str> = sync_scope(&me.name, view, policy.sync.mode)
+        .map(|s| s.voters)
+        .unwrap_or_default();
     let peers = view
         .members
         .iter()
         .filter(|(name, m)| {
             *name != &me.name
                 && m.api_url.is_some()
-                && (!m.nofailover() || view.vanished_leader.as_ref() == Some(*name))
+                && (!m.nofailover()
+                    || view.vanished_leader.as_ref() == Some(*name)
+                    || voters.contains(&name.as_str()))
         })
         .map(|(name, _)| name.clone())
         .collect();
@@ -192,7 +235,7 @@ pub fn judge(
             "the leader lock of {gone} vanished while {gone} may still be writable"
         ));
     }
-    if manual == ManualFailover::ToMe {
+    if manual == ManualFailover::ToMe && !sync_switchover(view, mode) {
         return Verdict::Healthiest;
     }
     let mut former_leader = None;
@@ -202,9 +245,21 @@ pub fn judge(
     } = manual
     {
         former_leader = fl;
+        // In a synchronous switchover the candidate must also not be behind a voter (it
+        // would refuse to take over itself).
+        let behind_a_voter = |at: u64| {
+            sync_scope(candidate, view, mode).is_some_and(|s| {
+                peers.iter().any(|(n, q)| {
+                    s.voters.contains(&n.as_str())
+                        && q.as_ref().is_some_and(|q| q.wal_position > at)
+                }) || (s.voters.contains(&me.name.as_str()) && pg.wal_position > at)
+            })
+        };
         if let Some(Some(p)) = peers.get(candidate)
             && p.running
             && !p.nofailover
+            && may_take_over(candidate, view, mode)
+            && !behind_a_voter(p.wal_position)
         {
             return Verdict::NotHealthiest(format!(
                 "waiting for the failover candidate {candidate} to take over"
@@ -219,6 +274,7 @@ pub fn judge(
         let someone_else = peers.iter().any(|(n, p)| {
             Some(n.as_str()) != former_leader
                 && p.as_ref().is_some_and(|p| p.running && !p.nofailover)
+                && may_take_over(n, view, mode)
         });
         if someone_else {
             return Verdict::NotHealthiest("stepping aside for a switchover".into());
@@ -256,7 +312,10 @@ pub fn judge(
                 "Wal position of {name} is ahead of my wal position"
             ));
         }
-        if p.wal_position == pg.wal_position && p.failover_priority > me.failover_priority {
+        if p.wal_position == pg.wal_position
+            && p.failover_priority > me.failover_priority
+            && manual != ManualFailover::ToMe
+        {
             return Verdict::NotHealthiest(format!(
                 "{name} has equally tolerable WAL position and priority {}, while this node has \
                  priority {}",
@@ -591,5 +650,33 @@ mod tests {
             judge(&me(), &pg(995), &v, &two, true, SyncMode::Quorum),
             Verdict::Healthiest
         );
+    }
+    #[test]
+    fn the_key_writer_ignores_unacknowledged_wal_and_switchovers_follow_the_key() {
+        // `a` wrote the key (it revoked the voters for a promotion that did not happen): a
+        // former primary further ahead holds nothing acknowledged that `a` lacks.
+        let mut v = with_sync(None, None);
+        v.sync.as_mut().unwrap().value.leader = Some("a".into());
+        let on = sync_policy(SyncMode::On);
+        assert!(pre_race(&me(), &pg(995), &v, &on).is_ok());
+        let ahead: PeerReport = [("b".to_string(), peer(5000, 1))].into_iter().collect();
+        assert_eq!(
+            judge(&me(), &pg(995), &v, &ahead, true, SyncMode::On),
+            Verdict::Healthiest
+        );
+        // A switchover to `a` while the key names `b` only: refused; a failover is the
+        // operator's call.
+        let mut v = with_sync(Some("b"), None);
+        v.failover = Some(Versioned {
+            value: Failover {
+                leader: Some("old".into()),
+                member: Some("a".into()),
+                ..Failover::default()
+            },
+            version: Version("9".into()),
+        });
+        assert!(pre_race(&me(), &pg(995), &v, &on).is_err());
+        v.failover.as_mut().unwrap().value.leader = None;
+        assert!(pre_race(&me(), &pg(995), &v, &on).is_ok());
     }
 }

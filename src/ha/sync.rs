@@ -360,6 +360,17 @@ pub fn next_mark(
     })
 }
 
+/// Before the store names this member's data directory as the cluster's, in a synchronous
+/// mode: the key taken over, naming nobody, unless it is ours already.
+pub fn ownership(me: &str, policy: &SyncPolicy, view: &ClusterView) -> Option<SyncState> {
+    let ours = view
+        .sync
+        .as_ref()
+        .is_some_and(|s| s.value.leader.as_deref() == Some(me));
+    (policy.mode != SyncMode::Off && !ours)
+        .then(|| Voters::none().key(me, policy.mode == SyncMode::Quorum))
+}
+
 /// Before this member becomes the primary in a synchronous mode: the `sync` key naming nobody,
 /// unless it already does and is ours.
 pub fn revocation(me: &str, policy: &SyncPolicy, view: &ClusterView) -> Option<SyncState> {
