@@ -296,14 +296,21 @@ async fn synchronous_modes(backend: Backend) {
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
     let status = tokio::task::block_in_place(|| c.terminate(x));
-    assert!(status.is_some_and(|s| s.success()), "{sync_now} exits cleanly: {status:?}");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{sync_now} exits cleanly: {status:?}"
+    );
     let y_name = c.members[y].name.clone();
-    c.wait_for("the other replica becomes the synchronous standby", LONG, || async {
-        match sync_key(&c).await? {
-            (Some(k), Some(s), None) if k == standby && s == y_name => Some(()),
-            _ => None,
-        }
-    })
+    c.wait_for(
+        "the other replica becomes the synchronous standby",
+        LONG,
+        || async {
+            match sync_key(&c).await? {
+                (Some(k), Some(s), None) if k == standby && s == y_name => Some(()),
+                _ => None,
+            }
+        },
+    )
     .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let during_standby_stop = writer.await.unwrap();
@@ -313,7 +320,10 @@ async fn synchronous_modes(backend: Backend) {
         during_standby_stop.len()
     );
     let status = tokio::task::block_in_place(|| c.terminate(s));
-    assert!(status.is_some_and(|s| s.success()), "{standby} exits cleanly: {status:?}");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{standby} exits cleanly: {status:?}"
+    );
     let after = c
         .wait_for("a leader after the leader's SIGTERM", LONG, || async {
             c.leader().await.filter(|n| *n != standby)
@@ -331,7 +341,96 @@ async fn synchronous_modes(backend: Backend) {
         .iter()
         .filter(|i| !on_y.contains(i))
         .collect();
-    assert!(lost.is_empty(), "acknowledged rows missing after the hand-over: {lost:?}");
+    assert!(
+        lost.is_empty(),
+        "acknowledged rows missing after the hand-over: {lost:?}"
+    );
+}
+
+/// Quorum commit with three members: every standby listed, any one acknowledging; with the
+/// leader and one standby down nobody takes over (the acknowledgement may be on the missing
+/// one), and once it is back the most advanced of the two does, holding every acknowledged row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_commit_on_etcd() {
+    let Some(mut c) = Cluster::start(Backend::Etcd, "itquorum", 3, T).await else {
+        return;
+    };
+    let l = c.writable_leader(LONG).await;
+    let leader = c.members[l].name.clone();
+    let standbys: Vec<usize> = (0..3).filter(|i| *i != l).collect();
+    let names: Vec<String> = standbys
+        .iter()
+        .map(|i| c.members[*i].name.clone())
+        .collect();
+    for m in &names {
+        c.wait_for(&format!("{m} streaming"), LONG, || async {
+            c.streaming_on(m, 1).await.then_some(())
+        })
+        .await;
+    }
+    c.sql(l, "CREATE TABLE acked (id bigint primary key)")
+        .await
+        .expect("table");
+    let (code, body) = c
+        .api(
+            l,
+            Method::PATCH,
+            "/config",
+            Some(r#"{"synchronous_mode": "quorum"}"#),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let voters = names.join(",");
+    c.wait_for("the quorum in the sync key", LONG, || async {
+        match sync_key(&c).await? {
+            (Some(k), Some(s), Some(1)) if k == leader && s == voters => Some(()),
+            _ => None,
+        }
+    })
+    .await;
+    assert_eq!(
+        show_ssn(&c, l).await,
+        Some(format!("ANY 1 ({voters})")),
+        "synchronous_standby_names as Patroni writes it"
+    );
+    let (code, body) = c.api(l, Method::GET, "/cluster", None).await;
+    assert_eq!(code, 200);
+    assert!(body.contains("quorum_standby"), "{body}");
+    c.wait_for("/quorum 200 on a standby", LONG, || async {
+        (c.api(standbys[0], Method::GET, "/quorum", None).await.0 == 200).then_some(())
+    })
+    .await;
+    let (code, _) = c.api(standbys[0], Method::GET, "/sync", None).await;
+    assert_eq!(code, 503);
+
+    let acked = insert_for(&c, l, Duration::from_secs(2), 1).await;
+    assert!(acked.len() > 10, "only {} rows acknowledged", acked.len());
+    let (a, b) = (standbys[0], standbys[1]);
+    c.kill9(l);
+    c.kill9(a);
+    // Three ttls: b alone may not decide it holds every acknowledged commit.
+    tokio::time::sleep(Duration::from_secs(3 * T.ttl)).await;
+    assert_eq!(
+        c.leader().await,
+        None,
+        "nobody takes over with one voter of two"
+    );
+    c.spawn(a);
+    let new_leader = c
+        .wait_for("a leader once both voters answer", LONG, || async {
+            c.leader().await.filter(|n| *n != leader)
+        })
+        .await;
+    let n = c.index(&new_leader);
+    assert!(n == a || n == b, "{new_leader}");
+    c.wait_for("it runs as the primary", LONG, || async {
+        let r = c.sql(n, "SELECT NOT pg_is_in_recovery()").await.ok()?;
+        (r.first().map(String::as_str) == Some("t")).then_some(())
+    })
+    .await;
+    let on_new = rows_on(&c, n).await;
+    let lost: Vec<&u64> = acked.iter().filter(|i| !on_new.contains(i)).collect();
+    assert!(lost.is_empty(), "acknowledged rows missing: {lost:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

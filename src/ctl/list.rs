@@ -8,6 +8,7 @@ use super::CtlError;
 use super::context::Ctx;
 use super::table::{Cell, Format, print};
 use crate::api::cluster::conn_host_port;
+use crate::config::SyncMode;
 use crate::dcs::ClusterView;
 
 /// One member as patronictl's `cluster_as_json` sees it.
@@ -34,14 +35,18 @@ fn rows_of(view: &ClusterView) -> Vec<Row> {
         .unwrap_or_default();
     let standby = crate::api::state::is_standby_cluster(view.config.as_ref().map(|c| &c.value));
     let cluster_lsn = view.status.as_ref().map_or(0, |s| s.optime);
+    let mode = SyncMode::of(view.config.as_ref().map(|c| &c.value));
     view.members
         .iter()
         .map(|(name, m)| {
             let is_leader = Some(name.as_str()) == leader;
             let role = if is_leader {
                 if standby { "Standby Leader" } else { "Leader" }
-            } else if sync.contains(&name.as_str()) {
-                "Sync Standby"
+            } else if mode != SyncMode::Off && sync.contains(&name.as_str()) {
+                match mode {
+                    SyncMode::Quorum => "Quorum Standby",
+                    _ => "Sync Standby",
+                }
             } else {
                 "Replica"
             };
