@@ -72,12 +72,10 @@ async fn rows_on(c: &Cluster, i: usize) -> BTreeSet<u64> {
         .collect()
 }
 
-async fn synchronous_modes(backend: Backend) {
-    let Some(mut c) = Cluster::start(backend, "itsync", 3, T).await else {
-        return;
-    };
+/// The leader writable and both replicas streaming, a table `acked` made, and
+/// `synchronous_mode` set to `mode` (JSON) through the REST API: the leader's index and name.
+async fn three_with(c: &Cluster, mode: &str) -> (usize, String) {
     let l = c.writable_leader(LONG).await;
-    let leader = c.members[l].name.clone();
     for i in (0..3).filter(|i| *i != l) {
         let m = c.members[i].name.clone();
         c.wait_for(&format!("{m} streaming"), LONG, || async {
@@ -88,17 +86,18 @@ async fn synchronous_modes(backend: Backend) {
     c.sql(l, "CREATE TABLE acked (id bigint primary key)")
         .await
         .expect("table");
-
-    // synchronous_mode on: one standby in synchronous_standby_names, then in the key.
-    let (code, body) = c
-        .api(
-            l,
-            Method::PATCH,
-            "/config",
-            Some(r#"{"synchronous_mode": true}"#),
-        )
-        .await;
+    let body = format!(r#"{{"synchronous_mode": {mode}}}"#);
+    let (code, body) = c.api(l, Method::PATCH, "/config", Some(&body)).await;
     assert_eq!(code, 200, "{body}");
+    (l, c.members[l].name.clone())
+}
+
+async fn synchronous_modes(backend: Backend) {
+    let Some(mut c) = Cluster::start(backend, "itsync", 3, T).await else {
+        return;
+    };
+    // synchronous_mode on: one standby in synchronous_standby_names, then in the key.
+    let (l, leader) = three_with(&c, "true").await;
     let standby = c
         .wait_for("a synchronous standby in the sync key", LONG, || async {
             match sync_key(&c).await? {
@@ -355,31 +354,12 @@ async fn quorum_commit_on_etcd() {
     let Some(mut c) = Cluster::start(Backend::Etcd, "itquorum", 3, T).await else {
         return;
     };
-    let l = c.writable_leader(LONG).await;
-    let leader = c.members[l].name.clone();
+    let (l, leader) = three_with(&c, r#""quorum""#).await;
     let standbys: Vec<usize> = (0..3).filter(|i| *i != l).collect();
     let names: Vec<String> = standbys
         .iter()
         .map(|i| c.members[*i].name.clone())
         .collect();
-    for m in &names {
-        c.wait_for(&format!("{m} streaming"), LONG, || async {
-            c.streaming_on(m, 1).await.then_some(())
-        })
-        .await;
-    }
-    c.sql(l, "CREATE TABLE acked (id bigint primary key)")
-        .await
-        .expect("table");
-    let (code, body) = c
-        .api(
-            l,
-            Method::PATCH,
-            "/config",
-            Some(r#"{"synchronous_mode": "quorum"}"#),
-        )
-        .await;
-    assert_eq!(code, 200, "{body}");
     let voters = names.join(",");
     c.wait_for("the quorum in the sync key", LONG, || async {
         match sync_key(&c).await? {

@@ -525,13 +525,7 @@ impl HaCore {
         );
         let (soon, note) = match step {
             sync::Step::Key(value) => {
-                let version = view.sync.as_ref().map(|s| s.version.clone());
-                self.emit(
-                    Action::WriteSync { value, version },
-                    Purpose::Other,
-                    now,
-                    out,
-                );
+                self.write_sync(view, value, Purpose::Other, now, out);
                 (true, None)
             }
             sync::Step::Names(value) => {
@@ -560,6 +554,19 @@ impl HaCore {
         note
     }
 
+    /// Writes the `sync` key over the version `view` shows.
+    pub(super) fn write_sync(
+        &mut self,
+        view: &ClusterView,
+        value: crate::dcs::SyncState,
+        purpose: Purpose,
+        now: MonoTime,
+        out: &mut Vec<(super::ActionId, Action)>,
+    ) {
+        let version = view.sync.as_ref().map(|s| s.version.clone());
+        self.emit(Action::WriteSync { value, version }, purpose, now, out);
+    }
+
     /// `initialize = sysid`, and with it a missing `config` from bootstrap.dcs (a new cluster,
     /// or a wiped store; never over a value we cannot read).
     fn write_initialize(
@@ -575,13 +582,7 @@ impl HaCore {
         if let Some(policy) = self.last.as_ref().map(|o| o.policy.sync.clone())
             && let Some(value) = sync::ownership(&self.me.name, &policy, view)
         {
-            let version = view.sync.as_ref().map(|s| s.version.clone());
-            self.emit(
-                Action::WriteSync { value, version },
-                Purpose::Other,
-                now,
-                out,
-            );
+            self.write_sync(view, value, Purpose::Other, now, out);
             return;
         }
         let sysid = sysid.to_owned();

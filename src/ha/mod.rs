@@ -583,22 +583,24 @@ impl HaCore {
         if !self.sync_revoked
             && !self.bootstrapping
             && (promoting || !self.sync_overridden)
-            && let Some(o) = &self.last
-            && let Some(view) = &o.dcs
-            && let Some(value) = sync::revocation(&self.me.name, &o.policy.sync, view)
+            && let Some(o) = self.last.clone()
+            && o.policy.sync.mode != crate::config::SyncMode::Off
         {
             // The standbys the key names hold every commit the former primary acknowledged,
             // not those this one will: none of them may take over behind it. (A primary
             // restarting with our own list in force keeps a key that list is true to.)
-            self.message = "revoking the synchronous standbys before becoming the primary".into();
-            let version = view.sync.as_ref().map(|s| s.version.clone());
-            self.emit(
-                Action::WriteSync { value, version },
-                Purpose::SyncRevoke,
-                now,
-                out,
-            );
-            return;
+            let Some(view) = &o.dcs else {
+                self.message = "waiting for the store: the synchronous standbys must be revoked \
+                                before this member becomes the primary"
+                    .into();
+                return;
+            };
+            if let Some(value) = sync::revocation(&self.me.name, &o.policy.sync, view) {
+                self.message =
+                    "revoking the synchronous standbys before becoming the primary".into();
+                self.write_sync(view, value, Purpose::SyncRevoke, now, out);
+                return;
+            }
         }
         if promoting {
             self.emit(Action::Promote, Purpose::Task, now, out);
