@@ -1269,3 +1269,55 @@ fn a_holder_that_writes_initialize_seeds_a_missing_config_but_never_an_unreadabl
     let acts = actions(&out);
     assert!(!acts.contains(&Action::SeedConfig), "{acts:?}");
 }
+
+#[test]
+fn in_synchronous_mode_a_new_leader_revokes_the_former_voters_before_promoting() {
+    use crate::dcs::SyncState;
+    let sync = Policy {
+        sync: crate::ha::sync::SyncPolicy {
+            mode: crate::config::SyncMode::On,
+            ..Default::default()
+        },
+        ..policy()
+    };
+    let mut v = view(None);
+    v.sync = Some(Versioned {
+        value: SyncState {
+            leader: Some("b".into()),
+            sync_standby: Some("a".into()),
+            quorum: None,
+        },
+        version: Version("5".into()),
+    });
+    let mut core = HaCore::new(me());
+    let out = observe_with(
+        &mut core,
+        Some(v.clone()),
+        replica(Some("b")),
+        sync.clone(),
+        at(50),
+    );
+    let (probe, _) = out[0].clone();
+    let report: PeerReport = [("b".to_string(), None), ("c".to_string(), None)]
+        .into_iter()
+        .collect();
+    let out = complete(&mut core, probe, Outcome::Peers(report), at(50));
+    let (lock, a) = out[0].clone();
+    assert_eq!(a, Action::AcquireLock);
+    let out = complete(&mut core, lock, answered(true, at(50)), at(50));
+    let (revoke, a) = out[0].clone();
+    assert_eq!(
+        a,
+        Action::WriteSync {
+            value: SyncState {
+                leader: Some("a".into()),
+                sync_standby: None,
+                quorum: None,
+            },
+            version: Some(Version("5".into())),
+        }
+    );
+    assert!(!actions(&out).contains(&Action::Promote), "{out:?}");
+    let out = complete(&mut core, revoke, Outcome::Ok, at(50));
+    assert_eq!(actions(&out), vec![Action::Promote]);
+}
