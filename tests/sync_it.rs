@@ -7,10 +7,13 @@
 mod cluster;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use cluster::{Backend, Cluster, ControlPlane, Timings};
 use reqwest::Method;
+use tokio::task::JoinHandle;
 
 const T: Timings = Timings {
     ttl: 8,
@@ -34,33 +37,54 @@ async fn show_ssn(c: &Cluster, i: usize) -> Option<String> {
         .next()
 }
 
-/// A client inserting unique rows on member `i` over one connection, for `d`: the ids whose
+/// A client inserting unique rows from `from` on the PostgreSQL at `port` over one connection,
+/// `pause` apart, until `stop` is set or a commit fails or takes over 10 s: the ids whose
 /// commit was acknowledged.
-async fn insert_for(c: &Cluster, i: usize, d: Duration, from: u64) -> BTreeSet<u64> {
-    let conn = format!(
-        "host=127.0.0.1 port={} user=postgres password=postgres dbname=postgres connect_timeout=3",
-        c.members[i].pg_port
-    );
-    let mut acked = BTreeSet::new();
-    let Ok((client, connection)) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await
-    else {
-        return acked;
-    };
-    tokio::spawn(connection);
-    let end = tokio::time::Instant::now() + d;
-    let mut id = from;
-    while tokio::time::Instant::now() < end {
-        let q = format!("INSERT INTO acked VALUES ({id})");
-        match tokio::time::timeout(Duration::from_secs(5), client.simple_query(&q)).await {
-            Ok(Ok(_)) => {
-                acked.insert(id);
+fn writer(
+    port: u16,
+    from: u64,
+    pause: Duration,
+    stop: Arc<AtomicBool>,
+) -> JoinHandle<BTreeSet<u64>> {
+    tokio::spawn(async move {
+        let conn = format!(
+            "host=127.0.0.1 port={port} user=postgres password=postgres dbname=postgres connect_timeout=3"
+        );
+        let mut acked = BTreeSet::new();
+        let Ok((client, connection)) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await
+        else {
+            return acked;
+        };
+        tokio::spawn(connection);
+        for id in from.. {
+            if stop.load(Ordering::Relaxed) {
+                break;
             }
-            _ => break,
+            let q = format!("INSERT INTO acked VALUES ({id})");
+            match tokio::time::timeout(Duration::from_secs(10), client.simple_query(&q)).await {
+                Ok(Ok(_)) => {
+                    acked.insert(id);
+                }
+                _ => break,
+            }
+            tokio::time::sleep(pause).await;
         }
-        id += 1;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    acked
+        acked
+    })
+}
+
+/// [`writer`] on member `i` for `d`, 20 ms apart.
+async fn insert_for(c: &Cluster, i: usize, d: Duration, from: u64) -> BTreeSet<u64> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = writer(
+        c.members[i].pg_port,
+        from,
+        Duration::from_millis(20),
+        stop.clone(),
+    );
+    tokio::time::sleep(d).await;
+    stop.store(true, Ordering::Relaxed);
+    w.await.unwrap()
 }
 
 async fn rows_on(c: &Cluster, i: usize) -> BTreeSet<u64> {
@@ -150,34 +174,15 @@ async fn synchronous_modes(backend: Backend) {
     assert_eq!(code, 200, "{body}");
     let acked = insert_for(&c, l, Duration::from_secs(3), 1).await;
     assert!(acked.len() > 20, "only {} rows acknowledged", acked.len());
-    let writer = {
-        let conn_port = c.members[l].pg_port;
-        tokio::spawn(async move {
-            let conn = format!(
-                "host=127.0.0.1 port={conn_port} user=postgres password=postgres dbname=postgres"
-            );
-            let mut acked = BTreeSet::new();
-            let Ok((client, connection)) =
-                tokio_postgres::connect(&conn, tokio_postgres::NoTls).await
-            else {
-                return acked;
-            };
-            tokio::spawn(connection);
-            for id in 100_000u64.. {
-                let q = format!("INSERT INTO acked VALUES ({id})");
-                match client.simple_query(&q).await {
-                    Ok(_) => {
-                        acked.insert(id);
-                    }
-                    Err(_) => break,
-                }
-            }
-            acked
-        })
-    };
+    let writer_task = writer(
+        c.members[l].pg_port,
+        100_000,
+        Duration::ZERO,
+        Arc::new(AtomicBool::new(false)),
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     c.kill9(l);
-    let during = writer.await.unwrap();
+    let during = writer_task.await.unwrap();
     let new_leader = c
         .wait_for("a new leader", LONG, || async {
             c.leader().await.filter(|n| *n != leader)
@@ -262,37 +267,13 @@ async fn synchronous_modes(backend: Backend) {
         .await;
     let x = c.index(&sync_now);
     let y = (0..3).find(|i| *i != s && *i != x).unwrap();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = {
-        let port = c.members[s].pg_port;
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let conn = format!(
-                "host=127.0.0.1 port={port} user=postgres password=postgres dbname=postgres"
-            );
-            let mut acked = BTreeSet::new();
-            let Ok((client, connection)) =
-                tokio_postgres::connect(&conn, tokio_postgres::NoTls).await
-            else {
-                return acked;
-            };
-            tokio::spawn(connection);
-            for id in 200_000u64.. {
-                if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    break;
-                }
-                let q = format!("INSERT INTO acked VALUES ({id})");
-                match client.simple_query(&q).await {
-                    Ok(_) => {
-                        acked.insert(id);
-                    }
-                    Err(_) => break,
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            acked
-        })
-    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer_task = writer(
+        c.members[s].pg_port,
+        200_000,
+        Duration::from_millis(20),
+        stop.clone(),
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     let status = tokio::task::block_in_place(|| c.terminate(x));
     assert!(
@@ -311,8 +292,8 @@ async fn synchronous_modes(backend: Backend) {
         },
     )
     .await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let during_standby_stop = writer.await.unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let during_standby_stop = writer_task.await.unwrap();
     assert!(
         during_standby_stop.len() > 10,
         "writes went on while the synchronous standby stopped: {}",
