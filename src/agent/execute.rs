@@ -173,18 +173,7 @@ impl Agent {
                 // No task holds PostgreSQL (the core sets it between tasks).
                 let mut pg = self.pg.lock().await;
                 let r = timeout_at(until, pg.set_sync_standby_names(value)).await;
-                Some(
-                    match r.unwrap_or(Err(crate::postgres::PgError::Timeout {
-                        what: "reload".into(),
-                        after: retry,
-                    })) {
-                        Ok(()) => Outcome::Ok,
-                        Err(e) => {
-                            tracing::warn!("could not set synchronous_standby_names: {e}");
-                            Outcome::Failed(e.to_string())
-                        }
-                    },
-                )
+                Some(pg_outcome(r, "setting synchronous_standby_names", retry))
             }
             Action::ProbePeers { names } => {
                 // Probes take up to 2 s; a leader's never outlast its deadline (no answer then
@@ -208,18 +197,11 @@ impl Agent {
                 let mut pg = self.pg.lock().await;
                 pg.update_settings(settings);
                 Some(match pg.is_running() {
-                    true => match timeout_at(until, pg.reload()).await.unwrap_or(Err(
-                        crate::postgres::PgError::Timeout {
-                            what: "reload".into(),
-                            after: retry,
-                        },
-                    )) {
-                        Ok(()) => Outcome::Ok,
-                        Err(e) => {
-                            tracing::warn!("reload after a configuration change failed: {e}");
-                            Outcome::Failed(e.to_string())
-                        }
-                    },
+                    true => pg_outcome(
+                        timeout_at(until, pg.reload()).await,
+                        "reloading after a configuration change",
+                        retry,
+                    ),
                     false => Outcome::Ok,
                 })
             }
@@ -228,18 +210,7 @@ impl Agent {
                 let slots: Vec<String> = members.iter().map(|m| slot_name(m)).collect();
                 let pg = self.pg.lock().await;
                 let r = timeout_at(until, pg.ensure_replication_slots(&slots)).await;
-                Some(
-                    match r.unwrap_or(Err(crate::postgres::PgError::Timeout {
-                        what: "creating replication slots".into(),
-                        after: retry,
-                    })) {
-                        Ok(()) => Outcome::Ok,
-                        Err(e) => {
-                            tracing::warn!("could not create replication slots: {e}");
-                            Outcome::Failed(e.to_string())
-                        }
-                    },
-                )
+                Some(pg_outcome(r, "creating replication slots", retry))
             }
             Action::Answer { id, result } => {
                 self.answer(id, result);
@@ -520,6 +491,26 @@ fn dcs_outcome(
         Ok(Ok(())) => Outcome::Ok,
         Ok(Err(e)) => Outcome::Failed(e.to_string()),
         Err(_) => Outcome::Failed("timeout".into()),
+    }
+}
+
+/// An inline PostgreSQL call bounded by `after`: a failure or the timeout is logged (naming
+/// `what` was being done) and reported.
+fn pg_outcome(
+    r: Result<Result<(), crate::postgres::PgError>, tokio::time::error::Elapsed>,
+    what: &str,
+    after: Duration,
+) -> Outcome {
+    let r = r.unwrap_or(Err(crate::postgres::PgError::Timeout {
+        what: what.into(),
+        after,
+    }));
+    match r {
+        Ok(()) => Outcome::Ok,
+        Err(e) => {
+            tracing::warn!("{what} failed: {e}");
+            Outcome::Failed(e.to_string())
+        }
     }
 }
 

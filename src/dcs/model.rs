@@ -114,25 +114,12 @@ impl Member {
 
     /// `nosync` set (or `sync_priority` <= 0): never a synchronous standby.
     pub fn nosync(&self) -> bool {
-        let Some(t) = self.tags.as_ref() else {
-            return false;
-        };
-        if let Some(v) = t.get("nosync") {
-            return truthy(v);
-        }
-        self.sync_priority() <= 0
+        tag_flag(self.tags.as_ref(), "nosync", "sync_priority")
     }
 
     /// `sync_priority` tag, default 1: the higher, the sooner chosen as a synchronous standby.
     pub fn sync_priority(&self) -> i64 {
-        if self.tag("nosync").is_some_and(truthy) {
-            return 0;
-        }
-        match self.tag("sync_priority") {
-            Some(Value::Number(n)) => n.as_i64().unwrap_or(1),
-            Some(Value::String(s)) => s.trim().parse().unwrap_or(1),
-            _ => 1,
-        }
+        tag_priority(self.tags.as_ref(), "nosync", "sync_priority")
     }
 
     /// The role says the member runs as a primary (`primary` or Patroni 3's `master`).
@@ -164,20 +151,30 @@ pub fn truthy(v: &Value) -> bool {
 
 /// `nofailover` from a tag map: set, or `failover_priority` <= 0.
 pub fn tags_nofailover(tags: Option<&Map<String, Value>>) -> bool {
-    let Some(t) = tags else { return false };
-    if let Some(v) = t.get("nofailover") {
-        return truthy(v);
-    }
-    tags_failover_priority(Some(t)) <= 0
+    tag_flag(tags, "nofailover", "failover_priority")
 }
 
 /// `failover_priority` from a tag map, default 1.
 pub fn tags_failover_priority(tags: Option<&Map<String, Value>>) -> i64 {
+    tag_priority(tags, "nofailover", "failover_priority")
+}
+
+/// A `no...` flag tag (`nofailover`, `nosync`): set, or else its priority tag <= 0.
+fn tag_flag(tags: Option<&Map<String, Value>>, flag: &str, priority: &str) -> bool {
+    let Some(t) = tags else { return false };
+    if let Some(v) = t.get(flag) {
+        return truthy(v);
+    }
+    tag_priority(Some(t), flag, priority) <= 0
+}
+
+/// A priority tag (`failover_priority`, `sync_priority`), default 1; 0 when its flag is set.
+fn tag_priority(tags: Option<&Map<String, Value>>, flag: &str, priority: &str) -> i64 {
     let Some(t) = tags else { return 1 };
-    if t.get("nofailover").map(truthy).unwrap_or(false) {
+    if t.get(flag).map(truthy).unwrap_or(false) {
         return 0;
     }
-    match t.get("failover_priority") {
+    match t.get(priority) {
         Some(Value::Number(n)) => n.as_i64().unwrap_or(1),
         Some(Value::String(s)) => s.trim().parse().unwrap_or(1),
         _ => 1,

@@ -80,7 +80,7 @@ impl HaCore {
             // its key is true to.)
             self.emit(
                 Action::SetSyncStandbyNames { value: None },
-                Purpose::SyncNames,
+                Purpose::Other,
                 now,
                 out,
             );
@@ -531,7 +531,7 @@ impl HaCore {
             sync::Step::Names(value) => {
                 self.emit(
                     Action::SetSyncStandbyNames { value },
-                    Purpose::SyncNames,
+                    Purpose::Other,
                     now,
                     out,
                 );

@@ -61,8 +61,6 @@ enum Purpose {
     ConfirmClaim,
     /// A long task.
     Task,
-    /// Setting `synchronous_standby_names`.
-    SyncNames,
     /// The `sync` key written naming nobody, before this member becomes the primary.
     SyncRevoke,
     /// Anything whose outcome needs no reaction.
@@ -498,12 +496,8 @@ impl HaCore {
             }
             (Purpose::ConfirmClaim, Outcome::Ok) => {
                 self.claim_confirmed = true;
-                let go = self
-                    .last
-                    .clone()
-                    .is_some_and(|o| matches!(self.watchdog_gate(&o, now), watchdog::Gate::Go));
-                if self.bootstrapping && self.task.is_none() && self.holds_lock(now) && go {
-                    self.start_primary(now, out);
+                if self.bootstrapping {
+                    self.resume_start_primary(now, out);
                 }
             }
             (Purpose::ConfirmClaim, Outcome::Declined) if self.initialize_is_ours() => {
@@ -524,13 +518,7 @@ impl HaCore {
             }
             (Purpose::SyncRevoke, Outcome::Ok) => {
                 self.sync_revoked = true;
-                let go = self
-                    .last
-                    .clone()
-                    .is_some_and(|o| matches!(self.watchdog_gate(&o, now), watchdog::Gate::Go));
-                if self.task.is_none() && self.holds_lock(now) && go {
-                    self.start_primary(now, out);
-                }
+                self.resume_start_primary(now, out);
             }
             (Purpose::Task, outcome) => self.task_done(action, outcome, now, out),
             _ => {}
@@ -613,6 +601,18 @@ impl HaCore {
             now,
             out,
         );
+    }
+
+    /// A step `start_primary` waited for has been answered: go on with it, if nothing has
+    /// changed that forbids it (a task started, the lease lapsed, the watchdog not ready).
+    fn resume_start_primary(&mut self, now: MonoTime, out: &mut Vec<(ActionId, Action)>) {
+        let go = self
+            .last
+            .clone()
+            .is_some_and(|o| matches!(self.watchdog_gate(&o, now), watchdog::Gate::Go));
+        if self.task.is_none() && self.holds_lock(now) && go {
+            self.start_primary(now, out);
+        }
     }
 
     /// The cluster's `initialize` key, as last seen, names this data directory's identifier.
@@ -800,7 +800,7 @@ impl HaCore {
             && o.pg.is_replica()
             && view.leader.as_ref().is_some_and(|l| l.name != self.me.name)
             && view.sync.as_ref().is_some_and(|s| {
-                s.value.leader != Some(self.me.name.clone())
+                s.value.leader.as_deref() != Some(self.me.name.as_str())
                     && s.value.members().contains(&self.me.name.as_str())
             })
     }

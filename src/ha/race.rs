@@ -137,7 +137,8 @@ pub fn pre_race(
     if policy.sync.mode != SyncMode::Off && view.unreadable("sync") {
         return Err("not racing: the sync key cannot be read".into());
     }
-    if let Some(scope) = sync_scope(&me.name, view, policy.sync.mode) {
+    let scope = sync_scope(&me.name, view, policy.sync.mode);
+    if let Some(scope) = &scope {
         if scope.quorum + 1 > scope.voters.len() {
             return Err(
                 "not racing: no synchronous standby is known to hold every acknowledged commit"
@@ -192,9 +193,7 @@ pub fn pre_race(
         }
     }
     // Voters are asked whatever their tags: their answers are votes.
-    let voters: Vec<&str> = sync_scope(&me.name, view, policy.sync.mode)
-        .map(|s| s.voters)
-        .unwrap_or_default();
+    let voters: Vec<&str> = scope.map(|s| s.voters).unwrap_or_default();
     let peers = view
         .members
         .iter()

@@ -248,15 +248,15 @@ pub fn leader_step(
         }
     };
     if grown == current {
-        let waiting: Vec<&String> = picked
+        let waiting: Vec<&str> = picked
             .iter()
             .filter(|n| !grown.names.contains(*n))
+            .map(String::as_str)
             .collect();
         return Step::Settled((!waiting.is_empty()).then(|| {
-            let names: Vec<&str> = waiting.iter().map(|n| n.as_str()).collect();
             format!(
                 "waiting for {} to be reported synchronous and holding every acknowledged commit",
-                names.join(",")
+                waiting.join(",")
             )
         }));
     }

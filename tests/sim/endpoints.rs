@@ -237,6 +237,13 @@ fn host_of(conninfo: &str) -> Option<String> {
 }
 
 impl SimPg {
+    /// `synchronous_standby_names` as the agent renders it into the configuration file.
+    fn conf_names(&self, w: &crate::world::World) -> String {
+        self.names
+            .clone()
+            .unwrap_or_else(|| w.params.sync.default_names())
+    }
+
     /// Starts the server as `to` (primary or replica): up after a while, unless something
     /// else happened to it meanwhile.
     async fn boot(&self, as_primary: bool) -> Result<(), PgError> {
@@ -248,11 +255,7 @@ impl SimPg {
             pg.set(Run::Starting { as_primary });
             pg.standby_signal = !as_primary;
             // The agent renders the configuration file as it starts the server.
-            let names = self
-                .names
-                .clone()
-                .unwrap_or_else(|| w.params.sync.default_names());
-            w.members[who].pg.sync_names = names;
+            w.members[who].pg.sync_names = self.conf_names(w);
             let pg = &mut w.members[who].pg;
             let epoch = pg.epoch;
             w.check();
@@ -559,12 +562,9 @@ impl PgControl for SimPg {
     }
     async fn set_sync_standby_names(&mut self, value: Option<String>) -> Result<(), PgError> {
         self.me.gate().await;
-        self.names = value.clone();
+        self.names = value;
         self.me.with(|w, who| {
-            let names = value
-                .clone()
-                .unwrap_or_else(|| w.params.sync.default_names());
-            w.members[who].pg.sync_names = names;
+            w.members[who].pg.sync_names = self.conf_names(w);
             Ok(())
         })
     }
