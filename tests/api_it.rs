@@ -114,6 +114,10 @@ impl Dcs for FakeDcs {
         self.put("sync", serde_json::to_string(value).unwrap());
         Ok(true)
     }
+    async fn set_failsafe(&self, value: &BTreeMap<String, String>) -> Result<bool, DcsError> {
+        self.put("failsafe", serde_json::to_string(value).unwrap());
+        Ok(true)
+    }
     async fn delete_cluster(&self) -> Result<(), DcsError> {
         self.keys.lock().unwrap().clear();
         Ok(())

@@ -475,6 +475,24 @@ async fn patroni_fixtures_parse_and_writes_match_bytes() {
     for k in ["history", "sync", "failover"] {
         assert_eq!(got[k].0, want3[k], "{k}");
     }
+    // `failsafe`, as Patroni writes it: compact JSON, a permanent key; the holder's only.
+    let topology: BTreeMap<String, String> = [
+        ("m1".to_owned(), "http://127.0.0.1:8009/patroni".to_owned()),
+        ("m0".to_owned(), "http://127.0.0.1:8008/patroni".to_owned()),
+    ]
+    .into();
+    assert!(m0.set_failsafe(&topology).await.unwrap());
+    let m1 = dcs(&server, "t5w", "m1", Duration::from_secs(10)).await;
+    assert!(!m1.set_failsafe(&BTreeMap::new()).await.unwrap());
+    let got = raw_dump(&mut raw, m0.prefix()).await;
+    assert_eq!(
+        got["failsafe"],
+        (
+            r#"{"m0":"http://127.0.0.1:8008/patroni","m1":"http://127.0.0.1:8009/patroni"}"#
+                .to_owned(),
+            0
+        )
+    );
     let status3 = Status {
         optime: 67109576,
         ..Status::default()

@@ -92,6 +92,34 @@ async fn lease_lock_acquire_renew_conflict_release() {
         "123456"
     );
     assert!(!b.update_leader(None).await.unwrap(), "not the holder");
+
+    // `failsafe` is an annotation of the Lease (Patroni's leader object), compact JSON; the
+    // write leaves the lock itself as it was, and the next renewal builds on it.
+    let topology: BTreeMap<String, String> = [
+        ("b".to_owned(), "http://10.1.0.2:8008/patroni".to_owned()),
+        ("a".to_owned(), "http://10.1.0.1:8008/patroni".to_owned()),
+    ]
+    .into();
+    assert!(a.set_failsafe(&topology).await.unwrap());
+    assert!(
+        !b.set_failsafe(&BTreeMap::new()).await.unwrap(),
+        "not the holder"
+    );
+    let lf = lease(&c, &ns).await;
+    assert_eq!(
+        lf.metadata.annotations.as_ref().unwrap()["failsafe"],
+        r#"{"a":"http://10.1.0.1:8008/patroni","b":"http://10.1.0.2:8008/patroni"}"#
+    );
+    assert_eq!(lf.spec, l2.spec, "the lock is as it was");
+    assert!(a.update_leader(Some(&status)).await.unwrap());
+    let l2 = lease(&c, &ns).await;
+    assert_eq!(
+        l2.metadata.annotations.as_ref().unwrap()["failsafe"],
+        lf.metadata.annotations.as_ref().unwrap()["failsafe"],
+        "kept by the renewal"
+    );
+    assert_ne!(spec(&l2).renew_time, spec(&lf).renew_time);
+
     let v = k8s::eventually("b sees a's status", LONG, || async {
         b.load(false)
             .await

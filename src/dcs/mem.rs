@@ -488,6 +488,17 @@ impl Dcs for MemDcs {
             }
         })
     }
+    async fn set_failsafe(&self, value: &BTreeMap<String, String>) -> Result<bool, DcsError> {
+        let json = serde_json::to_string(value).map_err(|e| DcsError::Failed(e.to_string()))?;
+        let name = self.name.clone();
+        self.with(|s, now, _| {
+            let held = s.get("leader", now).as_deref() == Some(name.as_str());
+            if held {
+                s.put("failsafe", &json, None, now);
+            }
+            held
+        })
+    }
     async fn delete_cluster(&self) -> Result<(), DcsError> {
         // Key by key, as etcd's prefix delete: revisions go on (a version read before never
         // matches a key written after) and the members' leases survive.

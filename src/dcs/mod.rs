@@ -12,6 +12,7 @@ pub mod mem;
 pub mod model;
 mod watch_cache;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -104,6 +105,11 @@ pub trait Dcs: Send + Sync {
         value: &SyncState,
         expected: Option<&Version>,
     ) -> Result<bool, DcsError>;
+
+    /// Writes the `failsafe` key (Patroni's `{"name": "api_url", ...}`), only while this member
+    /// holds the leader lock: `Ok(false)` when it does not (nothing written), so that a deposed
+    /// leader never rewrites the topology its successor published.
+    async fn set_failsafe(&self, value: &BTreeMap<String, String>) -> Result<bool, DcsError>;
 
     /// Deletes every key of the cluster (`patronictl remove`); on Kubernetes the member Pods'
     /// annotations stay, as with Patroni.

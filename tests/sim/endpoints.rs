@@ -203,6 +203,14 @@ impl Dcs for SimDcs {
         self.call(|d| async move { d.set_sync(&value, expected.as_ref()).await })
             .await
     }
+    async fn set_failsafe(
+        &self,
+        value: &std::collections::BTreeMap<String, String>,
+    ) -> Result<bool, DcsError> {
+        let value = value.clone();
+        self.call(|d| async move { d.set_failsafe(&value).await })
+            .await
+    }
     async fn delete_cluster(&self) -> Result<(), DcsError> {
         self.call(|d| async move { d.delete_cluster().await }).await
     }

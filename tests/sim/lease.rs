@@ -10,6 +10,7 @@
 //! Member records do not expire either (on Kubernetes they are Pod annotations). Everything else
 //! is the in-memory store's own ([`MemDcs`]).
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -255,6 +256,22 @@ impl Dcs for LeaseDcs {
             let ok = Record::write(s, now, Some(&r.rv), "", r.instance, r.duration);
             if ok {
                 Self::put_status(s, now, status);
+            }
+            ok
+        }))
+    }
+    /// An annotation of the Lease: written over the version seen, while the record names this
+    /// member, as a new version of the record (unchanged otherwise) that observers see as a
+    /// change of the Lease.
+    async fn set_failsafe(&self, value: &BTreeMap<String, String>) -> Result<bool, DcsError> {
+        let json = serde_json::to_string(value).map_err(|e| DcsError::Failed(e.to_string()))?;
+        Ok(self.with(|s, now, record, _| {
+            let Some(r) = record.filter(|r| r.holder.as_deref() == Some(self.name.as_str())) else {
+                return false;
+            };
+            let ok = Record::write(s, now, Some(&r.rv), &self.name, r.instance, r.duration);
+            if ok {
+                s.put("failsafe", &json, None, now);
             }
             ok
         }))

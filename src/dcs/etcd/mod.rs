@@ -9,6 +9,7 @@ mod cache;
 mod errors;
 mod keys;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -637,6 +638,22 @@ impl Dcs for EtcdDcs {
         let json =
             serde_json::to_string(value).map_err(|e| DcsError::Failed(format!("set sync: {e}")))?;
         self.cas_put("set sync", "sync", json, expected).await
+    }
+
+    /// One txn: `failsafe` is written (permanent, no lease, as Patroni's) only if the leader
+    /// key still holds this member's name.
+    async fn set_failsafe(&self, value: &BTreeMap<String, String>) -> Result<bool, DcsError> {
+        let json = serde_json::to_string(value)
+            .map_err(|e| DcsError::Failed(format!("set failsafe: {e}")))?;
+        let txn = Txn::new()
+            .when([Compare::value(
+                self.leader_key(),
+                CompareOp::Equal,
+                self.name.clone(),
+            )])
+            .and_then([TxnOp::put(self.key("failsafe"), json, None)]);
+        self.run("set failsafe", || self.txn("set failsafe", txn.clone()))
+            .await
     }
 
     async fn delete_cluster(&self) -> Result<(), DcsError> {

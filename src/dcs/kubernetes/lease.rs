@@ -225,6 +225,14 @@ pub(super) fn set_status(l: &mut Lease, status: &Status) {
     );
 }
 
+/// Puts the `failsafe` value (compact JSON, as Patroni writes it) into the Lease's annotations.
+pub(super) fn set_failsafe(l: &mut Lease, json: &str) {
+    l.metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(FAILSAFE.into(), json.to_owned());
+}
+
 /// The raw `status` value for [`crate::dcs::ClusterView::from_raw`], built from the
 /// annotations. A value that does not parse is passed on as a string, so that the model reports
 /// it as a problem instead of anyone acting on it.
@@ -370,6 +378,38 @@ mod tests {
         let mut foreign = l.clone();
         foreign.spec.as_mut().unwrap().acquire_time = None;
         assert_eq!(instance(&foreign), Version("1".into()));
+    }
+
+    #[test]
+    fn failsafe_travels_as_an_annotation() {
+        let mut l = lease("1", Some("a"), 30);
+        assert_eq!(failsafe_raw(&l), None);
+        let topology: BTreeMap<String, String> = [
+            ("b".to_owned(), "http://10.0.0.2:8008/patroni".to_owned()),
+            ("a".to_owned(), "http://10.0.0.1:8008/patroni".to_owned()),
+        ]
+        .into();
+        let json = serde_json::to_string(&topology).unwrap();
+        set_failsafe(&mut l, &json);
+        assert_eq!(
+            l.metadata.annotations.as_ref().unwrap()["failsafe"],
+            r#"{"a":"http://10.0.0.1:8008/patroni","b":"http://10.0.0.2:8008/patroni"}"#
+        );
+        let v = ClusterView::from_raw([(
+            "failsafe",
+            failsafe_raw(&l).unwrap().as_str(),
+            Version("1".into()),
+        )]);
+        assert_eq!(v.failsafe, Some(topology));
+        // A renewal keeps it.
+        let renewed = taken(
+            &l,
+            "a",
+            Duration::from_secs(30),
+            Timestamp::UNIX_EPOCH,
+            true,
+        );
+        assert_eq!(failsafe_raw(&renewed), failsafe_raw(&l));
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod labels;
 mod lease;
 mod pods;
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -577,6 +578,38 @@ impl Dcs for KubernetesDcs {
                 }
                 if self.replace_lease(&next).await?.is_some() {
                     mine.lease = None;
+                    return Ok(true);
+                }
+                base = self.read_lease().await?;
+            }
+            Ok(false)
+        })
+        .await
+    }
+
+    /// The `failsafe` annotation of the Lease (Patroni's leader object carries it), written as
+    /// a renewal is: a replace carrying the `resourceVersion` this member last wrote or saw,
+    /// only while the Lease names this member; after a 409, once more on the Lease as read
+    /// afresh. Its answer becomes the base of the next renewal (which would otherwise conflict,
+    /// or drop the annotation), and a sighting for the expiry clock: like every new version of
+    /// the Lease, observers count the holder's time from when they see it.
+    async fn set_failsafe(&self, value: &BTreeMap<String, String>) -> Result<bool, DcsError> {
+        let json = serde_json::to_string(value)
+            .map_err(|e| DcsError::Failed(format!("set failsafe: {e}")))?;
+        self.run("set failsafe", async {
+            let mut mine = self.mine.lock().await;
+            let mut base = self.base_lease(&mine);
+            for _ in 0..2 {
+                let Some(mut next) = base.take() else {
+                    return Ok(false);
+                };
+                if lease::holder_of(&next) != Some(self.name.as_str()) {
+                    mine.lease = None;
+                    return Ok(false);
+                }
+                lease::set_failsafe(&mut next, &json);
+                if let Some(l) = self.replace_lease(&next).await? {
+                    mine.lease = Some(l);
                     return Ok(true);
                 }
                 base = self.read_lease().await?;

@@ -76,6 +76,10 @@ fn checks(b: &dyn Backend) -> Vec<(&'static str, Check<'_>)> {
         ),
         ("delete_cluster", Box::pin(writes::delete_cluster(b))),
         (
+            "failsafe: written by the holder only",
+            Box::pin(writes::failsafe(b)),
+        ),
+        (
             "scopes do not see each other",
             Box::pin(views::scopes_are_separate(b)),
         ),

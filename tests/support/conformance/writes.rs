@@ -1,6 +1,7 @@
 //! The writes besides the lock: member keys, `initialize`, compare-and-set writes,
-//! `delete_cluster`.
+//! `delete_cluster`, and the holder's `failsafe`.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use pgwarden::dcs::{ClusterView, Failover};
@@ -242,4 +243,88 @@ pub async fn delete_cluster(b: &dyn Backend) {
     assert!(other.acquire_leader().await.unwrap(), "the lock is free");
     a.touch_member(&member("running", "replica")).await.unwrap();
     assert!(fresh(&*a).await.members.contains_key("a"), "written again");
+}
+
+/// Patroni's `failsafe` value: every member with an api_url, by name.
+fn topology(names: &[&str]) -> BTreeMap<String, String> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            (
+                (*n).to_owned(),
+                format!("http://10.0.0.{}:8008/patroni", i + 1),
+            )
+        })
+        .collect()
+}
+
+/// `failsafe` is written by the lock's holder only: a member that does not hold it (never did,
+/// released it, lost it to another) writes nothing. The write is no new holding, and the
+/// holder's renewals go on after it (on Kubernetes both write the Lease).
+pub async fn failsafe(b: &dyn Backend) {
+    let c = b.cluster("failsafe").await;
+    let a = b.member(&c, "a", TTL).await;
+    let other = b.member(&c, "b", TTL).await;
+    let (ab, only_b, only_a) = (topology(&["a", "b"]), topology(&["b"]), topology(&["a"]));
+
+    assert!(
+        !a.set_failsafe(&ab).await.unwrap(),
+        "no lock: nothing written"
+    );
+    assert_eq!(fresh(&*a).await.failsafe, None);
+    assert!(a.acquire_leader().await.unwrap());
+    let holding = fresh(&*a).await.leader.expect("held").version;
+    assert!(a.set_failsafe(&ab).await.unwrap(), "the holder writes it");
+    let v = fresh(&*other).await;
+    assert_eq!(v.failsafe, Some(ab.clone()));
+    assert!(v.problems.is_empty(), "{:?}", v.problems);
+    assert_eq!(
+        v.leader.map(|l| l.version),
+        Some(holding.clone()),
+        "the same holding"
+    );
+
+    assert!(
+        !other.set_failsafe(&only_b).await.unwrap(),
+        "not the holder"
+    );
+    assert_eq!(
+        fresh(&*a).await.failsafe,
+        Some(ab.clone()),
+        "the refused write changed nothing"
+    );
+
+    // The holder's renewals go on, and keep it.
+    assert!(
+        a.update_leader(None).await.unwrap(),
+        "renewal after the holder's failsafe write"
+    );
+    assert!(a.update_leader(Some(&status(100))).await.unwrap());
+    let v = fresh(&*a).await;
+    assert_eq!(holder(&v), Some("a"));
+    assert_eq!(v.failsafe, Some(ab.clone()), "renewals keep it");
+    assert_eq!(v.status, Some(status(100)));
+    assert!(a.set_failsafe(&only_a).await.unwrap(), "rewritten");
+    assert!(a.set_failsafe(&ab).await.unwrap(), "and again");
+    assert!(a.update_leader(Some(&status(101))).await.unwrap());
+    cached(&*other, "b's cache shows it", |v| {
+        v.failsafe.as_ref() == Some(&ab) && v.status == Some(status(101))
+    })
+    .await;
+
+    // Released, then taken by b: a writes nothing any more, b does.
+    assert!(
+        a.release_leader(None, Some(&holding)).await.unwrap(),
+        "still the holding it was"
+    );
+    assert!(!a.set_failsafe(&only_a).await.unwrap(), "released");
+    assert!(other.acquire_leader().await.unwrap());
+    assert!(!a.set_failsafe(&only_a).await.unwrap(), "deposed");
+    assert_eq!(fresh(&*a).await.failsafe, Some(ab.clone()));
+    assert!(other.set_failsafe(&only_b).await.unwrap());
+    assert!(other.update_leader(None).await.unwrap());
+    let v = fresh(&*a).await;
+    assert_eq!(holder(&v), Some("b"));
+    assert_eq!(v.failsafe, Some(only_b));
 }
