@@ -175,6 +175,31 @@ impl Agent {
                 let r = timeout_at(until, pg.set_sync_standby_names(value)).await;
                 Some(pg_outcome(r, "setting synchronous_standby_names", retry))
             }
+            Action::WriteFailsafe { value } => {
+                let r = timeout_at(until, dcs.set_failsafe(&value)).await;
+                Some(match r {
+                    Ok(Ok(false)) => Outcome::Declined,
+                    r => dcs_outcome(r.map(|r| r.map(|_| ()))),
+                })
+            }
+            Action::ConfirmFailsafe { members } => {
+                let sent_at = self.mono_now();
+                let body = serde_json::json!({
+                    "name": self.cfg.name,
+                    "conn_url": format!("postgres://{}/postgres", self.cfg.postgresql.connect_address),
+                    "api_url": self.member_value().api_url,
+                    "ttl": self.dynamic.ttl.as_secs_f64(),
+                });
+                let names: Vec<String> = members.iter().map(|(n, _)| n.clone()).collect();
+                // Bounded by the deadline, like every call of a leader: no answer in time is
+                // no confirmation.
+                let asked = self.peers.confirm_failsafe(members, body);
+                let refused = match self.core.lease_deadline() {
+                    Some(d) => timeout_at(self.instant_of(d), asked).await.unwrap_or(names),
+                    None => names,
+                };
+                Some(Outcome::Failsafe { refused, sent_at })
+            }
             Action::ProbePeers { names } => {
                 // Probes take up to 2 s; a leader's never outlast its deadline (no answer then
                 // reads as "no candidate").

@@ -80,6 +80,13 @@ pub trait Fencing: Send + Sync + 'static {
 pub trait PeerProbe: Send + Sync + 'static {
     /// Every `(name, api_url)` at once; `None` for a peer without a URL or no answer in time.
     async fn probe(&self, targets: Vec<(String, Option<String>)>) -> PeerReport;
+    /// `POST /failsafe` with `body` to every `(name, api_url)` at once (each within 2 s, one
+    /// retry); the names that did not answer `200`.
+    async fn confirm_failsafe(
+        &self,
+        targets: Vec<(String, String)>,
+        body: serde_json::Value,
+    ) -> Vec<String>;
 }
 
 /// The agent's clocks.
@@ -263,6 +270,13 @@ struct HttpPeers(PeerClient);
 impl PeerProbe for HttpPeers {
     async fn probe(&self, targets: Vec<(String, Option<String>)>) -> PeerReport {
         super::observe::probe_all(&self.0, targets).await
+    }
+    async fn confirm_failsafe(
+        &self,
+        targets: Vec<(String, String)>,
+        body: serde_json::Value,
+    ) -> Vec<String> {
+        super::observe::confirm_failsafe_all(&self.0, targets, &body).await
     }
 }
 

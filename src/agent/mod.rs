@@ -83,6 +83,9 @@ pub struct Agent {
     /// API requests handed to the core and not answered yet, and the last id given.
     replies: std::collections::BTreeMap<crate::ha::RequestId, crate::api::Reply>,
     last_request: u64,
+    /// The REST API's commands: taken between the loop's steps and while it waits for the
+    /// store (a leader in failsafe mode waits for this member's confirmation).
+    cmds: mpsc::Receiver<ApiCommand>,
 }
 
 /// Connects to the store named in the configuration.
@@ -243,7 +246,7 @@ pub async fn supervise(
     endpoints: Endpoints,
     view: ClusterView,
     api: ApiState,
-    mut cmds: mpsc::Receiver<ApiCommand>,
+    cmds: mpsc::Receiver<ApiCommand>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let dynamic = dynamic_from(&cfg, Some(&view));
@@ -279,8 +282,9 @@ pub async fn supervise(
         last_message: String::new(),
         replies: std::collections::BTreeMap::new(),
         last_request: 0,
+        cmds,
     };
-    agent.main_loop(&mut cmds, shutdown).await
+    agent.main_loop(shutdown).await
 }
 
 impl Agent {
@@ -331,7 +335,9 @@ impl Agent {
 
     /// Waits for a store call until `until`; `None` when it timed out. A watchdog change
     /// reported meanwhile is fed to the core at once: a required watchdog that fails stops
-    /// PostgreSQL now, not once a store that lost the request has been given up on.
+    /// PostgreSQL now, not once a store that lost the request has been given up on. So are the
+    /// API's commands: a leader in failsafe mode asks for this member's confirmation exactly
+    /// when the store is slow to answer.
     async fn wait_store<T>(&mut self, until: Instant, call: impl Future<Output = T>) -> Option<T> {
         let mut call = std::pin::pin!(tokio::time::timeout_at(until, call));
         loop {
@@ -342,6 +348,40 @@ impl Agent {
                     self.execute(actions).await;
                 }
                 r = &mut call => return r.ok(),
+                Some(cmd) = self.cmds.recv() => {
+                    self.command(cmd).await;
+                }
+            }
+        }
+    }
+
+    /// One command of the REST API; whether it asks for a cycle now.
+    async fn command(&mut self, cmd: ApiCommand) -> bool {
+        match cmd {
+            ApiCommand::Wake => true,
+            ApiCommand::Reload => {
+                // Not while a task holds PostgreSQL, and bounded like every wait of the loop.
+                let until = self.call_bound();
+                if let Ok(pg) = self.pg.try_lock() {
+                    let _ = tokio::time::timeout_at(until, pg.reload()).await;
+                }
+                false
+            }
+            ApiCommand::Restart(reply) => {
+                self.request(crate::ha::Request::Restart, reply).await;
+                false
+            }
+            ApiCommand::Reinitialize(reply) => {
+                self.request(crate::ha::Request::Reinitialize, reply).await;
+                false
+            }
+            ApiCommand::Failsafe(ping, reply) => {
+                let request = crate::ha::Request::Failsafe {
+                    leader: ping.name,
+                    ttl: ping.ttl,
+                };
+                self.request(request, reply).await;
+                false
             }
         }
     }
@@ -351,11 +391,7 @@ impl Agent {
         self.start + t.0
     }
 
-    async fn main_loop(
-        &mut self,
-        cmds: &mut mpsc::Receiver<ApiCommand>,
-        shutdown: impl Future<Output = ()>,
-    ) -> anyhow::Result<()> {
+    async fn main_loop(&mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let mut changes = self.dcs.changes();
         let mut shutdown = std::pin::pin!(shutdown);
         let mut run_cycle = true;
@@ -375,7 +411,7 @@ impl Agent {
                 biased;
                 _ = &mut shutdown => {
                     tracing::info!("shutting down");
-                    return self.shutdown(cmds).await;
+                    return self.shutdown().await;
                 }
                 // Before the deadline's wake-up, which a slow store can keep due: a required
                 // watchdog became active (a promotion waits for it) or failed (a
@@ -390,28 +426,7 @@ impl Agent {
                     self.task_finished(done).await;
                     true
                 }
-                Some(cmd) = cmds.recv() => {
-                    match cmd {
-                        ApiCommand::Wake => true,
-                        ApiCommand::Reload => {
-                            // Not while a task holds PostgreSQL, and bounded like every
-                            // wait of the loop.
-                            let until = self.call_bound();
-                            if let Ok(pg) = self.pg.try_lock() {
-                                let _ = tokio::time::timeout_at(until, pg.reload()).await;
-                            }
-                            false
-                        }
-                        ApiCommand::Restart(reply) => {
-                            self.request(crate::ha::Request::Restart, reply).await;
-                            false
-                        }
-                        ApiCommand::Reinitialize(reply) => {
-                            self.request(crate::ha::Request::Reinitialize, reply).await;
-                            false
-                        }
-                    }
-                }
+                Some(cmd) = self.cmds.recv() => self.command(cmd).await,
                 r = changes.changed() => {
                     if r.is_err() {
                         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -564,7 +579,7 @@ impl Agent {
     }
 
     /// Patroni's shutdown: stop PostgreSQL (fast), then release the lock if we hold it.
-    async fn shutdown(&mut self, _cmds: &mut mpsc::Receiver<ApiCommand>) -> anyhow::Result<()> {
+    async fn shutdown(&mut self) -> anyhow::Result<()> {
         let actions = self.core.step(Input::Shutdown, self.mono_now());
         self.execute(actions).await;
         let give_up = Instant::now() + self.cfg.postgresql.pg_ctl_timeout + Duration::from_secs(10);

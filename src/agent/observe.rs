@@ -109,10 +109,15 @@ impl Agent {
             .as_ref()
             .map(|v| v.members.clone())
             .unwrap_or_default();
+        // A member the failsafe key lists may have no member key (it expired with its session).
+        let failsafe = self.view.as_ref().and_then(|v| v.failsafe.clone());
         let targets = names
             .iter()
             .map(|name| {
-                let url = members.get(name).and_then(|m| m.api_url.clone());
+                let url = members
+                    .get(name)
+                    .and_then(|m| m.api_url.clone())
+                    .or_else(|| failsafe.as_ref().and_then(|f| f.get(name).cloned()));
                 (name.clone(), url)
             })
             .collect();
@@ -137,6 +142,41 @@ pub(crate) async fn probe_all(
     futures::future::join_all(probes)
         .await
         .into_iter()
+        .collect()
+}
+
+/// Failsafe mode's `POST /failsafe` to every target at once (Patroni: 2 s, one retry); the
+/// names that did not accept. The URL is the member's `api_url` with `/patroni` replaced.
+pub(crate) async fn confirm_failsafe_all(
+    client: &PeerClient,
+    targets: Vec<(String, String)>,
+    body: &serde_json::Value,
+) -> Vec<String> {
+    let asks = targets.into_iter().map(|(name, api_url)| async move {
+        let url = match api_url.strip_suffix("/patroni") {
+            Some(base) => format!("{base}/failsafe"),
+            None => format!("{}/failsafe", api_url.trim_end_matches('/')),
+        };
+        for _ in 0..2 {
+            let Ok(request) = client.for_url(&url).map(|c| c.post(&url)) else {
+                break;
+            };
+            let sent = request
+                .timeout(Duration::from_secs(2))
+                .json(body)
+                .send()
+                .await;
+            if let Ok(r) = sent {
+                // An answer other than 200 is a refusal: asking again changes nothing.
+                return r.status().is_success().then_some(()).ok_or(name);
+            }
+        }
+        Err(name)
+    });
+    futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .filter_map(Result::err)
         .collect()
 }
 

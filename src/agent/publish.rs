@@ -164,6 +164,7 @@ impl Agent {
             self.fence.watchdog_state(),
             crate::ha::WatchdogState::Unusable(_)
         );
+        s.failsafe_active = self.core.failsafe_active();
         s.pause = self.dynamic.pause;
         s.ttl = self.dynamic.ttl;
         s.loop_wait = self.dynamic.loop_wait;

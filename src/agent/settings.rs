@@ -42,6 +42,7 @@ pub fn policy(cfg: &Config, dynamic: &DynamicConfig) -> Policy {
             node_count: dynamic.synchronous_node_count,
             maximum_lag_on_syncnode: dynamic.maximum_lag_on_syncnode,
         },
+        failsafe_mode: dynamic.failsafe_mode,
         safety_margin: Policy::default_margin(dynamic.ttl),
     }
 }

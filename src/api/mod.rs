@@ -35,4 +35,4 @@ pub use health::health_code;
 pub use server::{
     MAX_BODY_BYTES, ServeOptions, is_protected, router, router_with, serve, serve_with,
 };
-pub use state::{ApiCommand, ApiContext, ApiState, PgView, Reply, Snapshot};
+pub use state::{ApiCommand, ApiContext, ApiState, FailsafePing, PgView, Reply, Snapshot};

@@ -312,7 +312,7 @@ async fn dispatch(State(inner): State<Shared>, req: Request) -> Response {
                 Err(r) => r,
             },
             "failsafe" => match read_json(&parts.headers, body, false).await {
-                Ok(_) => post_failsafe(&inner),
+                Ok(b) => post_failsafe(&inner, &b).await,
                 Err(r) => r,
             },
             "sigterm" => text_reply(202, "shutdown scheduled"),
@@ -396,8 +396,10 @@ async fn post_reinitialize(inner: &Inner, _body: &Map<String, Value>) -> Respons
     }
 }
 
-/// `POST /failsafe` from a leader whose DCS is unreachable.
-fn post_failsafe(inner: &Inner) -> Response {
+/// `POST /failsafe` from a leader whose DCS is unreachable. The HA core decides (it must not
+/// confirm a leader while it races or leads itself) and answers at once; an agent too busy to
+/// answer within the sender's timeout does not confirm.
+async fn post_failsafe(inner: &Inner, body: &Map<String, Value>) -> Response {
     let snap = inner.ctx.state.snapshot();
     let enabled = snap
         .global_config()
@@ -409,6 +411,37 @@ fn post_failsafe(inner: &Inner) -> Response {
     if snap.pg.role == "primary" && snap.pg.state == "running" {
         return text_reply(500, "Running as a leader");
     }
+    let Some(name) = body
+        .get("name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+    else {
+        return text_reply(400, "the failsafe request names no sender (name)");
+    };
+    let ttl = body
+        .get("ttl")
+        .and_then(Value::as_f64)
+        .filter(|t| t.is_finite() && *t > 0.0 && *t < 86_400.0)
+        .map(std::time::Duration::from_secs_f64);
+    let ping = super::state::FailsafePing {
+        name: name.to_owned(),
+        ttl,
+    };
+    let (reply, rx) = super::state::Reply::new();
+    if inner
+        .ctx
+        .commands
+        .try_send(ApiCommand::Failsafe(ping, reply))
+        .is_err()
+    {
+        return text_reply(503, "the agent is busy");
+    }
+    match tokio::time::timeout(std::time::Duration::from_millis(1500), rx).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(msg))) => return text_reply(500, msg),
+        _ => return text_reply(503, "the agent did not answer in time"),
+    }
+    let snap = inner.ctx.state.snapshot();
     let lsn = match snap.received_location().max(snap.replayed_location()) {
         0 => String::new(),
         n => n.to_string(),

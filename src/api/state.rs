@@ -259,6 +259,19 @@ pub enum ApiCommand {
     /// `POST /reinitialize`: stop PostgreSQL, wipe the data directory and let the HA core clone
     /// it afresh from the leader. Answered once the wipe is done.
     Reinitialize(Reply),
+    /// `POST /failsafe`: a leader cut off from the store asks this member to confirm it; the
+    /// HA core answers at once (`Ok`: accepted, the member takes no lock for a ttl).
+    Failsafe(FailsafePing, Reply),
+}
+
+/// The body of `POST /failsafe` that the core needs (Patroni sends `name`, `conn_url`,
+/// `api_url` and `slots`; pgwarden adds its `ttl`, which Patroni ignores).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailsafePing {
+    /// The sender's member name.
+    pub name: String,
+    /// The sender's ttl in seconds, when it said.
+    pub ttl: Option<Duration>,
 }
 
 /// The agent's answer to a command: `Ok` or the message for a 503.

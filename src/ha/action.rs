@@ -71,6 +71,19 @@ pub enum Action {
         /// Version of the key when it was seen.
         version: Option<Version>,
     },
+    /// Write the `failsafe` key (Patroni's `{"name": "api_url", ...}`): the members a primary
+    /// cut off from the store must reach to stay one (inline; only while we hold the lock).
+    WriteFailsafe {
+        /// The members and their REST API URLs.
+        value: std::collections::BTreeMap<String, String>,
+    },
+    /// Failsafe mode, the store out of reach: ask every other member of the `failsafe` key to
+    /// confirm this primary (`POST /failsafe`, in parallel, each within 2 s and one retry).
+    /// Answer: [`Outcome::Failsafe`].
+    ConfirmFailsafe {
+        /// `(name, api_url)` of each member to ask.
+        members: Vec<(String, String)>,
+    },
     /// Ask these peers for their status (`GET /patroni`, short timeout, in parallel).
     /// Answer: [`Outcome::Peers`].
     ProbePeers {
@@ -183,12 +196,21 @@ impl Action {
 pub struct RequestId(pub u64);
 
 /// What an API caller asks the core for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     /// `POST /restart` (its conditions already checked by the API).
     Restart,
     /// `POST /reinitialize`.
     Reinitialize,
+    /// `POST /failsafe`: `leader`, cut off from the store in failsafe mode, asks this member to
+    /// confirm it. Accepted, the member takes no lock for `ttl` (the longer of its own and the
+    /// one the leader sent), which is what lets the leader stay writable that long.
+    Failsafe {
+        /// The sender's member name.
+        leader: String,
+        /// The sender's ttl, when it said.
+        ttl: Option<std::time::Duration>,
+    },
 }
 
 /// How an action went.
@@ -213,6 +235,14 @@ pub enum Outcome {
     },
     /// Peer statuses.
     Peers(PeerReport),
+    /// The answers to [`Action::ConfirmFailsafe`]: the members that did not accept, and when
+    /// the requests were sent (the extended deadline counts from then, as a lease's does).
+    Failsafe {
+        /// Members that did not answer `200 Accepted` in time.
+        refused: Vec<String>,
+        /// When the requests were sent.
+        sent_at: MonoTime,
+    },
 }
 
 /// An input to [`super::HaCore::step`].

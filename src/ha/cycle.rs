@@ -26,17 +26,38 @@ impl HaCore {
                 return self.watchdog_refused(&obs, &why, now, out);
             }
             // Keep running as we are. A leader keeps writing only until its lease deadline,
-            // which `step` enforces whatever the store does.
+            // which `step` enforces whatever the store does (failsafe mode may extend it).
             self.message = if self.holds_lock(now) {
                 "DCS is not accessible: keeping the primary until the lock deadline".into()
             } else {
                 "DCS is not accessible".into()
             };
+            self.ask_failsafe(now, out);
             return;
         };
         let holder = view.leader.as_ref().is_some_and(|l| l.name == self.me.name);
         if holder && self.holds_lock(now) {
             self.lock_seen = true;
+        }
+        if self.lease_deadline.is_some()
+            && view.leader.is_none()
+            && self.failsafe.extended
+            && view.vanished_leader.is_none()
+        {
+            // Failsafe mode kept us the primary while the store let the lock expire (we were
+            // cut off from it alone): every member that could take it confirmed us and holds
+            // off until our deadline. Take it again before then.
+            self.message = "the leader lock expired while the DCS was not accessible (failsafe \
+                            mode): taking it again"
+                .into();
+            if !self
+                .pending
+                .values()
+                .any(|(a, _)| matches!(a, Action::AcquireLock))
+            {
+                self.emit(Action::AcquireLock, self.lock_purpose(false), now, out);
+            }
+            return;
         }
         if self.lease_deadline.is_some() && !holder && (self.lock_seen || view.leader.is_some()) {
             // The lock vanished (deleted by an operator or a tool) or another member holds it:
@@ -193,7 +214,10 @@ impl HaCore {
         }
         match (&view.leader, view.initialize.as_deref()) {
             (None, None) | (None, Some("")) if self.me.can_bootstrap && !self.me.nofailover => {
-                if let Some(why) = self.watchdog_forbids_race(obs, now) {
+                if let Some(why) = self
+                    .watchdog_forbids_race(obs, now)
+                    .or_else(|| self.failsafe_holds_off(now))
+                {
                     self.message = format!("not bootstrapping: {why}");
                     return;
                 }
@@ -307,6 +331,10 @@ impl HaCore {
             None if self.bootstrapping => {
                 // Our new cluster starts as the primary or not at all: started read-only, the
                 // race could promote it before the store confirmed our claim on initialize.
+                if let Some(why) = self.failsafe_holds_off(now) {
+                    self.message = format!("bootstrapped, not taking the lock: {why}");
+                    return;
+                }
                 self.message = "bootstrapped: taking the leader lock".into();
                 self.emit(Action::AcquireLock, self.lock_purpose(true), now, out);
             }
@@ -405,15 +433,29 @@ impl HaCore {
             self.message = format!("not racing: {why}");
             return;
         }
+        if let Some(why) = self.failsafe_holds_off(now) {
+            self.message = format!("not racing: {why}");
+            return;
+        }
+        // In failsafe mode the members of the failsafe key are asked too, even without a
+        // member key (see `failsafe::race_checks`).
+        let (unlisted, listed) = super::failsafe::race_checks(&self.me.name, obs);
         match race::pre_race(&self.me, &obs.pg, view, &obs.policy) {
             Err(why) => self.message = why,
-            Ok(peers) if peers.is_empty() => {
+            Ok(peers) if peers.is_empty() && listed.is_empty() => {
                 self.message = "acquiring the leader lock".into();
                 self.emit(Action::AcquireLock, self.lock_purpose(true), now, out);
             }
-            Ok(names) => {
+            Ok(mut names) => {
                 self.message = "probing peers before the leader race".into();
-                self.emit(Action::ProbePeers { names }, Purpose::RaceProbe, now, out);
+                let extra: Vec<String> = listed
+                    .iter()
+                    .filter(|n| !names.contains(n))
+                    .cloned()
+                    .collect();
+                names.extend(extra.iter().cloned());
+                let purpose = Purpose::RaceProbe { unlisted, extra };
+                self.emit(Action::ProbePeers { names }, purpose, now, out);
             }
         }
     }
@@ -453,6 +495,7 @@ impl HaCore {
         }
         self.ensure_slots(obs, view, now, out);
         self.record_history(obs, view, now, out);
+        self.publish_failsafe(obs, view, now, out);
         let sync_note = self.steer_sync(obs, view, now, out);
         if let Some(f) = &view.failover {
             if !self.switchover_due(obs, f, now, out) {

@@ -23,6 +23,7 @@
 
 mod action;
 mod cycle;
+mod failsafe;
 pub mod race;
 mod requests;
 pub mod switchover;
@@ -50,10 +51,18 @@ enum Purpose {
         ttl: Duration,
         margin: Duration,
     },
-    /// Peers probed before taking the lock.
-    RaceProbe,
+    /// Peers probed before taking the lock. `unlisted`: this member is missing from the
+    /// failsafe key, and these members it lists must answer that they are not primaries;
+    /// `extra`: those of them asked for that alone (not judged as racers).
+    RaceProbe {
+        unlisted: Vec<String>,
+        extra: Vec<String>,
+    },
     /// The switchover candidate probed before a graceful demotion.
     SwitchoverProbe { candidate: String },
+    /// Members asked to confirm this primary in failsafe mode, with the ttl and margin in force
+    /// when they were asked (as for a lock operation).
+    Failsafe { ttl: Duration, margin: Duration },
     /// The `initialize` race.
     ClaimInitialize,
     /// A bootstrapped member claiming `initialize` again before its first start as the
@@ -143,6 +152,8 @@ pub struct HaCore {
     /// out of the `sync` key before PostgreSQL stops, so commits neither wait for it nor lose
     /// their synchronous copy unannounced.
     sync_release_until: Option<MonoTime>,
+    /// Failsafe mode: the key, the confirmations asked and given.
+    failsafe: failsafe::FailsafeState,
     /// Shutdown requested.
     shutting_down: bool,
     /// A task started PostgreSQL since the last observation (which says it is down): a
@@ -191,6 +202,7 @@ impl HaCore {
             sync_names_set_at: None,
             sync_revoked: false,
             sync_release_until: None,
+            failsafe: Default::default(),
             shutting_down: false,
             pg_started: false,
             made_writable: false,
@@ -268,6 +280,7 @@ impl HaCore {
                 // Paused or not: a writable PostgreSQL without a valid lease is never kept
                 // (after a resume, the others may take a lock that lapsed during the pause).
                 let writable_unleased = obs.pg.maybe_writable() && !self.holds_lock(now);
+                self.failsafe_observed(&obs, now);
                 self.last = Some(*obs);
                 self.pg_started = false;
                 self.made_writable = false;
@@ -283,7 +296,10 @@ impl HaCore {
                 self.sync_release_step(now, &mut out);
             }
             Input::Completed { id, outcome } => self.completed(id, outcome, now, &mut out),
-            Input::Tick => self.sync_release_step(now, &mut out),
+            Input::Tick => {
+                self.sync_release_step(now, &mut out);
+                self.ask_failsafe(now, &mut out);
+            }
             Input::Requested { id, request } => self.requested(id, request, now, &mut out),
             Input::Watchdog(state) => self.watchdog_changed(state, now, &mut out),
             Input::Shutdown => {
@@ -331,8 +347,13 @@ impl HaCore {
     /// We no longer hold a lease. (`lease_sent_at` stays: an older answer never re-arms it.)
     fn drop_lease(&mut self) {
         self.sync_revoked = false;
+        // The `initialize` claim is bound to our session, which may lapse with the lease: a
+        // bootstrap confirms it again before its next start as the primary.
+        self.claim_confirmed = false;
         self.lease_deadline = None;
         self.lock_seen = false;
+        self.failsafe.active = false;
+        self.failsafe.extended = false;
         // Checked afresh at the next leadership: the data directory may come from elsewhere
         // by then (a clone, a rewind).
         self.slots_for = None;
@@ -438,6 +459,8 @@ impl HaCore {
                         let margin = margin.max(policy.safety_margin);
                         self.lease_deadline = Some(sent_at + ttl.saturating_sub(margin));
                         self.lease_sent_at = Some(sent_at);
+                        // The store's lease is ours again: no longer only failsafe's.
+                        self.failsafe.extended = false;
                         // An answer that arrives after its own deadline: stop now.
                         self.expire_lease(now, out);
                     }
@@ -452,14 +475,29 @@ impl HaCore {
                         self.message = "lost the leader lock: stopping PostgreSQL now".into();
                         self.emit(Action::StopNow, Purpose::Other, now, out);
                     }
+                } else {
+                    // No answer: the store is out of reach even if reads still come from a
+                    // cache (a frozen API server keeps its watches open and silent).
+                    self.failsafe.unanswered = true;
+                    self.ask_failsafe(now, out);
+                }
+                if answered {
+                    // The store answers again (Patroni resets failsafe at every good cycle).
+                    self.failsafe.unanswered = false;
+                    self.failsafe.active = false;
                 }
             }
-            (Purpose::RaceProbe, Outcome::Peers(report)) => {
+            (Purpose::RaceProbe { unlisted, extra }, Outcome::Peers(mut report)) => {
                 let Some(obs) = &self.last else { return };
                 let Some(view) = &obs.dcs else { return };
                 if view.leader.is_some() {
                     return;
                 }
+                if let Some(why) = failsafe::race_blocked(&unlisted, &extra, &report) {
+                    self.message = format!("not racing: {why}");
+                    return;
+                }
+                report.retain(|n, _| !extra.contains(n));
                 // Starting peers are waited for at most one ttl after the lock was first seen
                 // missing: a peer that never finishes starting must not block failover.
                 let waited = self
@@ -484,6 +522,11 @@ impl HaCore {
                         );
                     }
                 }
+            }
+            (Purpose::Failsafe { ttl, margin }, Outcome::Failsafe { refused, sent_at }) => {
+                self.failsafe_answered(refused, sent_at, (ttl, margin), now);
+                // An answer after the deadline extends nothing: stop now.
+                self.expire_lease(now, out);
             }
             (Purpose::SwitchoverProbe { candidate }, Outcome::Peers(report)) => {
                 self.switchover_probed(&candidate, &report, now, out);
@@ -663,7 +706,10 @@ impl HaCore {
                 let vanished = view
                     .and_then(|v| v.vanished_leader.clone())
                     .filter(|gone| *gone != self.me.name);
-                if ok && (view.is_none() || vanished.is_some()) {
+                let held_off = self.failsafe_holds_off(now);
+                if let (true, Some(why)) = (ok, &held_off) {
+                    self.message = format!("bootstrapped, not taking the lock: {why}");
+                } else if ok && (view.is_none() || vanished.is_some()) {
                     self.message = match vanished {
                         Some(gone) => format!(
                             "bootstrapped, but the leader lock of {gone} vanished while {gone} \

@@ -390,6 +390,7 @@ mod tests {
             use_slots: false,
             check_timeline: false,
             sync: Default::default(),
+            failsafe_mode: false,
             safety_margin: Duration::from_secs(3),
         }
     }

@@ -1,6 +1,7 @@
 //! API requests the core decides on: `POST /restart` and `POST /reinitialize` (their request
 //! conditions, such as `role` or `postgres_version`, are the API's). Each runs as a task, so
 //! the loop keeps renewing the lock while it runs; the answer goes back when the task ends.
+//! `POST /failsafe` is answered at once (see `failsafe`).
 
 use super::{Action, ActionId, HaCore, MonoTime, Outcome, Purpose, Request, RequestId};
 
@@ -24,6 +25,11 @@ impl HaCore {
             );
         };
         let task = match request {
+            Request::Failsafe { leader, ttl } => {
+                let result = self.failsafe_asked(&leader, ttl, now);
+                self.emit(Action::Answer { id, result }, Purpose::Other, now, out);
+                return;
+            }
             Request::Restart => {
                 if self.task.is_some() || self.shutting_down {
                     return refuse(self, "restart already in progress", out);

@@ -30,6 +30,7 @@ fn policy() -> Policy {
         use_slots: false,
         check_timeline: false,
         sync: Default::default(),
+        failsafe_mode: false,
         safety_margin: 3 * S,
     }
 }
@@ -1320,4 +1321,332 @@ fn in_synchronous_mode_a_new_leader_revokes_the_former_voters_before_promoting()
     assert!(!actions(&out).contains(&Action::Promote), "{out:?}");
     let out = complete(&mut core, revoke, Outcome::Ok, at(50));
     assert_eq!(actions(&out), vec![Action::Promote]);
+}
+
+fn failsafe() -> Policy {
+    Policy {
+        failsafe_mode: true,
+        ..policy()
+    }
+}
+
+/// The view a leader in failsafe mode sees: everyone in the `failsafe` key.
+fn failsafe_view(leader: Option<&str>) -> ClusterView {
+    let mut v = view(leader);
+    v.failsafe = Some(
+        ["a", "b", "c"]
+            .iter()
+            .map(|n| (n.to_string(), format!("http://{n}/patroni")))
+            .collect(),
+    );
+    v
+}
+
+/// `a` leads a primary in failsafe mode since 100 (lease until 127); the store goes away at 110
+/// and the members are asked to confirm: the round's id.
+fn failsafe_round(core: &mut HaCore) -> ActionId {
+    lead(core, at(100));
+    observe_with(
+        core,
+        Some(failsafe_view(Some("a"))),
+        primary(),
+        failsafe(),
+        at(100),
+    );
+    let out = observe_with(core, None, primary(), failsafe(), at(110));
+    let (id, a) = out.last().cloned().expect("a round of confirmations");
+    assert_eq!(
+        a,
+        Action::ConfirmFailsafe {
+            members: vec![
+                ("b".into(), "http://b/patroni".into()),
+                ("c".into(), "http://c/patroni".into())
+            ]
+        }
+    );
+    id
+}
+
+#[test]
+fn a_primary_cut_off_from_the_store_stays_while_every_member_confirms_it() {
+    let mut core = HaCore::new(me());
+    let id = failsafe_round(&mut core);
+    let confirmed = Outcome::Failsafe {
+        refused: vec![],
+        sent_at: at(110),
+    };
+    complete(&mut core, id, confirmed, at(111));
+    // From the round's send time, as a renewal: 110 + 30 − 3.
+    assert_eq!(core.lease_deadline(), Some(at(137)));
+    assert!(core.failsafe_active());
+    assert!(core.message().contains("failsafe mode is enabled"));
+}
+
+#[test]
+fn a_primary_that_one_member_does_not_confirm_stops_at_its_lease_deadline() {
+    let mut core = HaCore::new(me());
+    let id = failsafe_round(&mut core);
+    let refused = Outcome::Failsafe {
+        refused: vec!["c".into()],
+        sent_at: at(110),
+    };
+    complete(&mut core, id, refused, at(111));
+    assert_eq!(core.lease_deadline(), Some(at(127)));
+    assert!(!core.failsafe_active());
+    assert_eq!(
+        actions(&core.step(Input::Tick, at(127))),
+        vec![Action::StopNow]
+    );
+}
+
+#[test]
+fn a_confirmation_answered_after_the_deadline_extends_nothing() {
+    let mut core = HaCore::new(me());
+    let id = failsafe_round(&mut core);
+    let confirmed = Outcome::Failsafe {
+        refused: vec![],
+        sent_at: at(110),
+    };
+    let out = complete(&mut core, id, confirmed, at(128));
+    assert_eq!(actions(&out), vec![Action::StopNow]);
+    assert_eq!(core.lease_deadline(), None);
+}
+
+#[test]
+fn without_failsafe_mode_nobody_is_asked() {
+    let mut core = HaCore::new(me());
+    lead(&mut core, at(100));
+    observe(
+        &mut core,
+        Some(failsafe_view(Some("a"))),
+        primary(),
+        at(100),
+    );
+    let out = observe(&mut core, None, primary(), at(110));
+    assert!(out.is_empty(), "{out:?}");
+}
+
+#[test]
+fn a_failsafe_leader_takes_its_expired_lock_again_when_the_store_returns() {
+    let mut core = HaCore::new(me());
+    let id = failsafe_round(&mut core);
+    let confirmed = Outcome::Failsafe {
+        refused: vec![],
+        sent_at: at(110),
+    };
+    complete(&mut core, id, confirmed, at(111));
+    // The store let the lock expire meanwhile: no leader, and nothing says it was deleted.
+    let out = observe_with(
+        &mut core,
+        Some(failsafe_view(None)),
+        primary(),
+        failsafe(),
+        at(130),
+    );
+    let (lock, a) = out[0].clone();
+    assert_eq!(a, Action::AcquireLock, "{out:?}");
+    let out = complete(&mut core, lock, answered(true, at(130)), at(130));
+    assert!(!actions(&out).contains(&Action::StopNow), "{out:?}");
+    assert_eq!(core.lease_deadline(), Some(at(157)));
+}
+
+#[test]
+fn a_failsafe_leader_whose_lock_another_member_took_stops_at_once() {
+    let mut core = HaCore::new(me());
+    let id = failsafe_round(&mut core);
+    let confirmed = Outcome::Failsafe {
+        refused: vec![],
+        sent_at: at(110),
+    };
+    complete(&mut core, id, confirmed, at(111));
+    let out = observe_with(
+        &mut core,
+        Some(failsafe_view(Some("b"))),
+        primary(),
+        failsafe(),
+        at(130),
+    );
+    assert_eq!(actions(&out), vec![Action::StopNow]);
+}
+
+#[test]
+fn a_leader_publishes_the_failsafe_key_when_the_members_change() {
+    let mut core = HaCore::new(me());
+    lead(&mut core, at(100));
+    let mut v = failsafe_view(Some("a"));
+    v.failsafe.as_mut().unwrap().remove("c");
+    let out = observe_with(&mut core, Some(v), primary(), failsafe(), at(100));
+    let want = failsafe_view(None).failsafe.unwrap();
+    assert!(
+        actions(&out).contains(&Action::WriteFailsafe { value: want }),
+        "{out:?}"
+    );
+}
+
+fn ask_failsafe(core: &mut HaCore, from: &str, now: MonoTime) -> Result<(), String> {
+    let ping = Request::Failsafe {
+        leader: from.into(),
+        ttl: None,
+    };
+    let out = request(core, 9, ping, now);
+    match out.as_slice() {
+        [(id, Action::Answer { result, .. })] => {
+            complete(core, *id, Outcome::Ok, now);
+            result.clone()
+        }
+        _ => panic!("one answer: {out:?}"),
+    }
+}
+
+#[test]
+fn a_replica_that_confirmed_a_leader_does_not_race_for_a_ttl() {
+    let mut core = HaCore::new(me());
+    // Not at start: an agent in failsafe mode holds off for a ttl after its first look.
+    observe(&mut core, Some(view(Some("b"))), replica(Some("b")), at(10));
+    observe_with(
+        &mut core,
+        Some(failsafe_view(Some("b"))),
+        replica(Some("b")),
+        failsafe(),
+        at(50),
+    );
+    assert_eq!(ask_failsafe(&mut core, "b", at(60)), Ok(()));
+    // The store let b's lock expire: no race before 60 + 30.
+    let out = observe_with(
+        &mut core,
+        Some(failsafe_view(None)),
+        replica(Some("b")),
+        failsafe(),
+        at(89),
+    );
+    assert!(out.is_empty(), "{out:?}");
+    assert!(core.message().contains("failsafe"), "{}", core.message());
+    let out = observe_with(
+        &mut core,
+        Some(failsafe_view(None)),
+        replica(Some("b")),
+        failsafe(),
+        at(90),
+    );
+    assert!(
+        matches!(actions(&out).first(), Some(Action::ProbePeers { .. })),
+        "{out:?}"
+    );
+    // Racing now: it confirms nobody until the race is decided.
+    assert!(ask_failsafe(&mut core, "b", at(90)).is_err());
+}
+
+#[test]
+fn a_leader_never_confirms_another() {
+    let mut core = HaCore::new(me());
+    lead(&mut core, at(100));
+    assert_eq!(
+        ask_failsafe(&mut core, "b", at(101)),
+        Err("Running as a leader".into())
+    );
+}
+
+/// `a`, missing from the failsafe key (which lists `b` and `z`, a member without a member
+/// key), probes for the race: the probe's id.
+fn unlisted_race(core: &mut HaCore) -> ActionId {
+    observe(core, Some(view(Some("b"))), replica(Some("b")), at(10));
+    let mut v = failsafe_view(None);
+    let key = v.failsafe.as_mut().unwrap();
+    key.remove("a");
+    key.remove("c");
+    key.insert("z".into(), "http://z/patroni".into());
+    let out = observe_with(core, Some(v), replica(Some("b")), failsafe(), at(50));
+    let (id, a) = out[0].clone();
+    assert_eq!(
+        a,
+        Action::ProbePeers {
+            names: vec!["b".into(), "c".into(), "z".into()]
+        }
+    );
+    id
+}
+
+#[test]
+fn a_member_missing_from_the_failsafe_key_races_only_once_every_listed_member_answered() {
+    let mut core = HaCore::new(me());
+    let probe = unlisted_race(&mut core);
+    let mut report = PeerReport::new();
+    report.insert("b".into(), Some(peer_at(10)));
+    report.insert("c".into(), Some(peer_at(10)));
+    report.insert("z".into(), None);
+    let out = complete(&mut core, probe, Outcome::Peers(report.clone()), at(51));
+    assert!(out.is_empty(), "{out:?}");
+    assert!(core.message().contains("z, which is, did not answer"));
+    // A listed member running as a primary may be a leader kept up by failsafe mode.
+    let probe = unlisted_race(&mut core);
+    let primary_z = PeerFacts {
+        is_primary: true,
+        ..peer_at(10)
+    };
+    report.insert("z".into(), Some(primary_z));
+    let out = complete(&mut core, probe, Outcome::Peers(report.clone()), at(51));
+    assert!(out.is_empty(), "{out:?}");
+    // Every listed member answered as a replica: z is not judged as a racer (it is ahead).
+    let probe = unlisted_race(&mut core);
+    report.insert("z".into(), Some(peer_at(2000)));
+    let out = complete(&mut core, probe, Outcome::Peers(report), at(51));
+    assert_eq!(actions(&out), vec![Action::AcquireLock]);
+}
+
+#[test]
+fn an_agent_in_failsafe_mode_holds_off_for_a_ttl_after_it_starts() {
+    // It may have confirmed a leader just before it restarted: that leader counts on it.
+    let mut core = HaCore::new(me());
+    let out = observe_with(
+        &mut core,
+        Some(failsafe_view(None)),
+        replica(None),
+        failsafe(),
+        at(5),
+    );
+    assert!(out.is_empty(), "{out:?}");
+    let out = observe_with(
+        &mut core,
+        Some(failsafe_view(None)),
+        replica(None),
+        failsafe(),
+        at(35),
+    );
+    assert!(
+        matches!(actions(&out).first(), Some(Action::ProbePeers { .. })),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn an_unanswered_renewal_asks_for_confirmations_even_while_reads_come_from_a_cache() {
+    // A frozen API server: the watch-fed cache still answers reads, renewals time out.
+    let mut core = HaCore::new(me());
+    lead(&mut core, at(100));
+    let out = observe_with(
+        &mut core,
+        Some(failsafe_view(Some("a"))),
+        primary(),
+        failsafe(),
+        at(110),
+    );
+    let (renew, a) = out[0].clone();
+    assert!(matches!(a, Action::RenewLock { .. }), "{out:?}");
+    let unanswered = Outcome::Lock {
+        held: false,
+        answered: false,
+        sent_at: at(110),
+    };
+    let out = complete(&mut core, renew, unanswered, at(113));
+    assert!(
+        matches!(actions(&out).as_slice(), [Action::ConfirmFailsafe { .. }]),
+        "{out:?}"
+    );
+    let confirmed = Outcome::Failsafe {
+        refused: vec![],
+        sent_at: at(113),
+    };
+    complete(&mut core, out[0].0, confirmed, at(113));
+    assert_eq!(core.lease_deadline(), Some(at(140)));
+    assert!(core.failsafe_active());
 }

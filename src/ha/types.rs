@@ -72,6 +72,9 @@ pub struct Policy {
     pub check_timeline: bool,
     /// Synchronous replication.
     pub sync: super::sync::SyncPolicy,
+    /// `failsafe_mode`: a primary cut off from the store keeps running while every member of
+    /// the `failsafe` key confirms it (see `failsafe`).
+    pub failsafe_mode: bool,
     /// How much earlier than the lock could expire the leader stops writing (ha-safety rule 2):
     /// the time an immediate stop takes, clock-rate drift and scheduler lateness.
     pub safety_margin: Duration,

@@ -741,6 +741,71 @@ impl PeerProbe for SimPeers {
         self.me.after(slowest).await;
         report
     }
+
+    /// Each `POST /failsafe` goes to the peer's shell as the real API hands it over (a
+    /// command its HA core answers), through the same lossy links: no answer within 2 s, twice,
+    /// is a refusal.
+    async fn confirm_failsafe(
+        &self,
+        targets: Vec<(String, String)>,
+        body: serde_json::Value,
+    ) -> Vec<String> {
+        self.me.gate().await;
+        let ping = pgwarden::api::FailsafePing {
+            name: body["name"].as_str().unwrap_or_default().to_owned(),
+            ttl: body["ttl"].as_f64().map(Duration::from_secs_f64),
+        };
+        let asks = targets.into_iter().map(|(name, url)| {
+            let ping = ping.clone();
+            async move {
+                for _ in 0..2 {
+                    if self.ask_failsafe(&url, ping.clone()).await {
+                        return None;
+                    }
+                }
+                Some(name)
+            }
+        });
+        let refused = futures::future::join_all(asks).await;
+        self.me.gate().await;
+        refused.into_iter().flatten().collect()
+    }
+}
+
+impl SimPeers {
+    /// One `POST /failsafe` to the member at `url`: accepted within 2 s or not.
+    async fn ask_failsafe(&self, url: &str, ping: pgwarden::api::FailsafePing) -> bool {
+        let sent = self.me.with(|w, who| {
+            let j = url
+                .strip_prefix("http://")
+                .and_then(|u| u.split(':').next())
+                .and_then(|h| w.index_of(h))?;
+            let now = w.now();
+            let p = &w.members[j];
+            if !(p.alive && p.frozen_until <= now && w.peers_linked(who, j)) {
+                return None;
+            }
+            let cmds = w.members[j].cmds.clone()?;
+            Some((cmds, w.latency()?, w.latency()))
+        });
+        let Some((cmds, there, back)) = sent else {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            return false;
+        };
+        let asked = async {
+            tokio::time::sleep(there).await;
+            let (reply, rx) = pgwarden::api::Reply::new();
+            cmds.try_send(pgwarden::api::ApiCommand::Failsafe(ping, reply))
+                .ok()?;
+            let accepted = matches!(rx.await, Ok(Ok(())));
+            tokio::time::sleep(back?).await;
+            Some(accepted)
+        };
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), asked).await,
+            Ok(Some(true))
+        )
+    }
 }
 
 pub struct SimClock {

@@ -198,6 +198,8 @@ pub struct Params {
     /// the version seen) instead of etcd's (a key bound to a session the store expires).
     pub lease_lock: bool,
     pub sync: Sync,
+    /// `failsafe_mode` (drawn last, so that the schedules drawn before it stay as they were).
+    pub failsafe: bool,
 }
 
 impl Params {
@@ -293,6 +295,7 @@ impl Params {
             tags,
             lease_lock: rng.random_bool(0.5),
             sync: Sync::random(rng),
+            failsafe: rng.random_bool(0.5),
         }
     }
 }

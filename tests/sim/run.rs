@@ -161,7 +161,8 @@ bootstrap:
     loop_wait: {loop_wait}
     retry_timeout: {retry}
     maximum_lag_on_failover: 1048576
-{sync}    postgresql:
+{sync}    failsafe_mode: {failsafe}
+    postgresql:
       use_slots: true
       use_pg_rewind: true
 postgresql:
@@ -185,6 +186,7 @@ watchdog:
         nofailover = tags.nofailover,
         priority = tags.failover_priority,
         sync = w.params.sync.yaml(),
+        failsafe = w.params.failsafe,
     );
     pgwarden::config::load_from_str(&yaml).expect("the simulation's configuration is valid")
 }
@@ -419,6 +421,9 @@ fn inject(w: &Shared, raw: &Arc<Mutex<MemStore>>, f: Fault) {
             let cmd = match request {
                 Request::Restart => ApiCommand::Restart(reply),
                 Request::Reinitialize => ApiCommand::Reinitialize(reply),
+                Request::Failsafe { leader, ttl } => {
+                    ApiCommand::Failsafe(pgwarden::api::FailsafePing { name: leader, ttl }, reply)
+                }
             };
             let _ = cmds.try_send(cmd);
         }

@@ -252,11 +252,12 @@ impl World {
     pub fn write_config(&mut self) {
         let t = self.timings;
         let json = format!(
-            r#"{{"ttl": {}, "loop_wait": {}, "retry_timeout": {}, "maximum_lag_on_failover": 1048576, "pause": {}, {}"postgresql": {{"use_slots": true, "use_pg_rewind": true}}}}"#,
+            r#"{{"ttl": {}, "loop_wait": {}, "retry_timeout": {}, "maximum_lag_on_failover": 1048576, "pause": {}, "failsafe_mode": {}, {}"postgresql": {{"use_slots": true, "use_pg_rewind": true}}}}"#,
             t.ttl.as_secs(),
             t.loop_wait.as_secs(),
             t.retry_timeout.as_secs(),
             self.pause > 0,
+            self.params.failsafe,
             self.params.sync.json(),
         );
         self.store.edit(|s, now| s.put("config", &json, None, now));
@@ -384,7 +385,11 @@ impl World {
             ));
         }
         let deleted = self.deleted_holder.as_deref() == Some(name.as_str());
-        if holder.as_deref() != Some(name.as_str()) && !deleted {
+        // Failsafe mode keeps a leader cut off from the store writable after the store let its
+        // lock expire, within the deadline its members' confirmations gave it (checked above);
+        // never while the store names another holder.
+        let failsafe = self.params.failsafe && holder.is_none();
+        if holder.as_deref() != Some(name.as_str()) && !deleted && !failsafe {
             return self.fail(format!("{name} writable while the lock is {holder:?}"));
         }
         // In a synchronous mode, the leader holds every commit a client was told of.
