@@ -251,6 +251,75 @@ async fn three_members_fail_over_switch_over_and_restart_on_kubernetes() {
 
 /// Cut off from the store, the leader stops taking writes on its own (it cannot renew), and
 /// when the store comes back the cluster has exactly one primary again.
+/// A rolling restart, as Kubernetes does one: SIGTERM to every member in turn, highest
+/// ordinal first, each restarted once it has exited. Every agent exits cleanly; the leader's
+/// SIGTERM hands over to another member, which takes writes;
+/// after the roll the three members stream from one leader and every row is there.
+async fn a_rolling_restart_keeps_the_cluster_whole(backend: Backend) {
+    let Some(mut c) = Cluster::start(backend, "itroll", 3, FAILOVER).await else {
+        return;
+    };
+    let (l, _) = c.healthy(LONG).await;
+    c.sql(l, "CREATE TABLE r (id int primary key)")
+        .await
+        .expect("write on the leader");
+    let mut rows = 0;
+    for i in (0..3).rev() {
+        let leader = c.leader().await.expect("a leader");
+        let name = c.members[i].name.clone();
+        let st = c.terminate(i).expect("member was running");
+        assert!(st.success(), "clean shutdown of {name}: {st:?}");
+        if leader == name {
+            let next = c
+                .wait_for("a leader after the leader's SIGTERM", LONG, || async {
+                    c.leader().await.filter(|n| *n != name)
+                })
+                .await;
+            let n = c.index(&next);
+            rows += 1;
+            c.wait_for(&format!("writes on {next}"), LONG, || async {
+                c.sql(n, &format!("INSERT INTO r VALUES ({rows})"))
+                    .await
+                    .ok()
+            })
+            .await;
+        }
+        c.spawn(i);
+        // Its own REST API, not its member key (which may still be the last incarnation's).
+        c.wait_for(&format!("{name} back as a replica"), LONG, || async {
+            let (code, _) = c.api(i, Method::GET, "/replica", None).await;
+            (code == 200).then_some(())
+        })
+        .await;
+        let (l, replicas) = c.healthy(LONG).await;
+        assert_eq!(replicas.len(), 2, "{name} back as a streaming replica");
+        rows += 1;
+        c.sql(l, &format!("INSERT INTO r VALUES ({rows})"))
+            .await
+            .expect("write after the restart");
+    }
+    let (l, replicas) = c.healthy(LONG).await;
+    for i in replicas.into_iter().chain([l]) {
+        c.wait_for(&format!("every row on member {i}"), LONG, || async {
+            c.sql(i, "SELECT count(*) FROM r")
+                .await
+                .ok()
+                .filter(|r| *r == vec![rows.to_string()])
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_keeps_the_cluster_whole_on_etcd() {
+    a_rolling_restart_keeps_the_cluster_whole(Backend::Etcd).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_keeps_the_cluster_whole_on_kubernetes() {
+    a_rolling_restart_keeps_the_cluster_whole(Backend::Kubernetes(ControlPlane::Shared)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_cut_off_from_the_store_stops_writing_then_recovers() {
     let Some(mut c) = Cluster::start(Backend::Etcd, "itstore", 3, T).await else {

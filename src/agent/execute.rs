@@ -287,7 +287,8 @@ impl Agent {
     fn spawn_task(&mut self, id: ActionId, task: Action) {
         let pg = self.pg.clone();
         let tx = self.tasks_tx.clone();
-        let stop_timeout = self.cfg.postgresql.pg_ctl_timeout;
+        let primary = self.seen.status.as_ref().is_some_and(|s| !s.in_recovery);
+        let stop_timeout = super::settings::stop_timeout(&self.cfg, &self.dynamic, primary);
         let slot = self.my_slot();
         let leased = Leased {
             until: self.lease_until.clone(),

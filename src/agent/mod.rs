@@ -348,6 +348,8 @@ impl Agent {
                     self.execute(actions).await;
                 }
                 r = &mut call => return r.ok(),
+                // (A `Wake` taken here needs nothing more: the cycle under way, or the store
+                // change the API made, which wakes the loop anyway, sees what it was for.)
                 Some(cmd) = self.cmds.recv() => {
                     self.command(cmd).await;
                 }

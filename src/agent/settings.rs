@@ -43,7 +43,23 @@ pub fn policy(cfg: &Config, dynamic: &DynamicConfig) -> Policy {
             maximum_lag_on_syncnode: dynamic.maximum_lag_on_syncnode,
         },
         failsafe_mode: dynamic.failsafe_mode,
+        primary_start_timeout: dynamic.primary_start_timeout,
         safety_margin: Policy::default_margin(dynamic.ttl),
+    }
+}
+
+/// How long a fast stop may take before the postmaster is killed: `pg_ctl_timeout`, or for a
+/// primary in a synchronous mode `primary_stop_timeout` when set and shorter (Patroni's
+/// meaning: a stop waiting on a synchronous standby that is gone must not hang the hand-over;
+/// every acknowledged commit is on a synchronous standby already).
+pub fn stop_timeout(cfg: &Config, dynamic: &DynamicConfig, primary: bool) -> std::time::Duration {
+    let pg_ctl = cfg.postgresql.pg_ctl_timeout;
+    let bound = dynamic.primary_stop_timeout;
+    let sync = dynamic.synchronous_mode != config::SyncMode::Off;
+    if primary && sync && !bound.is_zero() {
+        pg_ctl.min(bound)
+    } else {
+        pg_ctl
     }
 }
 
@@ -178,5 +194,28 @@ mod tests {
         );
         let v: serde_json::Value = serde_json::json!({"checkpoint": "fast"});
         assert_eq!(basebackup_args(Some(&v)), vec!["--checkpoint=fast"]);
+    }
+
+    #[test]
+    fn primary_stop_timeout_bounds_a_primarys_stop_in_synchronous_modes_only() {
+        use std::time::Duration;
+        let cfg = crate::config::load_from_str(
+            "scope: s\nname: m\nrestapi: {listen: ':8008', connect_address: 'h:8008'}\n\
+             etcd3: {hosts: ['h:2379']}\n\
+             postgresql: {listen: ':5432', connect_address: 'h:5432', data_dir: /d, \
+             pg_ctl_timeout: 60, authentication: {superuser: {username: postgres}, \
+             replication: {username: r}}}\n",
+        )
+        .expect("config");
+        let d = |json: serde_json::Value| {
+            DynamicConfig::from_json(json.as_object().expect("an object")).expect("dynamic")
+        };
+        let sync = d(serde_json::json!({"synchronous_mode": true, "primary_stop_timeout": 5}));
+        let off = d(serde_json::json!({"primary_stop_timeout": 5}));
+        let unset = d(serde_json::json!({"synchronous_mode": true}));
+        assert_eq!(stop_timeout(&cfg, &sync, true), Duration::from_secs(5));
+        assert_eq!(stop_timeout(&cfg, &sync, false), Duration::from_secs(60));
+        assert_eq!(stop_timeout(&cfg, &off, true), Duration::from_secs(60));
+        assert_eq!(stop_timeout(&cfg, &unset, true), Duration::from_secs(60));
     }
 }

@@ -76,6 +76,9 @@ impl HaCore {
         if holder && self.watchdog_demotes(now, out) {
             return;
         }
+        if holder && self.start_timed_out(&obs, view, now, out) {
+            return;
+        }
         if let Some((_, task, _)) = &self.task {
             let what = task_name(task);
             if holder {
@@ -261,6 +264,9 @@ impl HaCore {
                         now,
                         out,
                     );
+                } else if self.holds_lock(now)
+                    && self.crashed_primary_hands_over(obs, view, now, out)
+                {
                 } else if self.holds_lock(now) {
                     match self.watchdog_gate(obs, now) {
                         Gate::Go => {

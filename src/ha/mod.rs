@@ -25,6 +25,7 @@ mod action;
 mod cycle;
 mod failsafe;
 pub mod race;
+mod recovery;
 mod requests;
 pub mod switchover;
 pub mod sync;
@@ -39,6 +40,10 @@ pub use types::{
     Countdown, DataDir, Identity, MonoTime, Observation, PeerFacts, PeerReport, PgFacts, Policy,
     WatchdogState,
 };
+
+/// How long at most a member that released the lock in its shutdown stays to tell racers it
+/// is no longer a primary (see `HaCore::handover_until`).
+const HANDOVER_WAIT: Duration = Duration::from_secs(10);
 
 /// Why an action was sent, so its outcome can be acted upon.
 #[derive(Debug, Clone, PartialEq)]
@@ -152,6 +157,11 @@ pub struct HaCore {
     /// out of the `sync` key before PostgreSQL stops, so commits neither wait for it nor lose
     /// their synchronous copy unannounced.
     sync_release_until: Option<MonoTime>,
+    /// Shutting down after releasing the lock: the agent stays (its REST API answering that
+    /// PostgreSQL is stopped) until the store names another leader, or until then. A racer
+    /// takes a lock its holder released only once the holder has said it is not a primary;
+    /// an agent gone at once would make them wait for the released lock's ttl.
+    handover_until: Option<MonoTime>,
     /// Failsafe mode: the key, the confirmations asked and given.
     failsafe: failsafe::FailsafeState,
     /// Shutdown requested.
@@ -202,6 +212,7 @@ impl HaCore {
             sync_names_set_at: None,
             sync_revoked: false,
             sync_release_until: None,
+            handover_until: None,
             failsafe: Default::default(),
             shutting_down: false,
             pg_started: false,
@@ -239,7 +250,7 @@ impl HaCore {
 
     /// Shutting down, the core waits for news from the store: the shell keeps observing.
     pub fn wants_observation(&self) -> bool {
-        self.sync_release_until.is_some()
+        self.sync_release_until.is_some() || self.handover_until.is_some()
     }
 
     /// After a shutdown: everything is stopped and released.
@@ -262,6 +273,7 @@ impl HaCore {
             self.lease_deadline,
             self.scheduled_wake,
             self.sync_release_until,
+            self.handover_until,
         ]
         .into_iter()
         .flatten()
@@ -634,6 +646,21 @@ impl HaCore {
             }
         }
         if promoting {
+            // The replicas follow as soon as the store names us; a slot missing then refuses
+            // their first connection, and PostgreSQL retries only 5 s later, while a strict
+            // synchronous mode's commits wait for them. Made on the standby, before it ends.
+            if let Some(o) = &self.last
+                && o.policy.use_slots
+                && let Some(view) = &o.dcs
+            {
+                let members = view
+                    .members
+                    .keys()
+                    .filter(|n| **n != self.me.name)
+                    .cloned()
+                    .collect();
+                self.emit(Action::EnsureSlots { members }, Purpose::Other, now, out);
+            }
             self.emit(Action::Promote, Purpose::Task, now, out);
             return;
         }
@@ -833,6 +860,11 @@ impl HaCore {
             .filter(|l| l.name == self.me.name)
             .map(|l| l.version.clone());
         self.released = version.clone();
+        if self.shutting_down {
+            let ttl = self.last.as_ref().map_or(Duration::ZERO, |o| o.policy.ttl);
+            let until = now + ttl.min(HANDOVER_WAIT);
+            self.handover_until.get_or_insert(until);
+        }
         self.emit(Action::ReleaseLock { version }, Purpose::Other, now, out);
     }
 
@@ -854,6 +886,7 @@ impl HaCore {
     /// While leaving the synchronous standbys before a stop: the stop goes on once the key no
     /// longer lists us (or there is no leader to ask), or at the bound.
     fn sync_release_step(&mut self, now: MonoTime, out: &mut Vec<(ActionId, Action)>) {
+        self.handover_step(now);
         let Some(until) = self.sync_release_until else {
             return;
         };
@@ -866,7 +899,11 @@ impl HaCore {
     }
 
     fn shutdown_step(&mut self, now: MonoTime, out: &mut Vec<(ActionId, Action)>) {
-        if self.task.is_some() || self.finished || self.sync_release_until.is_some() {
+        if self.task.is_some()
+            || self.finished
+            || self.sync_release_until.is_some()
+            || self.handover_until.is_some()
+        {
             return;
         }
         let up = self.pg_started || self.last.as_ref().is_some_and(|o| o.pg.up);
@@ -878,6 +915,27 @@ impl HaCore {
         if self.lease_deadline.is_some() {
             self.release(now, out);
         }
+        if self.handover_until.is_none() {
+            self.finished = true;
+        }
+    }
+
+    /// After releasing the lock in a shutdown: done once the store names another leader, or
+    /// at the bound.
+    fn handover_step(&mut self, now: MonoTime) {
+        let Some(until) = self.handover_until else {
+            return;
+        };
+        let taken = self
+            .last
+            .as_ref()
+            .and_then(|o| o.dcs.as_ref())
+            .and_then(|v| v.leader.as_ref())
+            .is_some_and(|l| l.name != self.me.name);
+        if now < until && !taken {
+            return;
+        }
+        self.handover_until = None;
         self.finished = true;
     }
 }

@@ -391,6 +391,7 @@ mod tests {
             check_timeline: false,
             sync: Default::default(),
             failsafe_mode: false,
+            primary_start_timeout: Duration::from_secs(300),
             safety_margin: Duration::from_secs(3),
         }
     }

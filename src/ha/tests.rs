@@ -31,6 +31,7 @@ fn policy() -> Policy {
         check_timeline: false,
         sync: Default::default(),
         failsafe_mode: false,
+        primary_start_timeout: Duration::from_secs(300),
         safety_margin: 3 * S,
     }
 }
@@ -1367,15 +1368,24 @@ fn failsafe_round(core: &mut HaCore) -> ActionId {
     id
 }
 
+/// Every member confirmed the round sent at `sent_at`.
+fn confirmed_at(sent_at: MonoTime) -> Outcome {
+    Outcome::Failsafe {
+        refused: vec![],
+        sent_at,
+    }
+}
+
+/// [`failsafe_round`], confirmed by every member at 111.
+fn failsafe_confirmed(core: &mut HaCore) {
+    let id = failsafe_round(core);
+    complete(core, id, confirmed_at(at(110)), at(111));
+}
+
 #[test]
 fn a_primary_cut_off_from_the_store_stays_while_every_member_confirms_it() {
     let mut core = HaCore::new(me());
-    let id = failsafe_round(&mut core);
-    let confirmed = Outcome::Failsafe {
-        refused: vec![],
-        sent_at: at(110),
-    };
-    complete(&mut core, id, confirmed, at(111));
+    failsafe_confirmed(&mut core);
     // From the round's send time, as a renewal: 110 + 30 − 3.
     assert_eq!(core.lease_deadline(), Some(at(137)));
     assert!(core.failsafe_active());
@@ -1403,11 +1413,7 @@ fn a_primary_that_one_member_does_not_confirm_stops_at_its_lease_deadline() {
 fn a_confirmation_answered_after_the_deadline_extends_nothing() {
     let mut core = HaCore::new(me());
     let id = failsafe_round(&mut core);
-    let confirmed = Outcome::Failsafe {
-        refused: vec![],
-        sent_at: at(110),
-    };
-    let out = complete(&mut core, id, confirmed, at(128));
+    let out = complete(&mut core, id, confirmed_at(at(110)), at(128));
     assert_eq!(actions(&out), vec![Action::StopNow]);
     assert_eq!(core.lease_deadline(), None);
 }
@@ -1429,12 +1435,7 @@ fn without_failsafe_mode_nobody_is_asked() {
 #[test]
 fn a_failsafe_leader_takes_its_expired_lock_again_when_the_store_returns() {
     let mut core = HaCore::new(me());
-    let id = failsafe_round(&mut core);
-    let confirmed = Outcome::Failsafe {
-        refused: vec![],
-        sent_at: at(110),
-    };
-    complete(&mut core, id, confirmed, at(111));
+    failsafe_confirmed(&mut core);
     // The store let the lock expire meanwhile: no leader, and nothing says it was deleted.
     let out = observe_with(
         &mut core,
@@ -1453,12 +1454,7 @@ fn a_failsafe_leader_takes_its_expired_lock_again_when_the_store_returns() {
 #[test]
 fn a_failsafe_leader_whose_lock_another_member_took_stops_at_once() {
     let mut core = HaCore::new(me());
-    let id = failsafe_round(&mut core);
-    let confirmed = Outcome::Failsafe {
-        refused: vec![],
-        sent_at: at(110),
-    };
-    complete(&mut core, id, confirmed, at(111));
+    failsafe_confirmed(&mut core);
     let out = observe_with(
         &mut core,
         Some(failsafe_view(Some("b"))),
@@ -1642,11 +1638,132 @@ fn an_unanswered_renewal_asks_for_confirmations_even_while_reads_come_from_a_cac
         matches!(actions(&out).as_slice(), [Action::ConfirmFailsafe { .. }]),
         "{out:?}"
     );
-    let confirmed = Outcome::Failsafe {
-        refused: vec![],
-        sent_at: at(113),
-    };
-    complete(&mut core, out[0].0, confirmed, at(113));
+    complete(&mut core, out[0].0, confirmed_at(at(113)), at(113));
     assert_eq!(core.lease_deadline(), Some(at(140)));
     assert!(core.failsafe_active());
+}
+
+/// The store's view of a cluster led by `a` whose replicas `b` and `c` run and stream.
+fn view_with_running_replicas() -> ClusterView {
+    let mut v = view(Some("a"));
+    for (n, m) in v.members.iter_mut() {
+        m.state = Some("running".into());
+        m.xlog_location = Some(if n == "a" { 1000 } else { 990 });
+    }
+    v.status = Some(crate::dcs::Status {
+        optime: 1000,
+        ..Default::default()
+    });
+    v
+}
+
+fn start_timeout(secs: u64) -> Policy {
+    Policy {
+        primary_start_timeout: Duration::from_secs(secs),
+        ..policy()
+    }
+}
+
+#[test]
+fn with_primary_start_timeout_0_a_crashed_primary_hands_over_instead_of_restarting() {
+    let mut core = HaCore::new(me());
+    lead(&mut core, at(100));
+    let out = observe_with(
+        &mut core,
+        Some(view_with_running_replicas()),
+        down(primary()),
+        start_timeout(0),
+        at(101),
+    );
+    assert!(actions(&out).contains(&release_1()), "{out:?}");
+    assert!(
+        !actions(&out)
+            .iter()
+            .any(|a| matches!(a, Action::StartPrimary { .. })),
+        "{out:?}"
+    );
+    // Nobody could take over: it restarts, whatever the timeout.
+    let mut core = HaCore::new(me());
+    lead(&mut core, at(100));
+    let out = observe_with(
+        &mut core,
+        Some(view(Some("a"))),
+        down(primary()),
+        start_timeout(0),
+        at(101),
+    );
+    assert!(
+        actions(&out).contains(&Action::StartPrimary {
+            bootstrapped: false
+        }),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_start_as_the_primary_that_outlasts_primary_start_timeout_is_stopped_and_handed_over() {
+    let mut core = HaCore::new(me());
+    lead(&mut core, at(100));
+    let v = view_with_running_replicas();
+    let out = observe_with(
+        &mut core,
+        Some(v.clone()),
+        down(primary()),
+        start_timeout(5),
+        at(101),
+    );
+    assert!(
+        actions(&out).contains(&Action::StartPrimary {
+            bootstrapped: false
+        }),
+        "{out:?}"
+    );
+    let out = observe_with(
+        &mut core,
+        Some(v.clone()),
+        down(primary()),
+        start_timeout(5),
+        at(105),
+    );
+    assert!(!actions(&out).contains(&Action::StopNow), "{out:?}");
+    let out = observe_with(
+        &mut core,
+        Some(v),
+        down(primary()),
+        start_timeout(5),
+        at(106),
+    );
+    assert_eq!(actions(&out), vec![Action::StopNow]);
+    assert_eq!(core.lease_deadline(), None);
+}
+
+#[test]
+fn a_leader_shutting_down_stays_until_another_member_holds_the_lock() {
+    // Racers take a released lock only once its holder has said it is not a primary: an
+    // agent that exited at once would make them wait for the lock's ttl.
+    let mut core = HaCore::new(me());
+    lead(&mut core, at(100));
+    observe(&mut core, Some(view(Some("a"))), primary(), at(100));
+    let out = core.step(Input::Shutdown, at(101));
+    let (stop, a) = out[0].clone();
+    assert_eq!(a, Action::StopGraceful);
+    let out = complete(&mut core, stop, Outcome::Ok, at(102));
+    assert_eq!(actions(&out), vec![release_1()]);
+    complete(&mut core, out[0].0, Outcome::Ok, at(102));
+    assert!(!core.is_finished() && core.wants_observation());
+    observe(&mut core, Some(view(None)), down(primary()), at(103));
+    assert!(!core.is_finished(), "nobody holds the lock yet");
+    observe(&mut core, Some(view(Some("b"))), down(primary()), at(104));
+    assert!(core.is_finished());
+    // Nobody takes over: it goes at the bound (10 s, or ttl if shorter).
+    let mut core = HaCore::new(me());
+    lead(&mut core, at(100));
+    observe(&mut core, Some(view(Some("a"))), primary(), at(100));
+    let out = core.step(Input::Shutdown, at(101));
+    let out = complete(&mut core, out[0].0, Outcome::Ok, at(102));
+    complete(&mut core, out[0].0, Outcome::Ok, at(102));
+    core.step(Input::Tick, at(111));
+    assert!(!core.is_finished());
+    core.step(Input::Tick, at(112));
+    assert!(core.is_finished());
 }

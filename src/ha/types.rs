@@ -72,6 +72,9 @@ pub struct Policy {
     pub check_timeline: bool,
     /// Synchronous replication.
     pub sync: super::sync::SyncPolicy,
+    /// `primary_start_timeout`: how long a leader's start as the primary may take before it
+    /// hands over to a member that could take over (0: hand over at once after a crash).
+    pub primary_start_timeout: Duration,
     /// `failsafe_mode`: a primary cut off from the store keeps running while every member of
     /// the `failsafe` key confirms it (see `failsafe`).
     pub failsafe_mode: bool,

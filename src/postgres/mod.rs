@@ -279,8 +279,20 @@ impl Postgres {
         if !self.is_running() {
             return Err(PgError::NotRunning);
         }
-        let in_recovery = query::status(&self.settings).await.map(|s| s.in_recovery);
-        if in_recovery.as_ref().map_or(true, |r| *r) {
+        // A server still in crash recovery refuses connections ("the database system is
+        // starting up") until it reaches a consistent state: wait for it rather than fail the
+        // promotion (and give the lock up, and start again) over and over.
+        let until = Instant::now() + self.settings.pg_ctl_timeout;
+        let in_recovery = loop {
+            match query::status(&self.settings).await {
+                Ok(s) => break Some(s.in_recovery),
+                Err(_) if Instant::now() < until && self.is_running() => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(_) => break None,
+            }
+        };
+        if in_recovery.unwrap_or(true) {
             match query::promote(&self.settings, 60).await? {
                 true => {}
                 false => {

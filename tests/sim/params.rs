@@ -200,6 +200,8 @@ pub struct Params {
     pub sync: Sync,
     /// `failsafe_mode` (drawn last, so that the schedules drawn before it stay as they were).
     pub failsafe: bool,
+    /// `primary_start_timeout` in seconds (0: a crashed primary hands over at once).
+    pub primary_start_timeout: u64,
 }
 
 impl Params {
@@ -296,6 +298,7 @@ impl Params {
             lease_lock: rng.random_bool(0.5),
             sync: Sync::random(rng),
             failsafe: rng.random_bool(0.5),
+            primary_start_timeout: [0, 3, 300, 300][rng.random_range(0..4)],
         }
     }
 }

@@ -113,7 +113,13 @@ pub fn run_seed(seed: u64, verbose: bool) -> Outcome {
                 // Liveness: with everything healed and connected, a leader that takes writes
                 // exists within ttl + loop_wait (plus promotion and probing peers) of the heal,
                 // or of the last agent start after it.
-                let bound = max_ttl + max_loop_wait + Duration::from_secs(5);
+                let mut bound = max_ttl + max_loop_wait + Duration::from_secs(5);
+                if g.params.failsafe {
+                    // An agent in failsafe mode holds off for a ttl from its first look at
+                    // the store, which its start-up wait for the store (a read of up to 10 s,
+                    // then 5 s between tries) may put 15 s after its start.
+                    bound += max_ttl + Duration::from_secs(15);
+                }
                 let healed = heal_at.max(g.last_agent_start);
                 match g.leader_seen_after_heal {
                     Some(t) if t <= healed + bound => Ok(()),
@@ -162,6 +168,7 @@ bootstrap:
     retry_timeout: {retry}
     maximum_lag_on_failover: 1048576
 {sync}    failsafe_mode: {failsafe}
+    primary_start_timeout: {start_timeout}
     postgresql:
       use_slots: true
       use_pg_rewind: true
@@ -187,6 +194,7 @@ watchdog:
         priority = tags.failover_priority,
         sync = w.params.sync.yaml(),
         failsafe = w.params.failsafe,
+        start_timeout = w.params.primary_start_timeout,
     );
     pgwarden::config::load_from_str(&yaml).expect("the simulation's configuration is valid")
 }

@@ -91,6 +91,29 @@ impl Drop for KubernetesDcs {
 }
 
 impl KubernetesDcs {
+    /// Replaces the Lease this member holds with `change(lease)`, as a compare-and-set on the
+    /// `resourceVersion` it last wrote or saw; `Ok(false)` when the Lease does not name it. One
+    /// retry: a 409 with the Lease still ours means only our cached version was old. The answer
+    /// is the base of the next write.
+    async fn rewrite_held_lease(&self, change: impl Fn(&Lease) -> Lease) -> Result<bool, DcsError> {
+        let mut mine = self.mine.lock().await;
+        let mut base = self.base_lease(&mine);
+        for _ in 0..2 {
+            let Some(cur) = base.take() else {
+                return Ok(false);
+            };
+            if lease::holder_of(&cur) != Some(self.name.as_str()) {
+                mine.lease = None;
+                return Ok(false);
+            }
+            if let Some(l) = self.replace_lease(&change(&cur)).await? {
+                mine.lease = Some(l);
+                return Ok(true);
+            }
+            base = self.read_lease().await?;
+        }
+        Ok(false)
+    }
     /// Builds the client (in-cluster or `KUBECONFIG`) and starts the watches.
     pub async fn connect(s: KubernetesSettings) -> Result<KubernetesDcs, DcsError> {
         let client = auth::client().await?;
@@ -524,30 +547,16 @@ impl Dcs for KubernetesDcs {
     }
 
     async fn update_leader(&self, status: Option<&Status>) -> Result<bool, DcsError> {
-        self.run("update leader lock", async {
-            let mut mine = self.mine.lock().await;
-            let mut base = self.base_lease(&mine);
-            // One retry: a 409 with the Lease still ours means only our cached version was old.
-            for _ in 0..2 {
-                let Some(cur) = base.take() else {
-                    return Ok(false);
-                };
-                if lease::holder_of(&cur) != Some(self.name.as_str()) {
-                    mine.lease = None;
-                    return Ok(false);
-                }
-                let mut next = lease::taken(&cur, &self.name, self.ttl(), Timestamp::now(), true);
+        self.run(
+            "update leader lock",
+            self.rewrite_held_lease(|cur| {
+                let mut next = lease::taken(cur, &self.name, self.ttl(), Timestamp::now(), true);
                 if let Some(s) = status {
                     lease::set_status(&mut next, s);
                 }
-                if let Some(l) = self.replace_lease(&next).await? {
-                    mine.lease = Some(l);
-                    return Ok(true);
-                }
-                base = self.read_lease().await?;
-            }
-            Ok(false)
-        })
+                next
+            }),
+        )
         .await
     }
 
@@ -596,26 +605,14 @@ impl Dcs for KubernetesDcs {
     async fn set_failsafe(&self, value: &BTreeMap<String, String>) -> Result<bool, DcsError> {
         let json = serde_json::to_string(value)
             .map_err(|e| DcsError::Failed(format!("set failsafe: {e}")))?;
-        self.run("set failsafe", async {
-            let mut mine = self.mine.lock().await;
-            let mut base = self.base_lease(&mine);
-            for _ in 0..2 {
-                let Some(mut next) = base.take() else {
-                    return Ok(false);
-                };
-                if lease::holder_of(&next) != Some(self.name.as_str()) {
-                    mine.lease = None;
-                    return Ok(false);
-                }
+        self.run(
+            "set failsafe",
+            self.rewrite_held_lease(|cur| {
+                let mut next = cur.clone();
                 lease::set_failsafe(&mut next, &json);
-                if let Some(l) = self.replace_lease(&next).await? {
-                    mine.lease = Some(l);
-                    return Ok(true);
-                }
-                base = self.read_lease().await?;
-            }
-            Ok(false)
-        })
+                next
+            }),
+        )
         .await
     }
 
