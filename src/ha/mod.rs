@@ -926,13 +926,21 @@ impl HaCore {
         let Some(until) = self.handover_until else {
             return;
         };
-        let taken = self
-            .last
-            .as_ref()
-            .and_then(|o| o.dcs.as_ref())
+        let Some(o) = &self.last else { return };
+        let view = o.dcs.as_ref();
+        let taken = view
             .and_then(|v| v.leader.as_ref())
             .is_some_and(|l| l.name != self.me.name);
-        if now < until && !taken {
+        // In a synchronous mode whose key lets nobody take over (it was changing when the stop
+        // came), nobody will race: staying would only delay the restart that brings this
+        // member back as the one that may lead.
+        let nobody = o.policy.sync.mode != crate::config::SyncMode::Off
+            && view.and_then(|v| v.sync.as_ref()).is_some_and(|s| {
+                let quorum = s.value.quorum.unwrap_or(0) as usize;
+                let others = s.value.members().into_iter();
+                others.filter(|n| *n != self.me.name).count() < quorum + 1
+            });
+        if now < until && !taken && !nobody {
             return;
         }
         self.handover_until = None;
