@@ -13,7 +13,8 @@ impl HaCore {
     /// Runs one cycle on `self.last`.
     pub(super) fn cycle(&mut self, now: MonoTime, out: &mut Vec<(super::ActionId, Action)>) {
         let Some(obs) = self.last.clone() else { return };
-        if self.shutting_down {
+        // Shutting down, only a synchronous leader waiting for its key to settle still leads.
+        if self.shutting_down && self.sync_settle_until.is_none() {
             return;
         }
         self.scheduled_wake = None;

@@ -45,6 +45,10 @@ pub use types::{
 /// is no longer a primary (see `HaCore::handover_until`).
 const HANDOVER_WAIT: Duration = Duration::from_secs(10);
 
+/// How long at most a synchronous leader told to stop goes on leading for its `sync` key to
+/// name a standby that may take over (see `HaCore::sync_settle_until`); half the ttl if less.
+const SYNC_SETTLE_WAIT: Duration = Duration::from_secs(5);
+
 /// Why an action was sent, so its outcome can be acted upon.
 #[derive(Debug, Clone, PartialEq)]
 enum Purpose {
@@ -162,6 +166,10 @@ pub struct HaCore {
     /// takes a lock its holder released only once the holder has said it is not a primary;
     /// an agent gone at once would make them wait for the released lock's ttl.
     handover_until: Option<MonoTime>,
+    /// A synchronous leader told to stop while its `sync` key lets nobody take over (it was
+    /// moving the key to a new standby): it goes on leading, steering the key, until the key
+    /// names a member that may take over, or until then; only then does it stop.
+    sync_settle_until: Option<MonoTime>,
     /// Failsafe mode: the key, the confirmations asked and given.
     failsafe: failsafe::FailsafeState,
     /// Shutdown requested.
@@ -213,6 +221,7 @@ impl HaCore {
             sync_revoked: false,
             sync_release_until: None,
             handover_until: None,
+            sync_settle_until: None,
             failsafe: Default::default(),
             shutting_down: false,
             pg_started: false,
@@ -250,7 +259,9 @@ impl HaCore {
 
     /// Shutting down, the core waits for news from the store: the shell keeps observing.
     pub fn wants_observation(&self) -> bool {
-        self.sync_release_until.is_some() || self.handover_until.is_some()
+        self.sync_release_until.is_some()
+            || self.handover_until.is_some()
+            || self.sync_settle_until.is_some()
     }
 
     /// After a shutdown: everything is stopped and released.
@@ -274,6 +285,7 @@ impl HaCore {
             self.scheduled_wake,
             self.sync_release_until,
             self.handover_until,
+            self.sync_settle_until,
         ]
         .into_iter()
         .flatten()
@@ -324,6 +336,18 @@ impl HaCore {
                         .map_or(Duration::ZERO, |o| o.policy.loop_wait);
                     self.sync_release_until = Some(now + 2 * loop_wait);
                     self.emit(Action::ReleaseSync, Purpose::Other, now, &mut out);
+                } else if self.holds_lock(now)
+                    && self
+                        .last
+                        .as_ref()
+                        .is_some_and(|o| o.pg.in_recovery == Some(false))
+                    && self.sync_key_lets_nobody_take_over()
+                {
+                    self.message = "shutting down: waiting for the sync key to name a standby \
+                                    that may take over"
+                        .into();
+                    let ttl = self.last.as_ref().map_or(Duration::ZERO, |o| o.policy.ttl);
+                    self.sync_settle_until = Some(now + (ttl / 2).min(SYNC_SETTLE_WAIT));
                 } else {
                     self.shutdown_step(now, &mut out);
                 }
@@ -638,6 +662,20 @@ impl HaCore {
                     .into();
                 return;
             };
+            // The key may have changed since the race judged it (a revocation declined for a
+            // newer version says so): promote only under a key that still lets us take over,
+            // unless the operator named us in a failover.
+            let named = view.failover.as_ref().is_some_and(|f| {
+                f.value.member.as_deref() == Some(self.me.name.as_str()) && f.value.leader.is_none()
+            });
+            if promoting && !named && !race::may_take_over(&self.me.name, view, o.policy.sync.mode)
+            {
+                self.message = "the sync key no longer lets this member take over: giving the \
+                                lock back unpromoted"
+                    .into();
+                self.release_now(now, out);
+                return;
+            }
             if let Some(value) = sync::revocation(&self.me.name, &o.policy.sync, view) {
                 self.message =
                     "revoking the synchronous standbys before becoming the primary".into();
@@ -887,6 +925,12 @@ impl HaCore {
     /// longer lists us (or there is no leader to ask), or at the bound.
     fn sync_release_step(&mut self, now: MonoTime, out: &mut Vec<(ActionId, Action)>) {
         self.handover_step(now);
+        if let Some(until) = self.sync_settle_until
+            && (now >= until || !self.holds_lock(now) || !self.sync_key_lets_nobody_take_over())
+        {
+            self.sync_settle_until = None;
+            self.shutdown_step(now, out);
+        }
         let Some(until) = self.sync_release_until else {
             return;
         };
@@ -903,6 +947,7 @@ impl HaCore {
             || self.finished
             || self.sync_release_until.is_some()
             || self.handover_until.is_some()
+            || self.sync_settle_until.is_some()
         {
             return;
         }
@@ -926,25 +971,34 @@ impl HaCore {
         let Some(until) = self.handover_until else {
             return;
         };
-        let Some(o) = &self.last else { return };
-        let view = o.dcs.as_ref();
-        let taken = view
+        let taken = self
+            .last
+            .as_ref()
+            .and_then(|o| o.dcs.as_ref())
             .and_then(|v| v.leader.as_ref())
             .is_some_and(|l| l.name != self.me.name);
-        // In a synchronous mode whose key lets nobody take over (it was changing when the stop
-        // came), nobody will race: staying would only delay the restart that brings this
-        // member back as the one that may lead.
-        let nobody = o.policy.sync.mode != crate::config::SyncMode::Off
-            && view.and_then(|v| v.sync.as_ref()).is_some_and(|s| {
-                let quorum = s.value.quorum.unwrap_or(0) as usize;
-                let others = s.value.members().into_iter();
-                others.filter(|n| *n != self.me.name).count() < quorum + 1
-            });
-        if now < until && !taken && !nobody {
+        // In a synchronous mode whose key lets nobody take over, nobody will race: staying
+        // would only delay the restart that brings this member back as the one that may lead.
+        if now < until && !taken && !self.sync_key_lets_nobody_take_over() {
             return;
         }
         self.handover_until = None;
         self.finished = true;
+    }
+
+    /// In a synchronous mode, the `sync` key as last read names fewer voters besides this
+    /// member than its quorum needs (`quorum + 1`): nobody else may take over.
+    fn sync_key_lets_nobody_take_over(&self) -> bool {
+        let Some(o) = &self.last else { return false };
+        o.policy.sync.mode != crate::config::SyncMode::Off
+            && o.dcs
+                .as_ref()
+                .and_then(|v| v.sync.as_ref())
+                .is_some_and(|s| {
+                    let quorum = s.value.quorum.unwrap_or(0) as usize;
+                    let voters = s.value.members().into_iter();
+                    voters.filter(|n| *n != self.me.name).count() < quorum + 1
+                })
     }
 }
 

@@ -81,7 +81,7 @@ fn sync_scope<'a>(me: &str, view: &'a ClusterView, mode: SyncMode) -> Option<Syn
 
 /// Whether the `sync` key may let `name` take over (in a quorum, the votes decide at its own
 /// race): a candidate it cannot is not waited for.
-fn may_take_over(name: &str, view: &ClusterView, mode: SyncMode) -> bool {
+pub(super) fn may_take_over(name: &str, view: &ClusterView, mode: SyncMode) -> bool {
     match sync_scope(name, view, mode) {
         None => true,
         Some(s) if s.quorum + 1 > s.voters.len() => false,

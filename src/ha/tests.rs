@@ -1767,3 +1767,49 @@ fn a_leader_shutting_down_stays_until_another_member_holds_the_lock() {
     core.step(Input::Tick, at(112));
     assert!(core.is_finished());
 }
+
+#[test]
+fn a_synchronous_leader_told_to_stop_waits_for_its_key_to_name_a_standby() {
+    use crate::dcs::SyncState;
+    let sync = Policy {
+        sync: crate::ha::sync::SyncPolicy {
+            mode: crate::config::SyncMode::On,
+            ..Default::default()
+        },
+        ..policy()
+    };
+    let key = |standby: Option<&str>| {
+        let mut v = view(Some("a"));
+        v.sync = Some(Versioned {
+            value: SyncState {
+                leader: Some("a".into()),
+                sync_standby: standby.map(str::to_owned),
+                quorum: None,
+            },
+            version: Version("5".into()),
+        });
+        v
+    };
+    let mut core = HaCore::new(me());
+    lead(&mut core, at(100));
+    observe_with(&mut core, Some(key(None)), primary(), sync.clone(), at(100));
+    // The key names nobody (it is moving to a new standby): stopping now, nobody could race.
+    let out = core.step(Input::Shutdown, at(101));
+    assert!(!actions(&out).contains(&Action::StopGraceful), "{out:?}");
+    assert!(core.wants_observation());
+    let out = observe_with(
+        &mut core,
+        Some(key(Some("b"))),
+        primary(),
+        sync.clone(),
+        at(102),
+    );
+    assert!(actions(&out).contains(&Action::StopGraceful), "{out:?}");
+    // A key that never settles: the stop goes ahead at the bound (5 s, or ttl/2 if less).
+    let mut core = HaCore::new(me());
+    lead(&mut core, at(100));
+    observe_with(&mut core, Some(key(None)), primary(), sync.clone(), at(100));
+    core.step(Input::Shutdown, at(101));
+    let out = core.step(Input::Tick, at(106));
+    assert!(actions(&out).contains(&Action::StopGraceful), "{out:?}");
+}
