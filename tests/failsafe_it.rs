@@ -289,12 +289,10 @@ async fn failsafe_key_is_published_on_kubernetes() {
     failsafe_key_is_published(Backend::Kubernetes(ControlPlane::Shared)).await;
 }
 
-// 2. The store down for 3 × ttl, every member reachable: the primary keeps taking writes.
-
-async fn primary_survives_a_store_outage(backend: Backend) {
-    let Some((mut c, proxies)) = failsafe_cluster(backend, "fsup").await else {
-        return;
-    };
+/// A healthy failsafe cluster whose leader has published the key: the cluster, its proxies,
+/// the leader's index and name.
+async fn published(backend: Backend, scope: &str) -> Option<(Cluster, Vec<Proxy>, usize, String)> {
+    let (c, proxies) = failsafe_cluster(backend, scope).await?;
     let l = healthy_with_probe(&c).await;
     let leader = c.members[l].name.clone();
     let want = expected_key(&c, &proxies);
@@ -302,6 +300,15 @@ async fn primary_survives_a_store_outage(backend: Backend) {
         (c.view().await?.failsafe? == want).then_some(())
     })
     .await;
+    Some((c, proxies, l, leader))
+}
+
+// 2. The store down for 3 × ttl, every member reachable: the primary keeps taking writes.
+
+async fn primary_survives_a_store_outage(backend: Backend) {
+    let Some((mut c, _proxies, l, leader)) = published(backend, "fsup").await else {
+        return;
+    };
 
     let stop = Arc::new(AtomicBool::new(false));
     let client = keep_writing(c.members[l].pg_port, stop.clone());
@@ -408,16 +415,9 @@ async fn primary_survives_a_store_outage_on_kubernetes() {
 // confirm, so the primary stops at its normal lease deadline.
 
 async fn primary_stops_when_a_member_cannot_confirm(backend: Backend) {
-    let Some((mut c, proxies)) = failsafe_cluster(backend, "fscut").await else {
+    let Some((mut c, proxies, l, leader)) = published(backend, "fscut").await else {
         return;
     };
-    let l = healthy_with_probe(&c).await;
-    let leader = c.members[l].name.clone();
-    let want = expected_key(&c, &proxies);
-    c.wait_for("the failsafe key", LONG, || async {
-        (c.view().await?.failsafe? == want).then_some(())
-    })
-    .await;
     let r = (l + 1) % 3;
     assert!(accepts_write(&c, l).await);
 
