@@ -30,15 +30,7 @@ fn start_writer(
     let log: Log = Arc::new(Mutex::new(Vec::new()));
     let out = log.clone();
     let h = tokio::spawn(async move {
-        let mut cfg = tokio_postgres::Config::new();
-        for p in &ports {
-            cfg.host("127.0.0.1").port(*p);
-        }
-        cfg.user("postgres")
-            .password("postgres")
-            .dbname("postgres")
-            .connect_timeout(Duration::from_millis(500))
-            .target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
+        let cfg = cluster::read_write_config(&ports);
         let mut client: Option<tokio_postgres::Client> = None;
         let mut tick = tokio::time::interval(Duration::from_millis(20));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -118,15 +118,7 @@ impl Writer {
 }
 
 async fn write_loop(ports: Vec<u16>, out: Log, stop: Arc<AtomicBool>) {
-    let mut cfg = tokio_postgres::Config::new();
-    for p in &ports {
-        cfg.host("127.0.0.1").port(*p);
-    }
-    cfg.user("postgres")
-        .password("postgres")
-        .dbname("postgres")
-        .connect_timeout(Duration::from_millis(500))
-        .target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
+    let cfg = cluster::read_write_config(&ports);
     let mut client: Option<(tokio_postgres::Client, u16)> = None;
     let mut tick = tokio::time::interval(PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

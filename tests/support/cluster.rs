@@ -70,6 +70,21 @@ pub struct Cluster {
     pub store: Store,
 }
 
+/// A client's configuration for the members' PostgreSQL on `ports`, as an application with
+/// libpq's read-write host list connects: whichever member accepts writes.
+pub fn read_write_config(ports: &[u16]) -> tokio_postgres::Config {
+    let mut cfg = tokio_postgres::Config::new();
+    for p in ports {
+        cfg.host("127.0.0.1").port(*p);
+    }
+    cfg.user("postgres")
+        .password("postgres")
+        .dbname("postgres")
+        .connect_timeout(std::time::Duration::from_millis(500))
+        .target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
+    cfg
+}
+
 /// `n` different free loopback ports: all listeners are held until every port is chosen, so
 /// no two members get the same one.
 pub fn distinct_ports(n: usize) -> Vec<u16> {
