@@ -184,10 +184,12 @@ impl Agent {
             }
             Action::ConfirmFailsafe { members } => {
                 let sent_at = self.mono_now();
+                // The URLs as this member publishes them in its member key.
+                let me = self.member_value();
                 let body = serde_json::json!({
                     "name": self.cfg.name,
-                    "conn_url": format!("postgres://{}/postgres", self.cfg.postgresql.connect_address),
-                    "api_url": self.member_value().api_url,
+                    "conn_url": me.conn_url,
+                    "api_url": me.api_url,
                     "ttl": self.dynamic.ttl.as_secs_f64(),
                 });
                 let names: Vec<String> = members.iter().map(|(n, _)| n.clone()).collect();
