@@ -364,6 +364,12 @@ async fn primary_survives_a_store_outage(backend: Backend) {
         renewed - up
     );
     if !w.failed.is_empty() || gap > ttl() / 2 || !second_writers.is_empty() {
+        for (t, e) in &w.failed {
+            eprintln!(
+                "write failed {:?} after the store went down: {e}",
+                *t - down
+            );
+        }
         c.dump_logs();
     }
     assert!(

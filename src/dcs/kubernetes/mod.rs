@@ -522,26 +522,35 @@ impl Dcs for KubernetesDcs {
                     Err(e) => Err(classify("create lease", e)),
                 };
             };
-            let live = self
-                .shared
-                .observer()
-                .holder(Instant::now())
-                .map(|(holder, _)| holder == self.name);
-            if live == Some(false) {
-                return Ok(false);
-            }
-            // Our own live holding (an acquisition whose answer was lost, or the holder asking
-            // again) is renewed and stays the same instance; one that lapsed starts a new one.
-            let next = lease::taken(&current, &self.name, ttl, now, live == Some(true));
-            match self.replace_lease(&next).await? {
-                Some(l) => {
+            let mut current = current;
+            for _ in 0..2 {
+                let live = self
+                    .shared
+                    .observer()
+                    .holder(Instant::now())
+                    .map(|(holder, _)| holder == self.name);
+                if live == Some(false) {
+                    return Ok(false);
+                }
+                // Our own live holding (an acquisition whose answer was lost, or the holder
+                // asking again) is renewed and stays the same instance; one that lapsed starts
+                // a new one.
+                let next = lease::taken(&current, &self.name, ttl, now, live == Some(true));
+                if let Some(l) = self.replace_lease(&next).await? {
                     mine.lease = Some(l);
                     drop(mine);
                     self.unlabel_former_leaders();
-                    Ok(true)
+                    return Ok(true);
                 }
-                None => Ok(false),
+                // A 409 from a write of our own: an API server that was frozen applies the
+                // renewals queued meanwhile when it thaws, and the first one moves the version
+                // under this acquisition. Only a Lease that still names us is tried again.
+                match self.read_lease().await? {
+                    Some(l) if lease::holder_of(&l) == Some(self.name.as_str()) => current = l,
+                    _ => return Ok(false),
+                }
             }
+            Ok(false)
         })
         .await
     }
