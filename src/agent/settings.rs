@@ -44,6 +44,7 @@ pub fn policy(cfg: &Config, dynamic: &DynamicConfig) -> Policy {
         },
         failsafe_mode: dynamic.failsafe_mode,
         primary_start_timeout: dynamic.primary_start_timeout,
+        handover_timeout: dynamic.shutdown_handover_timeout,
         safety_margin: Policy::default_margin(dynamic.ttl),
     }
 }

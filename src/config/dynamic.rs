@@ -41,6 +41,11 @@ pub struct DynamicConfig {
     pub primary_start_timeout: Duration,
     pub primary_stop_timeout: Duration,
     pub primary_race_backoff: Duration,
+    /// `shutdown_handover_timeout` (pgwarden's own; Patroni ignores it): how long at most a
+    /// member told to stop spends handing over (a leader, to a member that takes the lock; a
+    /// synchronous standby, leaving the `sync` key) before it stops anyway. 0: no hand-over.
+    /// Keep it, plus PostgreSQL's stop, under the pod's termination grace period.
+    pub shutdown_handover_timeout: Duration,
     pub synchronous_mode: SyncMode,
     pub synchronous_mode_strict: bool,
     pub synchronous_node_count: u32,
@@ -75,6 +80,7 @@ impl Default for DynamicConfig {
             primary_start_timeout: Duration::from_secs(300),
             primary_stop_timeout: Duration::ZERO,
             primary_race_backoff: Duration::ZERO,
+            shutdown_handover_timeout: Duration::from_secs(10),
             synchronous_mode: SyncMode::Off,
             synchronous_mode_strict: false,
             synchronous_node_count: 1,
@@ -203,6 +209,10 @@ impl DynamicConfig {
                 d.primary_stop_timeout,
             )?,
             primary_race_backoff: secs("primary_race_backoff", d.primary_race_backoff)?,
+            shutdown_handover_timeout: secs(
+                "shutdown_handover_timeout",
+                d.shutdown_handover_timeout,
+            )?,
             synchronous_mode,
             synchronous_mode_strict: o.bool("synchronous_mode_strict")?.unwrap_or(false),
             synchronous_node_count,
@@ -314,6 +324,18 @@ mod tests {
         assert_eq!(d.member_slots_ttl, Duration::from_secs(1800));
         assert!(d.use_slots);
         assert!(!d.use_pg_rewind);
+        // pgwarden's own.
+        assert_eq!(d.shutdown_handover_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn shutdown_handover_timeout_takes_seconds_and_refuses_negatives() {
+        let d = parse(json!({"shutdown_handover_timeout": "25"})).unwrap();
+        assert_eq!(d.shutdown_handover_timeout, Duration::from_secs(25));
+        let d = parse(json!({"shutdown_handover_timeout": 0})).unwrap();
+        assert_eq!(d.shutdown_handover_timeout, Duration::ZERO);
+        let e = parse(json!({"shutdown_handover_timeout": -1})).unwrap_err();
+        assert!(e.to_string().contains("shutdown_handover_timeout"), "{e}");
     }
 
     #[test]

@@ -181,7 +181,7 @@ const DYNAMIC_PG: [(&str, Node); 15] = [
     ("pg_ident_replica", Any),
     ("pg_ident_standby_leader", Any),
 ];
-const DYNAMIC: [(&str, Node); 23] = [
+const DYNAMIC: [(&str, Node); 24] = [
     ("ttl", Any),
     ("loop_wait", Any),
     ("retry_timeout", Any),
@@ -193,6 +193,7 @@ const DYNAMIC: [(&str, Node); 23] = [
     ("primary_stop_timeout", Any),
     ("master_stop_timeout", Any),
     ("primary_race_backoff", Any),
+    ("shutdown_handover_timeout", Any),
     ("synchronous_mode", Any),
     ("synchronous_mode_strict", Any),
     ("synchronous_node_count", Any),

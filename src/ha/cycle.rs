@@ -166,12 +166,10 @@ impl HaCore {
                     && (!self.bootstrapping || self.claim_confirmed)
                 {
                     // Heal a wiped store, or finish a bootstrap.
-                    self.bootstrapping = false;
                     self.write_initialize(view, sysid, now, out);
                 } else if view.initialize.is_none() && view.leader.is_none() && obs.pg.up {
                     // An existing cluster adopted by pgwarden (or our own new one, whose claim
                     // expired while the store was away: nobody else claims it now).
-                    self.bootstrapping = false;
                     self.write_initialize(view, sysid, now, out);
                 }
                 if view.leader.is_none() {
@@ -340,6 +338,17 @@ impl HaCore {
                 // race could promote it before the store confirmed our claim on initialize.
                 if let Some(why) = self.failsafe_holds_off(now) {
                     self.message = format!("bootstrapped, not taking the lock: {why}");
+                    return;
+                }
+                if let Some(gone) = view.vanished_leader.as_deref()
+                    && gone != self.me.name
+                {
+                    // As after the bootstrap itself: its holder may still commit until its
+                    // deadline (the store forgets it once that has passed).
+                    self.message = format!(
+                        "bootstrapped, but the leader lock of {gone} vanished while {gone} may \
+                         still be writable"
+                    );
                     return;
                 }
                 self.message = "bootstrapped: taking the leader lock".into();
@@ -635,6 +644,9 @@ impl HaCore {
             self.write_sync(view, value, Purpose::Other, now, out);
             return;
         }
+        // A bootstrap ends with this write, not before: until then the cluster is not
+        // registered, and a lapse of the lease must find the claim still to be confirmed.
+        self.bootstrapping = false;
         let sysid = sysid.to_owned();
         self.emit(Action::WriteInitialize { sysid }, Purpose::Other, now, out);
         if view.config.is_none() && !view.unreadable("config") {

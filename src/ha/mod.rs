@@ -41,14 +41,6 @@ pub use types::{
     WatchdogState,
 };
 
-/// How long at most a member that released the lock in its shutdown stays to tell racers it
-/// is no longer a primary (see `HaCore::handover_until`).
-const HANDOVER_WAIT: Duration = Duration::from_secs(10);
-
-/// How long at most a synchronous leader told to stop goes on leading for its `sync` key to
-/// name a standby that may take over (see `HaCore::sync_settle_until`); half the ttl if less.
-const SYNC_SETTLE_WAIT: Duration = Duration::from_secs(5);
-
 /// Why an action was sent, so its outcome can be acted upon.
 #[derive(Debug, Clone, PartialEq)]
 enum Purpose {
@@ -170,6 +162,9 @@ pub struct HaCore {
     /// moving the key to a new standby): it goes on leading, steering the key, until the key
     /// names a member that may take over, or until then; only then does it stop.
     sync_settle_until: Option<MonoTime>,
+    /// Shutting down: when the hand-over must be over (`shutdown_handover_timeout` after the
+    /// request), whatever it waits for.
+    handover_by: Option<MonoTime>,
     /// Failsafe mode: the key, the confirmations asked and given.
     failsafe: failsafe::FailsafeState,
     /// Shutdown requested.
@@ -222,6 +217,7 @@ impl HaCore {
             sync_release_until: None,
             handover_until: None,
             sync_settle_until: None,
+            handover_by: None,
             failsafe: Default::default(),
             shutting_down: false,
             pg_started: false,
@@ -328,13 +324,16 @@ impl HaCore {
             Input::Watchdog(state) => self.watchdog_changed(state, now, &mut out),
             Input::Shutdown => {
                 self.shutting_down = true;
-                if self.is_sync_standby() {
+                let (ttl, loop_wait, bound) = self.last.as_ref().map_or(Default::default(), |o| {
+                    let p = &o.policy;
+                    (p.ttl, p.loop_wait, p.handover_timeout)
+                });
+                self.handover_by = Some(now + bound);
+                if bound.is_zero() {
+                    self.shutdown_step(now, &mut out);
+                } else if self.is_sync_standby() {
                     self.message = "shutting down: leaving the synchronous standbys first".into();
-                    let loop_wait = self
-                        .last
-                        .as_ref()
-                        .map_or(Duration::ZERO, |o| o.policy.loop_wait);
-                    self.sync_release_until = Some(now + 2 * loop_wait);
+                    self.sync_release_until = Some(now + (2 * loop_wait).min(bound));
                     self.emit(Action::ReleaseSync, Purpose::Other, now, &mut out);
                 } else if self.holds_lock(now)
                     && self
@@ -346,8 +345,8 @@ impl HaCore {
                     self.message = "shutting down: waiting for the sync key to name a standby \
                                     that may take over"
                         .into();
-                    let ttl = self.last.as_ref().map_or(Duration::ZERO, |o| o.policy.ttl);
-                    self.sync_settle_until = Some(now + (ttl / 2).min(SYNC_SETTLE_WAIT));
+                    // Half the bound at most: the other half is the hand-over's after the stop.
+                    self.sync_settle_until = Some(now + (ttl / 2).min(bound / 2));
                 } else {
                     self.shutdown_step(now, &mut out);
                 }
@@ -899,9 +898,12 @@ impl HaCore {
             .map(|l| l.version.clone());
         self.released = version.clone();
         if self.shutting_down {
+            // Never past the lock's ttl: by then any racer may take it without our word.
             let ttl = self.last.as_ref().map_or(Duration::ZERO, |o| o.policy.ttl);
-            let until = now + ttl.min(HANDOVER_WAIT);
-            self.handover_until.get_or_insert(until);
+            let until = self.handover_by.map_or(now, |by| by.min(now + ttl));
+            if until > now {
+                self.handover_until.get_or_insert(until);
+            }
         }
         self.emit(Action::ReleaseLock { version }, Purpose::Other, now, out);
     }
@@ -921,8 +923,35 @@ impl HaCore {
             })
     }
 
+    /// Leaving the synchronous standbys before a stop, out of the `sync` key already: the key
+    /// names no standby yet while another member could become one. The leader takes a
+    /// member out of the key before it changes `synchronous_standby_names`; stopping now, in
+    /// `on` mode, would leave commits waiting for us until its next step names that member.
+    fn awaiting_replacement(&self) -> bool {
+        let Some(o) = &self.last else { return false };
+        let Some(view) = &o.dcs else { return false };
+        let Some(leader) = view.leader.as_ref().map(|l| l.name.as_str()) else {
+            return false;
+        };
+        let key_names_nobody = view.sync.as_ref().is_none_or(|s| {
+            s.value
+                .members()
+                .iter()
+                .all(|n| *n == leader || *n == self.me.name)
+        });
+        key_names_nobody
+            && view.members.iter().any(|(name, m)| {
+                *name != self.me.name
+                    && name != leader
+                    && m.state.as_deref() == Some("running")
+                    && m.role.as_deref() == Some("replica")
+                    && !m.nosync()
+            })
+    }
+
     /// While leaving the synchronous standbys before a stop: the stop goes on once the key no
-    /// longer lists us (or there is no leader to ask), or at the bound.
+    /// longer lists us and names whoever replaces us (or there is no leader to ask), or at the
+    /// bound.
     fn sync_release_step(&mut self, now: MonoTime, out: &mut Vec<(ActionId, Action)>) {
         self.handover_step(now);
         if let Some(until) = self.sync_settle_until
@@ -935,7 +964,7 @@ impl HaCore {
             return;
         };
         let fresh = self.last.as_ref().is_some_and(|o| o.dcs.is_some());
-        if now < until && (!fresh || self.is_sync_standby()) {
+        if now < until && (!fresh || self.is_sync_standby() || self.awaiting_replacement()) {
             return;
         }
         self.sync_release_until = None;

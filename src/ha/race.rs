@@ -60,7 +60,12 @@ struct SyncScope<'a> {
 }
 
 /// The key's scope over this member's race; `None` when it has no say (asynchronous mode, no
-/// key, or this member wrote it).
+/// key, this member wrote it, or `initialize` is a claim, not an identifier).
+///
+/// A bootstrap writes the key before `initialize`: its commits count from the moment the store
+/// names its data directory. While `initialize` is only claimed (empty), no cluster is
+/// registered and no commit counts yet; a key there was left by a bootstrap that lost its
+/// claim and discarded its data, and must not hold back the member whose bootstrap won.
 ///
 /// A member the key allows to take over holds every acknowledged commit: a voter by the key's
 /// rule, the member that wrote it because it was the primary (or, having revoked the voters
@@ -69,7 +74,7 @@ struct SyncScope<'a> {
 /// the last leader's hold it back: an old primary ahead of a synchronous standby is not a
 /// better candidate, only one that would have to be rewound.
 fn sync_scope<'a>(me: &str, view: &'a ClusterView, mode: SyncMode) -> Option<SyncScope<'a>> {
-    if mode == SyncMode::Off {
+    if mode == SyncMode::Off || view.initialize.as_deref() == Some("") {
         return None;
     }
     let s = &view.sync.as_ref()?.value;
@@ -280,7 +285,14 @@ pub fn judge(
         }
     }
     let scope = sync_scope(&me.name, view, mode);
-    let key_writer = mode != SyncMode::Off && scope.is_none() && view.sync.is_some();
+    // The member that wrote the key (of a registered cluster) holds every commit it
+    // acknowledged: others' positions do not hold it back.
+    let key_writer = mode != SyncMode::Off
+        && view.initialize.as_deref() != Some("")
+        && view
+            .sync
+            .as_ref()
+            .is_some_and(|s| s.value.leader.as_deref() == Some(me.name.as_str()));
     for (name, peer) in peers {
         let Some(p) = peer else { continue };
         if Some(name.as_str()) == former_leader {
@@ -392,6 +404,7 @@ mod tests {
             sync: Default::default(),
             failsafe_mode: false,
             primary_start_timeout: Duration::from_secs(300),
+            handover_timeout: Duration::from_secs(10),
             safety_margin: Duration::from_secs(3),
         }
     }
@@ -613,6 +626,30 @@ mod tests {
             judge(&me(), &pg(995), &listed, &peers, true, SyncMode::On),
             Verdict::Healthiest
         );
+    }
+
+    #[test]
+    fn a_key_left_by_a_bootstrap_that_never_registered_has_no_say() {
+        // `initialize` is only claimed: the key naming nobody was written by a bootstrap that
+        // lost its claim; the member whose bootstrap won is not held back by it, nor does the
+        // key's writer skip others' positions.
+        let on = sync_policy(SyncMode::On);
+        let mut v = with_sync(None, None);
+        v.initialize = Some(String::new());
+        assert!(pre_race(&me(), &pg(995), &v, &on).is_ok());
+        assert!(may_take_over("a", &v, SyncMode::On));
+        v.sync.as_mut().unwrap().value.leader = Some("a".into());
+        let ahead: PeerReport = [("b".to_string(), peer(2000, 1)), ("c".to_string(), None)]
+            .into_iter()
+            .collect();
+        assert!(matches!(
+            judge(&me(), &pg(995), &v, &ahead, true, SyncMode::On),
+            Verdict::NotHealthiest(_)
+        ));
+        // Registered, the same key blocks every member but its writer.
+        let mut v = with_sync(None, None);
+        v.initialize = Some("42".into());
+        assert!(pre_race(&me(), &pg(995), &v, &on).is_err());
     }
 
     #[test]

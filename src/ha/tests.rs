@@ -32,6 +32,7 @@ fn policy() -> Policy {
         sync: Default::default(),
         failsafe_mode: false,
         primary_start_timeout: Duration::from_secs(300),
+        handover_timeout: Duration::from_secs(10),
         safety_margin: 3 * S,
     }
 }
@@ -431,6 +432,28 @@ fn a_bootstrap_that_ends_with_the_store_away_starts_as_the_primary_or_not_at_all
         actions(&out),
         vec![Action::StartPrimary { bootstrapped: true }]
     );
+}
+
+#[test]
+fn a_bootstrapped_member_does_not_take_a_lock_that_vanished_while_its_holder_may_write() {
+    let mut core = HaCore::new(me());
+    let out = observe(&mut core, Some(ClusterView::default()), empty_dir(), at(0));
+    let out = complete(&mut core, out[0].0, Outcome::Ok, at(0));
+    let (bootstrap, _) = out[0].clone();
+    let fresh = fresh_data_dir();
+    assert!(observe(&mut core, None, fresh.clone(), at(30)).is_empty());
+    assert!(complete(&mut core, bootstrap, Outcome::Ok, at(40)).is_empty());
+    // b's lock was deleted by hand: b may commit until its own deadline.
+    let mut v = view(None);
+    v.initialize = Some(String::new());
+    v.vanished_leader = Some("b".into());
+    let out = observe(&mut core, Some(v.clone()), fresh.clone(), at(50));
+    assert!(actions(&out).is_empty(), "{out:?}");
+    assert!(core.message().contains("vanished"), "{}", core.message());
+    // Once the store has forgotten it (b's deadline passed), the lock is taken.
+    v.vanished_leader = None;
+    let out = observe(&mut core, Some(v), fresh, at(80));
+    assert_eq!(actions(&out), vec![Action::AcquireLock]);
 }
 
 #[test]
@@ -1755,17 +1778,43 @@ fn a_leader_shutting_down_stays_until_another_member_holds_the_lock() {
     assert!(!core.is_finished(), "nobody holds the lock yet");
     observe(&mut core, Some(view(Some("b"))), down(primary()), at(104));
     assert!(core.is_finished());
-    // Nobody takes over: it goes at the bound (10 s, or ttl if shorter).
+    // Nobody takes over: it goes at the bound (`shutdown_handover_timeout` after it was told
+    // to stop, 10 s here, and never more than ttl after the release).
     let mut core = HaCore::new(me());
     lead(&mut core, at(100));
     observe(&mut core, Some(view(Some("a"))), primary(), at(100));
     let out = core.step(Input::Shutdown, at(101));
     let out = complete(&mut core, out[0].0, Outcome::Ok, at(102));
     complete(&mut core, out[0].0, Outcome::Ok, at(102));
-    core.step(Input::Tick, at(111));
+    core.step(Input::Tick, at(110));
     assert!(!core.is_finished());
-    core.step(Input::Tick, at(112));
+    core.step(Input::Tick, at(111));
     assert!(core.is_finished());
+}
+
+#[test]
+fn with_shutdown_handover_timeout_0_a_leader_stops_and_goes_at_once() {
+    let mut core = HaCore::new(me());
+    lead(&mut core, at(100));
+    let no_handover = Policy {
+        handover_timeout: Duration::ZERO,
+        ..policy()
+    };
+    observe_with(
+        &mut core,
+        Some(view(Some("a"))),
+        primary(),
+        no_handover,
+        at(100),
+    );
+    let out = core.step(Input::Shutdown, at(101));
+    assert_eq!(actions(&out), vec![Action::StopGraceful]);
+    let out = complete(&mut core, out[0].0, Outcome::Ok, at(102));
+    assert_eq!(actions(&out), vec![release_1()]);
+    assert!(
+        core.is_finished(),
+        "no waiting for another member to take the lock"
+    );
 }
 
 #[test]
@@ -1812,4 +1861,104 @@ fn a_synchronous_leader_told_to_stop_waits_for_its_key_to_name_a_standby() {
     core.step(Input::Shutdown, at(101));
     let out = core.step(Input::Tick, at(106));
     assert!(actions(&out).contains(&Action::StopGraceful), "{out:?}");
+}
+
+#[test]
+fn a_synchronous_standby_told_to_stop_waits_until_another_standby_replaces_it() {
+    use crate::dcs::SyncState;
+    let sync = Policy {
+        sync: crate::ha::sync::SyncPolicy {
+            mode: crate::config::SyncMode::On,
+            ..Default::default()
+        },
+        ..policy()
+    };
+    // b leads; a (us) is its synchronous standby, c a running replica that may replace us.
+    let key = |standby: Option<&str>| {
+        let mut v = view(Some("b"));
+        for m in v.members.values_mut() {
+            m.state = Some("running".into());
+        }
+        v.sync = Some(Versioned {
+            value: SyncState {
+                leader: Some("b".into()),
+                sync_standby: standby.map(str::to_owned),
+                quorum: None,
+            },
+            version: Version("5".into()),
+        });
+        v
+    };
+    let mut core = HaCore::new(me());
+    observe_with(
+        &mut core,
+        Some(key(Some("a"))),
+        replica(Some("b")),
+        sync.clone(),
+        at(100),
+    );
+    let out = core.step(Input::Shutdown, at(101));
+    assert_eq!(actions(&out), vec![Action::ReleaseSync]);
+    // Out of the key, which names nobody yet: the leader has still to list c in
+    // synchronous_standby_names, and commits would wait for us if we stopped now.
+    let out = observe_with(
+        &mut core,
+        Some(key(None)),
+        replica(Some("b")),
+        sync.clone(),
+        at(102),
+    );
+    assert!(!actions(&out).contains(&Action::StopGraceful), "{out:?}");
+    let out = observe_with(
+        &mut core,
+        Some(key(Some("c"))),
+        replica(Some("b")),
+        sync.clone(),
+        at(103),
+    );
+    assert_eq!(actions(&out), vec![Action::StopGraceful]);
+
+    // Nobody could replace us (c is stopped): out of the key is enough.
+    let mut alone = key(None);
+    alone.members.get_mut("c").unwrap().state = Some("stopped".into());
+    let mut core = HaCore::new(me());
+    observe_with(
+        &mut core,
+        Some(key(Some("a"))),
+        replica(Some("b")),
+        sync.clone(),
+        at(100),
+    );
+    core.step(Input::Shutdown, at(101));
+    let out = observe_with(
+        &mut core,
+        Some(alone),
+        replica(Some("b")),
+        sync.clone(),
+        at(102),
+    );
+    assert_eq!(actions(&out), vec![Action::StopGraceful]);
+
+    // Never past the bound: 2 × loop_wait, and shutdown_handover_timeout (10 s here).
+    let mut core = HaCore::new(me());
+    observe_with(
+        &mut core,
+        Some(key(Some("a"))),
+        replica(Some("b")),
+        sync.clone(),
+        at(100),
+    );
+    core.step(Input::Shutdown, at(101));
+    observe_with(
+        &mut core,
+        Some(key(None)),
+        replica(Some("b")),
+        sync.clone(),
+        at(102),
+    );
+    let bound = 101 + (2 * sync.loop_wait).min(sync.handover_timeout).as_secs();
+    let out = core.step(Input::Tick, at(bound - 1));
+    assert!(!actions(&out).contains(&Action::StopGraceful), "{out:?}");
+    let out = core.step(Input::Tick, at(bound));
+    assert_eq!(actions(&out), vec![Action::StopGraceful]);
 }

@@ -75,6 +75,9 @@ pub struct Policy {
     /// `primary_start_timeout`: how long a leader's start as the primary may take before it
     /// hands over to a member that could take over (0: hand over at once after a crash).
     pub primary_start_timeout: Duration,
+    /// `shutdown_handover_timeout`: how long at most a member told to stop spends handing
+    /// over before it stops anyway (0: it stops at once).
+    pub handover_timeout: Duration,
     /// `failsafe_mode`: a primary cut off from the store keeps running while every member of
     /// the `failsafe` key confirms it (see `failsafe`).
     pub failsafe_mode: bool,

@@ -202,6 +202,8 @@ pub struct Params {
     pub failsafe: bool,
     /// `primary_start_timeout` in seconds (0: a crashed primary hands over at once).
     pub primary_start_timeout: u64,
+    /// `shutdown_handover_timeout` in seconds (0: a member told to stop hands nothing over).
+    pub shutdown_handover_timeout: u64,
 }
 
 impl Params {
@@ -299,6 +301,7 @@ impl Params {
             sync: Sync::random(rng),
             failsafe: rng.random_bool(0.5),
             primary_start_timeout: [0, 3, 300, 300][rng.random_range(0..4)],
+            shutdown_handover_timeout: [0, 3, 10, 10][rng.random_range(0..4)],
         }
     }
 }

@@ -169,6 +169,7 @@ bootstrap:
     maximum_lag_on_failover: 1048576
 {sync}    failsafe_mode: {failsafe}
     primary_start_timeout: {start_timeout}
+    shutdown_handover_timeout: {handover}
     postgresql:
       use_slots: true
       use_pg_rewind: true
@@ -195,6 +196,7 @@ watchdog:
         sync = w.params.sync.yaml(),
         failsafe = w.params.failsafe,
         start_timeout = w.params.primary_start_timeout,
+        handover = w.params.shutdown_handover_timeout,
     );
     pgwarden::config::load_from_str(&yaml).expect("the simulation's configuration is valid")
 }

@@ -252,13 +252,14 @@ impl World {
     pub fn write_config(&mut self) {
         let t = self.timings;
         let json = format!(
-            r#"{{"ttl": {}, "loop_wait": {}, "retry_timeout": {}, "maximum_lag_on_failover": 1048576, "pause": {}, "failsafe_mode": {}, "primary_start_timeout": {}, {}"postgresql": {{"use_slots": true, "use_pg_rewind": true}}}}"#,
+            r#"{{"ttl": {}, "loop_wait": {}, "retry_timeout": {}, "maximum_lag_on_failover": 1048576, "pause": {}, "failsafe_mode": {}, "primary_start_timeout": {}, "shutdown_handover_timeout": {}, {}"postgresql": {{"use_slots": true, "use_pg_rewind": true}}}}"#,
             t.ttl.as_secs(),
             t.loop_wait.as_secs(),
             t.retry_timeout.as_secs(),
             self.pause > 0,
             self.params.failsafe,
             self.params.primary_start_timeout,
+            self.params.shutdown_handover_timeout,
             self.params.sync.json(),
         );
         self.store.edit(|s, now| s.put("config", &json, None, now));
