@@ -96,11 +96,12 @@ async fn rows_on(c: &Cluster, i: usize) -> BTreeSet<u64> {
         .collect()
 }
 
-/// The leader writable and both replicas streaming, a table `acked` made, and
-/// `synchronous_mode` set to `mode` (JSON) through the REST API: the leader's index and name.
-async fn three_with(c: &Cluster, mode: &str) -> (usize, String) {
+/// The leader writable and every replica streaming, a table `acked` made, and the
+/// configuration patched with `settings` (JSON members, such as `"synchronous_mode": true`)
+/// through the REST API: the leader's index and name.
+async fn all_streaming_with(c: &Cluster, settings: &str) -> (usize, String) {
     let l = c.writable_leader(LONG).await;
-    for i in (0..3).filter(|i| *i != l) {
+    for i in (0..c.members.len()).filter(|i| *i != l) {
         let m = c.members[i].name.clone();
         c.wait_for(&format!("{m} streaming"), LONG, || async {
             c.streaming_on(&m, 1).await.then_some(())
@@ -110,7 +111,7 @@ async fn three_with(c: &Cluster, mode: &str) -> (usize, String) {
     c.sql(l, "CREATE TABLE acked (id bigint primary key)")
         .await
         .expect("table");
-    let body = format!(r#"{{"synchronous_mode": {mode}}}"#);
+    let body = format!("{{{settings}}}");
     let (code, body) = c.api(l, Method::PATCH, "/config", Some(&body)).await;
     assert_eq!(code, 200, "{body}");
     (l, c.members[l].name.clone())
@@ -121,7 +122,7 @@ async fn synchronous_modes(backend: Backend) {
         return;
     };
     // synchronous_mode on: one standby in synchronous_standby_names, then in the key.
-    let (l, leader) = three_with(&c, "true").await;
+    let (l, leader) = all_streaming_with(&c, r#""synchronous_mode": true"#).await;
     let standby = c
         .wait_for("a synchronous standby in the sync key", LONG, || async {
             match sync_key(&c).await? {
@@ -335,7 +336,7 @@ async fn quorum_commit_on_etcd() {
     let Some(mut c) = Cluster::start(Backend::Etcd, "itquorum", 3, T).await else {
         return;
     };
-    let (l, leader) = three_with(&c, r#""quorum""#).await;
+    let (l, leader) = all_streaming_with(&c, r#""synchronous_mode": "quorum""#).await;
     let standbys: Vec<usize> = (0..3).filter(|i| *i != l).collect();
     let names: Vec<String> = standbys
         .iter()
@@ -392,6 +393,109 @@ async fn quorum_commit_on_etcd() {
     let on_new = rows_on(&c, n).await;
     let lost: Vec<&u64> = acked.iter().filter(|i| !on_new.contains(i)).collect();
     assert!(lost.is_empty(), "acknowledged rows missing: {lost:?}");
+}
+
+/// Quorum commit with five members and `synchronous_node_count: 2`: `ANY 2` of the four
+/// standbys acknowledge each commit, so any three of them hold it. With the leader and one
+/// standby gone the three left take over at once; with a second standby gone too, nobody does
+/// until one of them is back. No acknowledged row is lost either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_commit_with_five_members_on_etcd() {
+    let Some(mut c) = Cluster::start(Backend::Etcd, "itquorum5", 5, T).await else {
+        return;
+    };
+    let settings = r#""synchronous_mode": "quorum", "synchronous_node_count": 2"#;
+    let (l, leader) = all_streaming_with(&c, settings).await;
+    let standbys: Vec<usize> = (0..5).filter(|i| *i != l).collect();
+    let names: Vec<String> = standbys
+        .iter()
+        .map(|i| c.members[*i].name.clone())
+        .collect();
+    let voters = names.join(",");
+    c.wait_for("the quorum in the sync key", LONG, || async {
+        match sync_key(&c).await? {
+            (Some(k), Some(s), Some(2)) if k == leader && s == voters => Some(()),
+            _ => None,
+        }
+    })
+    .await;
+    assert_eq!(
+        show_ssn(&c, l).await,
+        Some(format!("ANY 2 ({voters})")),
+        "synchronous_standby_names as Patroni writes it"
+    );
+
+    // The leader and one standby die: three voters of four answer, enough to decide.
+    let acked = insert_for(&c, l, Duration::from_secs(2), 1).await;
+    assert!(acked.len() > 10, "only {} rows acknowledged", acked.len());
+    c.kill9(l);
+    c.kill9(standbys[0]);
+    let second = c
+        .wait_for("a leader among the three left", LONG, || async {
+            c.leader().await.filter(|n| *n != leader)
+        })
+        .await;
+    let n = c.index(&second);
+    assert!(standbys[1..].contains(&n), "{second}");
+    c.wait_for(&format!("{second} runs as the primary"), LONG, || async {
+        c.writable(n).await.then_some(())
+    })
+    .await;
+    let on_new = rows_on(&c, n).await;
+    let lost: Vec<&u64> = acked.iter().filter(|i| !on_new.contains(i)).collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged rows missing on {second}: {lost:?}"
+    );
+
+    // Back to five, the new leader's quorum settled over the four others.
+    c.spawn(l);
+    c.spawn(standbys[0]);
+    let others: Vec<String> = (0..5)
+        .filter(|i| *i != n)
+        .map(|i| c.members[i].name.clone())
+        .collect();
+    let voters = others.join(",");
+    c.wait_for("the new leader's quorum of four", LONG, || async {
+        match sync_key(&c).await? {
+            (Some(k), Some(s), Some(2)) if k == second && s == voters => Some(()),
+            _ => None,
+        }
+    })
+    .await;
+
+    // Now the leader and two standbys die: two voters of four cannot rule out that a commit
+    // was acknowledged by the two that are gone.
+    let acked = insert_for(&c, n, Duration::from_secs(2), 100_000).await;
+    assert!(acked.len() > 10, "only {} rows acknowledged", acked.len());
+    let rest: Vec<usize> = (0..5).filter(|i| *i != n).collect();
+    c.kill9(n);
+    c.kill9(rest[0]);
+    c.kill9(rest[1]);
+    tokio::time::sleep(Duration::from_secs(3 * T.ttl)).await;
+    assert_eq!(
+        c.leader().await,
+        None,
+        "nobody takes over with two voters of four"
+    );
+    c.spawn(rest[0]);
+    let third = c
+        .wait_for("a leader once three voters answer", LONG, || async {
+            c.leader().await.filter(|m| *m != second)
+        })
+        .await;
+    let t = c.index(&third);
+    assert!([rest[0], rest[2], rest[3]].contains(&t), "{third}");
+    c.wait_for(&format!("{third} runs as the primary"), LONG, || async {
+        c.writable(t).await.then_some(())
+    })
+    .await;
+    let on_new = rows_on(&c, t).await;
+    let lost: Vec<&u64> = acked.iter().filter(|i| !on_new.contains(i)).collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged rows missing on {third}: {lost:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
