@@ -219,22 +219,36 @@ pub fn leader_step(
             None => Step::Key(Voters::none().key(me, quorum_mode)),
         };
     }
-    if observed != desired {
+    // In quorum mode a standby joins through a wider list first: `ANY n` with `n` as large
+    // as the key in force needs, so that the key never has to name nobody who may take over
+    // on the way (shrinking it to a higher quorum would, until the new voter is confirmed).
+    let wide = (quorum_mode && !compatible(&current, Some(&target)))
+        .then(|| widened(&current, &target, &picked, policy.strict))
+        .flatten();
+    let wide_in_force = wide.as_ref().is_some_and(|(w, _)| observed == w.as_str());
+    if observed != desired && !wide_in_force {
         if compatible(&current, Some(&target)) {
             return Step::Names(Some(desired));
+        }
+        if let Some((w, _)) = wide {
+            return Step::Names(Some(w));
         }
         let s = in_force.as_ref().expect("compatible with a known list");
         return shrink(&[s, &target]);
     }
-    // ssn is what we want: let the key catch up with it.
+    // ssn is what we want, or the wider list on the way to it: let the key catch up with it.
     let confirmed = confirmed(pg, observed, mark, now);
     let grown = if picked.is_empty() {
         Voters::none()
     } else if quorum_mode {
-        Voters {
-            names: target.names.iter().cloned().collect(),
-            quorum: target.names.len() - target.num,
-        }
+        // Through the wider list the key takes the target's quorum at once: compatible with
+        // both lists, so the list can then narrow to the target.
+        let names = match &wide {
+            Some((_, w)) if wide_in_force => w.names.iter().cloned().collect(),
+            _ => target.names.iter().cloned().collect(),
+        };
+        let quorum = target.names.len() - target.num;
+        Voters { names, quorum }
     } else {
         let keep = current.quorum == 0;
         Voters {
@@ -267,6 +281,27 @@ pub fn leader_step(
         )));
     }
     Step::Key(grown.key(me, quorum_mode))
+}
+
+/// In quorum mode, the list that takes `picked` (the target's standbys) with as many
+/// acknowledgements as the `current` key needs to stay true for it; `None` when the target
+/// drops a voter (the key shrinks first then) or needs no more than it has.
+fn widened(
+    current: &Voters,
+    target: &Parsed,
+    picked: &[String],
+    strict: bool,
+) -> Option<(String, Parsed)> {
+    if !current.names.iter().all(|n| target.names.contains(n)) {
+        return None;
+    }
+    let needed = target.names.len().saturating_sub(current.quorum);
+    if needed <= target.num || needed > picked.len() {
+        return None;
+    }
+    let rendered = sync_names::render(SyncRule::Quorum, needed, picked, strict);
+    let parsed = sync_names::parse(&rendered)?;
+    compatible(current, Some(&parsed)).then_some((rendered, parsed))
 }
 
 /// Standbys PostgreSQL reports synchronous under `names` and at or past the mark taken for
@@ -584,8 +619,9 @@ mod tests {
             ),
             key(Some("b,c"), Some(1))
         );
-        // A third standby: widening the list would let a commit be acknowledged by d alone
-        // while b and c could elect each other, so the key first needs all its voters.
+        // A third standby: ANY 1 (b,c,d) would let a commit be acknowledged by d alone while
+        // b and c could elect each other. Raising the key's quorum to 2 first would let
+        // nobody take over meanwhile; instead the list takes d with two acknowledgements...
         let v = view(Some(("a", Some("b,c"), Some(1))));
         let rows = [
             ("b", "quorum", 1000),
@@ -594,12 +630,53 @@ mod tests {
         ];
         assert_eq!(
             step(&p, &v, &pg("ANY 1 (b,c)", &rows), None),
-            key(Some("b,c"), Some(2))
+            Step::Names(Some("ANY 2 (b,c,d)".into()))
         );
-        let v = view(Some(("a", Some("b,c"), Some(2))));
+        // ...the key takes d and the target's quorum once a voter has every earlier commit...
+        let wide = [
+            ("b", "quorum", 1000),
+            ("c", "quorum", 1000),
+            ("d", "quorum", 1000),
+        ];
+        let m = mark("ANY 2 (b,c,d)", 1000);
         assert_eq!(
-            step(&p, &v, &pg("ANY 1 (b,c)", &rows), None),
+            step(&p, &v, &pg("ANY 2 (b,c,d)", &wide), Some(&m)),
+            key(Some("b,c,d"), Some(2))
+        );
+        // ...and the list narrows to the target. At no step did the key block a takeover.
+        let v = view(Some(("a", Some("b,c,d"), Some(2))));
+        assert_eq!(
+            step(&p, &v, &pg("ANY 2 (b,c,d)", &wide), Some(&m)),
             Step::Names(Some("ANY 1 (b,c,d)".into()))
+        );
+    }
+
+    #[test]
+    fn quorum_takes_a_second_standby_without_blocking_a_takeover() {
+        // The bench's case: a new leader with one voter (b, quorum 0) and c back. The key
+        // used to go to {b} with quorum 1 (nobody may take over) for a couple of seconds.
+        let p = policy(SyncMode::Quorum);
+        let v = view(Some(("a", Some("b"), Some(0))));
+        let rows = [("b", "quorum", 1000), ("c", "async", 1000)];
+        assert_eq!(
+            step(&p, &v, &pg("ANY 1 (b)", &rows), None),
+            Step::Names(Some("ANY 2 (b,c)".into()))
+        );
+        let both = [("b", "quorum", 1000), ("c", "quorum", 1000)];
+        let m = mark("ANY 2 (b,c)", 1000);
+        // Not before a voter is confirmed past the mark.
+        assert!(matches!(
+            step(&p, &v, &pg("ANY 2 (b,c)", &both), None),
+            Step::Settled(Some(_))
+        ));
+        assert_eq!(
+            step(&p, &v, &pg("ANY 2 (b,c)", &both), Some(&m)),
+            key(Some("b,c"), Some(1))
+        );
+        let v = view(Some(("a", Some("b,c"), Some(1))));
+        assert_eq!(
+            step(&p, &v, &pg("ANY 2 (b,c)", &both), Some(&m)),
+            Step::Names(Some("ANY 1 (b,c)".into()))
         );
     }
 
