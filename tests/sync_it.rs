@@ -328,6 +328,35 @@ async fn synchronous_modes(backend: Backend) {
     );
 }
 
+/// Waits for leader `l`'s `sync` key to name every other member as a voter with `quorum`,
+/// and checks its `synchronous_standby_names` (`ANY quorum (...)`, as Patroni writes it).
+async fn quorum_settled(c: &Cluster, l: usize, quorum: u64) {
+    let leader = c.members[l].name.clone();
+    let names: Vec<String> = (0..c.members.len())
+        .filter(|i| *i != l)
+        .map(|i| c.members[i].name.clone())
+        .collect();
+    let voters = names.join(",");
+    c.wait_for(
+        &format!("{leader}'s quorum in the sync key"),
+        LONG,
+        || async {
+            match sync_key(c).await? {
+                (Some(k), Some(s), Some(q)) if k == leader && s == voters && q == quorum => {
+                    Some(())
+                }
+                _ => None,
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        show_ssn(c, l).await,
+        Some(format!("ANY {quorum} ({voters})")),
+        "synchronous_standby_names as Patroni writes it"
+    );
+}
+
 /// Quorum commit with three members: every standby listed, any one acknowledging; with the
 /// leader and one standby down nobody takes over (the acknowledgement may be on the missing
 /// one), and once it is back the most advanced of the two does, holding every acknowledged row.
@@ -338,23 +367,7 @@ async fn quorum_commit_on_etcd() {
     };
     let (l, leader) = all_streaming_with(&c, r#""synchronous_mode": "quorum""#).await;
     let standbys: Vec<usize> = (0..3).filter(|i| *i != l).collect();
-    let names: Vec<String> = standbys
-        .iter()
-        .map(|i| c.members[*i].name.clone())
-        .collect();
-    let voters = names.join(",");
-    c.wait_for("the quorum in the sync key", LONG, || async {
-        match sync_key(&c).await? {
-            (Some(k), Some(s), Some(1)) if k == leader && s == voters => Some(()),
-            _ => None,
-        }
-    })
-    .await;
-    assert_eq!(
-        show_ssn(&c, l).await,
-        Some(format!("ANY 1 ({voters})")),
-        "synchronous_standby_names as Patroni writes it"
-    );
+    quorum_settled(&c, l, 1).await;
     let (code, body) = c.api(l, Method::GET, "/cluster", None).await;
     assert_eq!(code, 200);
     assert!(body.contains("quorum_standby"), "{body}");
@@ -407,23 +420,7 @@ async fn quorum_commit_with_five_members_on_etcd() {
     let settings = r#""synchronous_mode": "quorum", "synchronous_node_count": 2"#;
     let (l, leader) = all_streaming_with(&c, settings).await;
     let standbys: Vec<usize> = (0..5).filter(|i| *i != l).collect();
-    let names: Vec<String> = standbys
-        .iter()
-        .map(|i| c.members[*i].name.clone())
-        .collect();
-    let voters = names.join(",");
-    c.wait_for("the quorum in the sync key", LONG, || async {
-        match sync_key(&c).await? {
-            (Some(k), Some(s), Some(2)) if k == leader && s == voters => Some(()),
-            _ => None,
-        }
-    })
-    .await;
-    assert_eq!(
-        show_ssn(&c, l).await,
-        Some(format!("ANY 2 ({voters})")),
-        "synchronous_standby_names as Patroni writes it"
-    );
+    quorum_settled(&c, l, 2).await;
 
     // The leader and one standby die: three voters of four answer, enough to decide.
     let acked = insert_for(&c, l, Duration::from_secs(2), 1).await;
@@ -451,18 +448,7 @@ async fn quorum_commit_with_five_members_on_etcd() {
     // Back to five, the new leader's quorum settled over the four others.
     c.spawn(l);
     c.spawn(standbys[0]);
-    let others: Vec<String> = (0..5)
-        .filter(|i| *i != n)
-        .map(|i| c.members[i].name.clone())
-        .collect();
-    let voters = others.join(",");
-    c.wait_for("the new leader's quorum of four", LONG, || async {
-        match sync_key(&c).await? {
-            (Some(k), Some(s), Some(2)) if k == second && s == voters => Some(()),
-            _ => None,
-        }
-    })
-    .await;
+    quorum_settled(&c, n, 2).await;
 
     // Now the leader and two standbys die: two voters of four cannot rule out that a commit
     // was acknowledged by the two that are gone.

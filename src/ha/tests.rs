@@ -1298,22 +1298,8 @@ fn a_holder_that_writes_initialize_seeds_a_missing_config_but_never_an_unreadabl
 #[test]
 fn in_synchronous_mode_a_new_leader_revokes_the_former_voters_before_promoting() {
     use crate::dcs::SyncState;
-    let sync = Policy {
-        sync: crate::ha::sync::SyncPolicy {
-            mode: crate::config::SyncMode::On,
-            ..Default::default()
-        },
-        ..policy()
-    };
-    let mut v = view(None);
-    v.sync = Some(Versioned {
-        value: SyncState {
-            leader: Some("b".into()),
-            sync_standby: Some("a".into()),
-            quorum: None,
-        },
-        version: Version("5".into()),
-    });
+    let sync = sync_on();
+    let v = with_sync_key(view(None), "b", Some("a"));
     let mut core = HaCore::new(me());
     let out = observe_with(
         &mut core,
@@ -1680,6 +1666,30 @@ fn view_with_running_replicas() -> ClusterView {
     v
 }
 
+/// `synchronous_mode: on`, the rest as [`policy`].
+fn sync_on() -> Policy {
+    Policy {
+        sync: crate::ha::sync::SyncPolicy {
+            mode: crate::config::SyncMode::On,
+            ..Default::default()
+        },
+        ..policy()
+    }
+}
+
+/// `v` with a `sync` key (version 5) of `leader` naming `standby`.
+fn with_sync_key(mut v: ClusterView, leader: &str, standby: Option<&str>) -> ClusterView {
+    v.sync = Some(Versioned {
+        value: crate::dcs::SyncState {
+            leader: Some(leader.into()),
+            sync_standby: standby.map(str::to_owned),
+            quorum: None,
+        },
+        version: Version("5".into()),
+    });
+    v
+}
+
 fn start_timeout(secs: u64) -> Policy {
     Policy {
         primary_start_timeout: Duration::from_secs(secs),
@@ -1819,26 +1829,8 @@ fn with_shutdown_handover_timeout_0_a_leader_stops_and_goes_at_once() {
 
 #[test]
 fn a_synchronous_leader_told_to_stop_waits_for_its_key_to_name_a_standby() {
-    use crate::dcs::SyncState;
-    let sync = Policy {
-        sync: crate::ha::sync::SyncPolicy {
-            mode: crate::config::SyncMode::On,
-            ..Default::default()
-        },
-        ..policy()
-    };
-    let key = |standby: Option<&str>| {
-        let mut v = view(Some("a"));
-        v.sync = Some(Versioned {
-            value: SyncState {
-                leader: Some("a".into()),
-                sync_standby: standby.map(str::to_owned),
-                quorum: None,
-            },
-            version: Version("5".into()),
-        });
-        v
-    };
+    let sync = sync_on();
+    let key = |standby: Option<&str>| with_sync_key(view(Some("a")), "a", standby);
     let mut core = HaCore::new(me());
     lead(&mut core, at(100));
     observe_with(&mut core, Some(key(None)), primary(), sync.clone(), at(100));
@@ -1865,29 +1857,14 @@ fn a_synchronous_leader_told_to_stop_waits_for_its_key_to_name_a_standby() {
 
 #[test]
 fn a_synchronous_standby_told_to_stop_waits_until_another_standby_replaces_it() {
-    use crate::dcs::SyncState;
-    let sync = Policy {
-        sync: crate::ha::sync::SyncPolicy {
-            mode: crate::config::SyncMode::On,
-            ..Default::default()
-        },
-        ..policy()
-    };
+    let sync = sync_on();
     // b leads; a (us) is its synchronous standby, c a running replica that may replace us.
     let key = |standby: Option<&str>| {
         let mut v = view(Some("b"));
         for m in v.members.values_mut() {
             m.state = Some("running".into());
         }
-        v.sync = Some(Versioned {
-            value: SyncState {
-                leader: Some("b".into()),
-                sync_standby: standby.map(str::to_owned),
-                quorum: None,
-            },
-            version: Version("5".into()),
-        });
-        v
+        with_sync_key(v, "b", standby)
     };
     let mut core = HaCore::new(me());
     observe_with(
