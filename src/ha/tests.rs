@@ -408,8 +408,9 @@ fn a_bootstrap_whose_claim_was_taken_meanwhile_is_discarded() {
     );
 }
 
-#[test]
-fn a_bootstrap_that_ends_with_the_store_away_starts_as_the_primary_or_not_at_all() {
+/// A new member that claimed initialize and ran initdb (done at 40) while the store was out of
+/// reach (from 30): the core and its fresh data directory.
+fn bootstrapped_with_the_store_away() -> (HaCore, PgFacts) {
     let mut core = HaCore::new(me());
     let out = observe(&mut core, Some(ClusterView::default()), empty_dir(), at(0));
     let out = complete(&mut core, out[0].0, Outcome::Ok, at(0));
@@ -417,6 +418,12 @@ fn a_bootstrap_that_ends_with_the_store_away_starts_as_the_primary_or_not_at_all
     let fresh = fresh_data_dir();
     assert!(observe(&mut core, None, fresh.clone(), at(30)).is_empty());
     assert!(complete(&mut core, bootstrap, Outcome::Ok, at(40)).is_empty());
+    (core, fresh)
+}
+
+#[test]
+fn a_bootstrap_that_ends_with_the_store_away_starts_as_the_primary_or_not_at_all() {
+    let (mut core, fresh) = bootstrapped_with_the_store_away();
     // The store is back; our claim expired meanwhile and nobody else claimed. The new cluster
     // is never started read-only (the race could promote it unconfirmed), nor adopted.
     let mut v = view(None);
@@ -436,13 +443,7 @@ fn a_bootstrap_that_ends_with_the_store_away_starts_as_the_primary_or_not_at_all
 
 #[test]
 fn a_bootstrapped_member_does_not_take_a_lock_that_vanished_while_its_holder_may_write() {
-    let mut core = HaCore::new(me());
-    let out = observe(&mut core, Some(ClusterView::default()), empty_dir(), at(0));
-    let out = complete(&mut core, out[0].0, Outcome::Ok, at(0));
-    let (bootstrap, _) = out[0].clone();
-    let fresh = fresh_data_dir();
-    assert!(observe(&mut core, None, fresh.clone(), at(30)).is_empty());
-    assert!(complete(&mut core, bootstrap, Outcome::Ok, at(40)).is_empty());
+    let (mut core, fresh) = bootstrapped_with_the_store_away();
     // b's lock was deleted by hand: b may commit until its own deadline.
     let mut v = view(None);
     v.initialize = Some(String::new());
