@@ -1867,73 +1867,35 @@ fn a_synchronous_standby_told_to_stop_waits_until_another_standby_replaces_it() 
         }
         with_sync_key(v, "b", standby)
     };
-    let mut core = HaCore::new(me());
-    observe_with(
-        &mut core,
-        Some(key(Some("a"))),
-        replica(Some("b")),
-        sync.clone(),
-        at(100),
-    );
-    let out = core.step(Input::Shutdown, at(101));
+    let see = |core: &mut HaCore, v: ClusterView, t: u64| {
+        observe_with(core, Some(v), replica(Some("b")), sync.clone(), at(t))
+    };
+    // Listed in the key at 100, told to stop at 101: what it does about it.
+    let told_to_stop = || {
+        let mut core = HaCore::new(me());
+        see(&mut core, key(Some("a")), 100);
+        let out = core.step(Input::Shutdown, at(101));
+        (core, out)
+    };
+    let (mut core, out) = told_to_stop();
     assert_eq!(actions(&out), vec![Action::ReleaseSync]);
     // Out of the key, which names nobody yet: the leader has still to list c in
     // synchronous_standby_names, and commits would wait for us if we stopped now.
-    let out = observe_with(
-        &mut core,
-        Some(key(None)),
-        replica(Some("b")),
-        sync.clone(),
-        at(102),
-    );
+    let out = see(&mut core, key(None), 102);
     assert!(!actions(&out).contains(&Action::StopGraceful), "{out:?}");
-    let out = observe_with(
-        &mut core,
-        Some(key(Some("c"))),
-        replica(Some("b")),
-        sync.clone(),
-        at(103),
-    );
+    let out = see(&mut core, key(Some("c")), 103);
     assert_eq!(actions(&out), vec![Action::StopGraceful]);
 
     // Nobody could replace us (c is stopped): out of the key is enough.
     let mut alone = key(None);
     alone.members.get_mut("c").unwrap().state = Some("stopped".into());
-    let mut core = HaCore::new(me());
-    observe_with(
-        &mut core,
-        Some(key(Some("a"))),
-        replica(Some("b")),
-        sync.clone(),
-        at(100),
-    );
-    core.step(Input::Shutdown, at(101));
-    let out = observe_with(
-        &mut core,
-        Some(alone),
-        replica(Some("b")),
-        sync.clone(),
-        at(102),
-    );
+    let (mut core, _) = told_to_stop();
+    let out = see(&mut core, alone, 102);
     assert_eq!(actions(&out), vec![Action::StopGraceful]);
 
     // Never past the bound: 2 × loop_wait, and shutdown_handover_timeout (10 s here).
-    let mut core = HaCore::new(me());
-    observe_with(
-        &mut core,
-        Some(key(Some("a"))),
-        replica(Some("b")),
-        sync.clone(),
-        at(100),
-    );
-    core.step(Input::Shutdown, at(101));
-    observe_with(
-        &mut core,
-        Some(key(None)),
-        replica(Some("b")),
-        sync.clone(),
-        at(102),
-    );
+    let (mut core, _) = told_to_stop();
+    see(&mut core, key(None), 102);
     let bound = 101 + (2 * sync.loop_wait).min(sync.handover_timeout).as_secs();
     let out = core.step(Input::Tick, at(bound - 1));
     assert!(!actions(&out).contains(&Action::StopGraceful), "{out:?}");

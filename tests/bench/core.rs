@@ -134,121 +134,115 @@ fn summary(name: &str, xs: &[f64]) {
     );
 }
 
-fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let runs: usize = std::env::var("BENCH_RUNS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(5);
-        let t = Timings {
-            ttl: 5,
-            loop_wait: 1,
-            retry_timeout: 2,
-        };
-        let Some(mut c) = Cluster::start(Backend::Etcd, "bench", 3, t).await else {
-            eprintln!("components missing");
-            return;
-        };
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let t = Timings {
+        ttl: 5,
+        loop_wait: 1,
+        retry_timeout: 2,
+    };
+    let Some(mut c) = Cluster::start(Backend::Etcd, "bench", 3, t).await else {
+        eprintln!("components missing");
+        return;
+    };
+    let leader = healthy(&c).await;
+    let l = c.index(&leader);
+    c.sql(l, "CREATE TABLE IF NOT EXISTS bench (at timestamptz)")
+        .await
+        .expect("create table");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ports: Vec<u16> = c.members.iter().map(|m| m.pg_port).collect();
+    let (log, writer) = start_writer(ports, stop.clone());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // (c) steady state RSS, 30 s after the cluster is healthy (with the client writing):
+    // each agent, and its fence process (a separate, single-threaded process).
+    tokio::time::sleep(Duration::from_secs(27)).await;
+    let leader = c.leader().await.unwrap_or_default();
+    for m in &c.members {
+        if let Some(ch) = &m.child {
+            let fence = fence_of(ch.id());
+            println!(
+                "rss {}{}: agent {} kB, fence process {} kB",
+                m.name,
+                if m.name == leader { " (leader)" } else { "" },
+                rss_kb(ch.id()).unwrap_or(0),
+                fence.and_then(rss_kb).unwrap_or(0)
+            );
+        }
+    }
+
+    // (a) planned switchovers.
+    let mut gaps = Vec::new();
+    for _ in 0..runs {
         let leader = healthy(&c).await;
         let l = c.index(&leader);
-        c.sql(l, "CREATE TABLE IF NOT EXISTS bench (at timestamptz)")
-            .await
-            .expect("create table");
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let ports: Vec<u16> = c.members.iter().map(|m| m.pg_port).collect();
-        let (log, writer) = start_writer(ports, stop.clone());
+        let candidate = c
+            .members
+            .iter()
+            .find(|m| m.name != leader)
+            .unwrap()
+            .name
+            .clone();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let t0 = Instant::now();
+        let body = format!(r#"{{"leader": "{leader}", "candidate": "{candidate}"}}"#);
+        let (code, text) = c.api(l, Method::POST, "/switchover", Some(&body)).await;
         tokio::time::sleep(Duration::from_secs(3)).await;
+        let gap = longest_gap(&log, t0 - Duration::from_millis(100), Instant::now());
+        println!(
+            "switchover {leader} -> {candidate}: {code} {text}; longest write gap {:.3} s",
+            gap.as_secs_f64()
+        );
+        gaps.push(gap.as_secs_f64());
+    }
 
-        // (c) steady state RSS, 30 s after the cluster is healthy (with the client writing):
-        // each agent, and its fence process (a separate, single-threaded process).
-        tokio::time::sleep(Duration::from_secs(27)).await;
-        let leader = c.leader().await.unwrap_or_default();
-        for m in &c.members {
-            if let Some(ch) = &m.child {
-                let fence = fence_of(ch.id());
-                println!(
-                    "rss {}{}: agent {} kB, fence process {} kB",
-                    m.name,
-                    if m.name == leader { " (leader)" } else { "" },
-                    rss_kb(ch.id()).unwrap_or(0),
-                    fence.and_then(rss_kb).unwrap_or(0)
-                );
-            }
-        }
-
-        // (a) planned switchovers.
-        let mut gaps = Vec::new();
-        for _ in 0..runs {
-            let leader = healthy(&c).await;
-            let l = c.index(&leader);
-            let candidate = c
-                .members
-                .iter()
-                .find(|m| m.name != leader)
-                .unwrap()
-                .name
-                .clone();
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            let t0 = Instant::now();
-            let body = format!(r#"{{"leader": "{leader}", "candidate": "{candidate}"}}"#);
-            let (code, text) = c.api(l, Method::POST, "/switchover", Some(&body)).await;
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            let gap = longest_gap(&log, t0 - Duration::from_millis(100), Instant::now());
+    // (b) crash to first write.
+    let mut crash = Vec::new();
+    for _ in 0..runs.min(3) {
+        let leader = healthy(&c).await;
+        let l = c.index(&leader);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let t0 = Instant::now();
+        c.kill9(l);
+        let first = c
+            .wait_for(
+                "a write on the new primary",
+                Duration::from_secs(60),
+                || async {
+                    let new = c.leader().await.filter(|n| *n != leader);
+                    new.and(first_write_after(&log, t0))
+                },
+            )
+            .await;
+        let d = (first - t0).as_secs_f64();
+        println!("crash of {leader}: first write on the new primary after {d:.3} s");
+        crash.push(d);
+        c.spawn(l);
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = writer.await;
+    println!();
+    summary(
+        "planned switchover, longest write gap (target <= 0.3 s; Patroni 3.0.2: 1.27-1.37 s)",
+        &gaps,
+    );
+    summary(
+        "crash to first write at ttl 5 (target <= 6 s; Patroni 3.0.2: 5.2 s)",
+        &crash,
+    );
+    healthy(&c).await;
+    for m in &c.members {
+        if let Some(ch) = &m.child {
             println!(
-                "switchover {leader} -> {candidate}: {code} {text}; longest write gap {:.3} s",
-                gap.as_secs_f64()
+                "rss after the runs {}: {} kB (target <= 10 MB; Patroni 3.0.2: 59-61 MB)",
+                m.name,
+                rss_kb(ch.id()).unwrap_or(0)
             );
-            gaps.push(gap.as_secs_f64());
         }
-
-        // (b) crash to first write.
-        let mut crash = Vec::new();
-        for _ in 0..runs.min(3) {
-            let leader = healthy(&c).await;
-            let l = c.index(&leader);
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            let t0 = Instant::now();
-            c.kill9(l);
-            let first = c
-                .wait_for(
-                    "a write on the new primary",
-                    Duration::from_secs(60),
-                    || async {
-                        let new = c.leader().await.filter(|n| *n != leader);
-                        new.and(first_write_after(&log, t0))
-                    },
-                )
-                .await;
-            let d = (first - t0).as_secs_f64();
-            println!("crash of {leader}: first write on the new primary after {d:.3} s");
-            crash.push(d);
-            c.spawn(l);
-        }
-        stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        let _ = writer.await;
-        println!();
-        summary(
-            "planned switchover, longest write gap (target <= 0.3 s; Patroni 3.0.2: 1.27-1.37 s)",
-            &gaps,
-        );
-        summary(
-            "crash to first write at ttl 5 (target <= 6 s; Patroni 3.0.2: 5.2 s)",
-            &crash,
-        );
-        healthy(&c).await;
-        for m in &c.members {
-            if let Some(ch) = &m.child {
-                println!(
-                    "rss after the runs {}: {} kB (target <= 10 MB; Patroni 3.0.2: 59-61 MB)",
-                    m.name,
-                    rss_kb(ch.id()).unwrap_or(0)
-                );
-            }
-        }
-    });
+    }
 }

@@ -795,62 +795,56 @@ fn table(r: &Results, patroni_note: &str) {
     }
 }
 
-fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let Some(mut c) = Cluster::start(Backend::Etcd, "sbench", 3, T).await else {
-            eprintln!("components missing");
-            return;
-        };
-        println!("cluster directory (member logs): {}", c.dir.display());
-        let mut r = Results::new();
-        let started = Instant::now();
-        {
-            let mut s = Sys::pgwarden(&mut c);
-            measure(&mut s, &mut r).await;
-            for i in 0..3 {
-                s.terminate(i).await;
-            }
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let Some(mut c) = Cluster::start(Backend::Etcd, "sbench", 3, T).await else {
+        eprintln!("components missing");
+        return;
+    };
+    println!("cluster directory (member logs): {}", c.dir.display());
+    let mut r = Results::new();
+    let started = Instant::now();
+    {
+        let mut s = Sys::pgwarden(&mut c);
+        measure(&mut s, &mut r).await;
+        for i in 0..3 {
+            s.terminate(i).await;
         }
-        println!(
-            "pgwarden done after {:.0} s",
-            started.elapsed().as_secs_f64()
-        );
-        let want = std::env::var("BENCH_PATRONI").map_or(true, |v| v != "0");
-        let note = if !want {
-            "not run (BENCH_PATRONI=0)"
-        } else if !Path::new(PATRONI).is_file() {
-            "not run (no /usr/bin/patroni)"
-        } else {
-            let mut s = Sys::patroni(&mut c);
-            for i in 0..3 {
-                s.spawn(i);
-            }
-            measure(&mut s, &mut r).await;
-            for i in 0..3 {
-                s.terminate(i).await;
-            }
-            ""
-        };
-        println!("all done after {:.0} s", started.elapsed().as_secs_f64());
-        table(&r, note);
-        // Keep the member logs for inspection.
-        let keep = std::env::temp_dir().join(format!("pgwarden-bench-sync-{}", std::process::id()));
-        let _ = std::fs::create_dir_all(&keep);
-        for log in walk_logs(&c.dir) {
-            let name = log
-                .strip_prefix(&c.dir)
-                .unwrap()
-                .to_string_lossy()
-                .replace('/', "-");
-            let _ = std::fs::copy(&log, keep.join(name));
+    }
+    println!(
+        "pgwarden done after {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    let want = std::env::var("BENCH_PATRONI").map_or(true, |v| v != "0");
+    let note = if !want {
+        "not run (BENCH_PATRONI=0)"
+    } else if !Path::new(PATRONI).is_file() {
+        "not run (no /usr/bin/patroni)"
+    } else {
+        let mut s = Sys::patroni(&mut c);
+        for i in 0..3 {
+            s.spawn(i);
         }
-        println!("member logs kept in {}", keep.display());
-    });
+        measure(&mut s, &mut r).await;
+        for i in 0..3 {
+            s.terminate(i).await;
+        }
+        ""
+    };
+    println!("all done after {:.0} s", started.elapsed().as_secs_f64());
+    table(&r, note);
+    // Keep the member logs for inspection.
+    let keep = std::env::temp_dir().join(format!("pgwarden-bench-sync-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&keep);
+    for log in walk_logs(&c.dir) {
+        let name = log
+            .strip_prefix(&c.dir)
+            .unwrap()
+            .to_string_lossy()
+            .replace('/', "-");
+        let _ = std::fs::copy(&log, keep.join(name));
+    }
+    println!("member logs kept in {}", keep.display());
 }
 
 /// The `*.log` files in `dir` and its `patroni` directory.
