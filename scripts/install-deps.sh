@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what pgwarden's demo and tests need, where it is missing (Debian/Ubuntu, as root or
 # with sudo): PostgreSQL 15, etcd, protoc (for the etcd client's build), and the real clients
-# the compatibility tests drive: Patroni's patronictl, HAProxy, pgBouncer, wrk, schemathesis.
+# the compatibility tests drive: Patroni's patronictl, HAProxy, pgBouncer, wrk, schemathesis;
+# iproute2 and iptables for the tests that cut members off the network.
 set -euo pipefail
 
 SUDO=""
@@ -17,6 +18,9 @@ command -v patronictl >/dev/null 2>&1 || need+=(patroni)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v runuser >/dev/null 2>&1 || need+=(util-linux)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# Tests that cut members off the network: namespaces, veth pairs, DROP rules.
+[ -x /usr/sbin/ip ] || need+=(iproute2)
+[ -x /usr/sbin/iptables ] || need+=(iptables)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"

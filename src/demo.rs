@@ -162,8 +162,11 @@ impl Demo {
     }
 }
 
-/// Where and how one loopback member runs: the demo's and the tests' members share it.
+/// Where and how one member on this machine runs: the demo's and the tests' members share it.
 pub struct LocalMember<'a> {
+    /// The address PostgreSQL and the REST API listen on and give to peers: `127.0.0.1`, or
+    /// a test's network namespace's own.
+    pub host: &'a str,
     /// The directory holding every member's files.
     pub dir: &'a Path,
     /// Cluster name.
@@ -185,10 +188,11 @@ pub fn etcd3_section(hosts: &str) -> String {
     format!("etcd3:\n  hosts: {hosts}\n")
 }
 
-/// A Patroni configuration for a member on loopback, with a superuser `postgres` (password
+/// A Patroni configuration for a member at `m.host`, with a superuser `postgres` (password
 /// `postgres`), replication and rewind users, slots and pg_rewind on.
 pub fn member_config(m: &LocalMember<'_>) -> String {
     let LocalMember {
+        host,
         dir,
         scope,
         name,
@@ -198,13 +202,20 @@ pub fn member_config(m: &LocalMember<'_>) -> String {
         timings,
     } = m;
     let (ttl, loop_wait, retry) = *timings;
+    // Peers on loopback come from the member's own address; in a namespace, from the subnet
+    // it shares with its peers.
+    let peers = if *host == "127.0.0.1" {
+        "127.0.0.1/32"
+    } else {
+        "samenet"
+    };
     format!(
         r#"scope: {scope}
 namespace: /service
 name: {name}
 restapi:
-  listen: 127.0.0.1:{api_port}
-  connect_address: 127.0.0.1:{api_port}
+  listen: {host}:{api_port}
+  connect_address: {host}:{api_port}
 {dcs}bootstrap:
   dcs:
     ttl: {ttl}
@@ -221,11 +232,11 @@ restapi:
   - data-checksums
   pg_hba:
   - local all all trust
-  - host replication replicator 127.0.0.1/32 md5
-  - host all all 127.0.0.1/32 md5
+  - host replication replicator {peers} md5
+  - host all all {peers} md5
 postgresql:
-  listen: 127.0.0.1:{pg_port}
-  connect_address: 127.0.0.1:{pg_port}
+  listen: {host}:{pg_port}
+  connect_address: {host}:{pg_port}
   data_dir: {dir}/{name}/data
   pgpass: {dir}/{name}/pgpass
   authentication:
@@ -296,6 +307,7 @@ fn run(args: DemoArgs) -> anyhow::Result<()> {
         std::fs::write(
             &config,
             member_config(&LocalMember {
+                host: "127.0.0.1",
                 dir: &dir,
                 scope,
                 name: &name,

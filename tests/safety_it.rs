@@ -19,7 +19,7 @@ const LONG: Duration = Duration::from_secs(120);
 
 /// Whether the PostgreSQL at `port` accepts a write right now (bounded by a second).
 async fn accepts_write(port: u16) -> bool {
-    let w = cluster::member_io::sql(port, "INSERT INTO probe VALUES (1)");
+    let w = cluster::member_io::sql("127.0.0.1", port, "INSERT INTO probe VALUES (1)");
     matches!(
         tokio::time::timeout(Duration::from_secs(1), w).await,
         Ok(Ok(_))

@@ -37,19 +37,19 @@ async fn show_ssn(c: &Cluster, i: usize) -> Option<String> {
         .next()
 }
 
-/// A client inserting unique rows from `from` on the PostgreSQL at `port` over one connection,
-/// `pause` apart, until `stop` is set or a commit fails or takes over 10 s: the ids whose
-/// commit was acknowledged.
+/// A client inserting unique rows from `from` on the PostgreSQL at `host:port` over one
+/// connection, `pause` apart, until `stop` is set or a commit fails or takes over 10 s: the ids
+/// whose commit was acknowledged.
 fn writer(
-    port: u16,
+    (host, port): (&str, u16),
     from: u64,
     pause: Duration,
     stop: Arc<AtomicBool>,
 ) -> JoinHandle<BTreeSet<u64>> {
+    let conn = format!(
+        "host={host} port={port} user=postgres password=postgres dbname=postgres connect_timeout=3"
+    );
     tokio::spawn(async move {
-        let conn = format!(
-            "host=127.0.0.1 port={port} user=postgres password=postgres dbname=postgres connect_timeout=3"
-        );
         let mut acked = BTreeSet::new();
         let Ok((client, connection)) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await
         else {
@@ -77,7 +77,7 @@ fn writer(
 async fn insert_for(c: &Cluster, i: usize, d: Duration, from: u64) -> BTreeSet<u64> {
     let stop = Arc::new(AtomicBool::new(false));
     let w = writer(
-        c.members[i].pg_port,
+        c.members[i].pg_addr(),
         from,
         Duration::from_millis(20),
         stop.clone(),
@@ -190,7 +190,7 @@ async fn synchronous_modes(backend: Backend) {
     let acked = insert_for(&c, l, Duration::from_secs(3), 1).await;
     assert!(acked.len() > 20, "only {} rows acknowledged", acked.len());
     let writer_task = writer(
-        c.members[l].pg_port,
+        c.members[l].pg_addr(),
         100_000,
         Duration::ZERO,
         Arc::new(AtomicBool::new(false)),
@@ -280,7 +280,7 @@ async fn synchronous_modes(backend: Backend) {
     let y = (0..3).find(|i| *i != s && *i != x).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let writer_task = writer(
-        c.members[s].pg_port,
+        c.members[s].pg_addr(),
         200_000,
         Duration::from_millis(20),
         stop.clone(),
@@ -504,4 +504,91 @@ async fn synchronous_modes_on_etcd() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn synchronous_modes_on_kubernetes() {
     synchronous_modes(Backend::Kubernetes(ControlPlane::Shared)).await;
+}
+
+/// Whether member `i`'s PostgreSQL answers as a primary now (a refused or hanging connection,
+/// or a standby, is not one).
+async fn is_primary(c: &Cluster, i: usize) -> bool {
+    let r = tokio::time::timeout(
+        Duration::from_secs(1),
+        c.sql(i, "SELECT NOT pg_is_in_recovery()"),
+    )
+    .await;
+    matches!(r, Ok(Ok(v)) if v.first().map(String::as_str) == Some("t"))
+}
+
+/// Strict mode, the primary cut off from the network (its namespace drops every packet but its
+/// client's) while the client writes: its commits wait for a standby that no longer answers,
+/// so none is acknowledged after the cut; it stops being a primary before the synchronous
+/// standby takes over, which holds every acknowledged row; healed, it rejoins as a replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_mode_keeps_every_row_when_the_primary_is_cut_off_on_etcd() {
+    let Some(c) = Cluster::start_partitionable("itcut", 3, T).await else {
+        return;
+    };
+    let settings = r#""synchronous_mode": true, "synchronous_mode_strict": true"#;
+    let (l, leader) = all_streaming_with(&c, settings).await;
+    let standby = c
+        .wait_for("a synchronous standby in the sync key", LONG, || async {
+            match sync_key(&c).await? {
+                (Some(k), Some(s), None) if k == leader => Some(s),
+                _ => None,
+            }
+        })
+        .await;
+    let s = c.index(&standby);
+    let net = c.net.as_ref().expect("namespaces");
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = writer(
+        c.members[l].pg_addr(),
+        1,
+        Duration::from_millis(20),
+        stop.clone(),
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    net.isolate(l, Some(c.members[l].pg_port));
+    let cut = std::time::Instant::now();
+
+    // Until the standby writes: never both primaries at once.
+    let old_stopped = std::sync::OnceLock::new();
+    c.wait_for("the synchronous standby writable", LONG, || async {
+        let (old, new) = tokio::join!(is_primary(&c, l), is_primary(&c, s));
+        assert!(!(old && new), "two primaries: {leader} and {standby}");
+        if !old {
+            old_stopped.get_or_init(|| cut.elapsed());
+        }
+        (new && c.writable(s).await).then_some(())
+    })
+    .await;
+    let Some(old_stopped) = old_stopped.get() else {
+        panic!("{leader} still a primary when {standby} took over");
+    };
+    eprintln!(
+        "{leader} cut off: no longer a primary {old_stopped:?} later, {standby} writable {:?} later",
+        cut.elapsed()
+    );
+    assert_eq!(
+        c.leader().await.as_deref(),
+        Some(standby.as_str()),
+        "only the synchronous standby may take over"
+    );
+    stop.store(true, Ordering::Relaxed);
+    let acked = client.await.unwrap();
+    assert!(acked.len() > 20, "only {} rows acknowledged", acked.len());
+    let lost = missing_on(&c, s, &acked).await;
+    assert!(
+        lost.is_empty(),
+        "acknowledged rows missing on the new primary: {lost:?}"
+    );
+
+    net.heal(l);
+    c.wait_for(&format!("{leader} back as a replica"), LONG, || async {
+        c.streaming(&leader).await.then_some(())
+    })
+    .await;
+    let lost = missing_on(&c, l, &acked).await;
+    assert!(
+        lost.is_empty(),
+        "rows missing on {leader} after it rejoined: {lost:?}"
+    );
 }

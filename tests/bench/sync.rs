@@ -180,7 +180,9 @@ fn gaps(acks: &[Ack], from: Instant, to: Instant) -> (f64, f64) {
 
 /// Ids acknowledged before `upto` that the PostgreSQL at `port` lacks (`None`: not readable).
 async fn missing(acks: &[Ack], upto: Instant, port: u16) -> Option<Vec<u64>> {
-    let rows = member_io::sql(port, "SELECT id FROM sbench").await.ok()?;
+    let rows = member_io::sql("127.0.0.1", port, "SELECT id FROM sbench")
+        .await
+        .ok()?;
     let have: BTreeSet<u64> = rows.iter().filter_map(|s| s.parse().ok()).collect();
     Some(
         acks.iter()
@@ -266,6 +268,7 @@ impl<'a> Sys<'a> {
             }
             let (pg_port, api_port) = (ports[2 * i], ports[2 * i + 1]);
             let yaml = pgwarden::demo::member_config(&pgwarden::demo::LocalMember {
+                host: "127.0.0.1",
                 dir: &dir,
                 scope: "patbench",
                 name: &name,
@@ -379,11 +382,19 @@ impl<'a> Sys<'a> {
     }
 
     async fn sql(&self, i: usize, q: &str) -> Result<Vec<String>, String> {
-        member_io::sql(self.members[i].pg_port, q).await
+        member_io::sql("127.0.0.1", self.members[i].pg_port, q).await
     }
 
     async fn api(&self, i: usize, m: Method, path: &str, body: Option<&str>) -> (u16, String) {
-        member_io::api(&self.http, self.members[i].api_port, m, path, body).await
+        member_io::api(
+            &self.http,
+            "127.0.0.1",
+            self.members[i].api_port,
+            m,
+            path,
+            body,
+        )
+        .await
     }
 
     /// The leader (by the first member's `/cluster` that answers) whose state is running.

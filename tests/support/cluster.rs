@@ -22,6 +22,8 @@ pub mod k8s;
 pub mod kube_namespace;
 #[path = "member_io.rs"]
 pub mod member_io;
+#[path = "netns.rs"]
+pub mod netns;
 #[path = "cluster/observe.rs"]
 mod observe;
 #[path = "cluster/processes.rs"]
@@ -39,13 +41,24 @@ pub use backend::{Backend, Store};
 pub use backend::ControlPlane;
 use etcd_support::EtcdServer;
 use kube_namespace::KubeNamespace;
+use netns::TestNet;
 
 pub struct MemberProc {
     pub name: String,
+    /// The address its PostgreSQL and REST API listen on: `127.0.0.1`, or its network
+    /// namespace's.
+    pub host: String,
     pub config: PathBuf,
     pub pg_port: u16,
     pub api_port: u16,
     pub child: Option<Child>,
+}
+
+impl MemberProc {
+    /// Where its PostgreSQL listens.
+    pub fn pg_addr(&self) -> (&str, u16) {
+        (&self.host, self.pg_port)
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -64,18 +77,27 @@ pub struct Cluster {
     run_as: Option<(u32, u32)>,
     observer: Box<dyn Dcs>,
     http: reqwest::Client,
+    /// The members' network namespaces, when the test cuts members off the network
+    /// ([`Cluster::start_partitionable`]).
+    pub net: Option<TestNet>,
     /// Matched on by scenarios that check what only one store shows; tests of one backend
     /// use [`Cluster::etcd`] or [`Cluster::kubernetes`]. Declared last: the store goes after
     /// the observer watching it.
     pub store: Store,
 }
 
-/// A client's configuration for the members' PostgreSQL on `ports`, as an application with
-/// libpq's read-write host list connects: whichever member accepts writes.
+/// A client's configuration for the members' PostgreSQL on `ports` of loopback, as an
+/// application with libpq's read-write host list connects: whichever member accepts writes.
 pub fn read_write_config(ports: &[u16]) -> tokio_postgres::Config {
+    let addrs: Vec<(&str, u16)> = ports.iter().map(|p| ("127.0.0.1", *p)).collect();
+    read_write_config_at(&addrs)
+}
+
+/// [`read_write_config`] for members at `(host, port)`.
+pub fn read_write_config_at(addrs: &[(&str, u16)]) -> tokio_postgres::Config {
     let mut cfg = tokio_postgres::Config::new();
-    for p in ports {
-        cfg.host("127.0.0.1").port(*p);
+    for (h, p) in addrs {
+        cfg.host(*h).port(*p);
     }
     cfg.user("postgres")
         .password("postgres")
@@ -120,9 +142,36 @@ impl Cluster {
     /// ([`Cluster::spawn`], [`Cluster::spawn_unread_pipe`]), or changes what they will use
     /// first (a ServiceAccount token, say).
     pub async fn prepare(backend: Backend, scope: &str, n: usize, t: Timings) -> Option<Cluster> {
+        Cluster::prepare_on(backend, None, scope, n, t).await
+    }
+
+    /// `n` running members on etcd, each in a network namespace of its own
+    /// ([`netns::TestNet`]), so the test can cut any of them off the network; `None` (skip)
+    /// when components are missing outside CI.
+    pub async fn start_partitionable(scope: &str, n: usize, t: Timings) -> Option<Cluster> {
         if !postgres_available() {
             return None;
         }
+        let net = TestNet::create(n)?;
+        let mut c = Cluster::prepare_on(Backend::Etcd, Some(net), scope, n, t).await?;
+        c.spawn_all();
+        Some(c)
+    }
+
+    async fn prepare_on(
+        backend: Backend,
+        net: Option<TestNet>,
+        scope: &str,
+        n: usize,
+        t: Timings,
+    ) -> Option<Cluster> {
+        if !postgres_available() {
+            return None;
+        }
+        assert!(
+            net.is_none() || matches!(backend, Backend::Etcd),
+            "members in network namespaces run on etcd only"
+        );
         // The backend in the name: a scenario runs on both stores in one test binary, and
         // `cargo test` runs them side by side.
         let dir = std::env::temp_dir().join(format!(
@@ -133,7 +182,10 @@ impl Cluster {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let Some(store) = Store::start(backend, scope, &dir).await else {
+        // The store listens where the members reach it: on the test bridge when they have
+        // namespaces.
+        let store_host = net.as_ref().map_or("127.0.0.1".into(), TestNet::gateway);
+        let Some(store) = Store::start(backend, scope, &dir, &store_host).await else {
             let _ = std::fs::remove_dir_all(&dir);
             return None;
         };
@@ -150,6 +202,7 @@ impl Cluster {
             run_as: processes::member_user(),
             observer,
             http: reqwest::Client::builder().no_proxy().build().unwrap(),
+            net,
             store,
         };
         let mut ports = distinct_ports(2 * n).into_iter();
@@ -170,6 +223,7 @@ impl Cluster {
     async fn add_member_on(&mut self, pg_port: u16, api_port: u16, extra: &str) -> usize {
         let i = self.members.len();
         let name = format!("m{i}");
+        let host = self.net.as_ref().map_or("127.0.0.1".into(), |n| n.addr(i));
         let mdir = self.dir.join(&name);
         std::fs::create_dir_all(&mdir).unwrap();
         if let Some((u, g)) = self.run_as {
@@ -178,6 +232,7 @@ impl Cluster {
         self.store.add_member(&name, i).await;
         let t = self.timings;
         let yaml = pgwarden::demo::member_config(&pgwarden::demo::LocalMember {
+            host: &host,
             dir: &self.dir,
             scope: &self.scope,
             name: &name,
@@ -190,6 +245,7 @@ impl Cluster {
         std::fs::write(&config, yaml).unwrap();
         self.members.push(MemberProc {
             name,
+            host,
             config,
             pg_port,
             api_port,

@@ -21,6 +21,8 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 pub struct EtcdServer {
     binary: PathBuf,
     dir: PathBuf,
+    /// The address it listens on besides loopback, and gives to clients.
+    host: String,
     client_port: u16,
     peer_port: u16,
     child: Option<Child>,
@@ -49,6 +51,12 @@ pub fn free_port() -> u16 {
 impl EtcdServer {
     /// Starts etcd, or explains why not: panics under `CI=true`, else `None` with a note.
     pub async fn start_or_skip(test: &str) -> Option<EtcdServer> {
+        EtcdServer::start_or_skip_on(test, "127.0.0.1").await
+    }
+
+    /// As [`EtcdServer::start_or_skip`], for clients at `host` (an address of this machine's,
+    /// such as a test bridge's) as well as on loopback.
+    pub async fn start_or_skip_on(test: &str, host: &str) -> Option<EtcdServer> {
         let Some(binary) = find_etcd() else {
             let msg = format!(
                 "{test}: no etcd binary (/usr/bin/etcd or on PATH); install Debian's etcd-server"
@@ -59,11 +67,12 @@ impl EtcdServer {
             eprintln!("SKIPPED {msg}");
             return None;
         };
-        Some(EtcdServer::start_with(binary).await)
+        Some(EtcdServer::start_with(binary, host).await)
     }
 
-    /// Starts etcd from `binary`; retries with other ports if a port was taken in between.
-    pub async fn start_with(binary: PathBuf) -> EtcdServer {
+    /// Starts etcd from `binary`, for clients on loopback and at `host`; retries with other
+    /// ports if a port was taken in between.
+    pub async fn start_with(binary: PathBuf, host: &str) -> EtcdServer {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let dir = std::env::temp_dir().join(format!(
             "pgwarden-etcd-{}-{n}-{}",
@@ -78,6 +87,7 @@ impl EtcdServer {
             let mut s = EtcdServer {
                 binary: binary.clone(),
                 dir: dir.clone(),
+                host: host.into(),
                 client_port: free_port(),
                 peer_port: free_port(),
                 child: None,
@@ -91,9 +101,9 @@ impl EtcdServer {
         panic!("etcd did not start: {last}");
     }
 
-    /// `http://127.0.0.1:<client port>`.
+    /// `http://<host>:<client port>`: what clients are given.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("http://{}:{}", self.host, self.client_port)
     }
 
     /// The data directory (etcd's log is `etcd.log` beside it).
@@ -127,11 +137,16 @@ impl EtcdServer {
             .map_err(|e| e.to_string())?;
         let log2 = log.try_clone().map_err(|e| e.to_string())?;
         let client = self.endpoint();
+        let listen = if self.host == "127.0.0.1" {
+            client.clone()
+        } else {
+            format!("http://127.0.0.1:{},{client}", self.client_port)
+        };
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let child = Command::new(&self.binary)
             .arg("--name=test")
             .arg(format!("--data-dir={}", self.dir.join("data").display()))
-            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--listen-client-urls={listen}"))
             .arg(format!("--advertise-client-urls={client}"))
             .arg(format!("--listen-peer-urls={peer}"))
             .arg(format!("--initial-advertise-peer-urls={peer}"))

@@ -8,10 +8,11 @@ use std::path::Path;
 use pgwarden::dcs::ClusterView;
 use std::time::Duration;
 
-/// Runs `sql` as the superuser on the PostgreSQL at `port`; the first column of every row.
-pub async fn sql(port: u16, sql: &str) -> Result<Vec<String>, String> {
+/// Runs `sql` as the superuser on the PostgreSQL at `host:port`; the first column of every
+/// row.
+pub async fn sql(host: &str, port: u16, sql: &str) -> Result<Vec<String>, String> {
     let conn = format!(
-        "host=127.0.0.1 port={port} user=postgres password=postgres dbname=postgres connect_timeout=3"
+        "host={host} port={port} user=postgres password=postgres dbname=postgres connect_timeout=3"
     );
     let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
         .await
@@ -30,15 +31,16 @@ pub async fn sql(port: u16, sql: &str) -> Result<Vec<String>, String> {
         .collect())
 }
 
-/// One REST request to the API at `port`: (status, body), or (0, error) when it failed.
+/// One REST request to the API at `host:port`: (status, body), or (0, error) when it failed.
 pub async fn api(
     http: &reqwest::Client,
+    host: &str,
     port: u16,
     method: reqwest::Method,
     path: &str,
     body: Option<&str>,
 ) -> (u16, String) {
-    let url = format!("http://127.0.0.1:{port}{path}");
+    let url = format!("http://{host}:{port}{path}");
     let mut rq = http.request(method, url).timeout(Duration::from_secs(60));
     if let Some(b) = body {
         rq = rq

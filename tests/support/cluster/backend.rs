@@ -49,11 +49,19 @@ pub enum Store {
 }
 
 impl Store {
-    /// Starts or reaches the store. `None` (skip) when etcd is missing outside CI; a
-    /// control plane that cannot be had fails the test, as every Kubernetes test does.
-    pub(super) async fn start(backend: Backend, scope: &str, dir: &Path) -> Option<Store> {
+    /// Starts or reaches the store; etcd listens for members at `host` too. `None` (skip)
+    /// when etcd is missing outside CI; a control plane that cannot be had fails the test, as
+    /// every Kubernetes test does.
+    pub(super) async fn start(
+        backend: Backend,
+        scope: &str,
+        dir: &Path,
+        host: &str,
+    ) -> Option<Store> {
         match backend {
-            Backend::Etcd => EtcdServer::start_or_skip(scope).await.map(Store::Etcd),
+            Backend::Etcd => EtcdServer::start_or_skip_on(scope, host)
+                .await
+                .map(Store::Etcd),
             Backend::Kubernetes(ControlPlane::Shared) => Some(Store::Kubernetes(
                 KubeNamespace::create(&k8s::kubeconfig(), None, scope, dir).await,
             )),

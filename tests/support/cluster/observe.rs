@@ -85,7 +85,8 @@ impl Cluster {
     }
 
     pub async fn sql(&self, i: usize, sql: &str) -> Result<Vec<String>, String> {
-        member_io::sql(self.members[i].pg_port, sql).await
+        let m = &self.members[i];
+        member_io::sql(&m.host, m.pg_port, sql).await
     }
 
     pub async fn api(
@@ -95,7 +96,8 @@ impl Cluster {
         path: &str,
         body: Option<&str>,
     ) -> (u16, String) {
-        member_io::api(&self.http, self.members[i].api_port, method, path, body).await
+        let m = &self.members[i];
+        member_io::api(&self.http, &m.host, m.api_port, method, path, body).await
     }
 
     /// Whether member `i`'s PostgreSQL accepts a write now.

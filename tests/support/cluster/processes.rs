@@ -25,12 +25,42 @@ impl Cluster {
     /// A `pgwarden run` command for a config file, as the member user, with the store's
     /// environment, logging to `log`.
     pub fn command(&self, config: &Path, log: &Path) -> Command {
+        self.command_in(None, config, log)
+    }
+
+    /// Member `i`'s `pgwarden run`, in its network namespace when the cluster has them.
+    fn member_command(&self, i: usize) -> Command {
+        let ns = self.net.as_ref().map(|n| n.ns_path(i));
+        self.command_in(ns.as_deref(), &self.members[i].config, &self.log_path(i))
+    }
+
+    /// [`Cluster::command`], entering the network namespace `ns` first when given: `nsenter`
+    /// enters it as root, takes the member user, then executes pgwarden, so the process the
+    /// test holds (and kills) is pgwarden itself.
+    fn command_in(&self, ns: Option<&Path>, config: &Path, log: &Path) -> Command {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .unwrap();
-        let mut cmd = Command::new(&self.bin);
+        let mut cmd = match ns {
+            None => {
+                let mut cmd = Command::new(&self.bin);
+                if let Some((u, g)) = self.run_as {
+                    cmd.uid(u).gid(g);
+                }
+                cmd
+            }
+            Some(ns) => {
+                let mut cmd = Command::new("/usr/bin/nsenter");
+                cmd.arg(format!("--net={}", ns.display()));
+                if let Some((u, g)) = self.run_as {
+                    cmd.args(["-S", &u.to_string(), "-G", &g.to_string()]);
+                }
+                cmd.arg("--").arg(&self.bin);
+                cmd
+            }
+        };
         cmd.arg("run")
             .arg(config)
             .stdin(Stdio::null())
@@ -38,8 +68,8 @@ impl Cluster {
             .stderr(log)
             .env("PGWARDEN_LOG", "info,pgwarden=debug");
         self.store.member_env(&mut cmd);
-        if let Some((u, g)) = self.run_as {
-            cmd.uid(u).gid(g).env("HOME", &self.dir);
+        if self.run_as.is_some() {
+            cmd.env("HOME", &self.dir);
         }
         cmd
     }
@@ -57,7 +87,7 @@ impl Cluster {
     }
 
     pub fn spawn(&mut self, i: usize) {
-        let mut cmd = self.command(&self.members[i].config, &self.log_path(i));
+        let mut cmd = self.member_command(i);
         self.members[i].child = Some(cmd.spawn().expect("spawn pgwarden"));
     }
 
@@ -73,7 +103,7 @@ impl Cluster {
     /// writes would fail instead of block); the member's log file stays empty.
     pub fn spawn_unread_pipe(&mut self, i: usize, log_filter: &str) -> std::io::PipeReader {
         let (reader, writer) = std::io::pipe().expect("pipe");
-        let mut cmd = self.command(&self.members[i].config, &self.log_path(i));
+        let mut cmd = self.member_command(i);
         cmd.stdout(writer.try_clone().expect("dup pipe"))
             .stderr(writer)
             .env("PGWARDEN_LOG", log_filter);
