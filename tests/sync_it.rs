@@ -29,6 +29,21 @@ async fn sync_key(c: &Cluster) -> Option<(Option<String>, Option<String>, Option
     Some((s.leader, s.sync_standby, s.quorum))
 }
 
+/// Waits for leader `leader`'s sync key (in `on` mode) to name a standby; its name.
+async fn sync_standby_of(c: &Cluster, leader: &str) -> String {
+    c.wait_for(
+        &format!("a synchronous standby of {leader} in the sync key"),
+        LONG,
+        || async {
+            match sync_key(c).await? {
+                (Some(k), Some(s), None) if k == leader => Some(s),
+                _ => None,
+            }
+        },
+    )
+    .await
+}
+
 async fn show_ssn(c: &Cluster, i: usize) -> Option<String> {
     c.sql(i, "SHOW synchronous_standby_names")
         .await
@@ -137,14 +152,7 @@ async fn synchronous_modes(backend: Backend) {
     };
     // synchronous_mode on: one standby in synchronous_standby_names, then in the key.
     let (l, leader) = all_streaming_with(&c, r#""synchronous_mode": true"#).await;
-    let standby = c
-        .wait_for("a synchronous standby in the sync key", LONG, || async {
-            match sync_key(&c).await? {
-                (Some(k), Some(s), None) if k == leader => Some(s),
-                _ => None,
-            }
-        })
-        .await;
+    let standby = sync_standby_of(&c, &leader).await;
     assert!(
         ["m0", "m1", "m2"].contains(&standby.as_str()) && standby != leader,
         "{standby}"
@@ -268,14 +276,7 @@ async fn synchronous_modes(backend: Backend) {
     // SIGTERM, a rolling restart's: the synchronous standby leaves the key before it stops,
     // then the leader hands over to the other one; a client writing throughout loses nothing
     // it was told was committed.
-    let sync_now = c
-        .wait_for("a synchronous standby of the new leader", LONG, || async {
-            match sync_key(&c).await? {
-                (Some(k), Some(s), None) if k == standby => Some(s),
-                _ => None,
-            }
-        })
-        .await;
+    let sync_now = sync_standby_of(&c, &standby).await;
     let x = c.index(&sync_now);
     let y = (0..3).find(|i| *i != s && *i != x).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
@@ -528,14 +529,7 @@ async fn strict_mode_keeps_every_row_when_the_primary_is_cut_off_on_etcd() {
     };
     let settings = r#""synchronous_mode": true, "synchronous_mode_strict": true"#;
     let (l, leader) = all_streaming_with(&c, settings).await;
-    let standby = c
-        .wait_for("a synchronous standby in the sync key", LONG, || async {
-            match sync_key(&c).await? {
-                (Some(k), Some(s), None) if k == leader => Some(s),
-                _ => None,
-            }
-        })
-        .await;
+    let standby = sync_standby_of(&c, &leader).await;
     let s = c.index(&standby);
     let net = c.net.as_ref().expect("namespaces");
     let stop = Arc::new(AtomicBool::new(false));

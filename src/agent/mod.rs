@@ -592,8 +592,12 @@ impl Agent {
                 self.cycle().await;
                 let wake = self.instant_of(self.core.next_wakeup()).min(give_up);
                 let pause = wake.min(Instant::now() + Duration::from_millis(250));
-                tokio::time::sleep_until(pause.max(Instant::now() + Duration::from_millis(10)))
-                    .await;
+                let pause = pause.max(Instant::now() + Duration::from_millis(10));
+                // A task ending ends the pause: the stop that a cycle started is followed at
+                // once by the lock's release, which the next leader is waiting for.
+                if let Ok(Some(done)) = tokio::time::timeout_at(pause, self.tasks_rx.recv()).await {
+                    self.task_finished(done).await;
+                }
                 continue;
             }
             // The lease deadline still holds while we stop: a stop that hangs (a postmaster

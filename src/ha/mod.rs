@@ -169,6 +169,10 @@ pub struct HaCore {
     failsafe: failsafe::FailsafeState,
     /// Shutdown requested.
     shutting_down: bool,
+    /// An observation arrived after the shutdown request: a replica decides whether it may
+    /// stop on that one, not on a view read before it was told to stop (the leader may have
+    /// listed it since).
+    observed_since_shutdown: bool,
     /// A task started PostgreSQL since the last observation (which says it is down): a
     /// shutdown must stop it before releasing the lock.
     pg_started: bool,
@@ -220,6 +224,7 @@ impl HaCore {
             handover_by: None,
             failsafe: Default::default(),
             shutting_down: false,
+            observed_since_shutdown: false,
             pg_started: false,
             made_writable: false,
             finished: false,
@@ -302,6 +307,7 @@ impl HaCore {
                 let writable_unleased = obs.pg.maybe_writable() && !self.holds_lock(now);
                 self.failsafe_observed(&obs, now);
                 self.last = Some(*obs);
+                self.observed_since_shutdown = self.shutting_down;
                 self.pg_started = false;
                 self.made_writable = false;
                 let stopping = out.iter().any(|(_, a)| *a == Action::StopNow);
@@ -331,7 +337,7 @@ impl HaCore {
                 self.handover_by = Some(now + bound);
                 if bound.is_zero() {
                     self.shutdown_step(now, &mut out);
-                } else if self.is_sync_standby() {
+                } else if self.is_sync_standby() || self.may_be_listed_as_sync() {
                     self.message = "shutting down: leaving the synchronous standbys first".into();
                     self.sync_release_until = Some(now + (2 * loop_wait).min(bound));
                     self.emit(Action::ReleaseSync, Purpose::Other, now, &mut out);
@@ -911,16 +917,32 @@ impl HaCore {
     /// Running PostgreSQL as a replica that the leader's `sync` key lists as a voter (not
     /// paused: then PostgreSQL is left running anyway).
     fn is_sync_standby(&self) -> bool {
-        let Some(o) = &self.last else { return false };
-        let Some(view) = &o.dcs else { return false };
-        o.policy.sync.mode != crate::config::SyncMode::Off
-            && !o.policy.pause
-            && o.pg.is_replica()
-            && view.leader.as_ref().is_some_and(|l| l.name != self.me.name)
-            && view.sync.as_ref().is_some_and(|s| {
+        self.follows_in_a_sync_mode().is_some_and(|view| {
+            view.sync.as_ref().is_some_and(|s| {
                 s.value.leader.as_deref() != Some(self.me.name.as_str())
                     && s.value.members().contains(&self.me.name.as_str())
             })
+        })
+    }
+
+    /// A running replica that the leader may list in `synchronous_standby_names` (it lists a
+    /// member before the key names it), though the view we hold does not show it in the key:
+    /// it is told to stop on a fresh view, leaving the standbys first if that one lists it.
+    fn may_be_listed_as_sync(&self) -> bool {
+        self.follows_in_a_sync_mode()
+            .is_some_and(|view| view.members.get(&self.me.name).is_none_or(|m| !m.nosync()))
+    }
+
+    /// The view, when it shows us running PostgreSQL as a replica of another member's, with
+    /// synchronous replication on and the cluster not paused.
+    fn follows_in_a_sync_mode(&self) -> Option<&crate::dcs::ClusterView> {
+        let o = self.last.as_ref()?;
+        let view = o.dcs.as_ref()?;
+        (o.policy.sync.mode != crate::config::SyncMode::Off
+            && !o.policy.pause
+            && o.pg.is_replica()
+            && view.leader.as_ref().is_some_and(|l| l.name != self.me.name))
+        .then_some(view)
     }
 
     /// Leaving the synchronous standbys before a stop, out of the `sync` key already: the key
@@ -963,7 +985,8 @@ impl HaCore {
         let Some(until) = self.sync_release_until else {
             return;
         };
-        let fresh = self.last.as_ref().is_some_and(|o| o.dcs.is_some());
+        let fresh =
+            self.observed_since_shutdown && self.last.as_ref().is_some_and(|o| o.dcs.is_some());
         if now < until && (!fresh || self.is_sync_standby() || self.awaiting_replacement()) {
             return;
         }

@@ -1679,6 +1679,15 @@ fn sync_on() -> Policy {
 }
 
 /// `v` with a `sync` key (version 5) of `leader` naming `standby`.
+/// b leads, every member running, and its sync key names `standby`.
+fn b_leads_with_sync_standby(standby: Option<&str>) -> ClusterView {
+    let mut v = view(Some("b"));
+    for m in v.members.values_mut() {
+        m.state = Some("running".into());
+    }
+    with_sync_key(v, "b", standby)
+}
+
 fn with_sync_key(mut v: ClusterView, leader: &str, standby: Option<&str>) -> ClusterView {
     v.sync = Some(Versioned {
         value: crate::dcs::SyncState {
@@ -1860,13 +1869,7 @@ fn a_synchronous_leader_told_to_stop_waits_for_its_key_to_name_a_standby() {
 fn a_synchronous_standby_told_to_stop_waits_until_another_standby_replaces_it() {
     let sync = sync_on();
     // b leads; a (us) is its synchronous standby, c a running replica that may replace us.
-    let key = |standby: Option<&str>| {
-        let mut v = view(Some("b"));
-        for m in v.members.values_mut() {
-            m.state = Some("running".into());
-        }
-        with_sync_key(v, "b", standby)
-    };
+    let key = b_leads_with_sync_standby;
     let see = |core: &mut HaCore, v: ClusterView, t: u64| {
         observe_with(core, Some(v), replica(Some("b")), sync.clone(), at(t))
     };
@@ -1900,5 +1903,45 @@ fn a_synchronous_standby_told_to_stop_waits_until_another_standby_replaces_it() 
     let out = core.step(Input::Tick, at(bound - 1));
     assert!(!actions(&out).contains(&Action::StopGraceful), "{out:?}");
     let out = core.step(Input::Tick, at(bound));
+    assert_eq!(actions(&out), vec![Action::StopGraceful]);
+}
+
+#[test]
+fn a_replica_told_to_stop_decides_on_a_view_read_after_it_was_told() {
+    let sync = sync_on();
+    // b leads, c is its synchronous standby; we (a) are another running replica.
+    let key = b_leads_with_sync_standby;
+    let see = |core: &mut HaCore, v: ClusterView, t: u64| {
+        observe_with(core, Some(v), replica(Some("b")), sync.clone(), at(t))
+    };
+    let mut core = HaCore::new(me());
+    see(&mut core, key(Some("c")), 100);
+    // Our view says c; the leader may have listed us since: no stop before a fresh view, and
+    // the leader is told not to list us.
+    let out = core.step(Input::Shutdown, at(101));
+    assert_eq!(actions(&out), vec![Action::ReleaseSync]);
+    assert!(core.wants_observation());
+    // It did: the key names us now. We leave it as a synchronous standby does.
+    let out = see(&mut core, key(Some("a")), 101);
+    assert!(!actions(&out).contains(&Action::StopGraceful), "{out:?}");
+    let out = see(&mut core, key(Some("c")), 102);
+    assert_eq!(actions(&out), vec![Action::StopGraceful]);
+
+    // The fresh view still names c: we stop at once.
+    let mut core = HaCore::new(me());
+    see(&mut core, key(Some("c")), 100);
+    core.step(Input::Shutdown, at(101));
+    let out = see(&mut core, key(Some("c")), 101);
+    assert_eq!(actions(&out), vec![Action::StopGraceful]);
+
+    // Asynchronous replication: nothing to wait for.
+    let mut core = HaCore::new(me());
+    observe(
+        &mut core,
+        Some(view(Some("b"))),
+        replica(Some("b")),
+        at(100),
+    );
+    let out = core.step(Input::Shutdown, at(101));
     assert_eq!(actions(&out), vec![Action::StopGraceful]);
 }

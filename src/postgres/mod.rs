@@ -224,7 +224,9 @@ impl Postgres {
                     pm.kill_hard();
                     break;
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                // Polled often: in a switchover, writes wait for this stop to be noticed
+                // (the lock is released after it), and a poll is one waitpid.
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
             self.postmaster = None;
             return Ok(());
