@@ -2,8 +2,8 @@
 //! `synchronous_standby_names` naming two standbys (`synchronous_node_count: 2`), with member
 //! names PostgreSQL would misread unquoted, and the `sync` key naming both. Three members of
 //! Debian's Patroni on a throwaway etcd (the members' configuration is the one pgwarden's tests
-//! use: pgwarden reads Patroni's); pgwarden must write the same value and the same key for the
-//! same standbys, and read Patroni's.
+//! use: pgwarden reads Patroni's); pgwarden must write the same value (but for the order of the
+//! names) and the same key for the same standbys, and read Patroni's.
 
 #[path = "support/cluster.rs"]
 mod cluster;
@@ -136,13 +136,21 @@ async fn two_synchronous_standbys_as_a_live_patroni_writes_them() {
     eprintln!("Patroni 3.0.2 wrote synchronous_standby_names = {ssn:?}, sync = {key}");
 
     let standbys: Vec<String> = (0..3).filter(|i| *i != l).map(name).collect();
-    assert_eq!(
-        ssn,
-        sync_names::render(SyncRule::Priority, 2, &standbys, false),
-        "pgwarden writes synchronous_standby_names as Patroni does"
-    );
     let parsed = sync_names::parse(&ssn).expect("pgwarden reads Patroni's value");
     assert_eq!((parsed.num, parsed.names), (2, standbys.clone()));
+    // The same form, count and quoting. The order is the one difference: Patroni lists the
+    // standbys as it ranked them when it changed the list (synchronous first, then the most
+    // advanced), pgwarden by name, so its list does not change when only positions do. Every
+    // listed standby must confirm (the count is the list's length), so PostgreSQL treats both
+    // alike.
+    let (count, list) = ssn.split_once(" (").expect("N (names)");
+    let mut names: Vec<&str> = list.trim_end_matches(')').split(',').collect();
+    names.sort();
+    assert_eq!(
+        format!("{count} ({})", names.join(",")),
+        sync_names::render(SyncRule::Priority, 2, &standbys, false),
+        "pgwarden writes synchronous_standby_names as Patroni does, in name order"
+    );
     let ours = SyncState {
         leader: Some(leader.clone()),
         sync_standby: Some(standbys.join(",")),

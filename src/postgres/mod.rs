@@ -352,10 +352,19 @@ impl Postgres {
     /// reloads, a stopped one starts with it.
     pub async fn set_sync_standby_names(&mut self, value: Option<String>) -> Result<(), PgError> {
         self.sync_names = value;
-        match self.child_alive() || self.foreign_postmaster().is_some() {
-            true => self.reload().await,
-            false => Ok(()),
+        if !(self.child_alive() || self.foreign_postmaster().is_some()) {
+            return Ok(());
         }
+        self.reload().await?;
+        // Best effort, and short: the value is set whatever comes of it.
+        let value = self.sync_names.clone().unwrap_or_default();
+        if !value.is_empty()
+            && let Err(e) =
+                query::nudge_sync_standbys(&self.settings, &value, Duration::from_millis(500)).await
+        {
+            tracing::debug!("no commit after changing synchronous_standby_names: {e}");
+        }
+        Ok(())
     }
 
     /// Renders the config files from the current settings and sends SIGHUP.

@@ -199,6 +199,49 @@ pub async fn one_shot(s: &PgSettings, sql: &str, timeout: Duration) -> Result<()
     .await
 }
 
+/// On a primary whose `synchronous_standby_names` was just reloaded as `value`: once the server
+/// runs with it, one small commit that itself waits for no standby. A walsender applies a new
+/// list only when its standby next reports a flush, and a standby reports when WAL reaches it:
+/// without new WAL, commits that a newly listed standby already holds would wait for whatever
+/// WAL comes next (seconds, in a quiet moment of a rolling restart). Not a primary: nothing.
+pub async fn nudge_sync_standbys(
+    s: &PgSettings,
+    value: &str,
+    timeout: Duration,
+) -> Result<(), PgError> {
+    with_client(
+        s,
+        "a commit after changing the synchronous standbys",
+        timeout,
+        async |c: &Client| {
+            // A backend reads a reloaded file between commands: ask until it runs with the new
+            // value (walsenders reload as promptly), a little while at most.
+            for _ in 0..20 {
+                let row = c
+                    .query_one(
+                        "SELECT pg_catalog.current_setting('synchronous_standby_names'), \
+                            pg_catalog.pg_is_in_recovery()",
+                        &[],
+                    )
+                    .await?;
+                if row.get::<_, bool>(1) {
+                    return Ok(());
+                }
+                if row.get::<_, String>(0) == value {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            c.batch_execute(
+                "BEGIN; SET LOCAL synchronous_commit TO local; \
+             SELECT pg_catalog.txid_current(); COMMIT",
+            )
+            .await
+        },
+    )
+    .await
+}
+
 /// The SQL `post_bootstrap` runs: superuser password, replication user, rewind user + grants.
 pub fn bootstrap_sql(s: &PgSettings) -> Vec<String> {
     let mut sql = vec![
