@@ -522,6 +522,7 @@ async fn is_primary(c: &Cluster, i: usize) -> bool {
 /// client's) while the client writes: its commits wait for a standby that no longer answers,
 /// so none is acknowledged after the cut; it stops being a primary before the synchronous
 /// standby takes over, which holds every acknowledged row; healed, it rejoins as a replica.
+/// Then a switchover under writes loses nothing either.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strict_mode_keeps_every_row_when_the_primary_is_cut_off_on_etcd() {
     let Some(c) = Cluster::start_partitionable("itcut", 3, T).await else {
@@ -584,5 +585,42 @@ async fn strict_mode_keeps_every_row_when_the_primary_is_cut_off_on_etcd() {
     assert!(
         lost.is_empty(),
         "rows missing on {leader} after it rejoined: {lost:?}"
+    );
+
+    // Then a switchover through REST while the client writes: the synchronous standby takes
+    // over, holding every row acknowledged until the old primary stopped.
+    let sync_now = sync_standby_of(&c, &standby).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = writer(
+        c.members[s].pg_addr(),
+        1_000_000,
+        Duration::from_millis(20),
+        stop.clone(),
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let body = format!(r#"{{"leader": "{standby}"}}"#);
+    let (code, text) = c.api(s, Method::POST, "/switchover", Some(&body)).await;
+    assert_eq!(code, 200, "{text}");
+    let after = c
+        .wait_for("a leader after the switchover", LONG, || async {
+            c.leader().await.filter(|n| *n != standby)
+        })
+        .await;
+    assert_eq!(
+        after, sync_now,
+        "only the synchronous standby may take over"
+    );
+    let n = c.index(&after);
+    c.wait_for(&format!("writes on {after}"), LONG, || async {
+        c.writable(n).await.then_some(())
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let acked = client.await.unwrap();
+    assert!(acked.len() > 10, "only {} rows acknowledged", acked.len());
+    let lost = missing_on(&c, n, &acked).await;
+    assert!(
+        lost.is_empty(),
+        "acknowledged rows missing after the switchover: {lost:?}"
     );
 }

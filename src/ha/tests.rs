@@ -1678,7 +1678,6 @@ fn sync_on() -> Policy {
     }
 }
 
-/// `v` with a `sync` key (version 5) of `leader` naming `standby`.
 /// b leads, every member running, and its sync key names `standby`.
 fn b_leads_with_sync_standby(standby: Option<&str>) -> ClusterView {
     let mut v = view(Some("b"));
@@ -1688,6 +1687,7 @@ fn b_leads_with_sync_standby(standby: Option<&str>) -> ClusterView {
     with_sync_key(v, "b", standby)
 }
 
+/// `v` with a `sync` key (version 5) of `leader` naming `standby`.
 fn with_sync_key(mut v: ClusterView, leader: &str, standby: Option<&str>) -> ClusterView {
     v.sync = Some(Versioned {
         value: crate::dcs::SyncState {

@@ -86,18 +86,12 @@ pub struct Cluster {
     pub store: Store,
 }
 
-/// A client's configuration for the members' PostgreSQL on `ports` of loopback, as an
-/// application with libpq's read-write host list connects: whichever member accepts writes.
+/// A client's configuration for the members' PostgreSQL on `ports`, as an application with
+/// libpq's read-write host list connects: whichever member accepts writes.
 pub fn read_write_config(ports: &[u16]) -> tokio_postgres::Config {
-    let addrs: Vec<(&str, u16)> = ports.iter().map(|p| ("127.0.0.1", *p)).collect();
-    read_write_config_at(&addrs)
-}
-
-/// [`read_write_config`] for members at `(host, port)`.
-pub fn read_write_config_at(addrs: &[(&str, u16)]) -> tokio_postgres::Config {
     let mut cfg = tokio_postgres::Config::new();
-    for (h, p) in addrs {
-        cfg.host(*h).port(*p);
+    for p in ports {
+        cfg.host("127.0.0.1").port(*p);
     }
     cfg.user("postgres")
         .password("postgres")
@@ -152,7 +146,7 @@ impl Cluster {
         if !postgres_available() {
             return None;
         }
-        let net = TestNet::create(n)?;
+        let net = TestNet::create()?;
         let mut c = Cluster::prepare_on(Backend::Etcd, Some(net), scope, n, t).await?;
         c.spawn_all();
         Some(c)
@@ -223,7 +217,13 @@ impl Cluster {
     async fn add_member_on(&mut self, pg_port: u16, api_port: u16, extra: &str) -> usize {
         let i = self.members.len();
         let name = format!("m{i}");
-        let host = self.net.as_ref().map_or("127.0.0.1".into(), |n| n.addr(i));
+        let host = match self.net.as_mut() {
+            Some(net) => {
+                let h = net.add_host();
+                net.addr(h)
+            }
+            None => "127.0.0.1".into(),
+        };
         let mdir = self.dir.join(&name);
         std::fs::create_dir_all(&mdir).unwrap();
         if let Some((u, g)) = self.run_as {

@@ -4,7 +4,7 @@
 //!
 //! The test process stays in the machine's namespace, at the bridge's address (`10.213.X.1`),
 //! which is where the store and the test's clients listen and connect from; member `i` is at
-//! `10.213.X.(10 + i)`. `X` is free subnet number: its bridge, `pgwb<X>`, is created first, and
+//! `10.213.X.(10 + i)`. `X` is a free subnet number: its bridge, `pgwb<X>`, is created first, and
 //! the kernel refuses a second bridge of that name, so tests running side by side (in one test
 //! binary or in several) never share a subnet. Everything is removed on drop; nothing routes
 //! off the machine (no default route in any namespace, no forwarding set up).
@@ -19,7 +19,8 @@ use std::process::Command;
 /// The bridge, and one namespace per member.
 pub struct TestNet {
     subnet: u8,
-    members: usize,
+    /// How many namespaces (hosts) exist: `0..hosts`.
+    hosts: usize,
 }
 
 /// Runs `cmd` with `args`; panics, naming the command and its stderr, when it fails.
@@ -52,9 +53,9 @@ fn missing() -> Option<String> {
 }
 
 impl TestNet {
-    /// The bridge and `members` namespaces; `None` (skip) when root or a tool is missing
-    /// outside CI.
-    pub fn create(members: usize) -> Option<TestNet> {
+    /// The bridge, with no host yet ([`TestNet::add_host`]); `None` (skip) when root or a
+    /// tool is missing outside CI.
+    pub fn create() -> Option<TestNet> {
         if let Some(why) = missing() {
             assert!(
                 !std::env::var("CI").is_ok_and(|v| v == "true"),
@@ -75,7 +76,7 @@ impl TestNet {
                     .is_ok_and(|o| o.status.success())
             })
             .expect("a free 10.213.X.0/24 for a test bridge");
-        let mut net = TestNet { subnet, members: 0 };
+        let net = TestNet { subnet, hosts: 0 };
         let bridge = net.bridge();
         run(
             "ip",
@@ -88,9 +89,6 @@ impl TestNet {
             ],
         );
         run("ip", &["link", "set", &bridge, "up"]);
-        for i in 0..members {
-            net.add_member(i);
-        }
         Some(net)
     }
 
@@ -117,11 +115,13 @@ impl TestNet {
         format!("10.213.{}.{}", self.subnet, 10 + i)
     }
 
-    fn add_member(&mut self, i: usize) {
+    /// One more namespace on the bridge: its index, for [`TestNet::addr`] and the rest.
+    pub fn add_host(&mut self) -> usize {
+        let i = self.hosts;
         let ns = self.namespace(i);
         let host_end = format!("pgwv{}m{i}", self.subnet);
         run("ip", &["netns", "add", &ns]);
-        self.members = i + 1;
+        self.hosts = i + 1;
         run(
             "ip",
             &[
@@ -134,6 +134,7 @@ impl TestNet {
         self.in_ns(i, "ip", &["addr", "add", &addr, "dev", "eth0"]);
         self.in_ns(i, "ip", &["link", "set", "eth0", "up"]);
         self.in_ns(i, "ip", &["link", "set", "lo", "up"]);
+        i
     }
 
     fn in_ns(&self, i: usize, cmd: &str, args: &[&str]) {
@@ -181,7 +182,7 @@ impl TestNet {
 impl Drop for TestNet {
     fn drop(&mut self) {
         // Deleting a namespace deletes its veth end, its peer and its rules with it.
-        for i in 0..self.members {
+        for i in 0..self.hosts {
             let _ = Command::new("ip")
                 .args(["netns", "del", &self.namespace(i)])
                 .output();
