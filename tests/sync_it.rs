@@ -88,18 +88,36 @@ fn writer(
     })
 }
 
-/// [`writer`] on member `i` for `d`, 20 ms apart.
-async fn insert_for(c: &Cluster, i: usize, d: Duration, from: u64) -> BTreeSet<u64> {
+/// A [`writer`] on member `i`, 20 ms apart, ids from `from`, until [`Client::acked`].
+struct Client {
+    stop: Arc<AtomicBool>,
+    task: JoinHandle<BTreeSet<u64>>,
+}
+
+fn client_on(c: &Cluster, i: usize, from: u64) -> Client {
     let stop = Arc::new(AtomicBool::new(false));
-    let w = writer(
+    let task = writer(
         c.members[i].pg_addr(),
         from,
         Duration::from_millis(20),
         stop.clone(),
     );
+    Client { stop, task }
+}
+
+impl Client {
+    /// Stops the client; the ids whose commit was acknowledged.
+    async fn acked(self) -> BTreeSet<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap()
+    }
+}
+
+/// A [`Client`] on member `i` for `d`.
+async fn insert_for(c: &Cluster, i: usize, d: Duration, from: u64) -> BTreeSet<u64> {
+    let client = client_on(c, i, from);
     tokio::time::sleep(d).await;
-    stop.store(true, Ordering::Relaxed);
-    w.await.unwrap()
+    client.acked().await
 }
 
 /// The ids of `acked` that member `i`'s table lacks.
@@ -279,13 +297,7 @@ async fn synchronous_modes(backend: Backend) {
     let sync_now = sync_standby_of(&c, &standby).await;
     let x = c.index(&sync_now);
     let y = (0..3).find(|i| *i != s && *i != x).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer_task = writer(
-        c.members[s].pg_addr(),
-        200_000,
-        Duration::from_millis(20),
-        stop.clone(),
-    );
+    let writer_task = client_on(&c, s, 200_000);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let status = tokio::task::block_in_place(|| c.terminate(x));
     assert!(
@@ -304,8 +316,7 @@ async fn synchronous_modes(backend: Backend) {
         },
     )
     .await;
-    stop.store(true, Ordering::Relaxed);
-    let during_standby_stop = writer_task.await.unwrap();
+    let during_standby_stop = writer_task.acked().await;
     assert!(
         during_standby_stop.len() > 10,
         "writes went on while the synchronous standby stopped: {}",
@@ -533,13 +544,7 @@ async fn strict_mode_keeps_every_row_when_the_primary_is_cut_off_on_etcd() {
     let standby = sync_standby_of(&c, &leader).await;
     let s = c.index(&standby);
     let net = c.net.as_ref().expect("namespaces");
-    let stop = Arc::new(AtomicBool::new(false));
-    let client = writer(
-        c.members[l].pg_addr(),
-        1,
-        Duration::from_millis(20),
-        stop.clone(),
-    );
+    let client = client_on(&c, l, 1);
     tokio::time::sleep(Duration::from_secs(2)).await;
     net.isolate(l, Some(c.members[l].pg_port));
     let cut = std::time::Instant::now();
@@ -567,8 +572,7 @@ async fn strict_mode_keeps_every_row_when_the_primary_is_cut_off_on_etcd() {
         Some(standby.as_str()),
         "only the synchronous standby may take over"
     );
-    stop.store(true, Ordering::Relaxed);
-    let acked = client.await.unwrap();
+    let acked = client.acked().await;
     assert!(acked.len() > 20, "only {} rows acknowledged", acked.len());
     let lost = missing_on(&c, s, &acked).await;
     assert!(
@@ -590,13 +594,7 @@ async fn strict_mode_keeps_every_row_when_the_primary_is_cut_off_on_etcd() {
     // Then a switchover through REST while the client writes: the synchronous standby takes
     // over, holding every row acknowledged until the old primary stopped.
     let sync_now = sync_standby_of(&c, &standby).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let client = writer(
-        c.members[s].pg_addr(),
-        1_000_000,
-        Duration::from_millis(20),
-        stop.clone(),
-    );
+    let client = client_on(&c, s, 1_000_000);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let body = format!(r#"{{"leader": "{standby}"}}"#);
     let (code, text) = c.api(s, Method::POST, "/switchover", Some(&body)).await;
@@ -615,8 +613,7 @@ async fn strict_mode_keeps_every_row_when_the_primary_is_cut_off_on_etcd() {
         c.writable(n).await.then_some(())
     })
     .await;
-    stop.store(true, Ordering::Relaxed);
-    let acked = client.await.unwrap();
+    let acked = client.acked().await;
     assert!(acked.len() > 10, "only {} rows acknowledged", acked.len());
     let lost = missing_on(&c, n, &acked).await;
     assert!(
