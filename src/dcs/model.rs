@@ -117,6 +117,12 @@ impl Member {
         tag_flag(self.tags.as_ref(), "nosync", "sync_priority")
     }
 
+    /// Running and not `nosync`: a member a synchronous leader may list (when it streams from
+    /// it).
+    pub fn may_be_sync_standby(&self) -> bool {
+        self.state.as_deref() == Some("running") && !self.nosync()
+    }
+
     /// `sync_priority` tag, default 1: the higher, the sooner chosen as a synchronous standby.
     pub fn sync_priority(&self) -> i64 {
         tag_priority(self.tags.as_ref(), "nosync", "sync_priority")

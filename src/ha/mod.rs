@@ -965,9 +965,8 @@ impl HaCore {
             && view.members.iter().any(|(name, m)| {
                 *name != self.me.name
                     && name != leader
-                    && m.state.as_deref() == Some("running")
                     && m.role.as_deref() == Some("replica")
-                    && !m.nosync()
+                    && m.may_be_sync_standby()
             })
     }
 

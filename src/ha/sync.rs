@@ -345,7 +345,7 @@ fn candidates(
             let name = r.application_name.as_str();
             let m = view.members.get(name)?;
             let lsn = r.ack_lsn?;
-            let usable = name != me && m.state.as_deref() == Some("running") && !m.nosync();
+            let usable = name != me && m.may_be_sync_standby();
             (usable && seen.insert(name)).then_some((r, m.sync_priority(), m.nofailover(), lsn))
         })
         .collect();

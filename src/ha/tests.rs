@@ -1687,6 +1687,11 @@ fn b_leads_with_sync_standby(standby: Option<&str>) -> ClusterView {
     with_sync_key(v, "b", standby)
 }
 
+/// We run as a replica of b, with `synchronous_mode: on`, and observe `v` at `t`.
+fn seen_as_bs_replica(core: &mut HaCore, v: ClusterView, t: u64) -> Vec<(ActionId, Action)> {
+    observe_with(core, Some(v), replica(Some("b")), sync_on(), at(t))
+}
+
 /// `v` with a `sync` key (version 5) of `leader` naming `standby`.
 fn with_sync_key(mut v: ClusterView, leader: &str, standby: Option<&str>) -> ClusterView {
     v.sync = Some(Versioned {
@@ -1869,10 +1874,7 @@ fn a_synchronous_leader_told_to_stop_waits_for_its_key_to_name_a_standby() {
 fn a_synchronous_standby_told_to_stop_waits_until_another_standby_replaces_it() {
     let sync = sync_on();
     // b leads; a (us) is its synchronous standby, c a running replica that may replace us.
-    let key = b_leads_with_sync_standby;
-    let see = |core: &mut HaCore, v: ClusterView, t: u64| {
-        observe_with(core, Some(v), replica(Some("b")), sync.clone(), at(t))
-    };
+    let (key, see) = (b_leads_with_sync_standby, seen_as_bs_replica);
     // Listed in the key at 100, told to stop at 101: what it does about it.
     let told_to_stop = || {
         let mut core = HaCore::new(me());
@@ -1908,12 +1910,8 @@ fn a_synchronous_standby_told_to_stop_waits_until_another_standby_replaces_it() 
 
 #[test]
 fn a_replica_told_to_stop_decides_on_a_view_read_after_it_was_told() {
-    let sync = sync_on();
     // b leads, c is its synchronous standby; we (a) are another running replica.
-    let key = b_leads_with_sync_standby;
-    let see = |core: &mut HaCore, v: ClusterView, t: u64| {
-        observe_with(core, Some(v), replica(Some("b")), sync.clone(), at(t))
-    };
+    let (key, see) = (b_leads_with_sync_standby, seen_as_bs_replica);
     let mut core = HaCore::new(me());
     see(&mut core, key(Some("c")), 100);
     // Our view says c; the leader may have listed us since: no stop before a fresh view, and

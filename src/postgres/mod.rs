@@ -357,10 +357,9 @@ impl Postgres {
         }
         self.reload().await?;
         // Best effort, and short: the value is set whatever comes of it.
-        let value = self.sync_names.clone().unwrap_or_default();
-        if !value.is_empty()
+        if let Some(value) = self.sync_names.as_deref().filter(|v| !v.is_empty())
             && let Err(e) =
-                query::nudge_sync_standbys(&self.settings, &value, Duration::from_millis(500)).await
+                query::nudge_sync_standbys(&self.settings, value, Duration::from_millis(500)).await
         {
             tracing::debug!("no commit after changing synchronous_standby_names: {e}");
         }
