@@ -89,18 +89,6 @@ fn spawn_patroni(c: &mut Cluster, i: usize) {
     c.members[i].child = Some(cmd.spawn().expect("spawn patroni"));
 }
 
-/// The `sync` key exactly as the store holds it.
-async fn raw_sync_key(c: &Cluster) -> Option<String> {
-    let mut client = etcd_client::Client::connect([c.etcd().endpoint()], None)
-        .await
-        .ok()?;
-    let r = client
-        .get(format!("/service/{}/sync", c.scope), None)
-        .await
-        .ok()?;
-    r.kvs().first().map(|kv| kv.value_str().unwrap().to_owned())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_synchronous_standbys_as_a_live_patroni_writes_them() {
     if !patroni_available() {
@@ -120,7 +108,10 @@ async fn two_synchronous_standbys_as_a_live_patroni_writes_them() {
             "a sync key naming two standbys",
             Duration::from_secs(180),
             || async {
-                let raw = raw_sync_key(c).await?;
+                let raw = c
+                    .etcd()
+                    .raw_value(&format!("/service/{}/sync", c.scope))
+                    .await?;
                 let key = SyncState::parse(&raw).ok()?;
                 let leader = key.leader.clone()?;
                 (key.members().len() == 2).then_some((leader, raw))

@@ -81,14 +81,8 @@ fn expected_key(c: &Cluster, proxies: &[Proxy]) -> BTreeMap<String, String> {
 async fn failsafe_in_store(c: &Cluster) -> Option<BTreeMap<String, String>> {
     let raw = match &c.store {
         Store::Etcd(e) => {
-            let mut client = etcd_client::Client::connect([e.endpoint()], None)
-                .await
-                .ok()?;
-            let r = client
-                .get(format!("/service/{}/failsafe", c.scope), None)
-                .await
-                .ok()?;
-            r.kvs().first()?.value_str().ok()?.to_owned()
+            e.raw_value(&format!("/service/{}/failsafe", c.scope))
+                .await?
         }
         Store::Kubernetes(k) => k
             .lease()

@@ -143,6 +143,47 @@ async fn rows_on(c: &Cluster, i: usize) -> BTreeSet<u64> {
         .collect()
 }
 
+/// Waits for the store to name a leader other than `old`: its name and index.
+async fn leader_other_than(c: &Cluster, old: &str, what: &str) -> (String, usize) {
+    let name = c
+        .wait_for(what, LONG, || async {
+            c.leader().await.filter(|n| n != old)
+        })
+        .await;
+    let i = c.index(&name);
+    (name, i)
+}
+
+/// Waits until member `i` accepts a write.
+async fn writes_on(c: &Cluster, i: usize) {
+    let name = &c.members[i].name;
+    c.wait_for(&format!("writes on {name}"), LONG, || async {
+        c.writable(i).await.then_some(())
+    })
+    .await;
+}
+
+/// Whether member `i`'s PostgreSQL answers as a primary now (a refused or hanging connection,
+/// or a standby, is not one).
+async fn is_primary(c: &Cluster, i: usize) -> bool {
+    let r = tokio::time::timeout(
+        Duration::from_secs(1),
+        c.sql(i, "SELECT NOT pg_is_in_recovery()"),
+    )
+    .await;
+    matches!(r, Ok(Ok(v)) if v.first().map(String::as_str) == Some("t"))
+}
+
+/// Waits until member `i` runs as a primary (one that may not take writes: strict mode with
+/// no standby left).
+async fn primary_on(c: &Cluster, i: usize) {
+    let name = &c.members[i].name;
+    c.wait_for(&format!("{name} runs as the primary"), LONG, || async {
+        is_primary(c, i).await.then_some(())
+    })
+    .await;
+}
+
 /// The leader writable and every replica streaming, a table `acked` made, and the
 /// configuration patched with `settings` (JSON members, such as `"synchronous_mode": true`)
 /// through the REST API: the leader's index and name.
@@ -224,19 +265,12 @@ async fn synchronous_modes(backend: Backend) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     c.kill9(l);
     let during = writer_task.await.unwrap();
-    let new_leader = c
-        .wait_for("a new leader", LONG, || async {
-            c.leader().await.filter(|n| *n != leader)
-        })
-        .await;
+    let (new_leader, _) = leader_other_than(&c, &leader, "a new leader").await;
     assert_eq!(
         new_leader, standby,
         "only the synchronous standby may take over"
     );
-    c.wait_for("writes on the new leader", LONG, || async {
-        c.writable(s).await.then_some(())
-    })
-    .await;
+    writes_on(&c, s).await;
     let lost = missing_on(&c, s, acked.union(&during)).await;
     assert!(
         lost.is_empty(),
@@ -327,18 +361,10 @@ async fn synchronous_modes(backend: Backend) {
         status.is_some_and(|s| s.success()),
         "{standby} exits cleanly: {status:?}"
     );
-    let after = c
-        .wait_for("a leader after the leader's SIGTERM", LONG, || async {
-            c.leader().await.filter(|n| *n != standby)
-        })
-        .await;
+    let (after, _) = leader_other_than(&c, &standby, "a leader after the leader's SIGTERM").await;
     assert_eq!(after, y_name, "the synchronous standby takes over");
     // Alone, in strict mode, it takes no write; reads show what it holds.
-    c.wait_for("it runs as the primary", LONG, || async {
-        let r = c.sql(y, "SELECT NOT pg_is_in_recovery()").await.ok()?;
-        (r.first().map(String::as_str) == Some("t")).then_some(())
-    })
-    .await;
+    primary_on(&c, y).await;
     let lost = missing_on(&c, y, &during_standby_stop).await;
     assert!(
         lost.is_empty(),
@@ -418,18 +444,9 @@ async fn quorum_commit_on_etcd() {
         "nobody takes over with one voter of two"
     );
     c.spawn(a);
-    let new_leader = c
-        .wait_for("a leader once both voters answer", LONG, || async {
-            c.leader().await.filter(|n| *n != leader)
-        })
-        .await;
-    let n = c.index(&new_leader);
+    let (new_leader, n) = leader_other_than(&c, &leader, "a leader once both voters answer").await;
     assert!(n == a || n == b, "{new_leader}");
-    c.wait_for("it runs as the primary", LONG, || async {
-        let r = c.sql(n, "SELECT NOT pg_is_in_recovery()").await.ok()?;
-        (r.first().map(String::as_str) == Some("t")).then_some(())
-    })
-    .await;
+    primary_on(&c, n).await;
     let lost = missing_on(&c, n, &acked).await;
     assert!(lost.is_empty(), "acknowledged rows missing: {lost:?}");
 }
@@ -453,17 +470,9 @@ async fn quorum_commit_with_five_members_on_etcd() {
     assert!(acked.len() > 10, "only {} rows acknowledged", acked.len());
     c.kill9(l);
     c.kill9(standbys[0]);
-    let second = c
-        .wait_for("a leader among the three left", LONG, || async {
-            c.leader().await.filter(|n| *n != leader)
-        })
-        .await;
-    let n = c.index(&second);
+    let (second, n) = leader_other_than(&c, &leader, "a leader among the three left").await;
     assert!(standbys[1..].contains(&n), "{second}");
-    c.wait_for(&format!("{second} runs as the primary"), LONG, || async {
-        c.writable(n).await.then_some(())
-    })
-    .await;
+    writes_on(&c, n).await;
     let lost = missing_on(&c, n, &acked).await;
     assert!(
         lost.is_empty(),
@@ -490,17 +499,9 @@ async fn quorum_commit_with_five_members_on_etcd() {
         "nobody takes over with two voters of four"
     );
     c.spawn(rest[0]);
-    let third = c
-        .wait_for("a leader once three voters answer", LONG, || async {
-            c.leader().await.filter(|m| *m != second)
-        })
-        .await;
-    let t = c.index(&third);
+    let (third, t) = leader_other_than(&c, &second, "a leader once three voters answer").await;
     assert!([rest[0], rest[2], rest[3]].contains(&t), "{third}");
-    c.wait_for(&format!("{third} runs as the primary"), LONG, || async {
-        c.writable(t).await.then_some(())
-    })
-    .await;
+    writes_on(&c, t).await;
     let lost = missing_on(&c, t, &acked).await;
     assert!(
         lost.is_empty(),
@@ -516,17 +517,6 @@ async fn synchronous_modes_on_etcd() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn synchronous_modes_on_kubernetes() {
     synchronous_modes(Backend::Kubernetes(ControlPlane::Shared)).await;
-}
-
-/// Whether member `i`'s PostgreSQL answers as a primary now (a refused or hanging connection,
-/// or a standby, is not one).
-async fn is_primary(c: &Cluster, i: usize) -> bool {
-    let r = tokio::time::timeout(
-        Duration::from_secs(1),
-        c.sql(i, "SELECT NOT pg_is_in_recovery()"),
-    )
-    .await;
-    matches!(r, Ok(Ok(v)) if v.first().map(String::as_str) == Some("t"))
 }
 
 /// Strict mode, the primary cut off from the network (its namespace drops every packet but its
@@ -599,20 +589,12 @@ async fn strict_mode_keeps_every_row_when_the_primary_is_cut_off_on_etcd() {
     let body = format!(r#"{{"leader": "{standby}"}}"#);
     let (code, text) = c.api(s, Method::POST, "/switchover", Some(&body)).await;
     assert_eq!(code, 200, "{text}");
-    let after = c
-        .wait_for("a leader after the switchover", LONG, || async {
-            c.leader().await.filter(|n| *n != standby)
-        })
-        .await;
+    let (after, n) = leader_other_than(&c, &standby, "a leader after the switchover").await;
     assert_eq!(
         after, sync_now,
         "only the synchronous standby may take over"
     );
-    let n = c.index(&after);
-    c.wait_for(&format!("writes on {after}"), LONG, || async {
-        c.writable(n).await.then_some(())
-    })
-    .await;
+    writes_on(&c, n).await;
     let acked = client.acked().await;
     assert!(acked.len() > 10, "only {} rows acknowledged", acked.len());
     let lost = missing_on(&c, n, &acked).await;

@@ -106,6 +106,16 @@ impl EtcdServer {
         format!("http://{}:{}", self.host, self.client_port)
     }
 
+    /// The value of `key` exactly as the store holds it; `None` when it is missing or the
+    /// store does not answer.
+    pub async fn raw_value(&self, key: &str) -> Option<String> {
+        let mut client = etcd_client::Client::connect([self.endpoint()], None)
+            .await
+            .ok()?;
+        let r = client.get(key, None).await.ok()?;
+        Some(r.kvs().first()?.value_str().ok()?.to_owned())
+    }
+
     /// The data directory (etcd's log is `etcd.log` beside it).
     pub fn dir(&self) -> &Path {
         &self.dir
