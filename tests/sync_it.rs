@@ -603,3 +603,42 @@ async fn strict_mode_keeps_every_row_when_the_primary_is_cut_off_on_etcd() {
         "acknowledged rows missing after the switchover: {lost:?}"
     );
 }
+
+/// Strict mode from the first boot (`synchronous_mode_strict` in `bootstrap.dcs`): the fresh
+/// primary's own setup (roles, passwords) must not wait for a standby that can only clone once
+/// it is done. Found by the fault suite: the bootstrap hung for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_mode_from_bootstrap_on_etcd() {
+    let Some(mut c) = Cluster::prepare(Backend::Etcd, "itstrictboot", 3, T).await else {
+        return;
+    };
+    for m in &c.members {
+        let yaml = std::fs::read_to_string(&m.config).unwrap().replacen(
+            "\n  dcs:\n",
+            "\n  dcs:\n    synchronous_mode: true\n    synchronous_mode_strict: true\n",
+            1,
+        );
+        std::fs::write(&m.config, yaml).unwrap();
+    }
+    c.spawn_all();
+    let l = c.writable_leader(LONG).await;
+    let leader = c.members[l].name.clone();
+    let standby = sync_standby_of(&c, &leader).await;
+    let s = c.index(&standby);
+    c.sql(
+        l,
+        "CREATE TABLE acked (id bigint primary key); INSERT INTO acked VALUES (1)",
+    )
+    .await
+    .expect("a write acknowledged by the synchronous standby");
+    assert_eq!(rows_on(&c, s).await, BTreeSet::from([1]));
+    let log = std::fs::read_to_string(c.log_path(l)).unwrap();
+    let failed: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("post-bootstrap") && (l.contains("ERROR") || l.contains("WARN")))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "the setup of the fresh primary failed: {failed:?}"
+    );
+}

@@ -248,6 +248,10 @@ pub fn bootstrap_sql(s: &PgSettings) -> Vec<String> {
         "SET log_statement TO none".to_string(),
         "SET log_min_duration_statement TO -1".to_string(),
         "SET log_min_error_statement TO panic".to_string(),
+        // In synchronous_mode_strict the fresh primary starts with commits waiting for a
+        // standby that cannot exist before the primary is set up: the roles are created
+        // without waiting (no client has been told anything yet).
+        "SET synchronous_commit TO local".to_string(),
     ];
     let su = &s.superuser;
     if let Some(pw) = &su.password {
@@ -381,21 +385,22 @@ mod tests {
             pg_ctl_timeout: Duration::from_secs(1),
         };
         let sql = bootstrap_sql(&s);
-        assert_eq!(sql[3], "ALTER ROLE \"postgres\" WITH PASSWORD 'a''b'");
-        assert!(sql[4].contains("rolname = 'rep\"l'"), "{}", sql[4]);
+        assert_eq!(sql[3], "SET synchronous_commit TO local");
+        assert_eq!(sql[4], "ALTER ROLE \"postgres\" WITH PASSWORD 'a''b'");
+        assert!(sql[5].contains("rolname = 'rep\"l'"), "{}", sql[5]);
         assert!(
-            sql[4].contains("'CREATE ROLE \"rep\"\"l\" WITH REPLICATION LOGIN PASSWORD ''x'''"),
-            "{}",
-            sql[4]
-        );
-        assert!(
-            sql[5].contains("CREATE ROLE \"rw\" WITH LOGIN'"),
+            sql[5].contains("'CREATE ROLE \"rep\"\"l\" WITH REPLICATION LOGIN PASSWORD ''x'''"),
             "{}",
             sql[5]
         );
-        assert_eq!(sql.len(), 10);
+        assert!(
+            sql[6].contains("CREATE ROLE \"rw\" WITH LOGIN'"),
+            "{}",
+            sql[6]
+        );
+        assert_eq!(sql.len(), 11);
         assert_eq!(
-            sql[9],
+            sql[10],
             "GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean) TO \"rw\""
         );
     }
