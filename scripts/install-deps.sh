@@ -2,7 +2,8 @@
 # Installs what pgwarden's demo and tests need, where it is missing (Debian/Ubuntu, as root or
 # with sudo): PostgreSQL 15, etcd, protoc (for the etcd client's build), and the real clients
 # the compatibility tests drive: Patroni's patronictl, HAProxy, pgBouncer, wrk, schemathesis;
-# iproute2 and iptables for the tests that cut members off the network.
+# iproute2 and iptables for the tests that cut members off the network; libfaketime for the
+# fault suite's clock skew.
 set -euo pipefail
 
 SUDO=""
@@ -21,6 +22,8 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # Tests that cut members off the network: namespaces, veth pairs, DROP rules.
 [ -x /usr/sbin/ip ] || need+=(iproute2)
 [ -x /usr/sbin/iptables ] || need+=(iptables)
+# The fault suite moves one member's wall clock.
+[ -f /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || need+=(libfaketime)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"

@@ -6,6 +6,13 @@
 #   tests/k8s/cluster.sh down DIR       stop what `up DIR` started (by the PIDs it recorded)
 #   tests/k8s/cluster.sh pause DIR      SIGSTOP the API server (an outage that keeps sockets open)
 #   tests/k8s/cluster.sh resume DIR     SIGCONT it
+#   tests/k8s/cluster.sh kill DIR       SIGKILL the API server (etcd keeps the data)
+#   tests/k8s/cluster.sh start DIR      start the API server again after `kill`
+#
+# K8S_ADDR (default 127.0.0.1) is the address the API server listens on and the kubeconfig
+# names: a test running the control plane in a network namespace of its own gives that
+# namespace's address (and runs `up` and `start` inside it). K8S_SANS adds IP addresses the
+# server's certificate is valid for (a proxy in front of it), comma-separated.
 #
 # Binaries are built from their Go modules (go.mod/go.sum under tests/k8s/bins/) into a cache
 # outside the repository, keyed by version: ${PGWARDEN_K8S_BINS:-~/.cache/pgwarden-k8s/<k>-<e>}.
@@ -13,6 +20,7 @@
 set -euo pipefail
 
 KV=v1.37.2
+ADDR=${K8S_ADDR:-127.0.0.1}
 EV=v3.7.3
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 BIN=${PGWARDEN_K8S_BINS:-$HOME/.cache/pgwarden-k8s/$KV-$EV}
@@ -51,7 +59,9 @@ pki() {
         -keyout "$P/ca.key" -out "$P/ca.crt" 2>/dev/null
     openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" \
         -keyout "$P/apiserver.key" -out "$P/apiserver.csr" 2>/dev/null
-    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n' >"$P/san.ext"
+    local sans="DNS:localhost,IP:127.0.0.1,IP:$ADDR" ip
+    for ip in ${K8S_SANS:+${K8S_SANS//,/ }}; do sans="$sans,IP:$ip"; done
+    printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n' "$sans" >"$P/san.ext"
     openssl x509 -req -in "$P/apiserver.csr" -CA "$P/ca.crt" -CAkey "$P/ca.key" -CAcreateserial \
         -days 7 -extfile "$P/san.ext" -out "$P/apiserver.crt" 2>/dev/null
     openssl genrsa -out "$P/sa.key" 2048 2>/dev/null
@@ -73,7 +83,7 @@ start_apiserver() {
     AP=$(cat "$D/apiserver.port")
     "$BIN/kube-apiserver" \
         --etcd-servers="http://127.0.0.1:$EP" \
-        --bind-address=127.0.0.1 --secure-port="$AP" \
+        --bind-address="$ADDR" --secure-port="$AP" \
         --tls-cert-file="$D/pki/apiserver.crt" --tls-private-key-file="$D/pki/apiserver.key" \
         --client-ca-file="$D/pki/ca.crt" --token-auth-file="$D/pki/tokens.csv" \
         --service-account-issuer=https://kubernetes.default.svc \
@@ -87,7 +97,7 @@ start_apiserver() {
     local i
     for i in $(seq 1 240); do
         if curl -sf --max-time 2 --cacert "$D/pki/ca.crt" -H 'Authorization: Bearer pgwarden-admin-token' \
-            "https://127.0.0.1:$AP/readyz" >/dev/null 2>&1; then
+            "https://$ADDR:$AP/readyz" >/dev/null 2>&1; then
             return 0
         fi
         if ! kill -0 "$(cat "$D/apiserver.pid")" 2>/dev/null; then
@@ -130,7 +140,7 @@ kind: Config
 clusters:
 - name: test
   cluster:
-    server: https://127.0.0.1:$AP
+    server: https://$ADDR:$AP
     certificate-authority: $D/pki/ca.crt
 users:
 - name: admin
@@ -141,7 +151,7 @@ contexts:
   context: {cluster: test, user: admin}
 current-context: test
 KC
-    log "up: kube-apiserver https://127.0.0.1:$AP, kubeconfig $D/kubeconfig"
+    log "up: kube-apiserver https://$ADDR:$AP, kubeconfig $D/kubeconfig"
     echo "$D/kubeconfig"
 }
 
@@ -171,5 +181,7 @@ up) up "${2:?usage: cluster.sh up DIR}" ;;
 down) down "${2:?usage: cluster.sh down DIR}" ;;
 pause) kill -STOP "$(cat "${2:?}/apiserver.pid")" ;;
 resume) kill -CONT "$(cat "${2:?}/apiserver.pid")" ;;
-*) echo "usage: cluster.sh build | up DIR | down DIR | pause DIR | resume DIR" >&2; exit 2 ;;
+kill) kill -KILL "$(cat "${2:?}/apiserver.pid")" ;;
+start) build >/dev/null; start_apiserver "$(cd "${2:?}" && pwd)" ;;
+*) echo "usage: cluster.sh build | up DIR | down DIR | pause DIR | resume DIR | kill DIR | start DIR" >&2; exit 2 ;;
 esac

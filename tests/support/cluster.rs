@@ -28,6 +28,8 @@ pub mod netns;
 mod observe;
 #[path = "cluster/processes.rs"]
 mod processes;
+#[path = "toxiproxy.rs"]
+pub mod toxiproxy;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -51,6 +53,9 @@ pub struct MemberProc {
     pub config: PathBuf,
     pub pg_port: u16,
     pub api_port: u16,
+    /// Where it reaches the store, `host:port`, when that is not the store's own address: its
+    /// link through the cluster's proxy ([`Cluster::start_faultable`]).
+    pub store_via: Option<String>,
     pub child: Option<Child>,
 }
 
@@ -59,6 +64,18 @@ impl MemberProc {
     pub fn pg_addr(&self) -> (&str, u16) {
         (&self.host, self.pg_port)
     }
+}
+
+/// Debian's libfaketime, for members whose clock a test moves.
+pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// The HA agent the members run.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Agent {
+    Pgwarden,
+    /// Debian's Patroni (`/usr/bin/patroni`), on the same configuration, for figures side by
+    /// side. Its PostgreSQL is not its child: a SIGKILL leaves it running.
+    Patroni,
 }
 
 #[derive(Clone, Copy)]
@@ -77,6 +94,14 @@ pub struct Cluster {
     run_as: Option<(u32, u32)>,
     observer: Box<dyn Dcs>,
     http: reqwest::Client,
+    /// Which agent the members run.
+    pub agent: Agent,
+    /// Members read the wall clock through libfaketime, offset by their clock file
+    /// ([`Cluster::use_clock_files`]).
+    clock_files: bool,
+    /// Each member's link to the store through a proxy that can slow it down, when the
+    /// cluster has them ([`Cluster::start_faultable`]).
+    pub links: Option<toxiproxy::Toxiproxy>,
     /// The members' network namespaces, when the test cuts members off the network
     /// ([`Cluster::start_partitionable`]).
     pub net: Option<TestNet>,
@@ -152,9 +177,43 @@ impl Cluster {
         Some(c)
     }
 
+    /// `n` members, not started, for a fault suite: each member in a network namespace of its
+    /// own and the store in another ([`netns::TestNet::add_store_host`]; on Kubernetes a
+    /// control plane of the cluster's own runs there), each member reaching the store through
+    /// a proxy of its own at the test's address ([`toxiproxy::Toxiproxy`], proxy `m<i>`), so a
+    /// test can cut or slow down any one link. `None` (skip) when components are missing
+    /// outside CI.
+    pub async fn prepare_faultable(
+        backend: Backend,
+        agent: Agent,
+        scope: &str,
+        n: usize,
+        t: Timings,
+    ) -> Option<Cluster> {
+        if !postgres_available() {
+            return None;
+        }
+        let mut net = TestNet::create()?;
+        net.add_store_host();
+        let links = toxiproxy::Toxiproxy::start().await?;
+        Cluster::prepare_with(backend, Some(net), Some(links), agent, scope, n, t).await
+    }
+
     async fn prepare_on(
         backend: Backend,
         net: Option<TestNet>,
+        scope: &str,
+        n: usize,
+        t: Timings,
+    ) -> Option<Cluster> {
+        Cluster::prepare_with(backend, net, None, Agent::Pgwarden, scope, n, t).await
+    }
+
+    async fn prepare_with(
+        backend: Backend,
+        net: Option<TestNet>,
+        links: Option<toxiproxy::Toxiproxy>,
+        agent: Agent,
         scope: &str,
         n: usize,
         t: Timings,
@@ -163,8 +222,8 @@ impl Cluster {
             return None;
         }
         assert!(
-            net.is_none() || matches!(backend, Backend::Etcd),
-            "members in network namespaces run on etcd only"
+            net.is_none() || links.is_some() || matches!(backend, Backend::Etcd),
+            "members in network namespaces run on etcd, unless the store has a namespace of its own"
         );
         // The backend in the name: a scenario runs on both stores in one test binary, and
         // `cargo test` runs them side by side.
@@ -178,8 +237,15 @@ impl Cluster {
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         // The store listens where the members reach it: on the test bridge when they have
         // namespaces.
-        let store_host = net.as_ref().map_or("127.0.0.1".into(), TestNet::gateway);
-        let Some(store) = Store::start(backend, scope, &dir, &store_host).await else {
+        let store = match (&net, &links) {
+            // The store in its own namespace, reached through the proxies at the gateway.
+            (Some(net), Some(_)) => Store::start_in(backend, scope, &dir, net).await,
+            _ => {
+                let store_host = net.as_ref().map_or("127.0.0.1".into(), TestNet::gateway);
+                Store::start(backend, scope, &dir, &store_host).await
+            }
+        };
+        let Some(store) = store else {
             let _ = std::fs::remove_dir_all(&dir);
             return None;
         };
@@ -196,6 +262,9 @@ impl Cluster {
             run_as: processes::member_user(),
             observer,
             http: reqwest::Client::builder().no_proxy().build().unwrap(),
+            agent,
+            clock_files: false,
+            links,
             net,
             store,
         };
@@ -229,14 +298,22 @@ impl Cluster {
         if let Some((u, g)) = self.run_as {
             nix::unistd::chown(&mdir, Some(u.into()), Some(g.into())).unwrap();
         }
-        self.store.add_member(&name, i).await;
+        self.store.add_member(&name, i, &host).await;
+        let store_via = match (&self.links, &self.net) {
+            (Some(links), Some(net)) => {
+                let via = format!("{}:{}", net.gateway(), distinct_ports(1)[0]);
+                links.proxy(&name, &via, &self.store.client_addr()).await;
+                Some(via)
+            }
+            _ => None,
+        };
         let t = self.timings;
         let yaml = pgwarden::demo::member_config(&pgwarden::demo::LocalMember {
             host: &host,
             dir: &self.dir,
             scope: &self.scope,
             name: &name,
-            dcs: &self.store.dcs_section(pg_port),
+            dcs: &self.store.dcs_section(pg_port, &host, store_via.as_deref()),
             pg_port,
             api_port,
             timings: (t.ttl, t.loop_wait, t.retry_timeout),
@@ -249,9 +326,41 @@ impl Cluster {
             config,
             pg_port,
             api_port,
+            store_via,
             child: None,
         });
         i
+    }
+
+    /// Members spawned from now on read the wall clock (not the monotonic one) through
+    /// Debian's libfaketime, offset by the contents of [`Cluster::clock_file`] (`+0` at
+    /// first; re-read every second), so a test can move one member's clock while it runs.
+    /// Their PostgreSQL inherits it, as on a host whose clock is off.
+    pub fn use_clock_files(&mut self) {
+        assert!(self.net.is_some(), "clock files need members in namespaces");
+        assert!(
+            std::path::Path::new(LIBFAKETIME).is_file(),
+            "{LIBFAKETIME} is missing (Debian's libfaketime; scripts/install-deps.sh installs it)"
+        );
+        for i in 0..self.members.len() {
+            std::fs::write(self.clock_file(i), "+0\n").unwrap();
+        }
+        self.clock_files = true;
+    }
+
+    /// Members read their clock files ([`Cluster::use_clock_files`]).
+    pub fn has_clock_files(&self) -> bool {
+        self.clock_files
+    }
+
+    /// Member `i`'s clock offset, as libfaketime reads it (`+300`, `-120`: seconds).
+    pub fn clock_file(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("{}.clock", self.members[i].name))
+    }
+
+    /// Member `i`'s data directory.
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.join(&self.members[i].name).join("data")
     }
 
     /// The etcd of a cluster on etcd, for tests that stop it or reach it another way.
@@ -290,12 +399,21 @@ impl Cluster {
     pub async fn delete_leader_lock(&self) {
         self.store.delete_leader_lock(&self.scope).await;
     }
+
+    /// As [`Cluster::delete_leader_lock`], when the lock may be missing or the store down.
+    pub async fn try_delete_leader_lock(&self) -> Result<(), String> {
+        self.store.try_delete_leader_lock(&self.scope).await
+    }
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
         for i in 0..self.members.len() {
             self.kill9(i);
+            // Patroni's PostgreSQL outlives its agent.
+            if self.agent == Agent::Patroni {
+                pgwarden::postgres::kill_data_dir_processes(&self.data_dir(i));
+            }
         }
         std::thread::sleep(std::time::Duration::from_millis(300));
         if std::thread::panicking() {

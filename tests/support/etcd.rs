@@ -25,6 +25,8 @@ pub struct EtcdServer {
     host: String,
     client_port: u16,
     peer_port: u16,
+    /// The network namespace it runs in (`None`: the test's own).
+    netns: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -48,6 +50,21 @@ pub fn free_port() -> u16 {
         .expect("bind an ephemeral loopback port")
 }
 
+/// The etcd binary; without one, panics under `CI=true`, else `None` with a note.
+fn binary_or_skip(test: &str) -> Option<PathBuf> {
+    let Some(binary) = find_etcd() else {
+        let msg = format!(
+            "{test}: no etcd binary (/usr/bin/etcd or on PATH); install Debian's etcd-server"
+        );
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{msg}");
+        }
+        eprintln!("SKIPPED {msg}");
+        return None;
+    };
+    Some(binary)
+}
+
 impl EtcdServer {
     /// Starts etcd, or explains why not: panics under `CI=true`, else `None` with a note.
     pub async fn start_or_skip(test: &str) -> Option<EtcdServer> {
@@ -57,22 +74,20 @@ impl EtcdServer {
     /// As [`EtcdServer::start_or_skip`], for clients at `host` (an address of this machine's,
     /// such as a test bridge's) as well as on loopback.
     pub async fn start_or_skip_on(test: &str, host: &str) -> Option<EtcdServer> {
-        let Some(binary) = find_etcd() else {
-            let msg = format!(
-                "{test}: no etcd binary (/usr/bin/etcd or on PATH); install Debian's etcd-server"
-            );
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("{msg}");
-            }
-            eprintln!("SKIPPED {msg}");
-            return None;
-        };
-        Some(EtcdServer::start_with(binary, host).await)
+        Some(EtcdServer::start_with(binary_or_skip(test)?, host, None).await)
     }
 
-    /// Starts etcd from `binary`, for clients on loopback and at `host`; retries with other
-    /// ports if a port was taken in between.
-    pub async fn start_with(binary: PathBuf, host: &str) -> EtcdServer {
+    /// As [`EtcdServer::start_or_skip_on`], run in the network namespace `netns` (a
+    /// [`super::netns::TestNet`]'s store host, at `host`), so that the network between it and
+    /// each member can be cut.
+    pub async fn start_or_skip_in(test: &str, netns: &Path, host: &str) -> Option<EtcdServer> {
+        let binary = binary_or_skip(test)?;
+        Some(EtcdServer::start_with(binary, host, Some(netns.to_owned())).await)
+    }
+
+    /// Starts etcd from `binary`, for clients on loopback and at `host`, in `netns` when given;
+    /// retries with other ports if a port was taken in between.
+    pub async fn start_with(binary: PathBuf, host: &str, netns: Option<PathBuf>) -> EtcdServer {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let dir = std::env::temp_dir().join(format!(
             "pgwarden-etcd-{}-{n}-{}",
@@ -90,6 +105,7 @@ impl EtcdServer {
                 host: host.into(),
                 client_port: free_port(),
                 peer_port: free_port(),
+                netns: netns.clone(),
                 child: None,
             };
             match s.try_start().await {
@@ -129,6 +145,16 @@ impl EtcdServer {
         }
     }
 
+    /// The server's process id, while it runs (to freeze it with SIGSTOP).
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+
+    /// Where clients reach it: `host:port`.
+    pub fn client_addr(&self) -> String {
+        format!("{}:{}", self.host, self.client_port)
+    }
+
     /// Starts the server again on the same ports and data.
     pub async fn start(&mut self) {
         if self.child.is_none()
@@ -153,7 +179,17 @@ impl EtcdServer {
             format!("http://127.0.0.1:{},{client}", self.client_port)
         };
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let child = Command::new(&self.binary)
+        let mut cmd = match &self.netns {
+            None => Command::new(&self.binary),
+            Some(ns) => {
+                let mut c = Command::new("/usr/bin/nsenter");
+                c.arg(format!("--net={}", ns.display()))
+                    .arg("--")
+                    .arg(&self.binary);
+                c
+            }
+        };
+        let child = cmd
             .arg("--name=test")
             .arg(format!("--data-dir={}", self.dir.join("data").display()))
             .arg(format!("--listen-client-urls={listen}"))
@@ -194,8 +230,9 @@ impl EtcdServer {
     /// `GET /health` answers `"health":"true"`.
     pub async fn healthy(&self) -> bool {
         let probe = async {
-            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.client_port)).await?;
-            s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            let mut s =
+                tokio::net::TcpStream::connect((self.host.as_str(), self.client_port)).await?;
+            s.write_all(b"GET /health HTTP/1.0\r\nHost: etcd\r\n\r\n")
                 .await?;
             let mut buf = Vec::new();
             s.read_to_end(&mut buf).await?;

@@ -197,24 +197,52 @@ where
 /// A control plane of the test's own (for tests that stop the API server). Stopped on drop.
 pub struct OwnControlPlane {
     pub dir: PathBuf,
+    /// The network namespace it runs in, its address there and the extra addresses its
+    /// certificate names (`None`: the test's own namespace, on loopback).
+    netns: Option<(PathBuf, String, String)>,
 }
 
 impl OwnControlPlane {
     pub fn start(tag: &str) -> OwnControlPlane {
+        OwnControlPlane::start_on(tag, None)
+    }
+
+    /// A control plane running in the network namespace `netns`, its API server at `addr`,
+    /// with a certificate valid for `sans` too (the addresses of proxies in front of it).
+    pub fn start_in(tag: &str, netns: &Path, addr: &str, sans: &[String]) -> OwnControlPlane {
+        OwnControlPlane::start_on(tag, Some((netns.to_owned(), addr.into(), sans.join(","))))
+    }
+
+    fn start_on(tag: &str, netns: Option<(PathBuf, String, String)>) -> OwnControlPlane {
         let dir =
             std::env::temp_dir().join(format!("pgwarden-k8s-own-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let out = Command::new(script())
-            .arg("up")
-            .arg(&dir)
-            .output()
-            .expect("run cluster.sh");
+        let cp = OwnControlPlane { dir, netns };
+        let out = cp.script_command("up").output().expect("run cluster.sh");
         assert!(
             out.status.success(),
             "cluster.sh up: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        OwnControlPlane { dir }
+        cp
+    }
+
+    /// `cluster.sh cmd DIR`, in the control plane's namespace when it has one.
+    fn script_command(&self, cmd: &str) -> Command {
+        let mut c = match &self.netns {
+            None => Command::new(script()),
+            Some((ns, addr, sans)) => {
+                let mut c = Command::new("/usr/bin/nsenter");
+                c.arg(format!("--net={}", ns.display()))
+                    .arg("--")
+                    .arg(script())
+                    .env("K8S_ADDR", addr)
+                    .env("K8S_SANS", sans);
+                c
+            }
+        };
+        c.arg(cmd).arg(&self.dir);
+        c
     }
 
     pub fn kubeconfig(&self) -> PathBuf {
@@ -222,11 +250,7 @@ impl OwnControlPlane {
     }
 
     fn run(&self, cmd: &str) {
-        let st = Command::new(script())
-            .arg(cmd)
-            .arg(&self.dir)
-            .status()
-            .expect("run cluster.sh");
+        let st = self.script_command(cmd).status().expect("run cluster.sh");
         assert!(st.success(), "cluster.sh {cmd} failed");
     }
 
@@ -238,10 +262,28 @@ impl OwnControlPlane {
     pub fn resume(&self) {
         self.run("resume");
     }
+
+    /// SIGKILL the API server (its etcd keeps the data) until [`OwnControlPlane::start`].
+    pub fn kill(&self) {
+        self.run("kill");
+    }
+
+    /// The API server started again after [`OwnControlPlane::kill`], once it is ready.
+    pub fn restart(&self) {
+        self.run("start");
+    }
+
+    /// The API server's address, `host:port`.
+    pub fn api_addr(&self) -> String {
+        let port = std::fs::read_to_string(self.dir.join("apiserver.port")).expect("port file");
+        let host = self.netns.as_ref().map_or("127.0.0.1", |n| n.1.as_str());
+        format!("{host}:{}", port.trim())
+    }
 }
 
 impl Drop for OwnControlPlane {
     fn drop(&mut self) {
+        // By the pids it recorded: from any namespace (the control plane's may be gone).
         let _ = Command::new(script()).arg("down").arg(&self.dir).status();
     }
 }

@@ -21,6 +21,8 @@ pub struct TestNet {
     subnet: u8,
     /// How many namespaces (hosts) exist: `0..hosts`.
     hosts: usize,
+    /// The store's namespace exists ([`TestNet::add_store_host`]).
+    store_host: bool,
 }
 
 /// Runs `cmd` with `args`; panics, naming the command and its stderr, when it fails.
@@ -66,7 +68,11 @@ impl TestNet {
         }
         // Start where the process id points, so parallel test binaries rarely try the same
         // subnet; the bridge's creation is what claims it.
-        let start = std::process::id() as usize;
+        // One process makes nets one after another: the next starts past the last, as a
+        // deleted namespace's veth may linger a moment under its old name.
+        static MADE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let start = std::process::id() as usize
+            + 7 * MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let subnet = (0..250)
             .map(|k| ((start + k) % 250 + 1) as u8)
             .find(|x| {
@@ -76,7 +82,11 @@ impl TestNet {
                     .is_ok_and(|o| o.status.success())
             })
             .expect("a free 10.213.X.0/24 for a test bridge");
-        let net = TestNet { subnet, hosts: 0 };
+        let net = TestNet {
+            subnet,
+            hosts: 0,
+            store_host: false,
+        };
         let bridge = net.bridge();
         run(
             "ip",
@@ -118,23 +128,62 @@ impl TestNet {
     /// One more namespace on the bridge: its index, for [`TestNet::addr`] and the rest.
     pub fn add_host(&mut self) -> usize {
         let i = self.hosts;
-        let ns = self.namespace(i);
-        let host_end = format!("pgwv{}m{i}", self.subnet);
-        run("ip", &["netns", "add", &ns]);
+        // Counted first: a namespace half made is still deleted on drop.
         self.hosts = i + 1;
+        self.make_host(
+            &self.namespace(i),
+            &format!("pgwv{}m{i}", self.subnet),
+            &self.addr(i),
+        );
+        i
+    }
+
+    /// The store's own namespace, at [`TestNet::store_addr`]: the store runs apart from the
+    /// members and the test, so a cut can separate a member from it and from nothing else.
+    pub fn add_store_host(&mut self) {
+        assert!(!self.store_host, "one store host per test net");
+        self.store_host = true;
+        self.make_host(
+            &self.store_namespace(),
+            &format!("pgwv{}s", self.subnet),
+            &self.store_addr(),
+        );
+    }
+
+    fn store_namespace(&self) -> String {
+        format!("pgw{}s", self.subnet)
+    }
+
+    /// The store's namespace, as `nsenter --net=` takes it.
+    pub fn store_ns_path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(self.store_namespace())
+    }
+
+    /// The store's address.
+    pub fn store_addr(&self) -> String {
+        format!("10.213.{}.2", self.subnet)
+    }
+
+    /// The namespace `ns` on the bridge at `addr`; its veth end on the bridge is `host_end`.
+    fn make_host(&self, ns: &str, host_end: &str, addr: &str) {
+        run("ip", &["netns", "add", ns]);
         run(
             "ip",
             &[
-                "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+                "link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns", ns,
             ],
         );
-        run("ip", &["link", "set", &host_end, "master", &self.bridge()]);
-        run("ip", &["link", "set", &host_end, "up"]);
-        let addr = format!("{}/24", self.addr(i));
-        self.in_ns(i, "ip", &["addr", "add", &addr, "dev", "eth0"]);
-        self.in_ns(i, "ip", &["link", "set", "eth0", "up"]);
-        self.in_ns(i, "ip", &["link", "set", "lo", "up"]);
-        i
+        run("ip", &["link", "set", host_end, "master", &self.bridge()]);
+        run("ip", &["link", "set", host_end, "up"]);
+        let addr = format!("{addr}/24");
+        let exec = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", ns];
+            all.extend_from_slice(args);
+            run("ip", &all);
+        };
+        exec(&["ip", "addr", "add", &addr, "dev", "eth0"]);
+        exec(&["ip", "link", "set", "eth0", "up"]);
+        exec(&["ip", "link", "set", "lo", "up"]);
     }
 
     fn in_ns(&self, i: usize, cmd: &str, args: &[&str]) {
@@ -144,7 +193,9 @@ impl TestNet {
         run("ip", &all);
     }
 
-    fn iptables(&self, i: usize, args: &[&str]) {
+    /// Runs `iptables args` in member `i`'s namespace (a fault of the test's own choosing;
+    /// [`TestNet::heal`] removes every rule).
+    pub fn iptables(&self, i: usize, args: &[&str]) {
         self.in_ns(i, "iptables", args);
     }
 
@@ -182,10 +233,9 @@ impl TestNet {
 impl Drop for TestNet {
     fn drop(&mut self) {
         // Deleting a namespace deletes its veth end, its peer and its rules with it.
-        for i in 0..self.hosts {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &self.namespace(i)])
-                .output();
+        let store = self.store_host.then(|| self.store_namespace());
+        for ns in (0..self.hosts).map(|i| self.namespace(i)).chain(store) {
+            let _ = Command::new("ip").args(["netns", "del", &ns]).output();
         }
         let _ = Command::new("ip")
             .args(["link", "del", &self.bridge()])

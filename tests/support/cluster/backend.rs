@@ -13,6 +13,7 @@ use super::etcd_store;
 use super::etcd_support::EtcdServer;
 use super::k8s;
 use super::kube_namespace::KubeNamespace;
+use super::netns::TestNet;
 
 /// The store a cluster is created on.
 pub enum Backend {
@@ -45,7 +46,8 @@ impl Backend {
 /// The started store of a cluster.
 pub enum Store {
     Etcd(EtcdServer),
-    Kubernetes(KubeNamespace),
+    /// Boxed: far larger than an etcd.
+    Kubernetes(Box<KubeNamespace>),
 }
 
 impl Store {
@@ -62,32 +64,68 @@ impl Store {
             Backend::Etcd => EtcdServer::start_or_skip_on(scope, host)
                 .await
                 .map(Store::Etcd),
-            Backend::Kubernetes(ControlPlane::Shared) => Some(Store::Kubernetes(
+            Backend::Kubernetes(ControlPlane::Shared) => Some(Store::Kubernetes(Box::new(
                 KubeNamespace::create(&k8s::kubeconfig(), None, scope, dir).await,
-            )),
+            ))),
             Backend::Kubernetes(ControlPlane::Own) => {
                 let own = k8s::OwnControlPlane::start(scope);
                 let admin = own.kubeconfig();
-                Some(Store::Kubernetes(
+                Some(Store::Kubernetes(Box::new(
                     KubeNamespace::create(&admin, Some(own), scope, dir).await,
-                ))
+                )))
             }
         }
     }
 
-    /// The `dcs` section of the configuration of the member whose PostgreSQL listens on
-    /// `pg_port`.
-    pub(super) fn dcs_section(&self, pg_port: u16) -> String {
-        match self {
-            Store::Etcd(e) => etcd_store::dcs_section(e),
-            Store::Kubernetes(k) => k.dcs_section(pg_port),
+    /// Starts the store in the store host of `net`, where the members reach it through
+    /// proxies at the gateway (whose address its certificate names, on Kubernetes).
+    pub(super) async fn start_in(
+        backend: Backend,
+        scope: &str,
+        dir: &Path,
+        net: &TestNet,
+    ) -> Option<Store> {
+        let (ns, addr) = (net.store_ns_path(), net.store_addr());
+        match backend {
+            Backend::Etcd => EtcdServer::start_or_skip_in(scope, &ns, &addr)
+                .await
+                .map(Store::Etcd),
+            Backend::Kubernetes(_) => {
+                let own = tokio::task::block_in_place(|| {
+                    k8s::OwnControlPlane::start_in(scope, &ns, &addr, &[net.gateway()])
+                });
+                let admin = own.kubeconfig();
+                Some(Store::Kubernetes(Box::new(
+                    KubeNamespace::create(&admin, Some(own), scope, dir).await,
+                )))
+            }
         }
     }
 
-    /// What the store needs in a member's environment.
-    pub(super) fn member_env(&self, cmd: &mut Command) {
+    /// Where the store takes clients, `host:port`: a proxy's upstream.
+    pub(super) fn client_addr(&self) -> String {
+        match self {
+            Store::Etcd(e) => e.client_addr(),
+            Store::Kubernetes(k) => k.own_control_plane().api_addr(),
+        }
+    }
+
+    /// The `dcs` section of the configuration of the member at `host` whose PostgreSQL
+    /// listens on `pg_port`, reaching the store through `via` when given.
+    pub(super) fn dcs_section(&self, pg_port: u16, host: &str, via: Option<&str>) -> String {
+        match self {
+            Store::Etcd(e) => match via {
+                Some(via) => pgwarden::demo::etcd3_section(via),
+                None => etcd_store::dcs_section(e),
+            },
+            Store::Kubernetes(k) => k.dcs_section(pg_port, host),
+        }
+    }
+
+    /// What the store needs in a member's environment; `via`: as in [`Store::dcs_section`].
+    pub(super) fn member_env(&self, cmd: &mut Command, via: Option<&str>) {
         if let Store::Kubernetes(k) = self {
-            k.member_env(cmd);
+            k.member_env(cmd, via);
         }
     }
 
@@ -100,9 +138,21 @@ impl Store {
     }
 
     /// What the store holds for a member before it starts: its Pod, on Kubernetes.
-    pub(super) async fn add_member(&mut self, name: &str, index: usize) {
+    pub(super) async fn add_member(&mut self, name: &str, index: usize, host: &str) {
         if let Store::Kubernetes(k) = self {
-            k.add_pod(name, index).await;
+            k.add_pod(name, index, host).await;
+        }
+    }
+
+    /// Deletes the leader lock; why not, when it could not (nobody held it, the store did
+    /// not answer).
+    pub(super) async fn try_delete_leader_lock(&self, scope: &str) -> Result<(), String> {
+        match self {
+            Store::Etcd(e) => match etcd_store::try_delete_leader_key(e, scope).await? {
+                0 => Err("no leader key".into()),
+                _ => Ok(()),
+            },
+            Store::Kubernetes(k) => k.try_delete_lease().await,
         }
     }
 

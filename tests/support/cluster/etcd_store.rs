@@ -26,12 +26,20 @@ pub(super) async fn observer(etcd: &EtcdServer, scope: &str) -> EtcdDcs {
 }
 
 pub(super) async fn delete_leader_key(etcd: &EtcdServer, scope: &str) {
+    let deleted = try_delete_leader_key(etcd, scope)
+        .await
+        .expect("delete the leader key");
+    assert_eq!(deleted, 1);
+}
+
+/// Deletes the leader key; how many keys went (0: nobody held it).
+pub(super) async fn try_delete_leader_key(etcd: &EtcdServer, scope: &str) -> Result<i64, String> {
     let mut client = etcd_client::Client::connect([etcd.endpoint()], None)
         .await
-        .expect("etcd client");
+        .map_err(|e| e.to_string())?;
     let r = client
         .delete(format!("/service/{scope}/leader"), None)
         .await
-        .expect("delete the leader key");
-    assert_eq!(r.deleted(), 1);
+        .map_err(|e| e.to_string())?;
+    Ok(r.deleted())
 }

@@ -68,31 +68,57 @@ impl KubeNamespace {
         self.kubeconfig = k8s::member_kubeconfig(&self.dir, &self.admin_kubeconfig, Some(token));
     }
 
-    /// The Pod of the `index`th member, `name`, with an address of its own: the members
-    /// themselves are reached on loopback (`pod_ip` in their configuration).
-    pub(super) async fn add_pod(&mut self, name: &str, index: usize) {
+    /// The Pod of the `index`th member, `name`, at `host`; on loopback, every Pod gets an
+    /// address of its own (the member itself is reached on loopback: `pod_ip` in its
+    /// configuration).
+    pub(super) async fn add_pod(&mut self, name: &str, index: usize, host: &str) {
         let labels: BTreeMap<String, String> = [
             ("cluster-name".to_owned(), self.scope.clone()),
             ("application".to_owned(), "pgwarden-it".to_owned()),
         ]
         .into();
-        let ip = format!("10.9.0.{}", index + 1);
+        let ip = if host == "127.0.0.1" {
+            format!("10.9.0.{}", index + 1)
+        } else {
+            host.to_owned()
+        };
         k8s::create_pod(&self.client, &self.ns, name, labels, &ip).await;
         self.pods.push(name.into());
     }
 
-    pub(super) fn dcs_section(&self, pg_port: u16) -> String {
+    pub(super) fn dcs_section(&self, pg_port: u16, host: &str) -> String {
         format!(
-            "kubernetes:\n  namespace: {ns}\n  labels:\n    application: pgwarden-it\n  pod_ip: 127.0.0.1\n  ports:\n  - name: postgresql\n    port: {pg_port}\n",
+            "kubernetes:\n  namespace: {ns}\n  labels:\n    application: pgwarden-it\n  pod_ip: {host}\n  ports:\n  - name: postgresql\n    port: {pg_port}\n",
             ns = self.ns
         )
     }
 
-    /// The members' kubeconfig. Without `KUBERNETES_SERVICE_HOST`: were the tests run in a
-    /// Pod, a member would take that Pod's in-cluster credentials instead (as Patroni decides).
-    pub(super) fn member_env(&self, cmd: &mut Command) {
-        cmd.env("KUBECONFIG", &self.kubeconfig)
+    /// The members' kubeconfig, naming the API server at `via` (`host:port`, a proxy in front
+    /// of it) when given. Without `KUBERNETES_SERVICE_HOST`: were the tests run in a Pod, a
+    /// member would take that Pod's in-cluster credentials instead (as Patroni decides).
+    pub(super) fn member_env(&self, cmd: &mut Command, via: Option<&str>) {
+        let kubeconfig = match via {
+            None => self.kubeconfig.clone(),
+            Some(via) => self.kubeconfig_via(via),
+        };
+        cmd.env("KUBECONFIG", kubeconfig)
             .env_remove("KUBERNETES_SERVICE_HOST");
+    }
+
+    /// A copy of the members' kubeconfig whose server is `https://<via>`.
+    fn kubeconfig_via(&self, via: &str) -> PathBuf {
+        let text = std::fs::read_to_string(&self.kubeconfig).expect("members' kubeconfig");
+        let server = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("server:"))
+            .expect("a server line")
+            .trim()
+            .to_owned();
+        let path = self
+            .dir
+            .join(format!("kubeconfig-via-{}", via.replace(':', "-")));
+        std::fs::write(&path, text.replace(&server, &format!("https://{via}"))).unwrap();
+        path
     }
 
     pub(super) fn observer(&self, scope: &str, t: &Timings) -> KubernetesDcs {
@@ -117,10 +143,24 @@ impl KubeNamespace {
     }
 
     pub(super) async fn delete_lease(&self) {
+        self.try_delete_lease().await.expect("delete the Lease");
+    }
+
+    /// Deletes the ConfigMap `name` (Patroni 3.0.2 keeps its leader lock in `<scope>-leader`).
+    pub async fn try_delete_configmap(&self, name: &str) -> Result<(), String> {
+        Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(self.client.clone(), &self.ns)
+            .delete(name, &DeleteParams::default())
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    pub(super) async fn try_delete_lease(&self) -> Result<(), String> {
         Api::<Lease>::namespaced(self.client.clone(), &self.ns)
             .delete(&self.lease_name(), &DeleteParams::default())
             .await
-            .expect("delete the Lease");
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     pub async fn lease(&self) -> Option<Lease> {
