@@ -45,29 +45,34 @@ fn store_port(c: &Cluster, m: usize) -> String {
     via.rsplit(':').next().unwrap().to_owned()
 }
 
-/// iptables rules dropping the member's packets to (`out`) and from (`inn`) its store proxy.
+/// iptables rules dropping the member's packets to (`out`) and from (`inn`) the store: its
+/// proxy, and the store's own address too (no agent should go around its proxy, but a cut
+/// must not depend on it).
 fn store_rules(c: &Cluster, m: usize, out: bool, inn: bool) -> Vec<Vec<String>> {
-    let (gw, port) = (c.net.as_ref().unwrap().gateway(), store_port(c, m));
+    let net = c.net.as_ref().unwrap();
+    let (gw, port, store) = (net.gateway(), store_port(c, m), net.store_addr());
     let mut rules = Vec::new();
     if out {
-        rules.push(
-            [
-                "OUTPUT", "-o", "eth0", "-p", "tcp", "-d", &gw, "--dport", &port, "-j", "DROP",
-            ]
-            .map(String::from)
-            .to_vec(),
-        );
+        rules.push(vec![
+            "OUTPUT", "-o", "eth0", "-p", "tcp", "-d", &gw, "--dport", &port,
+        ]);
+        rules.push(vec!["OUTPUT", "-o", "eth0", "-d", &store]);
     }
     if inn {
-        rules.push(
-            [
-                "INPUT", "-i", "eth0", "-p", "tcp", "-s", &gw, "--sport", &port, "-j", "DROP",
-            ]
-            .map(String::from)
-            .to_vec(),
-        );
+        rules.push(vec![
+            "INPUT", "-i", "eth0", "-p", "tcp", "-s", &gw, "--sport", &port,
+        ]);
+        rules.push(vec!["INPUT", "-i", "eth0", "-s", &store]);
     }
     rules
+        .into_iter()
+        .map(|r| {
+            r.into_iter()
+                .chain(["-j", "DROP"])
+                .map(String::from)
+                .collect()
+        })
+        .collect()
 }
 
 fn iptables(c: &Cluster, m: usize, op: &str, rules: &[Vec<String>]) {

@@ -54,7 +54,7 @@ pub struct MemberProc {
     pub pg_port: u16,
     pub api_port: u16,
     /// Where it reaches the store, `host:port`, when that is not the store's own address: its
-    /// link through the cluster's proxy ([`Cluster::start_faultable`]).
+    /// link through the cluster's proxy ([`Cluster::prepare_faultable`]).
     pub store_via: Option<String>,
     pub child: Option<Child>,
 }
@@ -100,7 +100,7 @@ pub struct Cluster {
     /// ([`Cluster::use_clock_files`]).
     clock_files: bool,
     /// Each member's link to the store through a proxy that can slow it down, when the
-    /// cluster has them ([`Cluster::start_faultable`]).
+    /// cluster has them ([`Cluster::prepare_faultable`]).
     pub links: Option<toxiproxy::Toxiproxy>,
     /// The members' network namespaces, when the test cuts members off the network
     /// ([`Cluster::start_partitionable`]).
@@ -161,7 +161,7 @@ impl Cluster {
     /// ([`Cluster::spawn`], [`Cluster::spawn_unread_pipe`]), or changes what they will use
     /// first (a ServiceAccount token, say).
     pub async fn prepare(backend: Backend, scope: &str, n: usize, t: Timings) -> Option<Cluster> {
-        Cluster::prepare_on(backend, None, scope, n, t).await
+        Cluster::prepare_with(backend, None, None, Agent::Pgwarden, scope, n, t).await
     }
 
     /// `n` running members on etcd, each in a network namespace of its own
@@ -172,7 +172,9 @@ impl Cluster {
             return None;
         }
         let net = TestNet::create()?;
-        let mut c = Cluster::prepare_on(Backend::Etcd, Some(net), scope, n, t).await?;
+        let mut c =
+            Cluster::prepare_with(Backend::Etcd, Some(net), None, Agent::Pgwarden, scope, n, t)
+                .await?;
         c.spawn_all();
         Some(c)
     }
@@ -197,16 +199,6 @@ impl Cluster {
         net.add_store_host();
         let links = toxiproxy::Toxiproxy::start().await?;
         Cluster::prepare_with(backend, Some(net), Some(links), agent, scope, n, t).await
-    }
-
-    async fn prepare_on(
-        backend: Backend,
-        net: Option<TestNet>,
-        scope: &str,
-        n: usize,
-        t: Timings,
-    ) -> Option<Cluster> {
-        Cluster::prepare_with(backend, net, None, Agent::Pgwarden, scope, n, t).await
     }
 
     async fn prepare_with(

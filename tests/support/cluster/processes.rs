@@ -59,7 +59,8 @@ impl Cluster {
     }
 
     /// Member `i`'s configuration as Debian's Patroni takes it: pgwarden's with Patroni's
-    /// `bin_dir` (pgwarden finds PostgreSQL 15 by itself) and the members' kubeconfig context.
+    /// `bin_dir` (pgwarden finds PostgreSQL 15 by itself), the members' kubeconfig context,
+    /// and the etcd hosts taken as proxies (pgwarden never looks past the hosts it is given).
     fn patroni_config(&self, i: usize) -> PathBuf {
         let m = &self.members[i];
         let yaml = std::fs::read_to_string(&m.config)
@@ -70,7 +71,10 @@ impl Cluster {
                 1,
             )
             // Patroni reads the kubeconfig's context by name (`kind-kind` unless told).
-            .replacen("\nkubernetes:\n", "\nkubernetes:\n  context: t\n", 1);
+            .replacen("\nkubernetes:\n", "\nkubernetes:\n  context: t\n", 1)
+            // Without it, Patroni asks etcd for its members and talks to the addresses they
+            // advertise: around the member's proxy, past a fault cut or slowed there.
+            .replacen("\netcd3:\n", "\netcd3:\n  use_proxies: true\n", 1);
         // Patroni 3.0.2 gives the top-level `namespace` (a key prefix in etcd) to its
         // kubernetes DCS too, where it replaces `kubernetes.namespace`; pgwarden keeps the
         // two apart.
