@@ -383,7 +383,12 @@ async fn full_suite() {
         }
     }
     eprintln!("faults: report in {report_path}");
-    assert_no_violation(&results, |r| modes[&r.seed]);
+    // Patroni's broken rules are its figures in the report, not failures of this suite.
+    let ours: Vec<RoundResult> = results
+        .into_iter()
+        .filter(|r| r.agent == agent_name(Agent::Pgwarden))
+        .collect();
+    assert_no_violation(&ours, |r| modes[&r.seed]);
 }
 
 /// Prints the schedules of seeds `FAULT_SEED` to `FAULT_SEED + FAULT_COUNT - 1` (what a replay
