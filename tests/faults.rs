@@ -269,6 +269,18 @@ fn assert_no_violation(results: &[RoundResult], mode_of: impl Fn(&RoundResult) -
     );
 }
 
+/// The comma-separated list in `var` (else `default`), each item read by `parse`; panics
+/// naming an item it does not know.
+fn list<T>(var: &str, default: &str, parse: impl Fn(&str) -> Option<T>) -> Vec<T> {
+    std::env::var(var)
+        .unwrap_or_else(|_| default.into())
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| parse(s).unwrap_or_else(|| panic!("{var}: {s}: not one of {default}")))
+        .collect()
+}
+
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().map(|v| {
         v.parse()
@@ -318,30 +330,16 @@ async fn full_suite() {
             .as_secs()
             % 1_000_000
     });
-    let list = |var: &str, default: &str| -> Vec<String> {
-        std::env::var(var)
-            .unwrap_or_else(|_| default.into())
-            .split(',')
-            .map(|s| s.trim().to_owned())
-            .filter(|s| !s.is_empty())
-            .collect()
-    };
-    let stores: Vec<Store> = list("FAULT_BACKENDS", "etcd,kubernetes")
-        .iter()
-        .map(|s| match s.as_str() {
-            "etcd" => Store::Etcd,
-            "kubernetes" => Store::Kubernetes,
-            other => panic!("FAULT_BACKENDS: {other}: not etcd or kubernetes"),
-        })
-        .collect();
-    let agents: Vec<Agent> = list("FAULT_AGENTS", "pgwarden,patroni")
-        .iter()
-        .map(|s| match s.as_str() {
-            "pgwarden" => Agent::Pgwarden,
-            "patroni" => Agent::Patroni,
-            other => panic!("FAULT_AGENTS: {other}: not pgwarden or patroni"),
-        })
-        .collect();
+    let stores: Vec<Store> = list("FAULT_BACKENDS", "etcd,kubernetes", |s| match s {
+        "etcd" => Some(Store::Etcd),
+        "kubernetes" => Some(Store::Kubernetes),
+        _ => None,
+    });
+    let agents: Vec<Agent> = list("FAULT_AGENTS", "pgwarden,patroni", |s| match s {
+        "pgwarden" => Some(Agent::Pgwarden),
+        "patroni" => Some(Agent::Patroni),
+        _ => None,
+    });
     let report_path = std::env::var("FAULT_REPORT").unwrap_or("target/faults-report.md".into());
     let until = Instant::now() + Duration::from_secs(minutes * 60);
     let mut results: Vec<RoundResult> = Vec::new();
