@@ -102,21 +102,14 @@ async fn until_whole(members: &[Endpoint], within: Duration) -> Option<Duration>
 async fn run_schedule(store: Store, agent: Agent, s: &Schedule) -> Option<Vec<RoundResult>> {
     let scope = format!("f{}{}", s.seed % 100_000, &agent_name(agent)[..2]);
     let mut c = Cluster::prepare_faultable(store.backend(), agent, &scope, MEMBERS, T).await?;
-    for m in &c.members {
-        let yaml = std::fs::read_to_string(&m.config).unwrap().replacen(
-            "\n  dcs:\n",
-            &format!("\n  dcs:\n{}", s.mode.bootstrap_dcs()),
-            1,
-        );
-        std::fs::write(&m.config, yaml).unwrap();
-    }
+    c.add_bootstrap_dcs(s.mode.bootstrap_dcs());
     // Not under Patroni: libfaketime 0.9.10 with an offset makes Python's time.sleep fail
     // (EINVAL), which would be a fault of the harness, not of the clock; the skew is then
     // reported as not applied.
     if s.skews_clocks() && agent == Agent::Pgwarden {
         c.use_clock_files();
     }
-    let mut nemesis = Nemesis::new(MEMBERS, T, &store.backend());
+    let mut nemesis = Nemesis::new(MEMBERS, T);
     for i in 0..MEMBERS {
         c.spawn_relayed(i, nemesis.stalled[i].clone());
     }

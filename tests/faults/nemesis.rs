@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use reqwest::Method;
 
-use super::cluster::{Agent, Backend, Cluster, Timings};
+use super::cluster::{Agent, Cluster, Timings};
 use super::schedule::{Fault, Operation, Target};
 use super::workload::Endpoint;
 
@@ -27,7 +27,6 @@ pub struct Nemesis {
     pub stalled: Vec<Arc<AtomicBool>>,
     /// The cluster's timings at bootstrap, restored after a retiming.
     pub base: Timings,
-    pub kubernetes: bool,
     /// The flapping link's task, while one flaps.
     flapping: Option<(Arc<AtomicBool>, tokio::task::JoinHandle<()>)>,
 }
@@ -185,13 +184,12 @@ async fn candidate(c: &Cluster, p: usize) -> String {
 }
 
 impl Nemesis {
-    pub fn new(members: usize, base: Timings, backend: &Backend) -> Nemesis {
+    pub fn new(members: usize, base: Timings) -> Nemesis {
         Nemesis {
             stalled: (0..members)
                 .map(|_| Arc::new(AtomicBool::new(false)))
                 .collect(),
             base,
-            kubernetes: matches!(backend, Backend::Kubernetes(_)),
             flapping: None,
         }
     }
@@ -260,7 +258,7 @@ impl Nemesis {
             }
             ClockSkew(..) => skipped = Some("no clock files (not under Patroni)".into()),
             StoreDown => {
-                if self.kubernetes {
+                if c.on_kubernetes() {
                     let k = c.kubernetes();
                     tokio::task::block_in_place(|| k.own_control_plane().kill());
                 } else {
@@ -268,7 +266,7 @@ impl Nemesis {
                 }
             }
             StoreFrozen => {
-                if self.kubernetes {
+                if c.on_kubernetes() {
                     let k = c.kubernetes();
                     tokio::task::block_in_place(|| k.own_control_plane().pause());
                 } else if let Some(pid) = c.etcd().pid() {
@@ -277,7 +275,7 @@ impl Nemesis {
             }
             DeleteLeaderLock => {
                 let delete = async {
-                    if self.kubernetes && c.agent == Agent::Patroni {
+                    if c.on_kubernetes() && c.agent == Agent::Patroni {
                         // Patroni 3.0.2 holds its lock in a ConfigMap's annotations.
                         let name = format!("{}-leader", c.scope);
                         c.kubernetes().try_delete_configmap(&name).await
@@ -372,7 +370,7 @@ impl Nemesis {
             StallOutput(_) => self.stalled[m].store(false, Ordering::Relaxed),
             ClockSkew(..) => std::fs::write(c.clock_file(m), "+0\n").unwrap(),
             StoreDown => {
-                if self.kubernetes {
+                if c.on_kubernetes() {
                     let k = c.kubernetes();
                     tokio::task::block_in_place(|| k.own_control_plane().restart());
                 } else {
@@ -380,7 +378,7 @@ impl Nemesis {
                 }
             }
             StoreFrozen => {
-                if self.kubernetes {
+                if c.on_kubernetes() {
                     let k = c.kubernetes();
                     tokio::task::block_in_place(|| k.own_control_plane().resume());
                 } else if let Some(pid) = c.etcd().pid() {

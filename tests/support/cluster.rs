@@ -324,6 +324,24 @@ impl Cluster {
         i
     }
 
+    /// Adds `lines` (YAML, indented for the section) under `bootstrap.dcs` in every member's
+    /// configuration, before the members first start: settings a fresh cluster starts with.
+    pub fn add_bootstrap_dcs(&self, lines: &str) {
+        for m in &self.members {
+            let yaml = std::fs::read_to_string(&m.config).unwrap().replacen(
+                "\n  dcs:\n",
+                &format!("\n  dcs:\n{lines}"),
+                1,
+            );
+            std::fs::write(&m.config, yaml).unwrap();
+        }
+    }
+
+    /// The cluster runs on Kubernetes.
+    pub fn on_kubernetes(&self) -> bool {
+        matches!(self.store, Store::Kubernetes(_))
+    }
+
     /// Members spawned from now on read the wall clock (not the monotonic one) through
     /// Debian's libfaketime, offset by the contents of [`Cluster::clock_file`] (`+0` at
     /// first; re-read every second), so a test can move one member's clock while it runs.
