@@ -569,15 +569,27 @@ impl HaCore {
         // The key is the cluster's: written only by a leader whose data directory the store
         // has registered (never by a bootstrap that may still be lost to another member's).
         if obs.pg.in_recovery != Some(false) || !self.initialize_is_ours() {
+            self.sync_progress.clear();
             return None;
         }
         self.sync_mark =
             sync::next_mark(self.sync_mark.take(), &obs.pg, self.sync_names_set_at, now);
+        self.sync_progress.observe(&obs.pg, now);
+        let limit = sync::stall_limit(obs.policy.loop_wait, obs.policy.retry_timeout);
+        let pg = self.sync_progress.without_stalled(&obs.pg, limit, now);
+        let stalled: Vec<&str> = self.sync_progress.stalled(limit, now).into_iter().collect();
+        let gone = (!stalled.is_empty()).then(|| {
+            format!(
+                "{} confirmed no WAL for {} s or more: not waited for",
+                stalled.join(","),
+                limit.as_secs_f64()
+            )
+        });
         let step = sync::leader_step(
             &self.me.name,
             &obs.policy.sync,
             view,
-            &obs.pg,
+            &pg,
             self.sync_mark.as_ref(),
             self.sync_overridden,
             now,
@@ -610,7 +622,10 @@ impl HaCore {
             let at = now + sync::SETTLE;
             self.scheduled_wake = Some(self.scheduled_wake.map_or(at, |w| w.min(at)));
         }
-        note
+        match (gone, note) {
+            (Some(g), Some(n)) => Some(format!("{g}; {n}")),
+            (g, n) => g.or(n),
+        }
     }
 
     /// Writes the `sync` key over the version `view` shows.

@@ -142,6 +142,8 @@ pub struct HaCore {
     /// The primary's WAL position when the `synchronous_standby_names` in force was first
     /// seen (see `sync`).
     sync_mark: Option<sync::Mark>,
+    /// How far each standby behind the primary confirms, and since when (see `sync`).
+    sync_progress: sync::Progress,
     /// `synchronous_standby_names` is ours (set by a step), not the configuration's.
     sync_overridden: bool,
     /// When it was last set.
@@ -215,6 +217,7 @@ impl HaCore {
             needs_rewind: false,
             released: None,
             sync_mark: None,
+            sync_progress: Default::default(),
             sync_overridden: false,
             sync_names_set_at: None,
             sync_revoked: false,

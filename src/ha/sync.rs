@@ -21,7 +21,8 @@
 //! synchronous at or past the mark. While the key names nobody who may take over (`q + 1 >
 //! |V|`) both rules hold trivially: no member but the leader itself may be promoted.
 
-use std::collections::BTreeSet;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::config::SyncMode;
@@ -395,6 +396,82 @@ pub fn next_mark(
     })
 }
 
+/// Standbys that have stopped confirming WAL. A standby cut off from the primary keeps its WAL
+/// sender, and with it its place in ssn, until `wal_sender_timeout` (a minute by default):
+/// meanwhile every commit waits for it, in `on` mode as in strict. So the leader follows each
+/// standby's acknowledged position while its own is ahead, on its own monotonic clock, and
+/// takes one whose position has not moved for a while as gone, as its WAL sender soon will be.
+/// A standby that confirms again (its position moves) is a candidate again at once.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Per standby behind the primary: the position it acknowledges, first seen when.
+    behind: BTreeMap<String, (u64, MonoTime)>,
+}
+
+impl Progress {
+    /// Takes in one observation of the primary. A standby with two WAL senders (a new one
+    /// beside the one its old connection left) counts by the one further on.
+    pub fn observe(&mut self, pg: &PgFacts, now: MonoTime) {
+        let mut best: BTreeMap<&str, u64> = BTreeMap::new();
+        for r in &pg.replication {
+            if let Some(lsn) = r.ack_lsn {
+                let b = best.entry(r.application_name.as_str()).or_insert(lsn);
+                *b = (*b).max(lsn);
+            }
+        }
+        self.behind = best
+            .into_iter()
+            .filter(|(_, lsn)| *lsn < pg.wal_position)
+            .map(|(name, lsn)| {
+                let since = match self.behind.get(name) {
+                    Some((seen, at)) if *seen == lsn => *at,
+                    _ => now,
+                };
+                (name.to_owned(), (lsn, since))
+            })
+            .collect();
+    }
+
+    /// Forgets everything: not a primary, or nothing known of its WAL senders.
+    pub fn clear(&mut self) {
+        self.behind.clear();
+    }
+
+    /// Standbys behind the primary whose position has not moved for `limit`.
+    pub fn stalled(&self, limit: Duration, now: MonoTime) -> BTreeSet<&str> {
+        self.behind
+            .iter()
+            .filter(|(_, (_, since))| now.since(*since) >= limit)
+            .map(|(name, _)| name.as_str())
+            .collect()
+    }
+
+    /// `pg` as the leader's synchronous steps see it: without the WAL senders of standbys
+    /// stalled for `limit`.
+    pub fn without_stalled<'a>(
+        &self,
+        pg: &'a PgFacts,
+        limit: Duration,
+        now: MonoTime,
+    ) -> Cow<'a, PgFacts> {
+        let stalled = self.stalled(limit, now);
+        if stalled.is_empty() {
+            return Cow::Borrowed(pg);
+        }
+        let mut seen = pg.clone();
+        seen.replication
+            .retain(|r| !stalled.contains(r.application_name.as_str()));
+        Cow::Owned(seen)
+    }
+}
+
+/// How long a standby may go without confirming WAL the primary has before the leader takes it
+/// as gone: a cycle to see it, and as long as an operation of the store may be retried (20 s
+/// with Patroni's defaults, against `wal_sender_timeout`'s 60 s).
+pub fn stall_limit(loop_wait: Duration, retry_timeout: Duration) -> Duration {
+    loop_wait + retry_timeout
+}
+
 /// Before the store names this member's data directory as the cluster's, in a synchronous
 /// mode: the key taken over, naming nobody, unless it is ours already.
 pub fn ownership(me: &str, policy: &SyncPolicy, view: &ClusterView) -> Option<SyncState> {
@@ -755,5 +832,69 @@ mod tests {
             ..p.clone()
         };
         assert_eq!(next_mark(Some(m.clone()), &later, None, t(20)), Some(m));
+    }
+
+    #[test]
+    fn a_standby_whose_position_stands_still_behind_the_primary_is_taken_as_gone() {
+        let limit = Duration::from_secs(3);
+        let t = |s| MonoTime(Duration::from_secs(s));
+        let mut p = Progress::default();
+        // b behind at 900 from 10 on; c at the primary's position; d moving.
+        p.observe(&pg("b", &[("b", "sync", 900), ("c", "async", 1000)]), t(10));
+        p.observe(
+            &pg(
+                "b",
+                &[
+                    ("b", "sync", 900),
+                    ("c", "async", 1000),
+                    ("d", "async", 950),
+                ],
+            ),
+            t(12),
+        );
+        assert!(p.stalled(limit, t(12)).is_empty());
+        p.observe(
+            &pg(
+                "b",
+                &[
+                    ("b", "sync", 900),
+                    ("c", "async", 1000),
+                    ("d", "async", 960),
+                ],
+            ),
+            t(13),
+        );
+        assert_eq!(p.stalled(limit, t(13)), BTreeSet::from(["b"]));
+        let facts = pg("b", &[("b", "sync", 900), ("c", "async", 1000)]);
+        let seen = p.without_stalled(&facts, limit, t(13));
+        let names: Vec<&str> = seen
+            .replication
+            .iter()
+            .map(|r| r.application_name.as_str())
+            .collect();
+        assert_eq!(names, ["c"]);
+        // With b out of sight, the leader moves to c as if b had gone.
+        let v = view(Some(("a", Some("b"), None)));
+        assert_eq!(
+            step(&policy(SyncMode::On), &v, &seen, None),
+            key(None, None)
+        );
+        // A second WAL sender for b (it connected again) that moves: b counts by it.
+        p.observe(
+            &pg(
+                "b",
+                &[("b", "sync", 900), ("b", "sync", 980), ("c", "async", 1000)],
+            ),
+            t(14),
+        );
+        assert!(p.stalled(limit, t(16)).is_empty());
+        // An idle primary: a standby at its position is not behind, however long.
+        p.observe(&pg("b", &[("b", "sync", 1000)]), t(18));
+        assert!(p.stalled(limit, t(60)).is_empty());
+        // Forgotten when no longer a primary.
+        p.observe(&pg("b", &[("b", "sync", 900)]), t(20));
+        p.clear();
+        p.observe(&pg("b", &[("b", "sync", 900)]), t(30));
+        assert!(p.stalled(limit, t(31)).is_empty());
     }
 }

@@ -1943,3 +1943,82 @@ fn a_replica_told_to_stop_decides_on_a_view_read_after_it_was_told() {
     let out = core.step(Input::Shutdown, at(101));
     assert_eq!(actions(&out), vec![Action::StopGraceful]);
 }
+
+/// Primary `a` at `wal` with ssn `b` in force (strict `on`), b acknowledging `b_at` and c
+/// streaming at the primary's position.
+fn primary_with_standbys(wal: u64, b_at: u64) -> PgFacts {
+    let row = |name: &str, sync_state: &str, lsn: u64| crate::postgres::ReplicationRow {
+        usename: "replicator".into(),
+        application_name: name.into(),
+        client_addr: None,
+        state: "streaming".into(),
+        sync_state: sync_state.into(),
+        sync_priority: 1,
+        ack_lsn: Some(lsn),
+    };
+    PgFacts {
+        wal_position: wal,
+        synchronous_standby_names: Some("b".into()),
+        replication: vec![row("b", "sync", b_at), row("c", "async", wal)],
+        ..primary()
+    }
+}
+
+#[test]
+fn a_synchronous_standby_that_stops_confirming_is_replaced_before_its_wal_sender_times_out() {
+    let strict = Policy {
+        sync: crate::ha::sync::SyncPolicy {
+            mode: crate::config::SyncMode::On,
+            strict: true,
+            ..Default::default()
+        },
+        loop_wait: S,
+        retry_timeout: 2 * S,
+        ..policy()
+    };
+    let mut core = HaCore::new(me());
+    lead(&mut core, at(100));
+    let mut v = view(Some("a"));
+    for m in v.members.values_mut() {
+        m.state = Some("running".into());
+    }
+    let v = with_sync_key(v, "a", Some("b"));
+    // Each observation as the primary, its lease renewal answered.
+    let mut seen = |pg: PgFacts, t: u64| {
+        let out = observe_with(&mut core, Some(v.clone()), pg, strict.clone(), at(t));
+        for (id, a) in &out {
+            if matches!(a, Action::RenewLock { .. }) {
+                complete(&mut core, *id, answered(true, at(t)), at(t));
+            }
+        }
+        (out, core.message.clone())
+    };
+    let writes_sync = |out: &[(ActionId, Action)]| {
+        actions(out).into_iter().find_map(|a| match a {
+            Action::WriteSync { value, .. } => Some(value),
+            _ => None,
+        })
+    };
+    // b keeps confirming, a cycle behind: nothing changes.
+    for (t, wal) in [(101, 1100), (102, 1200)] {
+        let (out, _) = seen(primary_with_standbys(wal, wal - 100), t);
+        assert_eq!(writes_sync(&out), None, "at {t}: {out:?}");
+    }
+    // b stops at 1100, first seen there at 102 (its WAL sender lives on): commits wait for
+    // it, but not for long.
+    let limit = crate::ha::sync::stall_limit(strict.loop_wait, strict.retry_timeout);
+    let stalled_at = 102;
+    let (out, _) = seen(
+        primary_with_standbys(1300, 1100),
+        stalled_at + limit.as_secs() - 1,
+    );
+    assert_eq!(writes_sync(&out), None, "{out:?}");
+    let (out, message) = seen(
+        primary_with_standbys(1300, 1100),
+        stalled_at + limit.as_secs(),
+    );
+    // The key lets go of b first (then ssn moves to c, as when a standby leaves).
+    let key = writes_sync(&out).expect("the sync key rewritten");
+    assert_eq!(key.sync_standby, None, "{out:?}");
+    assert!(message.contains("b confirmed no WAL"), "{message}");
+}

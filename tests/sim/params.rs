@@ -12,6 +12,9 @@ pub const STOP_MAX: Duration = Duration::from_millis(300);
 /// The longest a member's agent may stall (scheduler lateness). Longer freezes need a
 /// hardware watchdog.
 pub const STALL_MAX: Duration = Duration::from_millis(300);
+/// PostgreSQL's `wal_sender_timeout` (its default): how long a primary keeps the WAL sender
+/// of a standby it no longer hears from.
+pub const WAL_SENDER_TIMEOUT: Duration = Duration::from_secs(60);
 /// `postgresql.pg_ctl_timeout` of every member: how long a stop may take before it fails.
 pub const PG_CTL_TIMEOUT: Duration = Duration::from_secs(10);
 

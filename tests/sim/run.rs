@@ -354,15 +354,15 @@ fn inject(w: &Shared, raw: &Arc<Mutex<MemStore>>, f: Fault) {
             later(w, for_, move |g| g.members[who].store_cut -= 1);
         }
         Fault::CutFromPeers { who, for_ } => {
-            g.members[who].peers_cut += 1;
-            later(w, for_, move |g| g.members[who].peers_cut -= 1);
+            g.cut_peers(who);
+            later(w, for_, move |g| g.heal_peers(who));
         }
         Fault::Isolate { who, for_ } => {
             g.members[who].store_cut += 1;
-            g.members[who].peers_cut += 1;
+            g.cut_peers(who);
             later(w, for_, move |g| {
                 g.members[who].store_cut -= 1;
-                g.members[who].peers_cut -= 1;
+                g.heal_peers(who);
             });
         }
         Fault::StoreOutage { for_ } => {

@@ -30,6 +30,17 @@ pub fn wall_clock(t: Duration) -> chrono::DateTime<chrono::Utc> {
 /// Boot time of every member at store time zero (deadlines are never near zero).
 pub const BOOT_OFFSET: Duration = Duration::from_secs(1000);
 
+/// A WAL sender that outlives its link: the primary never heard the standby go, so it lists
+/// it, at the position it last confirmed, until `wal_sender_timeout` or its own restart.
+#[derive(Debug, Clone, Copy)]
+pub struct Lingering {
+    pub primary: usize,
+    /// The primary's run (`FakePg::epoch`) it belongs to.
+    pub epoch: u64,
+    pub pos: u64,
+    pub until: Duration,
+}
+
 pub struct SimMember {
     pub name: String,
     pub pg: FakePg,
@@ -45,6 +56,8 @@ pub struct SimMember {
     pub alive: bool,
     pub store_cut: u32,
     pub peers_cut: u32,
+    /// The WAL sender its primary kept when the link between them broke (see `cut_peers`).
+    pub lingering: Option<Lingering>,
     pub frozen_until: Duration,
     /// Real time of the last lease deadline its shell gave its fence (for the deadline
     /// invariant).
@@ -119,6 +132,7 @@ impl World {
                     alive: false,
                     store_cut: 0,
                     peers_cut: 0,
+                    lingering: None,
                     frozen_until: Duration::ZERO,
                     deadline_real: None,
                     watchdog_required: params.watchdog_required[i],
@@ -180,6 +194,33 @@ impl World {
 
     pub fn peers_linked(&self, a: usize, b: usize) -> bool {
         self.members[a].peers_cut == 0 && self.members[b].peers_cut == 0
+    }
+
+    /// Cuts `who` off from its peers: the WAL senders of the links this breaks linger.
+    pub fn cut_peers(&mut self, who: usize) {
+        let streams: Vec<(usize, crate::replication::Standby)> = (0..self.members.len())
+            .filter(|&p| self.members[p].pg.run == crate::fake_pg::Run::Primary)
+            .flat_map(|p| self.standbys_of(p).into_iter().map(move |s| (p, s)))
+            .collect();
+        self.members[who].peers_cut += 1;
+        let until = self.now() + crate::params::WAL_SENDER_TIMEOUT;
+        for (p, s) in streams {
+            let Some(i) = self.index_of(&s.name) else {
+                continue;
+            };
+            if !self.peers_linked(i, p) {
+                self.members[i].lingering = Some(Lingering {
+                    primary: p,
+                    epoch: self.members[p].pg.epoch,
+                    pos: s.pos,
+                    until,
+                });
+            }
+        }
+    }
+
+    pub fn heal_peers(&mut self, who: usize) {
+        self.members[who].peers_cut -= 1;
     }
 
     /// A network delay, or `None` for a lost message.
@@ -492,24 +533,32 @@ impl World {
     /// how far each has its line.
     pub fn standbys_of(&self, p: usize) -> Vec<crate::replication::Standby> {
         let primary = &self.members[p];
+        let now = self.now();
         (0..self.members.len())
             .filter(|&i| i != p)
-            .filter(|&i| {
+            .filter_map(|i| {
                 let m = &self.members[i];
-                m.pg.run == crate::fake_pg::Run::Replica
+                let streaming = m.pg.run == crate::fake_pg::Run::Replica
                     && m.pg.streaming
                     && m.pg.upstream.as_deref() == Some(primary.name.as_str())
-                    && self.peers_linked(i, p)
-            })
-            .map(|i| {
-                let m = &self.members[i];
-                let on_line =
-                    self.repl
-                        .holds((primary.pg.branch, primary.pg.wal), m.pg.branch, m.pg.wal);
-                crate::replication::Standby {
+                    && self.peers_linked(i, p);
+                let pos = if streaming {
+                    let on_line =
+                        self.repl
+                            .holds((primary.pg.branch, primary.pg.wal), m.pg.branch, m.pg.wal);
+                    if on_line { m.pg.wal } else { 0 }
+                } else {
+                    // Once the link is back, the old connection carries on or fails at once.
+                    let broken = !self.peers_linked(i, p);
+                    m.lingering
+                        .filter(|l| l.primary == p && l.epoch == primary.pg.epoch)
+                        .filter(|l| broken && now < l.until)?
+                        .pos
+                };
+                Some(crate::replication::Standby {
                     name: m.name.clone(),
-                    pos: if on_line { m.pg.wal } else { 0 },
-                }
+                    pos,
+                })
             })
             .collect()
     }
