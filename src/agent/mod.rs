@@ -426,7 +426,7 @@ impl Agent {
                 _ = tokio::time::sleep_until(wake) => true,
                 Some(done) = self.tasks_rx.recv() => {
                     self.task_finished(done).await;
-                    true
+                    self.core.take_cycle_now()
                 }
                 Some(cmd) = self.cmds.recv() => self.command(cmd).await,
                 r = changes.changed() => {

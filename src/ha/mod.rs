@@ -183,6 +183,10 @@ pub struct HaCore {
     made_writable: bool,
     /// Shutdown complete: the shell may exit.
     finished: bool,
+    /// A completion since the last cycle calls for a cycle at once. A failure does not: the
+    /// next regular cycle retries it, where a failure that comes back at once (a full disk
+    /// fails every config write) would otherwise spin the loop, a store read each turn.
+    cycle_now: bool,
     /// The last cycle's log message.
     message: String,
 }
@@ -231,6 +235,7 @@ impl HaCore {
             pg_started: false,
             made_writable: false,
             finished: false,
+            cycle_now: false,
             message: String::new(),
         }
     }
@@ -273,6 +278,12 @@ impl HaCore {
         self.finished
     }
 
+    /// After a completion: whether to cycle now (observe and decide) rather than at the next
+    /// wake-up, because something completed since the last cycle that did not fail.
+    pub fn take_cycle_now(&mut self) -> bool {
+        std::mem::take(&mut self.cycle_now)
+    }
+
     /// When the shell must call again at the latest: the next cycle or the lease deadline.
     pub fn next_wakeup(&self) -> MonoTime {
         let loop_wait = self
@@ -305,6 +316,7 @@ impl HaCore {
         match input {
             Input::Observed(obs) => {
                 self.last_cycle = Some(now);
+                self.cycle_now = false;
                 // Paused or not: a writable PostgreSQL without a valid lease is never kept
                 // (after a resume, the others may take a lock that lapsed during the pause).
                 let writable_unleased = obs.pg.maybe_writable() && !self.holds_lock(now);
@@ -457,6 +469,7 @@ impl HaCore {
         let Some((action, purpose)) = self.pending.remove(&id) else {
             return;
         };
+        self.cycle_now |= !matches!(outcome, Outcome::Failed(_));
         if self.task.as_ref().is_some_and(|(tid, _, _)| *tid == id) {
             self.task = None;
         }

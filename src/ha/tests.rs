@@ -1052,6 +1052,43 @@ fn a_config_change_during_a_task_is_applied_once_the_task_ends() {
     );
 }
 
+#[test]
+fn a_failed_action_waits_for_the_next_cycle_to_be_tried_again() {
+    // Found by the fault suite: a replica on a full disk failed to write its config after a
+    // change, was observed again at once, failed again... a store read every few ms.
+    let with_config = ClusterView {
+        config: Some(Versioned {
+            value: serde_json::Map::new(),
+            version: Version("1".into()),
+        }),
+        ..view(Some("b"))
+    };
+    let mut core = HaCore::new(me());
+    let out = observe(
+        &mut core,
+        Some(with_config.clone()),
+        replica(Some("b")),
+        at(1),
+    );
+    let failed = Outcome::Failed("writing postgresql.conf: No space left on device".into());
+    complete(&mut core, out[0].0, failed, at(1));
+    assert!(
+        !core.take_cycle_now(),
+        "a failure must not call for a cycle at once"
+    );
+    // The next regular cycle tries it again...
+    assert_eq!(core.next_wakeup(), at(1) + policy().loop_wait);
+    let out = observe(&mut core, Some(with_config), replica(Some("b")), at(11));
+    assert!(
+        matches!(actions(&out)[..], [Action::ApplyConfig { .. }]),
+        "{out:?}"
+    );
+    // ... and a success calls for the cycle that follows from it.
+    complete(&mut core, out[0].0, Outcome::Ok, at(11));
+    assert!(core.take_cycle_now());
+    assert!(!core.take_cycle_now(), "asked once per completion");
+}
+
 fn observe_schedule(
     core: &mut HaCore,
     countdown: Countdown,
