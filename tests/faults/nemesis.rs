@@ -127,14 +127,47 @@ pub async fn primary(members: &[Endpoint]) -> Option<usize> {
     None
 }
 
-/// Whom `t` names now: `None` when there is no primary to name.
-pub async fn resolve(t: Target, members: &[Endpoint]) -> Option<usize> {
+/// How many WAL segments a full disk is given to fill: more than a member keeps ready for
+/// reuse, and few enough (96 MB) for the other members' volumes to take without filling up.
+const WAL_PUSH: usize = 6;
+
+/// Moves the primary `p` on to a new WAL segment up to `n` times, each after a record of its
+/// own (a switch with nothing written since the last one does nothing); how many it made
+/// before it stopped answering.
+async fn push_wal(p: &Endpoint, n: usize) -> usize {
+    let sql = "SELECT pg_logical_emit_message(false, 'faults', 'disk full')::text; \
+               SELECT pg_switch_wal()::text";
+    for k in 0..n {
+        let r = tokio::time::timeout(
+            Duration::from_secs(5),
+            super::cluster::member_io::sql(&p.host, p.port, sql),
+        )
+        .await;
+        if !matches!(r, Ok(Ok(_))) {
+            return k;
+        }
+    }
+    n
+}
+
+/// Whom `t` names now: `None` when there is no primary (or synchronous standby) to name.
+pub async fn resolve(c: &Cluster, t: Target, members: &[Endpoint]) -> Option<usize> {
     let p = primary(members).await;
     match t {
         Target::Primary => p,
         Target::Replica(k) => {
             let replicas: Vec<usize> = (0..members.len()).filter(|i| Some(*i) != p).collect();
             Some(replicas[k % replicas.len()])
+        }
+        Target::SyncStandby => {
+            let m = &members[p?];
+            let sql = "SELECT application_name FROM pg_stat_replication \
+                       WHERE sync_state IN ('sync', 'quorum') ORDER BY application_name LIMIT 1";
+            let names = super::cluster::member_io::sql(&m.host, m.port, sql)
+                .await
+                .ok()?;
+            let name = names.first()?;
+            c.members.iter().position(|m| &m.name == name)
         }
     }
 }
@@ -154,7 +187,8 @@ fn target_of(f: &Fault) -> Option<Target> {
         | KillPostmaster(t)
         | FreezeAgent(t)
         | StallOutput(t)
-        | ClockSkew(t, _) => Some(t),
+        | ClockSkew(t, _)
+        | DiskFull(t) => Some(t),
         StoreDown | StoreFrozen | DeleteLeaderLock | RetimeCluster { .. } => None,
     }
 }
@@ -198,13 +232,13 @@ impl Nemesis {
     pub async fn apply(&mut self, c: &mut Cluster, fault: Fault, members: &[Endpoint]) -> Applied {
         use Fault::*;
         let member = match target_of(&fault) {
-            Some(t) => match resolve(t, members).await {
+            Some(t) => match resolve(c, t, members).await {
                 Some(m) => Some(m),
                 None => {
                     return Applied {
                         fault,
                         member: None,
-                        skipped: Some("no primary to aim at".into()),
+                        skipped: Some(format!("no {t:?} to aim at")),
                     };
                 }
             },
@@ -257,6 +291,20 @@ impl Nemesis {
                 std::fs::write(c.clock_file(m), format!("{secs:+}\n")).unwrap()
             }
             ClockSkew(..) => skipped = Some("no clock files (not under Patroni)".into()),
+            DiskFull(_) => {
+                let taken = tokio::task::block_in_place(|| c.fill_data_volume(m));
+                // WAL goes on: the member needs new segments on its full disk, for the WAL
+                // it writes as the primary or receives as a standby.
+                let switched = match primary(members).await {
+                    Some(p) => push_wal(&members[p], WAL_PUSH).await,
+                    None => 0,
+                };
+                eprintln!(
+                    "faults: {} MB taken on {}, then {switched} WAL segments switched",
+                    taken >> 20,
+                    c.members[m].name
+                );
+            }
             StoreDown => {
                 if c.on_kubernetes() {
                     let k = c.kubernetes();
@@ -369,6 +417,7 @@ impl Nemesis {
             }
             StallOutput(_) => self.stalled[m].store(false, Ordering::Relaxed),
             ClockSkew(..) => std::fs::write(c.clock_file(m), "+0\n").unwrap(),
+            DiskFull(_) => c.drain_data_volume(m),
             StoreDown => {
                 if c.on_kubernetes() {
                     let k = c.kubernetes();
@@ -434,7 +483,7 @@ impl Nemesis {
                 }
             }
             Operation::Restart(t) => {
-                let Some(m) = resolve(t, members).await else {
+                let Some(m) = resolve(c, t, members).await else {
                     return "no primary".into();
                 };
                 let (code, body) = api(c, m, Method::POST, "/restart", Some("{}")).await;

@@ -49,6 +49,9 @@ pub enum Target {
     Primary,
     /// The `k`th replica (modulo their number) in name order.
     Replica(usize),
+    /// The standby the primary reports synchronous (never drawn by a seed: for the schedules
+    /// of regression tests).
+    SyncStandby,
 }
 
 /// One fault. Held for the round's duration and healed at its end; those marked one-shot act
@@ -87,6 +90,9 @@ pub enum Fault {
     DeleteLeaderLock,
     /// The member's wall clock moved by this many seconds (its monotonic clock runs on).
     ClockSkew(Target, i64),
+    /// The filesystem of the member's data directory, pg_wal included, filled to the last
+    /// byte (emptied at the heal).
+    DiskFull(Target),
     /// ttl, loop_wait and retry_timeout changed with `PATCH /config` (restored at the heal).
     RetimeCluster {
         ttl: u64,
@@ -121,9 +127,16 @@ pub struct Round {
 impl Schedule {
     /// Some round moves a member's clock: the members must start with clock files.
     pub fn skews_clocks(&self) -> bool {
-        self.rounds
-            .iter()
-            .any(|r| r.faults.iter().any(|f| matches!(f, Fault::ClockSkew(..))))
+        self.has(|f| matches!(f, Fault::ClockSkew(..)))
+    }
+
+    /// Some round fills a disk: the members' data directories must be volumes of their own.
+    pub fn fills_disks(&self) -> bool {
+        self.has(|f| matches!(f, Fault::DiskFull(..)))
+    }
+
+    fn has(&self, what: impl Fn(&Fault) -> bool) -> bool {
+        self.rounds.iter().any(|r| r.faults.iter().any(&what))
     }
 }
 
@@ -142,6 +155,7 @@ fn target_name(t: &Target) -> &'static str {
     match t {
         Target::Primary => "primary",
         Target::Replica(_) => "replica",
+        Target::SyncStandby => "sync standby",
     }
 }
 
@@ -161,6 +175,7 @@ fn fault_name(f: &Fault) -> String {
         FreezeAgent(t) => format!("{} agent frozen", target_name(t)),
         StallOutput(t) => format!("{} stdout blocked", target_name(t)),
         ClockSkew(t, s) => format!("{} clock {s:+} s", target_name(t)),
+        DiskFull(t) => format!("{} disk full", target_name(t)),
         StoreDown => "store killed".into(),
         StoreFrozen => "store frozen".into(),
         DeleteLeaderLock => "leader lock deleted".into(),
@@ -205,7 +220,7 @@ fn target(rng: &mut StdRng) -> Target {
 fn fault(rng: &mut StdRng, ttl: u64) -> Fault {
     use Fault::*;
     let t = target(rng);
-    match rng.random_range(0..17) {
+    match rng.random_range(0..18) {
         0 => CutFromStore(t),
         1 => StoreRepliesLost(t),
         2 => StoreRequestsLost(t),
@@ -225,6 +240,7 @@ fn fault(rng: &mut StdRng, ttl: u64) -> Fault {
         13 => StoreFrozen,
         14 => DeleteLeaderLock,
         15 => ClockSkew(t, [-300, -120, 120, 300][rng.random_range(0..4)]),
+        16 => DiskFull(t),
         _ => {
             // Up or down, always a valid combination (ttl >= loop_wait + 2 retry_timeout).
             let ttl = [ttl / 2, ttl, ttl * 2][rng.random_range(0..3)].max(4);

@@ -20,8 +20,13 @@ pub const PROBE_EVERY: Duration = Duration::from_millis(50);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The tables the workload writes, made on the primary before it starts.
+/// Clients and probes write as an ordinary role, as applications do: when commits wait (strict
+/// mode with no standby) their abandoned sessions pile up to `max_connections`, and the
+/// connections PostgreSQL reserves for superusers stay free for the agent.
 pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS fault_writes (id bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT now()); \
-     CREATE TABLE IF NOT EXISTS fault_probes (member text NOT NULL, at timestamptz NOT NULL DEFAULT now())";
+     CREATE TABLE IF NOT EXISTS fault_probes (member text NOT NULL, at timestamptz NOT NULL DEFAULT now()); \
+     CREATE ROLE fault_writer LOGIN PASSWORD 'writer'; \
+     GRANT INSERT ON fault_writes, fault_probes TO fault_writer";
 
 /// One probe attempt on one member.
 #[derive(Clone, Copy, Debug)]
@@ -110,8 +115,8 @@ fn read_write_config(members: &[Endpoint]) -> tokio_postgres::Config {
     for m in members {
         cfg.host(&m.host).port(m.port);
     }
-    cfg.user("postgres")
-        .password("postgres")
+    cfg.user("fault_writer")
+        .password("writer")
         .dbname("postgres")
         .connect_timeout(Duration::from_millis(500))
         .target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
@@ -179,7 +184,7 @@ fn probe(
         .expect("probe runtime");
     rt.block_on(async move {
         let conn = format!(
-            "host={} port={} user=postgres password=postgres dbname=postgres connect_timeout=1",
+            "host={} port={} user=fault_writer password=writer dbname=postgres connect_timeout=1",
             ep.host, ep.port
         );
         let insert_sql = format!("INSERT INTO fault_probes (member) VALUES ('m{member}')");

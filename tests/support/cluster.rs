@@ -30,6 +30,8 @@ mod observe;
 mod processes;
 #[path = "toxiproxy.rs"]
 pub mod toxiproxy;
+#[path = "cluster/volumes.rs"]
+mod volumes;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -99,6 +101,8 @@ pub struct Cluster {
     /// Members read the wall clock through libfaketime, offset by their clock file
     /// ([`Cluster::use_clock_files`]).
     clock_files: bool,
+    /// The members' data directories are tmpfs mounts ([`Cluster::use_data_volumes`]).
+    data_volumes: bool,
     /// Each member's link to the store through a proxy that can slow it down, when the
     /// cluster has them ([`Cluster::prepare_faultable`]).
     pub links: Option<toxiproxy::Toxiproxy>,
@@ -256,6 +260,7 @@ impl Cluster {
             http: reqwest::Client::builder().no_proxy().build().unwrap(),
             agent,
             clock_files: false,
+            data_volumes: false,
             links,
             net,
             store,
@@ -426,6 +431,7 @@ impl Drop for Cluster {
             }
         }
         std::thread::sleep(std::time::Duration::from_millis(300));
+        self.unmount_data_volumes();
         if std::thread::panicking() {
             eprintln!("keeping {} for inspection", self.dir.display());
         } else {
