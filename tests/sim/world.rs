@@ -198,9 +198,14 @@ impl World {
 
     /// Cuts `who` off from its peers: the WAL senders of the links this breaks linger.
     pub fn cut_peers(&mut self, who: usize) {
+        // Links up until now (a sender already lingering keeps its own timeout).
         let streams: Vec<(usize, crate::replication::Standby)> = (0..self.members.len())
             .filter(|&p| self.members[p].pg.run == crate::fake_pg::Run::Primary)
             .flat_map(|p| self.standbys_of(p).into_iter().map(move |s| (p, s)))
+            .filter(|(p, s)| {
+                self.index_of(&s.name)
+                    .is_some_and(|i| self.peers_linked(i, *p))
+            })
             .collect();
         self.members[who].peers_cut += 1;
         let until = self.now() + crate::params::WAL_SENDER_TIMEOUT;
