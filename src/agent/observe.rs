@@ -227,6 +227,7 @@ pub fn peer_facts(v: &serde_json::Value) -> PeerFacts {
         // "promoted": Patroni's (and pgwarden's) role while a promotion is under way.
         is_primary: matches!(role, "primary" | "master" | "promoted"),
         wal_position,
+        timeline: v.get("timeline").and_then(|t| t.as_u64()),
         // A peer whose required watchdog is unusable cannot become the primary (Patroni's
         // `watchdog_failed`): it is weighed like a nofailover one.
         nofailover: crate::dcs::model::tags_nofailover(tags)

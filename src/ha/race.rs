@@ -4,7 +4,7 @@
 use crate::config::SyncMode;
 use crate::dcs::{ClusterView, Failover};
 
-use super::types::{Identity, PeerReport, PgFacts, Policy};
+use super::types::{Identity, PeerFacts, PeerReport, PgFacts, Policy};
 
 /// Why this member may not (yet) race, or that it may.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -251,19 +251,29 @@ pub fn judge(
         former_leader = fl;
         // In a synchronous switchover the candidate must also not be behind a voter (it
         // would refuse to take over itself).
-        let behind_a_voter = |at: u64| {
+        let behind_a_voter = |c: &PeerFacts| {
             sync_scope(candidate, view, mode).is_some_and(|s| {
+                let at = PgFacts {
+                    wal_position: c.wal_position,
+                    timeline: c.timeline,
+                    ..pg.clone()
+                };
                 peers.iter().any(|(n, q)| {
-                    s.voters.contains(&n.as_str())
-                        && q.as_ref().is_some_and(|q| q.wal_position > at)
-                }) || (s.voters.contains(&me.name.as_str()) && pg.wal_position > at)
+                    s.voters.contains(&n.as_str()) && q.as_ref().is_some_and(|q| q.ahead_of(&at))
+                }) || (s.voters.contains(&me.name.as_str())
+                    && PeerFacts {
+                        wal_position: pg.wal_position,
+                        timeline: pg.timeline,
+                        ..c.clone()
+                    }
+                    .ahead_of(&at))
             })
         };
         if let Some(Some(p)) = peers.get(candidate)
             && p.running
             && !p.nofailover
             && may_take_over(candidate, view, mode)
-            && !behind_a_voter(p.wal_position)
+            && !behind_a_voter(p)
         {
             return Verdict::NotHealthiest(format!(
                 "waiting for the failover candidate {candidate} to take over"
@@ -318,12 +328,12 @@ pub fn judge(
         if p.is_primary && p.running {
             return Verdict::NotHealthiest(format!("Primary ({name}) is still alive"));
         }
-        if p.wal_position > pg.wal_position {
+        if p.ahead_of(pg) {
             return Verdict::NotHealthiest(format!(
                 "Wal position of {name} is ahead of my wal position"
             ));
         }
-        if p.wal_position == pg.wal_position
+        if p.level_with(pg)
             && p.failover_priority > me.failover_priority
             && manual != ManualFailover::ToMe
         {
@@ -341,9 +351,8 @@ pub fn judge(
                 .iter()
                 .filter(|(n, p)| {
                     scope.voters.contains(&n.as_str())
-                        && p.as_ref().is_some_and(|p| {
-                            !p.is_primary && !p.starting && p.wal_position <= pg.wal_position
-                        })
+                        && p.as_ref()
+                            .is_some_and(|p| !p.is_primary && !p.starting && !p.ahead_of(pg))
                 })
                 .count();
         if votes < scope.quorum + 1 {
@@ -429,6 +438,7 @@ mod tests {
         Some(PeerFacts {
             is_primary: false,
             wal_position: pos,
+            timeline: Some(1),
             nofailover: false,
             failover_priority: prio,
             running: true,
@@ -624,6 +634,57 @@ mod tests {
             .collect();
         assert_eq!(
             judge(&me(), &pg(995), &listed, &peers, true, SyncMode::On),
+            Verdict::Healthiest
+        );
+    }
+
+    #[test]
+    fn a_voter_on_a_later_timeline_is_ahead_whatever_the_positions() {
+        // Found by the simulation (seed 11660, quorum mode): a former primary whose rewind
+        // failed, left on timeline 1 at the same position as the only voter on timeline 2,
+        // counted it as a vote and took over without the commits of timeline 2.
+        let v = with_sync(Some("b"), Some(0));
+        let on_timeline_2 = Some(PeerFacts {
+            timeline: Some(2),
+            ..peer(1000, 1).unwrap()
+        });
+        let peers: PeerReport = [("b".to_string(), on_timeline_2.clone())]
+            .into_iter()
+            .collect();
+        assert!(matches!(
+            judge(&me(), &pg(1000), &v, &peers, true, SyncMode::Quorum),
+            Verdict::NotHealthiest(_)
+        ));
+        // On its timeline at the same position, the voter's answer is a vote.
+        let mine = PgFacts {
+            timeline: Some(2),
+            ..pg(1000)
+        };
+        assert_eq!(
+            judge(&me(), &mine, &v, &peers, true, SyncMode::Quorum),
+            Verdict::Healthiest
+        );
+        // One order: a peer on an earlier timeline is not ahead, however far its WAL goes
+        // (else two members could each find the other ahead, and nobody would lead).
+        let old_and_long = PeerFacts {
+            timeline: Some(1),
+            ..peer(5000, 1).unwrap()
+        };
+        assert!(!old_and_long.ahead_of(&mine));
+        assert!(on_timeline_2.as_ref().unwrap().ahead_of(&pg(5000)));
+        // Nor is an earlier timeline at the same position level with us, where a higher
+        // priority would win the tie (seed 23514: each deferred to the other).
+        let earlier_same_place = PeerFacts {
+            timeline: Some(1),
+            failover_priority: 5,
+            ..peer(1000, 1).unwrap()
+        };
+        assert!(!earlier_same_place.level_with(&mine));
+        let peers: PeerReport = [("b".to_string(), Some(earlier_same_place))]
+            .into_iter()
+            .collect();
+        assert_eq!(
+            judge(&me(), &mine, &view(), &peers, true, SyncMode::Off),
             Verdict::Healthiest
         );
     }

@@ -142,6 +142,7 @@ fn peer_at(wal_position: u64) -> PeerFacts {
     PeerFacts {
         is_primary: false,
         wal_position,
+        timeline: Some(1),
         nofailover: false,
         failover_priority: 1,
         running: true,

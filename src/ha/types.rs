@@ -160,6 +160,8 @@ pub struct PeerFacts {
     pub is_primary: bool,
     /// The peer's WAL position.
     pub wal_position: u64,
+    /// The peer's timeline, when it says.
+    pub timeline: Option<u64>,
     /// The peer may not become leader.
     pub nofailover: bool,
     /// The peer's failover priority.
@@ -168,6 +170,29 @@ pub struct PeerFacts {
     pub running: bool,
     /// The peer's PostgreSQL is starting: its WAL position is not known yet.
     pub starting: bool,
+}
+
+impl PeerFacts {
+    /// The peer may hold WAL this member lacks: on a later timeline, or further on the same
+    /// one (by position alone when either timeline is unknown). A position on another
+    /// timeline is on another history: a member left on its old timeline (a former primary
+    /// whose rewind failed, say) lacks every commit of the new one, however far its own WAL
+    /// goes, and what an old timeline has past the fork was never the cluster's. One order
+    /// for every member, so that two of them never each find the other ahead.
+    pub fn ahead_of(&self, pg: &PgFacts) -> bool {
+        match (self.timeline, pg.timeline) {
+            (Some(t), Some(m)) if t != m => t > m,
+            _ => self.wal_position > pg.wal_position,
+        }
+    }
+
+    /// Neither is ahead of the other in that order: where priorities break the tie.
+    pub fn level_with(&self, pg: &PgFacts) -> bool {
+        match (self.timeline, pg.timeline) {
+            (Some(t), Some(m)) if t != m => false,
+            _ => self.wal_position == pg.wal_position,
+        }
+    }
 }
 
 /// The watchdog device as far as leadership depends on it: only `watchdog.mode: required`
