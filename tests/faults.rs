@@ -316,19 +316,26 @@ async fn smoke_on_kubernetes() {
     smoke(Store::Kubernetes, 12).await;
 }
 
+/// A regression test's schedule: one round of `fault` held `hold_ms`, in strict mode, with no
+/// operation; `seed` names it (and its cluster) in the report.
+fn fixed_strict_round(seed: u64, fault: schedule::Fault, hold_ms: u64) -> Schedule {
+    Schedule {
+        seed,
+        mode: Mode::Strict,
+        rounds: vec![schedule::Round {
+            faults: vec![fault],
+            operation: None,
+            hold_ms,
+            operation_at_ms: 0,
+        }],
+    }
+}
+
 /// One round in strict mode: the synchronous standby cut off from its peers for 30 s, still
 /// reaching the store; the round's result.
 async fn sync_standby_cut_from_peers(agent: Agent) -> Option<RoundResult> {
-    let s = Schedule {
-        seed: 90_001,
-        mode: Mode::Strict,
-        rounds: vec![schedule::Round {
-            faults: vec![schedule::Fault::CutFromPeers(schedule::Target::SyncStandby)],
-            operation: None,
-            hold_ms: SYNC_CUT_MS,
-            operation_at_ms: 0,
-        }],
-    };
+    let cut = schedule::Fault::CutFromPeers(schedule::Target::SyncStandby);
+    let s = fixed_strict_round(90_001, cut, SYNC_CUT_MS);
     let r = run_schedule(Store::Etcd, agent, &s).await?.remove(0);
     assert!(r.notes.is_empty(), "the fault was not applied: {}", r.notes);
     eprintln!(
@@ -372,16 +379,8 @@ async fn patroni_with_a_sync_standby_cut_from_its_peers() {
 /// cluster is whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn primary_disk_full_on_etcd() {
-    let s = Schedule {
-        seed: 90_002,
-        mode: Mode::Strict,
-        rounds: vec![schedule::Round {
-            faults: vec![schedule::Fault::DiskFull(schedule::Target::Primary)],
-            operation: None,
-            hold_ms: 15_000,
-            operation_at_ms: 0,
-        }],
-    };
+    let full = schedule::Fault::DiskFull(schedule::Target::Primary);
+    let s = fixed_strict_round(90_002, full, 15_000);
     let Some(results) = run_schedule(Store::Etcd, Agent::Pgwarden, &s).await else {
         return;
     };

@@ -576,12 +576,12 @@ impl HaCore {
             sync::next_mark(self.sync_mark.take(), &obs.pg, self.sync_names_set_at, now);
         self.sync_progress.observe(&obs.pg, now);
         let limit = sync::stall_limit(obs.policy.loop_wait, obs.policy.retry_timeout);
-        let pg = self.sync_progress.without_stalled(&obs.pg, limit, now);
-        let stalled: Vec<&str> = self.sync_progress.stalled(limit, now).into_iter().collect();
+        let stalled = self.sync_progress.stalled(limit, now);
+        let pg = sync::without_standbys(&obs.pg, &stalled);
         let gone = (!stalled.is_empty()).then(|| {
             format!(
                 "{} confirmed no WAL for {} s or more: not waited for",
-                stalled.join(","),
+                stalled.into_iter().collect::<Vec<_>>().join(","),
                 limit.as_secs_f64()
             )
         });

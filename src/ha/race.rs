@@ -252,21 +252,12 @@ pub fn judge(
         // In a synchronous switchover the candidate must also not be behind a voter (it
         // would refuse to take over itself).
         let behind_a_voter = |c: &PeerFacts| {
+            let at = c.wal_point();
             sync_scope(candidate, view, mode).is_some_and(|s| {
-                let at = PgFacts {
-                    wal_position: c.wal_position,
-                    timeline: c.timeline,
-                    ..pg.clone()
-                };
                 peers.iter().any(|(n, q)| {
-                    s.voters.contains(&n.as_str()) && q.as_ref().is_some_and(|q| q.ahead_of(&at))
-                }) || (s.voters.contains(&me.name.as_str())
-                    && PeerFacts {
-                        wal_position: pg.wal_position,
-                        timeline: pg.timeline,
-                        ..c.clone()
-                    }
-                    .ahead_of(&at))
+                    s.voters.contains(&n.as_str())
+                        && q.as_ref().is_some_and(|q| q.wal_point().ahead_of(at))
+                }) || (s.voters.contains(&me.name.as_str()) && pg.wal_point().ahead_of(at))
             })
         };
         if let Some(Some(p)) = peers.get(candidate)

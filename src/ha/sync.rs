@@ -445,24 +445,17 @@ impl Progress {
             .map(|(name, _)| name.as_str())
             .collect()
     }
+}
 
-    /// `pg` as the leader's synchronous steps see it: without the WAL senders of standbys
-    /// stalled for `limit`.
-    pub fn without_stalled<'a>(
-        &self,
-        pg: &'a PgFacts,
-        limit: Duration,
-        now: MonoTime,
-    ) -> Cow<'a, PgFacts> {
-        let stalled = self.stalled(limit, now);
-        if stalled.is_empty() {
-            return Cow::Borrowed(pg);
-        }
-        let mut seen = pg.clone();
-        seen.replication
-            .retain(|r| !stalled.contains(r.application_name.as_str()));
-        Cow::Owned(seen)
+/// `pg` as the leader's synchronous steps see it: without the WAL senders of `gone`.
+pub fn without_standbys<'a>(pg: &'a PgFacts, gone: &BTreeSet<&str>) -> Cow<'a, PgFacts> {
+    if gone.is_empty() {
+        return Cow::Borrowed(pg);
     }
+    let mut seen = pg.clone();
+    seen.replication
+        .retain(|r| !gone.contains(r.application_name.as_str()));
+    Cow::Owned(seen)
 }
 
 /// How long a standby may go without confirming WAL the primary has before the leader takes it
@@ -866,7 +859,7 @@ mod tests {
         );
         assert_eq!(p.stalled(limit, t(13)), BTreeSet::from(["b"]));
         let facts = pg("b", &[("b", "sync", 900), ("c", "async", 1000)]);
-        let seen = p.without_stalled(&facts, limit, t(13));
+        let seen = without_standbys(&facts, &p.stalled(limit, t(13)));
         let names: Vec<&str> = seen
             .replication
             .iter()

@@ -172,26 +172,63 @@ pub struct PeerFacts {
     pub starting: bool,
 }
 
-impl PeerFacts {
-    /// The peer may hold WAL this member lacks: on a later timeline, or further on the same
-    /// one (by position alone when either timeline is unknown). A position on another
-    /// timeline is on another history: a member left on its old timeline (a former primary
-    /// whose rewind failed, say) lacks every commit of the new one, however far its own WAL
-    /// goes, and what an old timeline has past the fork was never the cluster's. One order
-    /// for every member, so that two of them never each find the other ahead.
-    pub fn ahead_of(&self, pg: &PgFacts) -> bool {
-        match (self.timeline, pg.timeline) {
+/// Where a member's WAL is, in the one order every member compares by: timeline first, then
+/// the position on it (the position alone when either timeline is unknown). A position on
+/// another timeline is on another history: a member left on its old timeline (a former primary
+/// whose rewind failed, say) lacks every commit of the new one, however far its own WAL goes,
+/// and what an old timeline has past the fork was never the cluster's. One order for all, so
+/// that two members never each find the other ahead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalPoint {
+    pub timeline: Option<u64>,
+    pub lsn: u64,
+}
+
+impl WalPoint {
+    /// May hold WAL `other` lacks: on a later timeline, or further on the same one.
+    pub fn ahead_of(self, other: WalPoint) -> bool {
+        match (self.timeline, other.timeline) {
             (Some(t), Some(m)) if t != m => t > m,
-            _ => self.wal_position > pg.wal_position,
+            _ => self.lsn > other.lsn,
         }
     }
 
-    /// Neither is ahead of the other in that order: where priorities break the tie.
-    pub fn level_with(&self, pg: &PgFacts) -> bool {
-        match (self.timeline, pg.timeline) {
+    /// Neither is ahead of the other: where priorities break the tie.
+    pub fn level_with(self, other: WalPoint) -> bool {
+        match (self.timeline, other.timeline) {
             (Some(t), Some(m)) if t != m => false,
-            _ => self.wal_position == pg.wal_position,
+            _ => self.lsn == other.lsn,
         }
+    }
+}
+
+impl PgFacts {
+    /// This member's WAL, for comparing with peers'.
+    pub fn wal_point(&self) -> WalPoint {
+        WalPoint {
+            timeline: self.timeline,
+            lsn: self.wal_position,
+        }
+    }
+}
+
+impl PeerFacts {
+    /// The peer's WAL, for comparing with ours.
+    pub fn wal_point(&self) -> WalPoint {
+        WalPoint {
+            timeline: self.timeline,
+            lsn: self.wal_position,
+        }
+    }
+
+    /// The peer may hold WAL this member lacks ([`WalPoint::ahead_of`]).
+    pub fn ahead_of(&self, pg: &PgFacts) -> bool {
+        self.wal_point().ahead_of(pg.wal_point())
+    }
+
+    /// Neither this member nor the peer is ahead ([`WalPoint::level_with`]).
+    pub fn level_with(&self, pg: &PgFacts) -> bool {
+        self.wal_point().level_with(pg.wal_point())
     }
 }
 
