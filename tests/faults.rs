@@ -85,13 +85,20 @@ fn endpoints(c: &Cluster) -> Vec<Endpoint> {
         .collect()
 }
 
-/// Waits until the cluster is whole; how long it took.
-async fn until_whole(members: &[Endpoint], within: Duration) -> Option<Duration> {
+/// Waits until the cluster is whole: PostgreSQL's side (`checker::whole`) and the store's,
+/// where the primary holds the leader lock (read by the test straight from the store, so a
+/// store the members cannot use, or a primary about to be fenced for want of it, is not
+/// whole); how long it took.
+async fn until_whole(c: &Cluster, members: &[Endpoint], within: Duration) -> Option<Duration> {
     let start = Instant::now();
     let mut why = String::new();
     while start.elapsed() < within {
         match checker::whole(members).await {
-            Ok(_) => return Some(start.elapsed()),
+            Ok(p) => match c.store_leader().await {
+                Ok(Some(l)) if l == c.members[p].name => return Some(start.elapsed()),
+                Ok(l) => why = format!("m{p} is the primary, the store's lock holder {l:?}"),
+                Err(e) => why = format!("the store: {e}"),
+            },
             Err(e) => why = e,
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -120,7 +127,7 @@ async fn run_schedule(store: Store, agent: Agent, s: &Schedule) -> Option<Vec<Ro
         c.spawn_relayed(i, nemesis.stalled[i].clone());
     }
     let eps = endpoints(&c);
-    if until_whole(&eps, WHOLE_WITHIN).await.is_none() {
+    if until_whole(&c, &eps, WHOLE_WITHIN).await.is_none() {
         c.dump_logs();
         panic!("seed {}: the cluster never came up whole", s.seed);
     }
@@ -169,7 +176,7 @@ async fn run_schedule(store: Store, agent: Agent, s: &Schedule) -> Option<Vec<Ro
             nemesis.after(&c, op).await;
         }
         let healed = wl.now();
-        let whole = until_whole(&eps, WHOLE_WITHIN).await;
+        let whole = until_whole(&c, &eps, WHOLE_WITHIN).await;
         // A moment of writes on the whole cluster before the round's figures are taken.
         tokio::time::sleep(Duration::from_secs(1)).await;
         let end = wl.now();
@@ -254,6 +261,22 @@ fn keep_logs(c: &Cluster, r: &RoundResult) {
             c.log_path(i),
             dir.join(format!("{}.log", c.members[i].name)),
         );
+    }
+    // The store's and the proxies' own logs: a round whose members lost the store tells from
+    // them whether the server went away or the link did.
+    let mut others = Vec::new();
+    if c.on_kubernetes() {
+        let d = &c.kubernetes().own_control_plane().dir;
+        others.push((d.join("apiserver.log"), "kube-apiserver.log"));
+        others.push((d.join("etcd.log"), "store-etcd.log"));
+    } else {
+        others.push((c.etcd().dir().join("etcd.log"), "store-etcd.log"));
+    }
+    if let Some(links) = &c.links {
+        others.push((links.log_path().to_owned(), "toxiproxy.log"));
+    }
+    for (from, to) in others {
+        let _ = std::fs::copy(from, dir.join(to));
     }
     eprintln!("faults: logs kept in {}", dir.display());
 }

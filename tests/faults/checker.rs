@@ -9,7 +9,8 @@
 //! - **time to a primary**: from the heal to the first client write acknowledged after it;
 //! - **longest gap**: the longest time without an acknowledged client write in the round;
 //! - **time to whole**: from the heal until every member answers, one is a primary streaming to
-//!   all the others, and each of them streams.
+//!   all the others, each of them streams, and the store names that primary as the holder of
+//!   the leader lock (read by the test from the store itself: `until_whole` in faults.rs).
 
 use std::collections::HashSet;
 

@@ -409,6 +409,14 @@ impl Cluster {
         }
     }
 
+    /// Who holds the leader lock, as the test reads it straight from the store; an error when
+    /// the store does not answer.
+    pub async fn store_leader(&self) -> Result<Option<String>, String> {
+        self.store
+            .leader(&self.scope, self.agent == Agent::Patroni)
+            .await
+    }
+
     /// Deletes the leader lock behind its holder's back, as an operator would by hand (etcd's
     /// leader key, or `kubectl delete lease`).
     pub async fn delete_leader_lock(&self) {

@@ -156,6 +156,19 @@ impl Store {
         }
     }
 
+    /// Who holds the leader lock, read by the test straight from the store (`patroni`: the
+    /// lock is Patroni 3.0.2's, a ConfigMap's annotation on Kubernetes).
+    pub(super) async fn leader(
+        &self,
+        scope: &str,
+        patroni: bool,
+    ) -> Result<Option<String>, String> {
+        match self {
+            Store::Etcd(e) => etcd_store::leader(e, scope).await,
+            Store::Kubernetes(k) => k.lock_holder(patroni).await,
+        }
+    }
+
     pub(super) async fn delete_leader_lock(&self, scope: &str) {
         match self {
             Store::Etcd(e) => etcd_store::delete_leader_key(e, scope).await,

@@ -171,6 +171,36 @@ impl KubeNamespace {
             .flatten()
     }
 
+    /// The lock's holder as the test reads it from the API server: the Lease's
+    /// `holderIdentity` (pgwarden), or the `leader` annotation of the `<scope>-leader`
+    /// ConfigMap (`in_configmap`: Patroni 3.0.2); an error when the server does not answer.
+    pub async fn lock_holder(&self, in_configmap: bool) -> Result<Option<String>, String> {
+        let read = async {
+            if in_configmap {
+                let cm = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(
+                    self.client.clone(),
+                    &self.ns,
+                )
+                .get_opt(&self.lease_name())
+                .await
+                .map_err(|e| e.to_string())?;
+                Ok(cm
+                    .and_then(|c| c.metadata.annotations)
+                    .and_then(|a| a.get("leader").cloned()))
+            } else {
+                let lease = Api::<Lease>::namespaced(self.client.clone(), &self.ns)
+                    .get_opt(&self.lease_name())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(lease.and_then(|l| l.spec).and_then(|s| s.holder_identity))
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(2), read)
+            .await
+            .map_err(|_| "the API server did not answer in 2 s".to_string())?
+            .map(|h: Option<String>| h.filter(|h| !h.is_empty()))
+    }
+
     /// `(holder, leaseTransitions)` of the Lease.
     pub async fn lease_state(&self) -> Option<(Option<String>, i32)> {
         let s = self.lease().await?.spec?;
