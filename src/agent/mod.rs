@@ -163,6 +163,10 @@ pub async fn run(
             "refusing to run as root: PostgreSQL cannot run as root; run pgwarden as the postgres user"
         );
     }
+    // SIGHUP's default action ends the process, and its PostgreSQL with it (`systemctl reload`
+    // and log rotators send it): taken from the start, and answered as `POST /reload` is.
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| anyhow::anyhow!("cannot handle SIGHUP: {e}"))?;
     // TLS problems are configuration errors: report them before touching the store.
     let api_tls = api::tls::server_config(&cfg.restapi)?;
     let peer_tls = api::tls::ClientTls::of_agent(&cfg);
@@ -203,6 +207,15 @@ pub async fn run(
     let fence = Fence::spawn(cfg.postgresql.data_dir.clone(), cfg.watchdog.as_ref())?;
     let api_state = ApiState::new(Snapshot::new(cfg.scope.clone(), cfg.name.clone()));
     let (cmd_tx, cmd_rx) = mpsc::channel::<ApiCommand>(16);
+    let reload_tx = cmd_tx.clone();
+    let hangup_task = tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            tracing::info!(
+                "SIGHUP: reloading PostgreSQL's configuration (pgwarden's own file is read at start only)"
+            );
+            let _ = reload_tx.try_send(ApiCommand::Reload);
+        }
+    });
     let (api_stop_tx, api_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let ctx = ApiContext {
         state: api_state.clone(),
@@ -223,6 +236,7 @@ pub async fn run(
     let result = supervise(cfg, endpoints, view, api_state, cmd_rx, shutdown).await;
     let _ = api_stop_tx.send(());
     let _ = api_task.await;
+    hangup_task.abort();
     result
 }
 

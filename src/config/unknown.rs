@@ -84,7 +84,7 @@ const ETCD3: [(&str, Node); 14] = leaves([
     "key_password",
     "use_proxies",
 ]);
-const KUBERNETES: [(&str, Node); 16] = leaves([
+const KUBERNETES: [(&str, Node); 18] = leaves([
     "namespace",
     "labels",
     "scope_label",
@@ -97,6 +97,9 @@ const KUBERNETES: [(&str, Node); 16] = leaves([
     "use_endpoints",
     "pod_ip",
     "ports",
+    // pgwarden's own: the Lease's name and the replica's re-publication threshold.
+    "lease_name",
+    "position_threshold",
     "cacert",
     "bypass_api_service",
     "retriable_http_codes",
