@@ -416,3 +416,137 @@ async fn configmaps_and_member_pods() {
     let v = a.load(true).await.unwrap();
     assert!(v.config.is_none() && v.initialize.is_none() && v.leader.is_none());
 }
+
+/// A member of scope `pg` keeping the primary EndpointSlice, at `ip`.
+async fn slice_member(client: &kube::Client, ns: &str, name: &str, ip: &str) -> KubernetesDcs {
+    let k8s = Kubernetes {
+        namespace: ns.into(),
+        pod_ip: Some(ip.into()),
+        primary_endpoint_slice: true,
+        ..Kubernetes::default()
+    };
+    let labels: BTreeMap<String, String> = [("cluster-name".to_owned(), "pg".to_owned())].into();
+    k8s::create_pod(client, ns, name, labels, ip).await;
+    let d = KubernetesDcs::with_client(
+        client.clone(),
+        KubernetesSettings {
+            k8s,
+            scope: "pg".into(),
+            name: name.into(),
+            ttl: Duration::from_secs(30),
+            retry_timeout: Duration::from_secs(5),
+        },
+    )
+    .unwrap();
+    k8s::eventually("watches established", LONG, || async {
+        d.watching().then_some(())
+    })
+    .await;
+    d
+}
+
+/// The addresses in the primary EndpointSlice (`None`: no slice).
+async fn slice_addresses(client: &kube::Client, ns: &str) -> Option<Vec<String>> {
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let s = Api::<EndpointSlice>::namespaced(client.clone(), ns)
+        .get_opt("pg-primary")
+        .await
+        .unwrap()?;
+    Some(
+        s.endpoints
+            .unwrap_or_default()
+            .into_iter()
+            .flat_map(|e| e.addresses)
+            .collect(),
+    )
+}
+
+fn running(role: &str) -> Member {
+    Member {
+        state: Some("running".into()),
+        role: Some(role.into()),
+        ..Member::default()
+    }
+}
+
+#[tokio::test]
+async fn the_primary_endpoint_slice_follows_the_lock_holder() {
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let c = k8s::admin().await;
+    let ns = k8s::fresh_namespace(&c, "slice").await;
+    let a = slice_member(&c, &ns, "a", "10.9.0.1").await;
+    let b = slice_member(&c, &ns, "b", "10.9.0.2").await;
+    let want = |v: &[&str]| Some(v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+
+    // A primary without the lock does not route the Service to itself.
+    a.touch_member(&running("primary")).await.unwrap();
+    b.touch_member(&running("replica")).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(slice_addresses(&c, &ns).await, None);
+
+    // The holder running as primary: the slice holds its address only, tied to its Service.
+    assert!(a.acquire_leader().await.unwrap());
+    a.touch_member(&running("primary")).await.unwrap();
+    k8s::eventually("the slice to hold a", LONG, || async {
+        (slice_addresses(&c, &ns).await == want(&["10.9.0.1"])).then_some(())
+    })
+    .await;
+    let s = Api::<EndpointSlice>::namespaced(c.clone(), &ns)
+        .get("pg-primary")
+        .await
+        .unwrap();
+    let labels = s.metadata.labels.unwrap();
+    assert_eq!(labels["kubernetes.io/service-name"], "pg-primary");
+    assert_eq!(labels["cluster-name"], "pg");
+    assert_eq!(s.address_type, "IPv4");
+    assert_eq!(s.ports.unwrap()[0].port, Some(5432));
+
+    // A hand-over: the new holder replaces the address; the old primary, now a replica, then
+    // takes out nothing that is not its own.
+    assert!(a.release_leader(None, None).await.unwrap());
+    assert!(b.acquire_leader().await.unwrap());
+    b.touch_member(&running("primary")).await.unwrap();
+    k8s::eventually("the slice to hold b", LONG, || async {
+        (slice_addresses(&c, &ns).await == want(&["10.9.0.2"])).then_some(())
+    })
+    .await;
+    a.touch_member(&running("replica")).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(slice_addresses(&c, &ns).await, want(&["10.9.0.2"]));
+
+    // The primary stops: its address goes, so nothing routes to a stopped server.
+    b.touch_member(&Member {
+        state: Some("stopped".into()),
+        role: Some("primary".into()),
+        ..Member::default()
+    })
+    .await
+    .unwrap();
+    k8s::eventually("the slice to empty", LONG, || async {
+        (slice_addresses(&c, &ns).await == want(&[])).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_primary_endpoint_slice_needs_a_pod_ip() {
+    let c = k8s::admin().await;
+    let k8s = Kubernetes {
+        primary_endpoint_slice: true,
+        ..Kubernetes::default()
+    };
+    let e = KubernetesDcs::with_client(
+        c,
+        KubernetesSettings {
+            k8s,
+            scope: "pg".into(),
+            name: "a".into(),
+            ttl: Duration::from_secs(30),
+            retry_timeout: Duration::from_secs(5),
+        },
+    )
+    .err()
+    .expect("refused without pod_ip")
+    .to_string();
+    assert!(e.contains("kubernetes.pod_ip"), "{e}");
+}

@@ -39,7 +39,7 @@ pub struct Kubernetes {
     pub follower_label_value: String,
     /// Role label value of a standby leader (`primary`).
     pub standby_leader_label_value: String,
-    /// The pod's IP, for the primary EndpointSlice.
+    /// The pod's IP, for the primary EndpointSlice (needed when it is kept).
     pub pod_ip: Option<String>,
     /// Ports published in the primary EndpointSlice.
     pub ports: Vec<KubernetesPort>,

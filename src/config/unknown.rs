@@ -84,7 +84,7 @@ const ETCD3: [(&str, Node); 14] = leaves([
     "key_password",
     "use_proxies",
 ]);
-const KUBERNETES: [(&str, Node); 18] = leaves([
+const KUBERNETES: [(&str, Node); 19] = leaves([
     "namespace",
     "labels",
     "scope_label",
@@ -97,9 +97,11 @@ const KUBERNETES: [(&str, Node); 18] = leaves([
     "use_endpoints",
     "pod_ip",
     "ports",
-    // pgwarden's own: the Lease's name and the replica's re-publication threshold.
+    // pgwarden's own: the Lease's name, the replica's re-publication threshold, the primary's
+    // EndpointSlice.
     "lease_name",
     "position_threshold",
+    "primary_endpoint_slice",
     "cacert",
     "bypass_api_service",
     "retriable_http_codes",

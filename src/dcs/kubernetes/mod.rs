@@ -13,6 +13,7 @@
 mod auth;
 mod cache;
 mod configmaps;
+mod endpoints;
 mod errors;
 mod labels;
 mod lease;
@@ -79,6 +80,8 @@ pub struct KubernetesDcs {
     pods: Api<Pod>,
     mine: tokio::sync::Mutex<Mine>,
     shared: Arc<Shared>,
+    /// What this member wants the primary EndpointSlice to say, when it keeps one.
+    primary_slice: Option<watch::Sender<endpoints::Wish>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -143,7 +146,7 @@ impl KubernetesDcs {
         let ns = s.k8s.namespace.as_str();
         let leases: Api<Lease> = Api::namespaced(client.clone(), ns);
         let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-        let pods: Api<Pod> = Api::namespaced(client, ns);
+        let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
         let lease_name = s
             .k8s
             .lease_name
@@ -151,7 +154,7 @@ impl KubernetesDcs {
             .unwrap_or_else(|| format!("{}-leader", s.scope));
         let shared = Arc::new(Shared::new(s.ttl, &s.name));
         let sel = labels::selector(&s.k8s, &s.scope);
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(cache::run(
                 leases.clone(),
                 Selector::Name(lease_name.clone()),
@@ -172,6 +175,19 @@ impl KubernetesDcs {
             )),
             tokio::spawn(expiry_waker(shared.clone())),
         ];
+        let primary_slice = if s.k8s.primary_endpoint_slice {
+            let spec = endpoints::SliceSpec::of(&s.k8s, &s.scope)?;
+            let (tx, rx) = watch::channel(endpoints::Wish::Unknown);
+            tasks.push(tokio::spawn(endpoints::keep(
+                Api::namespaced(client, ns),
+                spec,
+                retry_timeout,
+                rx,
+            )));
+            Some(tx)
+        } else {
+            None
+        };
         Ok(KubernetesDcs {
             names: Names::new(&s.scope),
             k8s: s.k8s,
@@ -185,6 +201,7 @@ impl KubernetesDcs {
             pods,
             mine: tokio::sync::Mutex::new(Mine::default()),
             shared,
+            primary_slice,
             tasks,
         })
     }
@@ -457,6 +474,16 @@ impl Dcs for KubernetesDcs {
     async fn touch_member(&self, member: &Member) -> Result<(), DcsError> {
         let role = labels::role_value(member, &self.k8s);
         let mut mine = self.mine.lock().await;
+        if let Some(slice) = &self.primary_slice {
+            // Only the lock's holder (by its last accepted write) routes the primary Service
+            // to itself; every touch says what it wants, the task writes only changes.
+            let holder = mine.lease.as_ref().and_then(lease::holder_of) == Some(self.name.as_str());
+            let wish = match endpoints::wish_of(member) {
+                endpoints::Wish::Here if holder => endpoints::Wish::Here,
+                _ => endpoints::Wish::NotHere,
+            };
+            slice.send_if_modified(|w| std::mem::replace(w, wish) != wish);
+        }
         let stale = match (&mine.pod, self.shared.healthy()) {
             (Some(w), true) => !self
                 .shared
@@ -774,6 +801,9 @@ impl Dcs for KubernetesDcs {
     }
 
     async fn delete_member(&self) -> Result<(), DcsError> {
+        if let Some(slice) = &self.primary_slice {
+            slice.send_replace(endpoints::Wish::NotHere);
+        }
         let body = pods::member_patch(None, &self.k8s.role_label, None);
         self.run("delete member", async {
             let mut mine = self.mine.lock().await;
