@@ -48,6 +48,16 @@ pub fn load_from_env_only(env: &BTreeMap<String, String>) -> Result<Config, Conf
     }
 }
 
+/// Patches the `PATRONI_*` overrides found in `env` over `raw`, a configuration tree not yet
+/// validated (patronictl's: Patroni's `Config` applies the environment over the file there too).
+pub fn apply_env_overrides(
+    raw: &mut Value,
+    env: &BTreeMap<String, String>,
+) -> Result<(), ConfigError> {
+    patch(raw, env_config(env)?);
+    Ok(())
+}
+
 /// The process environment's `PATRONI_*` variables (values that are not UTF-8 are skipped).
 pub fn process_env() -> BTreeMap<String, String> {
     std::env::vars_os()

@@ -22,7 +22,9 @@ pub use dynamic::{DynamicConfig, SyncMode};
 pub use effective::{effective_parameters, effective_pg_hba, effective_use_pg_rewind};
 pub use error::ConfigError;
 pub use kubernetes::{Kubernetes, KubernetesPort};
-pub use load::{load, load_from_env_only, load_from_str, load_with_env, process_env};
+pub use load::{
+    apply_env_overrides, load, load_from_env_only, load_from_str, load_with_env, process_env,
+};
 pub use types::{
     BasicAuth, Bootstrap, Config, CtlConfig, Etcd3, InitdbOption, PgAuthentication, PgUser,
     Postgresql, RestApi,

@@ -1,7 +1,8 @@
 //! What every command needs: the configuration file, the store, and a REST client.
 //!
 //! Like patronictl, the configuration is a Patroni YAML file (`-c`, `PATRONICTL_CONFIG_FILE`,
-//! default `~/.config/patroni/patronictl.yaml`) of which only `scope`, `namespace`, `etcd3`,
+//! default `~/.config/patroni/patronictl.yaml`) of which only `scope`, `namespace`, `etcd3` or
+//! `kubernetes` (credentials as the agent's: the pod's service account, else `KUBECONFIG`),
 //! `restapi.authentication`, `restapi.cafile` and `ctl` matter; `-d/--dcs-url` (`DCS_URL`)
 //! overrides the store. REST calls to members serving https trust `ctl.cacert` else
 //! `restapi.cafile` (else the system's roots), present `ctl.certfile`/`ctl.keyfile` when set, and
@@ -15,6 +16,7 @@ use serde_json::Value;
 
 use super::CtlError;
 use crate::dcs::etcd::{EtcdDcs, EtcdSettings};
+use crate::dcs::kubernetes::{KubernetesDcs, KubernetesSettings};
 use crate::dcs::{ClusterView, Dcs, Member};
 
 /// The loaded configuration.
@@ -26,6 +28,9 @@ pub struct CtlConfig {
     pub namespace: String,
     /// etcd endpoints (`http://host:port`).
     pub etcd: Vec<String>,
+    /// The `kubernetes` section, when the cluster keeps its state in Kubernetes (credentials:
+    /// the pod's service account, else `KUBECONFIG`, as the agent's).
+    pub kubernetes: Option<crate::config::Kubernetes>,
     /// Basic auth for REST calls (`ctl.authentication`, else `restapi.authentication`).
     pub auth: Option<(String, String)>,
     /// Skip server certificate checks (`-k/--insecure` or `ctl.insecure`).
@@ -98,18 +103,30 @@ fn hosts_of(v: &Value) -> Vec<String> {
 }
 
 impl CtlConfig {
-    /// Reads the file (a missing default file is fine) and applies `--dcs-url`.
+    /// Reads the file (a missing default file is fine), applies the process's `PATRONI_*`
+    /// variables over it (as patronictl does: a member configured by its environment alone,
+    /// in a container say, is reached by `patronictl list` run beside it) and `--dcs-url`.
     pub fn load(
         file: Option<PathBuf>,
         dcs_url: Option<&str>,
         insecure: bool,
+    ) -> Result<CtlConfig, CtlError> {
+        CtlConfig::load_with_env(file, dcs_url, insecure, &crate::config::process_env())
+    }
+
+    /// As [`CtlConfig::load`], with the environment given.
+    fn load_with_env(
+        file: Option<PathBuf>,
+        dcs_url: Option<&str>,
+        insecure: bool,
+        env: &std::collections::BTreeMap<String, String>,
     ) -> Result<CtlConfig, CtlError> {
         let explicit = file.is_some();
         let path = file.unwrap_or_else(|| {
             let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
             PathBuf::from(home).join(".config/patroni/patronictl.yaml")
         });
-        let raw = match std::fs::read_to_string(&path) {
+        let mut raw = match std::fs::read_to_string(&path) {
             Ok(t) => super::yaml::load(&t)
                 .map_err(|e| CtlError::msg(format!("{}: {e}", path.display())))?,
             Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => Value::Null,
@@ -120,6 +137,8 @@ impl CtlConfig {
                 )));
             }
         };
+        crate::config::apply_env_overrides(&mut raw, env)
+            .map_err(|e| CtlError::msg(e.to_string()))?;
         let mut c = CtlConfig {
             scope: raw.get("scope").and_then(Value::as_str).map(str::to_owned),
             namespace: raw
@@ -128,6 +147,13 @@ impl CtlConfig {
                 .unwrap_or("/service")
                 .to_owned(),
             etcd: raw.get("etcd3").map(hosts_of).unwrap_or_default(),
+            kubernetes: match raw.get("kubernetes") {
+                Some(k) => Some(
+                    crate::config::Kubernetes::parse(k)
+                        .map_err(|e| CtlError::msg(format!("config error: {e}")))?,
+                ),
+                None => None,
+            },
             auth: auth_at(&raw, "ctl").or_else(|| auth_at(&raw, "restapi")),
             insecure,
             tls: crate::api::tls::ClientTls::default(),
@@ -189,23 +215,40 @@ impl Ctx {
             .map(str::to_owned)
             .or_else(|| cfg.scope.clone())
             .ok_or_else(|| CtlError::msg("Cluster name required: give it as an argument or set scope in the configuration"))?;
-        if cfg.etcd.is_empty() {
-            return Err(CtlError::msg(
-                "Can not find suitable configuration of distributed configuration store\nAvailable implementations: etcd3",
-            ));
-        }
-        let dcs = EtcdDcs::connect(EtcdSettings {
-            endpoints: cfg.etcd.clone(),
-            namespace: cfg.namespace.clone(),
-            scope: scope.clone(),
-            name: "patronictl".into(),
-            ttl: Duration::from_secs(30),
-            retry_timeout: Duration::from_secs(10),
-            username: None,
-            password: None,
-        })
-        .await
-        .map_err(|e| CtlError::msg(e.to_string()))?;
+        let dcs: Arc<dyn Dcs> = match (&cfg.kubernetes, cfg.etcd.is_empty()) {
+            // etcd wins when both are given: an explicit --dcs-url says etcd.
+            (_, false) => Arc::new(
+                EtcdDcs::connect(EtcdSettings {
+                    endpoints: cfg.etcd.clone(),
+                    namespace: cfg.namespace.clone(),
+                    scope: scope.clone(),
+                    name: "patronictl".into(),
+                    ttl: Duration::from_secs(30),
+                    retry_timeout: Duration::from_secs(10),
+                    username: None,
+                    password: None,
+                })
+                .await
+                .map_err(|e| CtlError::msg(e.to_string()))?,
+            ),
+            (Some(k), true) => Arc::new(
+                KubernetesDcs::connect(KubernetesSettings {
+                    k8s: k.clone(),
+                    scope: scope.clone(),
+                    // Not a member: the name is never written (no Pod is touched).
+                    name: "patronictl".into(),
+                    ttl: Duration::from_secs(30),
+                    retry_timeout: Duration::from_secs(10),
+                })
+                .await
+                .map_err(|e| CtlError::msg(e.to_string()))?,
+            ),
+            (None, true) => {
+                return Err(CtlError::msg(
+                    "Can not find suitable configuration of distributed configuration store\nAvailable implementations: etcd3, kubernetes",
+                ));
+            }
+        };
         let builder = cfg
             .tls
             .apply(reqwest::Client::builder())
@@ -223,7 +266,7 @@ impl Ctx {
         Ok(Ctx {
             cfg,
             scope,
-            dcs: Arc::new(dcs),
+            dcs,
             http,
         })
     }
@@ -295,4 +338,42 @@ pub fn timestamp() -> String {
         .format("%Y-%m-%d %H:%M:%S.%f")
         .to_string()[..19]
         .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_overrides_the_file_or_stands_alone() {
+        let env: std::collections::BTreeMap<String, String> = [
+            ("PATRONI_SCOPE", "pg"),
+            ("PATRONI_ETCD3_HOSTS", "127.0.0.1:2379,127.0.0.2:2379"),
+            ("PATRONI_RESTAPI_USERNAME", "u"),
+            ("PATRONI_RESTAPI_PASSWORD", "p"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let file = std::env::temp_dir().join(format!("ctl-env-{}.yaml", std::process::id()));
+        // An empty file (as a missing default one): the environment alone.
+        std::fs::write(&file, "").unwrap();
+        let c = CtlConfig::load_with_env(Some(file.clone()), None, false, &env);
+        let c = c.expect("loads from the environment");
+        assert_eq!(c.scope.as_deref(), Some("pg"));
+        assert_eq!(c.etcd, ["http://127.0.0.1:2379", "http://127.0.0.2:2379"]);
+        assert_eq!(c.auth, Some(("u".into(), "p".into())));
+        // The environment wins over the file; what it does not set comes from the file.
+        std::fs::write(
+            &file,
+            "scope: other\nnamespace: /ns\netcd3:\n  hosts: a:1\n",
+        )
+        .unwrap();
+        let c = CtlConfig::load_with_env(Some(file.clone()), None, false, &env);
+        let _ = std::fs::remove_file(&file);
+        let c = c.expect("loads file and environment");
+        assert_eq!(c.scope.as_deref(), Some("pg"));
+        assert_eq!(c.namespace, "/ns");
+        assert_eq!(c.etcd.len(), 2);
+    }
 }
