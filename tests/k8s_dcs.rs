@@ -22,14 +22,27 @@ async fn member(client: &kube::Client, ns: &str, name: &str, ttl: u64) -> Kubern
         namespace: ns.into(),
         ..Kubernetes::default()
     };
+    member_with(client, name, ttl, k8s, "10.1.0.1").await
+}
+
+/// A member of scope `pg` with the `kubernetes` section `k8s`, its Pod (made if missing) at
+/// `ip`, once its watches are established.
+async fn member_with(
+    client: &kube::Client,
+    name: &str,
+    ttl: u64,
+    k8s: Kubernetes,
+    ip: &str,
+) -> KubernetesDcs {
+    let ns = k8s.namespace.clone();
     let labels: BTreeMap<String, String> = [("cluster-name".to_owned(), "pg".to_owned())].into();
-    if Api::<Pod>::namespaced(client.clone(), ns)
+    if Api::<Pod>::namespaced(client.clone(), &ns)
         .get_opt(name)
         .await
         .unwrap()
         .is_none()
     {
-        k8s::create_pod(client, ns, name, labels, "10.1.0.1").await;
+        k8s::create_pod(client, &ns, name, labels, ip).await;
     }
     let d = KubernetesDcs::with_client(
         client.clone(),
@@ -425,24 +438,7 @@ async fn slice_member(client: &kube::Client, ns: &str, name: &str, ip: &str) -> 
         primary_endpoint_slice: true,
         ..Kubernetes::default()
     };
-    let labels: BTreeMap<String, String> = [("cluster-name".to_owned(), "pg".to_owned())].into();
-    k8s::create_pod(client, ns, name, labels, ip).await;
-    let d = KubernetesDcs::with_client(
-        client.clone(),
-        KubernetesSettings {
-            k8s,
-            scope: "pg".into(),
-            name: name.into(),
-            ttl: Duration::from_secs(30),
-            retry_timeout: Duration::from_secs(5),
-        },
-    )
-    .unwrap();
-    k8s::eventually("watches established", LONG, || async {
-        d.watching().then_some(())
-    })
-    .await;
-    d
+    member_with(client, name, 30, k8s, ip).await
 }
 
 /// The addresses in the primary EndpointSlice (`None`: no slice).
