@@ -3,7 +3,8 @@
 # with sudo): PostgreSQL 15, etcd, protoc (for the etcd client's build), and the real clients
 # the compatibility tests drive: Patroni's patronictl, HAProxy, pgBouncer, wrk, schemathesis;
 # iproute2 and iptables for the tests that cut members off the network; libfaketime for the
-# fault suite's clock skew.
+# fault suite's clock skew; Docker's engine (Debian's docker.io) and debootstrap for the
+# container image's test, which runs a daemon of its own.
 set -euo pipefail
 
 SUDO=""
@@ -22,17 +23,40 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # Tests that cut members off the network: namespaces, veth pairs, DROP rules.
 [ -x /usr/sbin/ip ] || need+=(iproute2)
 [ -x /usr/sbin/iptables ] || need+=(iptables)
+# The chart's pgBackRest design is tested on real pgBackRest TLS servers.
+[ -x /usr/bin/pgbackrest ] || need+=(pgbackrest)
 # The fault suite moves one member's wall clock.
 [ -f /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || need+=(libfaketime)
+# The container test (tests/container_it.rs) runs a Docker daemon of its own and builds the
+# image on a Debian base it makes itself; without recommended packages (needrestart among them).
+bare=()
+[ -x /usr/sbin/dockerd ] || bare+=(docker.io)
+[ -x /usr/sbin/debootstrap ] || bare+=(debootstrap)
 
-if [ ${#need[@]} -gt 0 ]; then
-  echo "installing: ${need[*]}"
+if [ ${#need[@]} -gt 0 ] || [ ${#bare[@]} -gt 0 ]; then
+  echo "installing: ${need[*]} ${bare[*]}"
   $SUDO apt-get update -qq
+fi
+if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+if [ ${#bare[@]} -gt 0 ]; then
+  # docker.io's own daemon would set iptables rules (a DROP policy on FORWARD) that break the
+  # tests' network namespaces: while it installs, a policy-rc.d forbids starting services
+  # (unless the machine has a policy-rc.d of its own, which is left alone).
+  policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    policy=/usr/sbin/policy-rc.d
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+    $SUDO chmod 0755 "$policy"
+  fi
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    "${bare[@]}" >/dev/null
+  if [ -n "$policy" ]; then $SUDO rm -f "$policy"; fi
 fi
 
 # Debian's packages start their own servers; pgwarden's tests start theirs on free ports.
-for svc in etcd patroni haproxy pgbouncer postgresql; do
+for svc in etcd patroni haproxy pgbouncer postgresql docker.socket docker containerd; do
   if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
     $SUDO systemctl stop "$svc" || true
   fi
