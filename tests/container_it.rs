@@ -1,15 +1,14 @@
 //! The container image (docker/Dockerfile) on a real Docker engine: three members, each a
 //! container of the image on the host's network configured by `PATRONI_*` variables alone,
-//! on a real etcd (a host process). Bootstrap, `patronictl list` inside a container, the
-//! HEALTHCHECK, the primary's container killed (failover, then the old primary rejoining), the
-//! primary's container stopped with SIGTERM (a clean stop within the grace period, no
-//! acknowledged row lost), the entrypoint without any configuration, and the pgBouncer image
-//! in front of the primary. The engine and images are the test's own (`tests/docker/`).
+//! on a real etcd in a container of its own (Debian's etcd-server on the same base).
+//! Bootstrap, `patronictl list` inside a container, the HEALTHCHECK, the primary's container
+//! killed (failover, then the old primary rejoining), the primary's container stopped with
+//! SIGTERM (a clean stop within the grace period, no acknowledged row lost), the entrypoint
+//! without any configuration, and the pgBouncer image in front of the primary. The engine and
+//! images are the test's own (`tests/docker/`).
 
 #[path = "docker/engine.rs"]
 mod engine;
-#[path = "support/etcd.rs"]
-mod etcd_support;
 #[path = "docker/member.rs"]
 mod member;
 #[path = "support/member_io.rs"]
@@ -18,7 +17,6 @@ mod member_io;
 use std::time::{Duration, Instant};
 
 use engine::Engine;
-use etcd_support::EtcdServer;
 use member::Member;
 use pgwarden::dcs::etcd::{EtcdDcs, EtcdSettings};
 use pgwarden::dcs::{ClusterView, Dcs};
@@ -31,7 +29,8 @@ const STOP_GRACE_S: u64 = 60;
 
 struct Scenario {
     engine: Engine,
-    etcd: EtcdServer,
+    /// Where the etcd container listens: `127.0.0.1:<port>`.
+    etcd: String,
     observer: EtcdDcs,
     members: Vec<Member>,
     http: reqwest::Client,
@@ -126,27 +125,63 @@ impl Scenario {
     }
 }
 
+/// etcd as a container `etcd` on the host's network, clients at `127.0.0.1:client_port`;
+/// its address.
+fn run_etcd(engine: &Engine, client_port: u16, peer_port: u16) -> String {
+    let client = format!("http://127.0.0.1:{client_port}");
+    let peer = format!("http://127.0.0.1:{peer_port}");
+    engine.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "etcd",
+        "--network",
+        "host",
+        &engine.etcd_image,
+        "--name=test",
+        "--data-dir=/tmp/etcd",
+        &format!("--listen-client-urls={client}"),
+        &format!("--advertise-client-urls={client}"),
+        &format!("--listen-peer-urls={peer}"),
+        &format!("--initial-advertise-peer-urls={peer}"),
+        &format!("--initial-cluster=test={peer}"),
+    ]);
+    format!("127.0.0.1:{client_port}")
+}
+
+/// The test's own view of the store, once the etcd container answers.
+async fn connect_observer(etcd: &str) -> EtcdDcs {
+    let until = Instant::now() + LONG;
+    loop {
+        let observer = EtcdDcs::connect(EtcdSettings {
+            endpoints: vec![format!("http://{etcd}")],
+            namespace: "/service".into(),
+            scope: SCOPE.into(),
+            name: "test-observer".into(),
+            ttl: Duration::from_secs(30),
+            retry_timeout: Duration::from_secs(3),
+            username: None,
+            password: None,
+        })
+        .await;
+        if let Ok(o) = observer
+            && o.load(true).await.is_ok()
+        {
+            return o;
+        }
+        assert!(Instant::now() < until, "the etcd container did not answer");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn image_runs_a_cluster_configured_by_environment() {
     let Some(engine) = Engine::start_or_skip("container_it") else {
         return;
     };
-    let Some(etcd) = EtcdServer::start_or_skip("container_it").await else {
-        return;
-    };
-    let observer = EtcdDcs::connect(EtcdSettings {
-        endpoints: vec![etcd.endpoint()],
-        namespace: "/service".into(),
-        scope: SCOPE.into(),
-        name: "test-observer".into(),
-        ttl: Duration::from_secs(30),
-        retry_timeout: Duration::from_secs(3),
-        username: None,
-        password: None,
-    })
-    .await
-    .expect("observer connects");
-    let ports = distinct_ports(6);
+    let ports = distinct_ports(8);
+    let etcd = run_etcd(&engine, ports[6], ports[7]);
+    let observer = connect_observer(&etcd).await;
     let members: Vec<Member> = (0..3)
         .map(|i| Member {
             name: format!("m{i}"),
@@ -169,7 +204,7 @@ async fn image_runs_a_cluster_configured_by_environment() {
         http: reqwest::Client::builder().no_proxy().build().expect("http"),
     };
     entrypoint_without_configuration(&s.engine);
-    let etcd_addr = s.etcd.client_addr();
+    let etcd_addr = s.etcd.clone();
     for m in &s.members {
         m.run(&s.engine, SCOPE, &etcd_addr);
     }
@@ -199,7 +234,7 @@ async fn member_from_a_mounted_file(s: &Scenario) {
              \x20 authentication:\n\
              \x20   superuser: {{username: postgres, password: postgres}}\n\
              \x20   replication: {{username: replicator, password: replicator}}\n",
-            etcd = s.etcd.client_addr(),
+            etcd = s.etcd,
             api = ports[1],
             pg = ports[0],
         ),

@@ -4,7 +4,8 @@
 # their inputs come from (no registry here): the base is tests/docker/base.sh's Debian 12 and
 # pgwarden is the host's `cargo build --release` binary (PGWARDEN_BINARY=prebuilt).
 #
-#   DOCKER_HOST=unix://... tests/docker/build.sh     prints the two image names on stdout
+#   DOCKER_HOST=unix://... tests/docker/build.sh     prints the image names on stdout: pgwarden,
+#                                                    pgBouncer, and the test's own etcd
 #
 # JIT=yes|no is passed to docker/Dockerfile (default: the Dockerfile's own).
 set -euo pipefail
@@ -14,6 +15,7 @@ HERE=$ROOT/tests/docker
 DOCKER=${DOCKER:-/usr/bin/docker}
 PGWARDEN_IMAGE=pgwarden-test/pgwarden:latest
 PGBOUNCER_IMAGE=pgwarden-test/pgbouncer:latest
+ETCD_IMAGE=pgwarden-test/etcd:latest
 
 log() { echo "build.sh: $*" >&2; }
 
@@ -49,9 +51,12 @@ jit=()
 build "$PGWARDEN_IMAGE" -f "$ROOT/docker/Dockerfile" --build-arg PGWARDEN_BINARY=prebuilt \
     "${jit[@]}" "$ROOT"
 build "$PGBOUNCER_IMAGE" -f "$ROOT/docker/pgbouncer.Dockerfile" "$ROOT/docker"
+# The test's store, as a container too (not shipped: tests/docker/etcd.Dockerfile).
+build "$ETCD_IMAGE" -f "$HERE/etcd.Dockerfile" "$HERE"
 
 for image in "$PGWARDEN_IMAGE" "$PGBOUNCER_IMAGE"; do
     log "$image: $("$DOCKER" image inspect -f '{{.Size}}' "$image" | awk '{ printf "%.1f MB", $1 / 1e6 }')"
 done
 echo "$PGWARDEN_IMAGE"
 echo "$PGBOUNCER_IMAGE"
+echo "$ETCD_IMAGE"

@@ -20,6 +20,8 @@ pub struct Engine {
     host: String,
     pub pgwarden_image: String,
     pub pgbouncer_image: String,
+    /// The test's store (tests/docker/etcd.Dockerfile).
+    pub etcd_image: String,
 }
 
 fn script(name: &str) -> String {
@@ -81,6 +83,7 @@ impl Engine {
             dir,
             pgwarden_image: String::new(),
             pgbouncer_image: String::new(),
+            etcd_image: String::new(),
         };
         // From here on, dropping `engine` stops whatever `up` started.
         assert!(
@@ -102,6 +105,7 @@ impl Engine {
         let mut images = images.lines().map(str::to_owned);
         engine.pgwarden_image = images.next().expect("build.sh names the pgwarden image");
         engine.pgbouncer_image = images.next().expect("build.sh names the pgBouncer image");
+        engine.etcd_image = images.next().expect("build.sh names the etcd image");
         Some(engine)
     }
 
