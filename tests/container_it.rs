@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use engine::Engine;
 use member::Member;
+use member_io::distinct_ports;
 use pgwarden::dcs::etcd::{EtcdDcs, EtcdSettings};
 use pgwarden::dcs::{ClusterView, Dcs};
 
@@ -433,14 +434,4 @@ async fn pgbouncer_in_front_of(s: &Scenario, leader: &str) {
         })
         .await;
     assert_eq!(count, ["300"]);
-}
-
-/// `n` different free loopback ports, all held until every one is chosen.
-fn distinct_ports(n: usize) -> Vec<u16> {
-    let ls: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    ls.iter()
-        .map(|l| l.local_addr().expect("addr").port())
-        .collect()
 }

@@ -130,16 +130,7 @@ pub fn read_write_config(ports: &[u16]) -> tokio_postgres::Config {
     cfg
 }
 
-/// `n` different free loopback ports: all listeners are held until every port is chosen, so
-/// no two members get the same one.
-pub fn distinct_ports(n: usize) -> Vec<u16> {
-    let ls: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    ls.iter()
-        .map(|l| l.local_addr().expect("addr").port())
-        .collect()
-}
+pub use member_io::distinct_ports;
 
 /// PostgreSQL 15 is installed; without it a test skips, except under `CI=true`, where it fails.
 fn postgres_available() -> bool {

@@ -8,6 +8,17 @@ use std::path::Path;
 use pgwarden::dcs::ClusterView;
 use std::time::Duration;
 
+/// `n` different free loopback ports: all listeners are held until every port is chosen, so
+/// no two members get the same one.
+pub fn distinct_ports(n: usize) -> Vec<u16> {
+    let ls: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    ls.iter()
+        .map(|l| l.local_addr().expect("addr").port())
+        .collect()
+}
+
 /// Runs `sql` as the superuser on the PostgreSQL at `host:port`; the first column of every
 /// row.
 pub async fn sql(host: &str, port: u16, sql: &str) -> Result<Vec<String>, String> {
