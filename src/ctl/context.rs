@@ -233,7 +233,11 @@ impl Ctx {
             ),
             (Some(k), true) => Arc::new(
                 KubernetesDcs::connect(KubernetesSettings {
-                    k8s: k.clone(),
+                    // patronictl publishes nothing: no primary EndpointSlice to keep.
+                    k8s: crate::config::Kubernetes {
+                        primary_endpoint_slice: false,
+                        ..k.clone()
+                    },
                     scope: scope.clone(),
                     // Not a member: the name is never written (no Pod is touched).
                     name: "patronictl".into(),

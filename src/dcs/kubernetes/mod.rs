@@ -152,6 +152,12 @@ impl KubernetesDcs {
             .lease_name
             .clone()
             .unwrap_or_else(|| format!("{}-leader", s.scope));
+        // Checked before any task starts: a refused configuration leaves nothing running.
+        let slice_spec = if s.k8s.primary_endpoint_slice {
+            Some(endpoints::SliceSpec::of(&s.k8s, &s.scope)?)
+        } else {
+            None
+        };
         let shared = Arc::new(Shared::new(s.ttl, &s.name));
         let sel = labels::selector(&s.k8s, &s.scope);
         let mut tasks = vec![
@@ -175,8 +181,7 @@ impl KubernetesDcs {
             )),
             tokio::spawn(expiry_waker(shared.clone())),
         ];
-        let primary_slice = if s.k8s.primary_endpoint_slice {
-            let spec = endpoints::SliceSpec::of(&s.k8s, &s.scope)?;
+        let primary_slice = if let Some(spec) = slice_spec {
             let (tx, rx) = watch::channel(endpoints::Wish::Unknown);
             tasks.push(tokio::spawn(endpoints::keep(
                 Api::namespaced(client, ns),
