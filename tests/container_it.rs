@@ -50,25 +50,19 @@ impl Scenario {
     }
 
     /// Polls `check` until it gives `Some`; on time out, fails with the containers' logs.
-    async fn wait_for<T, F, Fut>(&self, what: &str, mut check: F) -> T
+    async fn wait_for<T, F, Fut>(&self, what: &str, check: F) -> T
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Option<T>>,
     {
-        let until = Instant::now() + LONG;
-        loop {
-            if let Some(v) = check().await {
-                return v;
-            }
-            if Instant::now() > until {
-                self.dump_logs();
-                panic!(
-                    "timed out after {LONG:?} waiting for {what}; view: {:?}",
-                    self.view().await
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
+        if let Some(v) = member_io::poll_until(LONG, Duration::from_millis(300), check).await {
+            return v;
         }
+        self.dump_logs();
+        panic!(
+            "timed out after {LONG:?} waiting for {what}; view: {:?}",
+            self.view().await
+        );
     }
 
     fn dump_logs(&self) {

@@ -31,7 +31,7 @@ pub fn load_from_str(yaml: &str) -> Result<Config, ConfigError> {
 /// Parses YAML text and applies the overrides found in `env` (an injected environment).
 pub fn load_with_env(yaml: &str, env: &BTreeMap<String, String>) -> Result<Config, ConfigError> {
     let mut raw = as_mapping("<string>", parse_yaml("<string>", yaml)?)?;
-    patch(&mut raw, env_config(env)?);
+    apply_env_overrides(&mut raw, env)?;
     parse_config(raw)
 }
 

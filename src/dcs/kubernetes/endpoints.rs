@@ -157,10 +157,9 @@ async fn apply(api: &Api<EndpointSlice>, spec: &SliceSpec, wish: Wish) -> Result
                 .await
             }
             (Wish::Here, Some(s)) => {
-                let only_mine = s
-                    .endpoints
-                    .as_ref()
-                    .is_some_and(|e| e.len() == 1 && e[0].addresses == [spec.address.clone()]);
+                let only_mine = s.endpoints.as_ref().is_some_and(|e| {
+                    e.len() == 1 && e[0].addresses == std::slice::from_ref(&spec.address)
+                });
                 if only_mine {
                     return Ok(());
                 }
@@ -273,12 +272,8 @@ mod tests {
         let ports = o.ports.unwrap();
         assert_eq!(ports[0].port, Some(5432));
         assert_eq!(ports[0].name.as_deref(), Some("postgresql"));
-        assert!(holds(&o_with(&s, "10.0.0.5"), "10.0.0.5"));
+        assert!(holds(&s.object(vec!["10.0.0.5".into()], None), "10.0.0.5"));
         assert!(!holds(&s.object(Vec::new(), None), "10.0.0.5"));
-    }
-
-    fn o_with(s: &SliceSpec, a: &str) -> EndpointSlice {
-        s.object(vec![a.into()], None)
     }
 
     #[test]

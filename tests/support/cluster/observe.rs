@@ -1,7 +1,7 @@
 //! What a test sees of a cluster, whatever its store: the view of the test's observer, the
 //! members' PostgreSQL and REST API, their logs, and waiting for the cluster to get somewhere.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pgwarden::dcs::ClusterView;
 
@@ -56,26 +56,20 @@ impl Cluster {
     }
 
     /// Polls `check` until it returns `Some`, or fails the test with the members' logs.
-    pub async fn wait_for<T, F, Fut>(&self, what: &str, timeout: Duration, mut check: F) -> T
+    pub async fn wait_for<T, F, Fut>(&self, what: &str, timeout: Duration, check: F) -> T
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Option<T>>,
     {
-        let until = Instant::now() + timeout;
-        loop {
-            if let Some(v) = check().await {
-                return v;
-            }
-            if Instant::now() > until {
-                self.dump_logs();
-                panic!(
-                    "timed out after {timeout:?} waiting for {what}; view: {:?}{}",
-                    self.view().await,
-                    self.store.diagnostics().await
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        if let Some(v) = member_io::poll_until(timeout, Duration::from_millis(200), check).await {
+            return v;
         }
+        self.dump_logs();
+        panic!(
+            "timed out after {timeout:?} waiting for {what}; view: {:?}{}",
+            self.view().await,
+            self.store.diagnostics().await
+        );
     }
 
     pub fn dump_logs(&self) {
