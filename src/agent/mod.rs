@@ -344,7 +344,23 @@ impl Agent {
         self.watchdog_rx.borrow_and_update();
         let state = self.fence.watchdog_state();
         tracing::debug!(?state, "the watchdog changed");
-        self.core.step(Input::Watchdog(state), self.mono_now())
+        let actions = self.core.step(Input::Watchdog(state), self.mono_now());
+        // A required watchdog that fails demotes between cycles: its reason is said now, before
+        // the next cycle's message replaces it.
+        self.log_message();
+        actions
+    }
+
+    /// Logs the core's message at info when it changed, else at debug (Patroni's one line per
+    /// cycle).
+    fn log_message(&mut self) {
+        let msg = self.core.message();
+        if msg != self.last_message {
+            tracing::info!("{msg}");
+            self.last_message = msg.to_owned();
+        } else {
+            tracing::debug!("{msg}");
+        }
     }
 
     /// Waits for a store call until `until`; `None` when it timed out. A watchdog change
@@ -554,13 +570,7 @@ impl Agent {
             .core
             .step(Input::Observed(Box::new(obs)), self.mono_now());
         self.execute(actions).await;
-        let msg = self.core.message().to_owned();
-        if msg != self.last_message {
-            tracing::info!("{msg}");
-            self.last_message = msg;
-        } else {
-            tracing::debug!("{msg}");
-        }
+        self.log_message();
         // The REST API first: it is instant, the member key may wait for the store.
         self.publish_snapshot();
         if self.view.is_some() {
