@@ -330,7 +330,21 @@ async fn configmaps_and_member_pods() {
         member: Some("b".into()),
         scheduled_at: None,
     };
+    // Eventually established: b's cache answers reads from then on.
+    k8s::eventually("b's cache to hold the config", LONG, || async {
+        b.load(false).await.ok().filter(|v| v.config.is_some())
+    })
+    .await;
     assert!(b.set_failover(&f, None).await.unwrap());
+    // Read-your-writes from the cache: the cycle an API request wakes right after writing
+    // the failover key sees it, without waiting for the watch's echo (an own write's echo
+    // wakes no one, so a missed echo cost up to loop_wait).
+    let seen = b.load(false).await.unwrap();
+    assert_eq!(
+        seen.failover.map(|f| f.value.member),
+        Some(Some("b".to_string())),
+        "an own write is in the cached view at once"
+    );
     let s = SyncState {
         leader: Some("a".into()),
         sync_standby: Some("b".into()),

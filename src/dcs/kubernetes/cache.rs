@@ -154,6 +154,25 @@ impl Shared {
         }
     }
 
+    /// An own ConfigMap write's result: its version is remembered (its watch echo wakes no
+    /// one), and it goes into the cache at once unless the cache already holds a newer version
+    /// (or versions that do not compare), so that the cycle an API request wakes right after
+    /// writing the failover key reads it, instead of waiting for the echo and then for the
+    /// next tick (up to loop_wait late).
+    pub(super) fn wrote_configmap(&self, cm: ConfigMap) {
+        self.wrote(cm.metadata.resource_version.clone());
+        let version = |c: &ConfigMap| c.metadata.resource_version.as_deref()?.parse::<u64>().ok();
+        let Some(ours) = version(&cm) else { return };
+        let mut st = self.lock();
+        let newer_cached = match st.configmaps.get(&cm.name_any()) {
+            Some(cached) => version(cached).is_none_or(|v| v >= ours),
+            None => false,
+        };
+        if !newer_cached {
+            ConfigMap::upsert(self, &mut st, cm);
+        }
+    }
+
     /// Whether `rv` is the echo of an own write (consumed).
     fn is_own(&self, rv: Option<&String>) -> bool {
         let Some(rv) = rv else { return false };

@@ -351,7 +351,7 @@ impl KubernetesDcs {
                 .await
             {
                 Ok(cm) => {
-                    self.shared.wrote(cm.metadata.resource_version);
+                    self.shared.wrote_configmap(cm);
                     return Ok(true);
                 }
                 Err(e) if rv.is_some() && matches!(code(&e), Some(409) | Some(404)) => {
@@ -369,7 +369,7 @@ impl KubernetesDcs {
                     };
                     match self.configmaps.create(&PostParams::default(), &cm).await {
                         Ok(cm) => {
-                            self.shared.wrote(cm.metadata.resource_version);
+                            self.shared.wrote_configmap(cm);
                             return Ok(true);
                         }
                         // Created by someone else in between: patch it.
