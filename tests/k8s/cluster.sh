@@ -13,6 +13,9 @@
 # names: a test running the control plane in a network namespace of its own gives that
 # namespace's address (and runs `up` and `start` inside it). K8S_SANS adds IP addresses the
 # server's certificate is valid for (a proxy in front of it), comma-separated.
+# K8S_SERVICE_CIDR (default 10.0.0.0/24), K8S_DISABLE_ADMISSION (default ServiceAccount: no
+# controller creates service accounts here) and K8S_APISERVER_ARGS (more flags) are for a
+# cluster with nodes (tests/k8s/node.sh); `up` keeps them for `start`.
 #
 # Binaries are built from their Go modules (go.mod/go.sum under tests/k8s/bins/) into a cache
 # outside the repository, keyed by version: ${PGWARDEN_K8S_BINS:-~/.cache/pgwarden-k8s/<k>-<e>}.
@@ -79,6 +82,9 @@ YAML
 start_apiserver() {
     local D=$1
     local EP AP
+    # What `up` was given, for a restart by `start`.
+    # shellcheck disable=SC1091
+    [ -f "$D/apiserver.env" ] && . "$D/apiserver.env"
     EP=$(cat "$D/etcd.port")
     AP=$(cat "$D/apiserver.port")
     "$BIN/kube-apiserver" \
@@ -88,8 +94,9 @@ start_apiserver() {
         --client-ca-file="$D/pki/ca.crt" --token-auth-file="$D/pki/tokens.csv" \
         --service-account-issuer=https://kubernetes.default.svc \
         --service-account-key-file="$D/pki/sa.pub" --service-account-signing-key-file="$D/pki/sa.key" \
-        --service-cluster-ip-range=10.0.0.0/24 \
-        --authorization-mode=RBAC --disable-admission-plugins=ServiceAccount --allow-privileged=true \
+        --service-cluster-ip-range="${K8S_SERVICE_CIDR:-10.0.0.0/24}" \
+        --authorization-mode=RBAC --disable-admission-plugins="${K8S_DISABLE_ADMISSION-ServiceAccount}" \
+        --allow-privileged=true ${K8S_APISERVER_ARGS:-} \
         --audit-policy-file="$D/pki/audit-policy.yaml" --audit-log-path="$D/audit.log" \
         --audit-log-format=json --audit-log-mode=batch --audit-log-batch-max-wait=1s \
         --cert-dir="$D/certdir" --profiling=false </dev/null >>"$D/apiserver.log" 2>&1 &
@@ -119,6 +126,11 @@ up() {
     fi
     rm -rf "$D/pki" "$D/etcd-data" "$D/certdir" "$D/audit.log"
     pki "$D/pki"
+    {
+        printf 'K8S_SERVICE_CIDR=%q\n' "${K8S_SERVICE_CIDR:-10.0.0.0/24}"
+        printf 'K8S_DISABLE_ADMISSION=%q\n' "${K8S_DISABLE_ADMISSION-ServiceAccount}"
+        printf 'K8S_APISERVER_ARGS=%q\n' "${K8S_APISERVER_ARGS:-}"
+    } >"$D/apiserver.env"
     local EP PP AP
     EP=$(free_port); PP=$(free_port); AP=$(free_port)
     echo "$EP" >"$D/etcd.port"; echo "$AP" >"$D/apiserver.port"
