@@ -244,6 +244,8 @@ fn chart_lints_renders_and_refuses_bad_values() {
         ini.contains("* = host=db-primary.prod.svc port=5432"),
         "{ini}"
     );
+    // A failed login to a stopping primary must not shut the pool for pgBouncer's 15 s.
+    assert!(ini.contains("server_login_retry = 1\n"), "{ini}");
     helm::find(&docs, "Service", "db-pgbouncer");
     // The optional parts are off by default.
     for kind in ["CronJob", "ServiceMonitor"] {
