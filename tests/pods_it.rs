@@ -200,16 +200,23 @@ async fn install_then_kill_the_primary_container() {
     r.remove().await;
 }
 
+/// A release of `name` (with `extra` values), healthy, with a client writing through its
+/// pgBouncer Service that has had a write acknowledged; and its primary.
+async fn writing_release<'a>(node: &'a Node, name: &str, extra: &[&str]) -> (Release<'a>, String) {
+    let r = Release::install(node, name, &values(extra), 3).await;
+    let primary = r.wait_healthy(3, UP).await;
+    start_writer(&r, "writer", &pgbouncer_host(&r), 6432).await;
+    acked_after(&r, "writer", 0.0, None, UP).await;
+    (r, primary)
+}
+
 /// The primary's pod deleted (SIGTERM, the graceful hand-off): a failover the Service follows,
 /// and the StatefulSet's new pod on the same volume back as a replica.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the node of scripts/pods.sh"]
 async fn delete_the_primary_pod() {
     let node = Node::get().await;
-    let r = Release::install(&node, "poddelete", &values(&[]), 3).await;
-    let primary = r.wait_healthy(3, UP).await;
-    start_writer(&r, "writer", &pgbouncer_host(&r), 6432).await;
-    acked_after(&r, "writer", 0.0, None, UP).await;
+    let (r, primary) = writing_release(&node, "poddelete", &[]).await;
     let old_uid = r.members().await[&primary].metadata.uid.clone();
 
     let deleted_at = epoch();
@@ -252,16 +259,13 @@ async fn delete_the_primary_pod() {
 }
 
 /// `kubectl rollout restart statefulset` under a client writing through pgBouncer: every pod
-/// replaced, the primary's last (the StatefulSet goes from the highest ordinal down, and
-/// pgwarden hands the lock over when the primary's pod stops). Reports the write gap.
+/// replaced, from the highest ordinal down, each once the one before is Ready again; when the
+/// primary's pod stops, pgwarden hands the lock over. Reports the write gap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the node of scripts/pods.sh"]
 async fn rollout_restart_write_gap() {
     let node = Node::get().await;
-    let r = Release::install(&node, "podroll", &values(&[]), 3).await;
-    let primary = r.wait_healthy(3, UP).await;
-    start_writer(&r, "writer", &pgbouncer_host(&r), 6432).await;
-    acked_after(&r, "writer", 0.0, None, UP).await;
+    let (r, primary) = writing_release(&node, "podroll", &[]).await;
     let uids: Vec<_> = r
         .members()
         .await
