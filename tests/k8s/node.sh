@@ -239,7 +239,6 @@ images() {
     log "images: a Docker engine of its own builds pgwarden, pgBouncer and pause"
     local E=$D/docker
     bash "$ROOT/tests/docker/engine.sh" up "$E" >/dev/null
-    # shellcheck disable=SC1091
     export DOCKER_HOST=unix://$E/docker.sock
     local status=0
     (
@@ -374,9 +373,10 @@ down() {
     S=$(cat "$D/state-dir" 2>/dev/null || state_dir "$D")
     # Pods first, through the kubelet, so that the CNI plugin tears down their network.
     if alive "$D" kubelet && [ -f "$D/kubeconfig" ]; then
+        # Scaled to zero first, so that no controller makes them again.
+        kubectl_ scale statefulset,deployment --all --all-namespaces --replicas=0 >/dev/null 2>&1 || true
         kubectl_ delete pods --all --all-namespaces --grace-period=0 --force --wait=false \
             >/dev/null 2>&1 || true
-        kubectl_ scale statefulset,deployment --all --all-namespaces --replicas=0 >/dev/null 2>&1 || true
         for _ in $(seq 1 60); do
             [ -z "$(kubectl_ get pods -A -o name 2>/dev/null)" ] && break
             sleep 0.5
