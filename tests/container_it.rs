@@ -13,6 +13,8 @@ mod engine;
 mod member;
 #[path = "support/member_io.rs"]
 mod member_io;
+#[path = "support/poll.rs"]
+mod poll;
 
 use std::time::{Duration, Instant};
 

@@ -12,6 +12,8 @@ mod conformance;
 mod etcd_support;
 #[path = "support/k8s.rs"]
 mod k8s;
+#[path = "support/poll.rs"]
+mod poll;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};

@@ -4,6 +4,8 @@
 
 #[path = "support/k8s.rs"]
 mod k8s;
+#[path = "support/poll.rs"]
+mod poll;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

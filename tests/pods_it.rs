@@ -15,6 +15,8 @@ mod helm;
 mod k8s;
 #[path = "support/node.rs"]
 mod node;
+#[path = "support/poll.rs"]
+mod poll;
 
 use std::io::Write;
 use std::time::Duration;
@@ -152,12 +154,7 @@ async fn install_then_kill_the_primary_container() {
             r.describe()
         );
         let pods = r.members().await;
-        let running = pods[&primary]
-            .status
-            .as_ref()
-            .and_then(|s| s.container_statuses.as_ref())
-            .and_then(|cs| cs.iter().find(|c| c.name == "postgres"))
-            .is_some_and(|c| c.state.as_ref().is_some_and(|st| st.running.is_some()));
+        let running = Release::running(&pods[&primary], "postgres");
         if let Some(id) = Release::container_id(&pods[&primary], "postgres").filter(|_| running)
             && killed.insert(id.clone())
         {
@@ -166,15 +163,9 @@ async fn install_then_kill_the_primary_container() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let new_ip = pod_ip(&r, &new_primary).await;
-    let routed = k8s::eventually(
-        "the primary Service on the new primary",
-        Duration::from_secs(60),
-        || async {
-            (r.service_endpoints(&format!("{}-primary", r.name)).await == [new_ip.clone()])
-                .then(epoch)
-        },
-    )
-    .await;
+    let routed = r
+        .wait_primary_routed_to(&new_ip, Duration::from_secs(60))
+        .await;
     let acked = acked_after(
         &r,
         "writer",
@@ -356,15 +347,9 @@ async fn switchover_routing(node: &Node, name: &str, slice: bool) -> Vec<(f64, f
             String::from_utf8_lossy(&list.stdout),
             String::from_utf8_lossy(&list.stderr)
         );
-        let routed = k8s::eventually(
-            "the primary Service on the candidate",
-            Duration::from_secs(120),
-            || async {
-                (r.service_endpoints(&format!("{}-primary", r.name)).await == [new_ip.clone()])
-                    .then(epoch)
-            },
-        )
-        .await;
+        let routed = r
+            .wait_primary_routed_to(&new_ip, Duration::from_secs(120))
+            .await;
         let acked = acked_after(&r, "writer", at, Some(&new_ip), Duration::from_secs(120)).await;
         eprintln!(
             "{name} round {round}: endpoints {:.2} s, first write {:.2} s",

@@ -26,6 +26,8 @@ pub mod member_io;
 pub mod netns;
 #[path = "cluster/observe.rs"]
 mod observe;
+#[path = "poll.rs"]
+pub mod poll;
 #[path = "cluster/processes.rs"]
 mod processes;
 #[path = "toxiproxy.rs"]

@@ -175,23 +175,16 @@ pub fn member_kubeconfig(dir: &Path, src: &Path, token: Option<&str>) -> PathBuf
     out
 }
 
-/// Polls `check` until it returns `Some`, or panics after `timeout`.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+/// Polls `check` until it returns `Some`, or panics after `timeout` (the includer declares
+/// `poll`, tests/support/poll.rs, beside this module).
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let until = std::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            std::time::Instant::now() < until,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    super::poll::poll_until(timeout, Duration::from_millis(100), check)
+        .await
+        .unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for {what}"))
 }
 
 /// A control plane of the test's own (for tests that stop the API server). Stopped on drop.

@@ -8,24 +8,8 @@ use std::path::Path;
 use pgwarden::dcs::ClusterView;
 use std::time::Duration;
 
-/// Polls `check` every `every` until it gives `Some`; `None` once `timeout` has passed (the
-/// caller says what it waited for, with what it knows of the cluster).
-pub async fn poll_until<T, F, Fut>(timeout: Duration, every: Duration, mut check: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let until = std::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return Some(v);
-        }
-        if std::time::Instant::now() > until {
-            return None;
-        }
-        tokio::time::sleep(every).await;
-    }
-}
+// The includer declares `poll` (tests/support/poll.rs) beside this module.
+pub use super::poll::poll_until;
 
 /// `n` different free loopback ports: all listeners are held until every port is chosen, so
 /// no two members get the same one.

@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{PersistentVolume, Pod};
+use k8s_openapi::api::core::v1::{ContainerStatus, PersistentVolume, Pod};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 
@@ -28,6 +28,8 @@ pub struct Node {
     pub ctr: PathBuf,
     pub containerd: PathBuf,
     pub dir: PathBuf,
+    /// The API server's URL (evictions go to it directly).
+    pub server: String,
     pub client: kube::Client,
 }
 
@@ -44,12 +46,17 @@ impl Node {
             |k: &str| PathBuf::from(*vars.get(k).unwrap_or_else(|| panic!("no {k} in {text}")));
         let kubeconfig = var("KUBECONFIG");
         let bins = var("PGWARDEN_NODE_BINS");
+        let server = kube::config::Kubeconfig::read_from(&kubeconfig)
+            .ok()
+            .and_then(|k| k.clusters.into_iter().next()?.cluster?.server)
+            .expect("the node's kubeconfig names its API server");
         Node {
             client: k8s::client_from(&kubeconfig).await,
             kubectl: bins.join("kubectl"),
             ctr: bins.join("ctr"),
             containerd: var("PGWARDEN_NODE_CONTAINERD"),
             dir: kubeconfig.parent().unwrap().to_owned(),
+            server,
             kubeconfig,
         }
     }
@@ -79,12 +86,6 @@ impl Node {
     /// Asks the API server to evict a pod: its HTTP status (201 evicted, 429 refused by a
     /// PodDisruptionBudget). With curl, since kube's client retries a 429 until it passes.
     pub fn evict(&self, ns: &str, pod: &str) -> u16 {
-        let server = self.kubectl_ok(&[
-            "config",
-            "view",
-            "-o",
-            "jsonpath={.clusters[0].cluster.server}",
-        ]);
         let body = serde_json::json!({
             "apiVersion": "policy/v1",
             "kind": "Eviction",
@@ -106,7 +107,8 @@ impl Node {
             .args(["-H", "Content-Type: application/json", "-X", "POST", "-d"])
             .arg(body.to_string())
             .arg(format!(
-                "{server}/api/v1/namespaces/{ns}/pods/{pod}/eviction"
+                "{}/api/v1/namespaces/{ns}/pods/{pod}/eviction",
+                self.server
             ))
             .output()
             .expect("run curl");
@@ -300,24 +302,42 @@ impl<'a> Release<'a> {
                 .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
     }
 
-    /// The id of a pod's container named `name` (`containerd://...`).
-    pub fn container_id(pod: &Pod, name: &str) -> Option<String> {
+    /// The status of a pod's container named `name`.
+    pub fn container<'p>(pod: &'p Pod, name: &str) -> Option<&'p ContainerStatus> {
         pod.status
             .as_ref()?
             .container_statuses
             .as_ref()?
             .iter()
-            .find(|c| c.name == name)?
-            .container_id
-            .clone()
+            .find(|c| c.name == name)
+    }
+
+    /// The id of a pod's container named `name` (`containerd://...`).
+    pub fn container_id(pod: &Pod, name: &str) -> Option<String> {
+        Self::container(pod, name)?.container_id.clone()
+    }
+
+    /// Whether that container runs now.
+    pub fn running(pod: &Pod, name: &str) -> bool {
+        Self::container(pod, name)
+            .and_then(|c| c.state.as_ref())
+            .is_some_and(|st| st.running.is_some())
     }
 
     pub fn restarts(pod: &Pod, name: &str) -> i32 {
-        pod.status
-            .as_ref()
-            .and_then(|s| s.container_statuses.as_ref())
-            .and_then(|cs| cs.iter().find(|c| c.name == name))
-            .map_or(0, |c| c.restart_count)
+        Self::container(pod, name).map_or(0, |c| c.restart_count)
+    }
+
+    /// Waits until the primary Service's endpoints are `ip` alone; when that was seen (epoch
+    /// seconds).
+    pub async fn wait_primary_routed_to(&self, ip: &str, timeout: Duration) -> f64 {
+        let svc = format!("{}-primary", self.name);
+        k8s::eventually(
+            &format!("the primary Service on {ip} alone"),
+            timeout,
+            || async { (self.service_endpoints(&svc).await == [ip]).then(epoch) },
+        )
+        .await
     }
 
     /// Waits until `n` members are Ready, one of them labelled primary and holding the Lease,
