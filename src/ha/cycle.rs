@@ -3,6 +3,8 @@
 //! Each branch ends the cycle with a message saying what was decided; the actions it emits are
 //! carried out by the shell and answered through `HaCore::step`.
 
+use std::collections::BTreeSet;
+
 use super::race;
 use super::sync;
 use super::watchdog::Gate;
@@ -577,14 +579,28 @@ impl HaCore {
         self.sync_progress.observe(&obs.pg, now);
         let limit = sync::stall_limit(obs.policy.loop_wait, obs.policy.retry_timeout);
         let stalled = self.sync_progress.stalled(limit, now);
-        let pg = sync::without_standbys(&obs.pg, &stalled);
-        let gone = (!stalled.is_empty()).then(|| {
-            format!(
+        let names = |set: &BTreeSet<&str>| set.iter().copied().collect::<Vec<_>>().join(",");
+        let gone = sync::not_waited_for(
+            stalled.clone(),
+            &self.me.name,
+            &obs.policy.sync,
+            view,
+            &obs.pg,
+        );
+        let pg = sync::without_standbys(&obs.pg, &gone);
+        let stall_note = match (stalled.is_empty(), gone.is_empty()) {
+            (true, _) => None,
+            (false, false) => Some(format!(
                 "{} confirmed no WAL for {} s or more: not waited for",
-                stalled.into_iter().collect::<Vec<_>>().join(","),
+                names(&gone),
                 limit.as_secs_f64()
-            )
-        });
+            )),
+            (false, true) => Some(format!(
+                "{} confirmed no WAL for {} s or more, and no other standby can be waited for in strict mode: still waited for",
+                names(&stalled),
+                limit.as_secs_f64()
+            )),
+        };
         let step = sync::leader_step(
             &self.me.name,
             &obs.policy.sync,
@@ -622,7 +638,7 @@ impl HaCore {
             let at = now + sync::SETTLE;
             self.scheduled_wake = Some(self.scheduled_wake.map_or(at, |w| w.min(at)));
         }
-        match (gone, note) {
+        match (stall_note, note) {
             (Some(g), Some(n)) => Some(format!("{g}; {n}")),
             (g, n) => g.or(n),
         }

@@ -447,6 +447,28 @@ impl Progress {
     }
 }
 
+/// Of the `stalled` standbys, those the leader stops waiting for: all of them, unless the mode
+/// is strict and no other standby could be waited for instead. Commits would then wait for
+/// the strict placeholder, which gains nothing, and a standby coming back would have to be
+/// listed again before they go on; kept listed, it acknowledges them as soon as its link
+/// heals (its WAL sender lingers, see [`Progress`]).
+pub fn not_waited_for<'a>(
+    stalled: BTreeSet<&'a str>,
+    me: &str,
+    policy: &SyncPolicy,
+    view: &ClusterView,
+    pg: &PgFacts,
+) -> BTreeSet<&'a str> {
+    if !policy.strict || stalled.is_empty() {
+        return stalled;
+    }
+    let rest = without_standbys(pg, &stalled);
+    match candidates(me, policy, view, &rest, &BTreeSet::new()).is_empty() {
+        true => BTreeSet::new(),
+        false => stalled,
+    }
+}
+
 /// `pg` as the leader's synchronous steps see it: without the WAL senders of `gone`.
 pub fn without_standbys<'a>(pg: &'a PgFacts, gone: &BTreeSet<&str>) -> Cow<'a, PgFacts> {
     if gone.is_empty() {

@@ -2002,8 +2002,11 @@ fn primary_with_standbys(wal: u64, b_at: u64) -> PgFacts {
     }
 }
 
-#[test]
-fn a_synchronous_standby_that_stops_confirming_is_replaced_before_its_wal_sender_times_out() {
+/// Leader `a` in strict `on` mode with `b` its synchronous standby: `b` keeps confirming, a
+/// cycle behind, then stops at 1100 (its WAL sender lives on) while `others` (streaming at
+/// the primary's position, as `primary_with_standbys`'s c) do not. Returns the actions and
+/// message of the cycle one second before the stall limit, then of the one at the limit.
+fn b_stalls(others: bool) -> [(Vec<(ActionId, Action)>, String); 2] {
     let strict = Policy {
         sync: crate::ha::sync::SyncPolicy {
             mode: crate::config::SyncMode::On,
@@ -2021,6 +2024,13 @@ fn a_synchronous_standby_that_stops_confirming_is_replaced_before_its_wal_sender
         m.state = Some("running".into());
     }
     let v = with_sync_key(v, "a", Some("b"));
+    let facts = |wal: u64, b_at: u64| {
+        let mut pg = primary_with_standbys(wal, b_at);
+        if !others {
+            pg.replication.retain(|r| r.application_name == "b");
+        }
+        pg
+    };
     // Each observation as the primary, its lease renewal answered.
     let mut seen = |pg: PgFacts, t: u64| {
         let out = observe_with(&mut core, Some(v.clone()), pg, strict.clone(), at(t));
@@ -2031,32 +2041,55 @@ fn a_synchronous_standby_that_stops_confirming_is_replaced_before_its_wal_sender
         }
         (out, core.message.clone())
     };
-    let writes_sync = |out: &[(ActionId, Action)]| {
-        actions(out).into_iter().find_map(|a| match a {
+    for (t, wal) in [(101, 1100), (102, 1200)] {
+        let (out, _) = seen(facts(wal, wal - 100), t);
+        assert_eq!(sync_changes(&out), vec![], "at {t}: {out:?}");
+    }
+    // First seen still at 1100 at 102.
+    let limit = crate::ha::sync::stall_limit(strict.loop_wait, strict.retry_timeout);
+    let stalled_at = 102;
+    [
+        seen(facts(1300, 1100), stalled_at + limit.as_secs() - 1),
+        seen(facts(1300, 1100), stalled_at + limit.as_secs()),
+    ]
+}
+
+/// The changes of synchronous replication among `out`: key writes and ssn settings.
+fn sync_changes(out: &[(ActionId, Action)]) -> Vec<Action> {
+    actions(out)
+        .into_iter()
+        .filter(|a| {
+            matches!(
+                a,
+                Action::WriteSync { .. } | Action::SetSyncStandbyNames { .. }
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_synchronous_standby_that_stops_confirming_is_replaced_before_its_wal_sender_times_out() {
+    let [(before, _), (out, message)] = b_stalls(true);
+    // Commits wait for b, but not for long.
+    assert_eq!(sync_changes(&before), vec![], "{before:?}");
+    // The key lets go of b first (then ssn moves to c, as when a standby leaves).
+    let key = actions(&out)
+        .into_iter()
+        .find_map(|a| match a {
             Action::WriteSync { value, .. } => Some(value),
             _ => None,
         })
-    };
-    // b keeps confirming, a cycle behind: nothing changes.
-    for (t, wal) in [(101, 1100), (102, 1200)] {
-        let (out, _) = seen(primary_with_standbys(wal, wal - 100), t);
-        assert_eq!(writes_sync(&out), None, "at {t}: {out:?}");
-    }
-    // b stops at 1100, first seen there at 102 (its WAL sender lives on): commits wait for
-    // it, but not for long.
-    let limit = crate::ha::sync::stall_limit(strict.loop_wait, strict.retry_timeout);
-    let stalled_at = 102;
-    let (out, _) = seen(
-        primary_with_standbys(1300, 1100),
-        stalled_at + limit.as_secs() - 1,
-    );
-    assert_eq!(writes_sync(&out), None, "{out:?}");
-    let (out, message) = seen(
-        primary_with_standbys(1300, 1100),
-        stalled_at + limit.as_secs(),
-    );
-    // The key lets go of b first (then ssn moves to c, as when a standby leaves).
-    let key = writes_sync(&out).expect("the sync key rewritten");
+        .expect("the sync key rewritten");
     assert_eq!(key.sync_standby, None, "{out:?}");
     assert!(message.contains("b confirmed no WAL"), "{message}");
+}
+
+/// With no other standby, strict mode would make commits wait for its placeholder instead:
+/// b stays listed and named, so the commits waiting go through as soon as its link heals.
+#[test]
+fn in_strict_mode_a_stalled_standby_with_no_other_to_replace_it_stays_listed() {
+    let [_, (out, message)] = b_stalls(false);
+    assert_eq!(sync_changes(&out), vec![], "{out:?}");
+    assert!(message.contains("b confirmed no WAL"), "{message}");
+    assert!(message.contains("still waited for"), "{message}");
 }
