@@ -434,15 +434,42 @@ impl Nemesis {
                     signal(pid, nix::sys::signal::Signal::SIGCONT);
                 }
             }
-            RetimeCluster { .. } => {
-                let t = self.base;
-                let body = format!(
-                    r#"{{"ttl": {}, "loop_wait": {}, "retry_timeout": {}}}"#,
-                    t.ttl, t.loop_wait, t.retry_timeout
-                );
-                self.until_taken(c, Method::PATCH, "/config", &body).await;
+            RetimeCluster { .. } => self.restore_timings(c).await,
+        }
+    }
+
+    /// Puts the cluster's timings back, until a member reads them back from the store. The
+    /// change the fault sent may land after a first restore: sent while the store was frozen,
+    /// it waits in the store's sockets and is applied when the store resumes (seed 3000 ended
+    /// so, with ttl 8, loop_wait 2, retry_timeout 1 in force for good; Patroni 3.0.2 cannot
+    /// take the leader key on etcd3 with a retry_timeout of 1 s, so no member led again).
+    async fn restore_timings(&self, c: &Cluster) {
+        let t = self.base;
+        let body = format!(
+            r#"{{"ttl": {}, "loop_wait": {}, "retry_timeout": {}}}"#,
+            t.ttl, t.loop_wait, t.retry_timeout
+        );
+        let restored = |v: &serde_json::Value| {
+            v["ttl"].as_u64() == Some(t.ttl)
+                && v["loop_wait"].as_u64() == Some(t.loop_wait)
+                && v["retry_timeout"].as_u64() == Some(t.retry_timeout)
+        };
+        for _ in 0..60 {
+            self.until_taken(c, Method::PATCH, "/config", &body).await;
+            // Time for a late change to land, then the store's value as a member reads it.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            for i in 0..c.members.len() {
+                let (code, text) = api(c, i, Method::GET, "/config", None).await;
+                if code != 200 {
+                    continue;
+                }
+                match serde_json::from_str::<serde_json::Value>(&text) {
+                    Ok(v) if restored(&v) => return,
+                    _ => break,
+                }
             }
         }
+        eprintln!("faults: the timings were never read back as {body}");
     }
 
     /// Retries a request every second, for up to two minutes, until a member takes it: a heal

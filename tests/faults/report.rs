@@ -35,8 +35,12 @@ impl RoundResult {
         if loses_nothing && self.lost > 0 {
             v.push(format!("{} acknowledged writes lost", self.lost));
         }
-        if self.to_whole_s.is_none() {
-            v.push("never whole again".into());
+        match (self.to_whole_s, self.to_primary_s) {
+            (None, _) => v.push("never whole again".into()),
+            (Some(_), None) => {
+                v.push("whole, but no client write acknowledged after the heal".into())
+            }
+            _ => {}
         }
         (!v.is_empty()).then(|| {
             format!(
