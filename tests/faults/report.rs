@@ -122,7 +122,12 @@ pub fn markdown(results: &[RoundResult], header: &str) -> String {
             secs(r.to_primary_s),
             r.longest_gap_s,
             secs(r.to_whole_s),
-            r.notes.replace('|', "/"),
+            // One table cell: a refusal may quote a whole HTML page.
+            r.notes
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+                .replace('|', "/"),
         )
         .unwrap();
     }
