@@ -112,14 +112,10 @@ async fn until_whole(c: &Cluster, members: &[Endpoint], within: Duration) -> Opt
 
 /// Waits until a client write made after `healed` is acknowledged, for at most `within`.
 async fn until_written(wl: &Workload, healed: f64, within: Duration) {
-    let start = Instant::now();
-    while start.elapsed() < within {
-        let written = checker::first_ack_after(&wl.record.lock().unwrap().acks, healed);
-        if written.is_some() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    cluster::poll::poll_until(within, Duration::from_millis(50), || async {
+        checker::first_ack_after(&wl.record.lock().unwrap().acks, healed)
+    })
+    .await;
 }
 
 /// Runs `s` on a fresh cluster; a result per round. `None`: skipped (components missing
